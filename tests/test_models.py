@@ -1,0 +1,232 @@
+"""Tests for fairjax.models: shapes, BatchNorm state, pooling equivalence, parameter counts."""
+
+from __future__ import annotations
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fairjax.models import get_model, list_models, register_model
+from fairjax.models.layers import max_pool_2x2, max_pool_3x3_s2
+
+# Tiny configurations of every registered model, at 32x32 inputs.
+TINY_KWARGS = {
+    "small_cnn": dict(width=4, hidden=8),
+    "vgg11": dict(width_multiplier=1 / 16, classifier_width=16),
+    "vgg11_bn": dict(width_multiplier=1 / 16, classifier_width=16),
+    "resnet18": dict(width=4),
+}
+BN_MODELS = {"vgg11_bn", "resnet18"}
+
+
+def _key(seed: int) -> jax.Array:
+    # XLA:CPU compiles the default (partitionable threefry) key ops of a model init about 3x
+    # slower than "rbg" ones (measured: 11.5 s vs 3.4 s for a tiny VGG-11 init on a busy
+    # 2-core box), so the tests use rbg keys.
+    return jax.random.key(seed, impl="rbg")
+
+
+def _normal(seed: int, shape: tuple[int, ...]) -> jax.Array:
+    """Random float32 inputs from numpy: no JAX RNG program to compile."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
+
+
+def _param_shapes(model: nn.Module, size: int = 32) -> dict:
+    """Parameter shapes via eval_shape: no compilation, nothing allocated."""
+    shapes = jax.eval_shape(
+        model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    )
+    return shapes["params"]
+
+
+def _param_count(model: nn.Module, size: int) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(_param_shapes(model, size)))
+
+
+def _apply(model: nn.Module, variables, x, **kwargs):
+    # Jitted, because op-by-op dispatch of a whole ResNet is slow on a busy CPU.
+    return jax.jit(model.apply, static_argnames=("train", "mutable"))(variables, x, **kwargs)
+
+
+def test_registry_names():
+    # Other test modules may register extra models, hence >= rather than ==.
+    assert set(list_models()) >= set(TINY_KWARGS)
+    assert list_models() == sorted(list_models())
+
+
+@pytest.mark.parametrize("name", sorted(TINY_KWARGS))
+def test_forward_shapes_and_batch_stats(name):
+    num_classes = 3
+    model = get_model(name, num_classes=num_classes, **TINY_KWARGS[name])
+    x = _normal(1, (2, 32, 32, 3))
+    variables = jax.jit(model.init)(_key(0), x)
+
+    logits = _apply(model, variables, x)  # inference by default, no mutable collections
+    assert logits.shape == (2, num_classes)
+    assert logits.dtype == jnp.float32
+    assert np.all(np.isfinite(logits))
+
+    if name in BN_MODELS:
+        train_logits, updates = _apply(model, variables, x, train=True, mutable=("batch_stats",))
+        assert train_logits.shape == (2, num_classes)
+        changed = jax.tree.map(
+            lambda old, new: not np.allclose(old, new),
+            variables["batch_stats"],
+            updates["batch_stats"],
+        )
+        assert all(jax.tree.leaves(changed))
+        # Training mode normalises with batch statistics, so it differs from inference.
+        assert not np.allclose(train_logits, logits)
+    else:
+        assert "batch_stats" not in variables
+        np.testing.assert_allclose(_apply(model, variables, x, train=True), logits, rtol=1e-6)
+
+
+def test_resnet_small_input_stem():
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    small = get_model("resnet18", num_classes=5, width=4, small_input=True)
+    assert _param_shapes(small)["conv_init"]["kernel"].shape == (3, 3, 3, 4)
+    variables = jax.eval_shape(small.init, jax.random.key(0), x)
+    assert jax.eval_shape(small.apply, variables, x).shape == (1, 5)
+    big = get_model("resnet18", num_classes=5, width=4)
+    assert _param_shapes(big)["conv_init"]["kernel"].shape == (7, 7, 3, 4)
+
+
+def test_resnet_param_names():
+    params = _param_shapes(get_model("resnet18", num_classes=2, width=4))
+    expected = {"conv_init", "bn_init", "fc"} | {
+        f"layer{s}_block{b}" for s in range(1, 5) for b in range(2)
+    }
+    assert set(params) == expected
+    assert set(params["layer1_block0"]) == {"conv1", "bn1", "conv2", "bn2"}
+    for s in range(2, 5):
+        assert set(params[f"layer{s}_block0"]) == {
+            "conv1", "bn1", "conv2", "bn2", "proj_conv", "proj_bn"
+        }
+        assert set(params[f"layer{s}_block1"]) == {"conv1", "bn1", "conv2", "bn2"}
+    assert "bias" not in params["conv_init"]
+
+
+def test_vgg_param_names_and_widths():
+    params = _param_shapes(get_model("vgg11", num_classes=3, width_multiplier=0.1))
+    assert set(params) == {f"conv{i}" for i in range(8)} | {"fc0", "fc1", "fc2"}
+    out_channels = [params[f"conv{i}"]["kernel"].shape[-1] for i in range(8)]
+    assert out_channels == [6, 13, 26, 26, 51, 51, 51, 51]
+    assert set(params["conv0"]) == {"kernel", "bias"}
+
+    params_bn = _param_shapes(get_model("vgg11_bn", num_classes=3, width_multiplier=0.1))
+    assert set(params_bn) == set(params) | {f"bn{i}" for i in range(8)}
+    for i in range(8):
+        # bn{i} normalises the output channels of conv{i}.
+        assert params_bn[f"bn{i}"]["scale"].shape == (out_channels[i],)
+
+
+def test_vgg_dropout_only_in_training():
+    model = get_model("vgg11", num_classes=3, width_multiplier=1 / 16, classifier_width=32,
+                      dropout_rate=0.5)
+    x = _normal(1, (4, 32, 32, 3))
+    variables = jax.jit(model.init)(_key(0), x)
+    eval_logits = _apply(model, variables, x)
+    train_logits = _apply(model, variables, x, train=True, rngs={"dropout": _key(2)})
+    assert not np.allclose(train_logits, eval_logits)
+    with pytest.raises(flax.errors.InvalidRngError):
+        jax.eval_shape(lambda v: model.apply(v, x, train=True), variables)  # no 'dropout' rng
+
+
+def test_computation_dtype():
+    # Shapes only for VGG-11-BN: parameters and logits stay float32 under a bfloat16 dtype.
+    vgg = get_model("vgg11_bn", num_classes=3, width_multiplier=1 / 16, classifier_width=16,
+                    dtype=jnp.bfloat16)
+    x_spec = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(vgg.init, jax.random.key(0), x_spec)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+    assert jax.eval_shape(vgg.apply, variables, x_spec).dtype == jnp.float32
+
+    # Real values on the small CNN: bfloat16 compute is used (results differ) but stays close.
+    x = _normal(0, (2, 16, 16, 3))
+    f32 = get_model("small_cnn", num_classes=3, width=4, hidden=8)
+    bf16 = get_model("small_cnn", num_classes=3, width=4, hidden=8, dtype=jnp.bfloat16)
+    variables = jax.jit(f32.init)(_key(0), x)
+    logits_f32 = _apply(f32, variables, x)
+    logits_bf16 = _apply(bf16, variables, x)
+    assert logits_bf16.dtype == jnp.float32
+    assert not np.array_equal(logits_f32, logits_bf16)
+    np.testing.assert_allclose(logits_bf16, logits_f32, rtol=0.05, atol=0.05)
+
+
+def _value_and_grad_of_linear_functional(pool, x, w):
+    """pool(x) and the gradient of sum(w * pool(x)) w.r.t. x, jitted."""
+    return jax.jit(lambda x: (pool(x), jax.grad(lambda x: jnp.sum(w * pool(x)))(x)))(x)
+
+
+def _flax_pool_2x2(x):
+    return nn.max_pool(x, (2, 2), (2, 2))
+
+
+def _flax_pool_3x3_s2(x):
+    return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 4, 4, 5)])
+def test_max_pool_2x2_matches_flax_value_and_grad(shape):
+    # Random inputs have no ties, so the max (and its gradient) is unique.
+    x = _normal(0, shape)
+    w = _normal(1, (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+    out, grad = _value_and_grad_of_linear_functional(max_pool_2x2, x, w)
+    ref_out, ref_grad = _value_and_grad_of_linear_functional(_flax_pool_2x2, x, w)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_2x2_crops_odd_sizes():
+    x = _normal(0, (2, 7, 5, 3))
+    w = jnp.ones((2, 3, 2, 3))
+    out, grad = _value_and_grad_of_linear_functional(max_pool_2x2, x, w)
+    assert out.shape == (2, 3, 2, 3)
+    np.testing.assert_array_equal(out, _flax_pool_2x2(x[:, :6, :4, :]))
+    # The cropped last row and column get no gradient; each window passes exactly one.
+    assert np.all(grad[:, 6, :, :] == 0) and np.all(grad[:, :, 4, :] == 0)
+    assert float(jnp.sum(grad)) == out.size
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 10, 2), (1, 1, 2, 1)])
+def test_max_pool_3x3_s2_matches_flax_value_and_grad(shape):
+    x = _normal(0, shape)
+    out_shape = jax.eval_shape(_flax_pool_3x3_s2, x).shape
+    w = _normal(1, out_shape)
+    out, grad = _value_and_grad_of_linear_functional(max_pool_3x3_s2, x, w)
+    ref_out, ref_grad = _value_and_grad_of_linear_functional(_flax_pool_3x3_s2, x, w)
+    assert out.shape == out_shape
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_param_counts_match_torchvision():
+    # torchvision counts; BN scale and bias are parameters, running statistics are not.
+    assert _param_count(get_model("resnet18", num_classes=1000), 224) == 11_689_512
+    assert _param_count(get_model("vgg11", num_classes=1000, classifier_width=4096), 224) == (
+        132_863_336
+    )
+    assert _param_count(get_model("vgg11_bn", num_classes=1000, classifier_width=4096), 224) == (
+        132_868_840
+    )
+
+
+def test_unknown_model_name_lists_available():
+    with pytest.raises(ValueError) as excinfo:
+        get_model("vgg12", num_classes=3)
+    message = str(excinfo.value)
+    assert "'vgg12'" in message
+    for name in list_models():
+        assert name in message
+
+
+def test_get_model_kwargs_and_duplicate_registration():
+    model = get_model("vgg11", num_classes=3)
+    assert model.num_classes == 3 and not model.use_bn
+    assert get_model("vgg11_bn", num_classes=3).use_bn
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("vgg11")(lambda **kwargs: None)
