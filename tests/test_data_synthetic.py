@@ -1,0 +1,142 @@
+"""Tests for the synthetic demo dataset (fairjax/data/synthetic.py)."""
+
+import time
+
+import numpy as np
+import pytest
+
+from fairjax.data.synthetic import (
+    DEFAULT_SPLIT_SIZES,
+    DEMO_CLASS_NAMES,
+    DEMO_CUE_NAMES,
+    DEMO_GROUP_NAMES,
+    make_demo_split,
+    make_demo_splits,
+)
+
+
+def test_names():
+    assert DEMO_GROUP_NAMES == ("light", "dark")
+    assert len(DEMO_CLASS_NAMES) == 4
+    assert DEMO_CLASS_NAMES == DEMO_CUE_NAMES[:4]
+
+
+def test_shapes_and_dtypes():
+    d = make_demo_split(50, image_size=24, seed=0)
+    assert set(d) == {"image", "label", "group"}
+    assert d["image"].shape == (50, 24, 24, 3) and d["image"].dtype == np.uint8
+    assert d["label"].shape == (50,) and d["label"].dtype == np.int32
+    assert d["group"].shape == (50,) and d["group"].dtype == np.int32
+    assert set(np.unique(d["group"])) <= {0, 1}
+    assert d["label"].min() >= 0 and d["label"].max() < 4
+
+
+def test_deterministic_and_seed_dependent():
+    a = make_demo_split(64, seed=7)
+    b = make_demo_split(64, seed=7)
+    c = make_demo_split(64, seed=8)
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+    assert a["image"].tobytes() != c["image"].tobytes()
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.35])
+def test_group_proportion_is_exact(fraction):
+    n = 1000
+    d = make_demo_split(n, seed=1, minority_fraction=fraction)
+    assert (d["group"] == 1).sum() == round(n * fraction)
+    # Groups are shuffled, not stored as one block at the end.
+    assert 0 < (d["group"][: n // 2] == 1).sum() < round(n * fraction)
+
+
+@pytest.mark.parametrize("num_classes", [2, 4, 5])
+def test_every_class_in_both_groups(num_classes):
+    d = make_demo_split(60, seed=2, num_classes=num_classes)
+    for g in (0, 1):
+        labels = d["label"][d["group"] == g]
+        assert set(labels.tolist()) == set(range(num_classes))
+        counts = np.bincount(labels, minlength=num_classes)
+        assert counts.max() - counts.min() <= 1  # round-robin dealing: balanced classes
+
+
+def _contrast_stats(d):
+    """Per image: median luminance (the skin) minus its 5th percentile (the lesion core)."""
+    lum = d["image"].astype(np.float32).mean(-1).reshape(len(d["image"]), -1)
+    median = np.median(lum, axis=1)
+    core = np.percentile(lum, 5, axis=1)
+    return median, median - core
+
+
+def test_dark_group_has_darker_skin_and_lower_lesion_contrast():
+    d = make_demo_split(600, seed=3)
+    median, contrast = _contrast_stats(d)
+    light, dark = d["group"] == 0, d["group"] == 1
+    assert median[dark].mean() < 0.8 * median[light].mean()
+    # Lower in gray levels AND relative to the skin (the documented handicap).
+    assert contrast[dark].mean() < 0.6 * contrast[light].mean()
+    assert (contrast / median)[dark].mean() < 0.8 * (contrast / median)[light].mean()
+
+
+def test_minority_contrast_knob_changes_dark_contrast_only():
+    low = make_demo_split(400, seed=4, minority_contrast=0.15)
+    high = make_demo_split(400, seed=4, minority_contrast=0.6)
+    _, c_low = _contrast_stats(low)
+    _, c_high = _contrast_stats(high)
+    dark = low["group"] == 1
+    assert np.array_equal(low["group"], high["group"])
+    assert c_low[dark].mean() < 0.5 * c_high[dark].mean()
+    # Same seed and the light-group draws do not depend on minority_contrast.
+    assert np.array_equal(low["image"][~dark], high["image"][~dark])
+
+
+def test_classes_differ_in_texture():
+    # Reticular / two-tone lesions vary inside, uniform ones do not. On noise-free light-group
+    # images, take the pixels darkened by > 15 % relative to the skin (above the +-12 % skin
+    # shading) and measure their interquartile-like spread relative to the lesion core.
+    d = make_demo_split(400, seed=5, minority_fraction=0.0, noise_std=0.0, image_size=48)
+    lum = d["image"].astype(np.float32).mean(-1).reshape(400, -1)
+    median = np.median(lum, axis=1, keepdims=True)
+    rel = (median - lum) / median  # relative darkening per pixel
+
+    def spread(r):
+        q25, q90 = np.percentile(r[r > 0.15], [25, 90])
+        return (q90 - q25) / q90
+
+    s = np.array([spread(r) for r in rel])
+    mean_spread = [s[d["label"] == c].mean() for c in range(4)]
+    assert mean_spread[2] > 3 * mean_spread[0]  # reticular vs round_uniform (~0.5 vs ~0.08)
+    assert mean_spread[3] > 3 * mean_spread[0]  # two_tone vs round_uniform (~0.4 vs ~0.08)
+    assert mean_spread[1] < 2 * mean_spread[0]  # irregular differs in shape, not texture
+
+
+def test_splits_are_deterministic_disjoint_streams():
+    sizes = {"train": 40, "validation": 20, "test": 30}
+    a = make_demo_splits(0, sizes, image_size=16)
+    b = make_demo_splits(0, sizes, image_size=16)
+    assert set(a) == set(sizes)
+    for name, n in sizes.items():
+        assert a[name]["image"].shape == (n, 16, 16, 3)
+        assert a[name]["image"].tobytes() == b[name]["image"].tobytes()
+    # Different derived seeds: no image is shared between splits.
+    train = {im.tobytes() for im in a["train"]["image"]}
+    assert not train & {im.tobytes() for im in a["test"]["image"]}
+    assert make_demo_splits(1, sizes, image_size=16)["train"]["image"].tobytes() != (
+        a["train"]["image"].tobytes()
+    )
+    assert set(DEFAULT_SPLIT_SIZES) == {"train", "validation", "test"}
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="num_classes"):
+        make_demo_split(10, seed=0, num_classes=6)
+    with pytest.raises(ValueError, match="minority_fraction"):
+        make_demo_split(10, seed=0, minority_fraction=1.5)
+    assert make_demo_split(0, seed=0)["image"].shape == (0, 32, 32, 3)
+
+
+def test_generation_speed():
+    make_demo_split(16, seed=0)  # warm up allocations
+    t0 = time.perf_counter()
+    make_demo_split(4000, image_size=32, seed=0)
+    # Typically ~0.5 s; the bound is generous because the CPU may be shared.
+    assert time.perf_counter() - t0 < 15.0
