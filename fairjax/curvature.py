@@ -65,6 +65,10 @@ METHODS = ("exact", "mc", "hutchinson", "empirical_fisher")
 # chunks of at most this many elements (64 Mi floats = 256 MiB in float32).
 DEFAULT_MAX_BLOCK_ELEMENTS = 1 << 26
 
+# Backward columns beyond this count are processed in blocks rather than one dot each, to keep
+# the unrolled program (and its compile time) small for many-class problems.
+_MAX_COLUMN_BLOCKS = 16
+
 _UNSUPPORTED_PADDING = ("CIRCULAR", "CAUSAL", "REFLECT")
 
 
@@ -277,6 +281,57 @@ def _chunks(total: int, size: int) -> list[slice]:
   return [slice(i, min(i + size, total)) for i in range(0, total, size)]
 
 
+def _per_sample_sq_sum(x: jax.Array, cot: jax.Array, weights: jax.Array,
+                       max_block: int) -> jax.Array:
+  """``sum_n w[n, g] sum_c (x[n]^T cot[n, c])**2`` for all groups -> ``[G, I, O]``.
+
+  Args:
+    x: ``[N, P, I]`` (inputs or im2col patches; ``P`` positions the weight is shared over).
+    cot: ``[N, K, P, O]`` output cotangents, one per backward column.
+    weights: ``float[N, G]``.
+
+  Two exact formulations, picked by a cost model (measured on XLA:CPU, bench/curvature.py):
+  the direct one materialises each per-sample, per-column gradient (``2 K P`` flops per output
+  element, but memory bound); the pairwise one uses
+  ``sum_c (sum_p a_p d_cp)^2 = sum_{p<=p'} (2 - [p=p']) a_p a_p' sum_c d_cp d_cp'``, one
+  compute-bound GEMM of depth ``P(P+1)/2`` per sample, which wins when few positions share the
+  weight (late conv layers, e.g. 6x faster for 4x4 maps with K = 7).
+  """
+  n, k, p, o = cot.shape
+  i = x.shape[-1]
+  acc = None
+  if p * (p + 1) // 2 < 2 * k * p:
+    rows, cols = jnp.triu_indices(p)
+    scale = jnp.where(rows == cols, 1.0, 2.0).astype(x.dtype)
+    x_pairs = x[:, rows, :] * x[:, cols, :] * scale[None, :, None]  # [N, Q, I]
+    d_pairs = jnp.einsum("ncpo,ncqo->npqo", cot, cot)[:, rows, cols, :]  # [N, Q, O]
+    for sl in _chunks(n, max_block // max(i * o, 1)):
+      per_sample = jnp.einsum("nqi,nqo->nio", x_pairs[sl], d_pairs[sl])
+      part = jnp.tensordot(weights[sl], per_sample, axes=(0, 0))
+      acc = part if acc is None else acc + part
+    return acc
+  # Columns are looped (in at most _MAX_COLUMN_BLOCKS blocks) and their squares accumulated:
+  # on XLA:CPU this runs about 2x faster than one batched dot over all columns followed by a
+  # square-and-reduce over the column axis, which is memory bound (measured in
+  # bench/curvature.py's development; see design.md section 1 on XLA:CPU pitfalls).
+  block = -(-k // _MAX_COLUMN_BLOCKS)
+  for sl in _chunks(n, max_block // max(block * i * o, 1)):
+    sq = None
+    for c0 in range(0, k, block):
+      grads = jnp.einsum("npi,ncpo->ncio", x[sl], cot[sl, c0:c0 + block])
+      part = jnp.sum(grads * grads, axis=1)
+      sq = part if sq is None else sq + part
+    part = jnp.tensordot(weights[sl], sq, axes=(0, 0))
+    acc = part if acc is None else acc + part
+  return acc
+
+
+def _bias_sq_sum(cot: jax.Array, weights: jax.Array) -> jax.Array:
+  """Bias diagonal from cotangents ``[N, K, P, O]`` -> ``[G, O]``."""
+  bias_grads = jnp.sum(cot, axis=2)  # [N, K, O]
+  return weights.T @ jnp.sum(bias_grads * bias_grads, axis=1)
+
+
 def _conv_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array,
                kernel_shape: tuple[int, ...], max_block: int) -> dict[str, jax.Array]:
   """Per-group kernel/bias diagonal of one conv from inputs and output cotangents.
@@ -290,24 +345,17 @@ def _conv_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array
   n, k = cot.shape[:2]
   c_out = cot.shape[-1]
   cot = cot.reshape(n, k, -1, c_out)  # [N, K, P, C_out]
-  patches = _patches(spec, x)  # [N, P, K_in]
-  k_in = patches.shape[-1]
-  per_sample = k * k_in * c_out
-  acc = None
-  for sl in _chunks(n, max_block // max(per_sample, 1)):
-    grads = jnp.einsum("npi,ncpo->ncio", patches[sl], cot[sl])  # per-sample, per-column
-    part = jnp.einsum("ng,nio->gio", weights[sl], jnp.sum(grads * grads, axis=1))
-    acc = part if acc is None else acc + part
+  acc = _per_sample_sq_sum(_patches(spec, x), cot, weights, max_block)  # [G, K_in, C_out]
   num_groups = weights.shape[1]
   kernel_size = kernel_shape[:-2]
   c_in = kernel_shape[-2]
+  # Patches are channel-major (C_in, *kernel_size); kernels are (*kernel_size, C_in, C_out).
   acc = acc.reshape((num_groups, c_in) + tuple(kernel_size) + (c_out,))
   rank = len(kernel_size)
   acc = jnp.transpose(acc, (0,) + tuple(range(2, 2 + rank)) + (1, 2 + rank))
   out = {"kernel": acc}
   if spec.use_bias:
-    bias_grads = jnp.sum(cot, axis=2)  # [N, K, C_out]
-    out["bias"] = weights.T @ jnp.sum(bias_grads * bias_grads, axis=1)
+    out["bias"] = _bias_sq_sum(cot, weights)
   return out
 
 
@@ -330,15 +378,10 @@ def _dense_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Arra
     d2 = jnp.sum(cot[:, :, 0] * cot[:, :, 0], axis=1)
     kernel = jnp.einsum("ng,ni,no->gio", weights, x2, d2)
   else:
-    kernel = None
-    for sl in _chunks(n, max_block // max(k * d_in * d_out, 1)):
-      grads = jnp.einsum("nti,ncto->ncio", x[sl], cot[sl])
-      part = jnp.einsum("ng,nio->gio", weights[sl], jnp.sum(grads * grads, axis=1))
-      kernel = part if kernel is None else kernel + part
+    kernel = _per_sample_sq_sum(x, cot, weights, max_block)
   out = {"kernel": kernel}
   if spec.use_bias:
-    bias_grads = jnp.sum(cot, axis=2)
-    out["bias"] = weights.T @ jnp.sum(bias_grads * bias_grads, axis=1)
+    out["bias"] = _bias_sq_sum(cot, weights)
   return out
 
 
