@@ -1,0 +1,120 @@
+"""Datasets: the synthetic demo, ISIC 2019 and Fitzpatrick-17k behind one loader (design.md 6).
+
+:func:`load_dataset` turns the ``data`` part of a run config into three random-access sources
+(``train`` / ``validation`` / ``test``) whose records are ``{"image": uint8[S, S, 3],
+"label": int, "group": int}`` (``group == -1``: sensitive attribute unknown), plus the names the
+reports need. The input pipeline (:mod:`fairjax.data.pipeline`) batches any such source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fairjax.data import pipeline, synthetic
+
+DATASETS = ("demo", "isic2019", "fitzpatrick17k")
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSplits:
+  """Three sources and what is known about them.
+
+  Attributes:
+    name: dataset name (one of :data:`DATASETS`).
+    sources: split name -> random-access source.
+    num_classes: number of classes ``C``.
+    class_names: class names (length ``C``).
+    group_names: names of the sensitive groups (length ``G``), e.g. ``("female", "male")``.
+    labels: split -> ``int32[N]`` labels (read once, without decoding images).
+    groups: split -> ``int32[N]`` group ids (``-1`` unknown).
+  """
+
+  name: str
+  sources: Mapping[str, Any]
+  num_classes: int
+  class_names: tuple[str, ...]
+  group_names: tuple[str, ...]
+  labels: Mapping[str, np.ndarray]
+  groups: Mapping[str, np.ndarray]
+
+  @property
+  def num_groups(self) -> int:
+    return len(self.group_names)
+
+  def describe(self) -> dict[str, Any]:
+    """JSON-able summary for ``results.json``."""
+    return {
+        "name": self.name,
+        "num_classes": self.num_classes,
+        "class_names": list(self.class_names),
+        "group_names": list(self.group_names),
+        "split_sizes": {s: int(len(self.labels[s])) for s in SPLITS},
+        "num_unknown_group": {s: int(np.sum(self.groups[s] < 0)) for s in SPLITS},
+        "group_counts": {s: {n: int(np.sum(self.groups[s] == g))
+                             for g, n in enumerate(self.group_names)} for s in SPLITS},
+    }
+
+
+def _demo(cfg: Mapping[str, Any]) -> DatasetSplits:
+  sizes = {"train": int(cfg["num_train"]), "validation": int(cfg["num_validation"]),
+           "test": int(cfg["num_test"])}
+  arrays = synthetic.make_demo_splits(
+      int(cfg["seed"]), sizes, image_size=int(cfg["image_size"]),
+      minority_fraction=float(cfg["minority_fraction"]))
+  sources = {s: pipeline.ArraySource(arrays[s]) for s in SPLITS}
+  return DatasetSplits(
+      name="demo", sources=sources, num_classes=len(synthetic.DEMO_CLASS_NAMES),
+      class_names=tuple(synthetic.DEMO_CLASS_NAMES), group_names=tuple(synthetic.DEMO_GROUP_NAMES),
+      labels={s: arrays[s]["label"] for s in SPLITS}, groups={s: arrays[s]["group"] for s in SPLITS})
+
+
+def _tfds(name: str, cfg: Mapping[str, Any], workdir: str) -> DatasetSplits:
+  from fairjax.data import tfds_common  # tfds is only imported for real datasets
+
+  data_dir = cfg.get("data_dir") or os.path.join(workdir, "tfds")
+  kwargs: dict[str, Any] = {"fractions": tuple(cfg["split_fractions"]), "seed": int(cfg["split_seed"])}
+  if name == "isic2019":
+    kwargs["attribute"] = cfg["sensitive_attribute"]
+  else:
+    kwargs["label_granularity"] = int(cfg["label_granularity"])
+    kwargs["unknown_skin"] = cfg["unknown_skin"]
+  sources = {
+      s: tfds_common.load_source(
+          name, s, manual_dir=cfg.get("manual_dir") or None, data_dir=data_dir,
+          image_size=int(cfg["stored_image_size"]), on_bad_image=cfg["on_bad_image"], **kwargs)
+      for s in SPLITS}
+  info = sources["train"].dataset_info
+  class_names = tuple(info.features["label"].names)
+  group_names = tuple(info.metadata["group_names"])
+  labels, groups = {}, {}
+  for s in SPLITS:
+    labels[s], groups[s] = pipeline.scan_labels(sources[s])
+  return DatasetSplits(name=name, sources=sources, num_classes=len(class_names),
+                       class_names=class_names, group_names=group_names, labels=labels,
+                       groups=groups)
+
+
+def load_dataset(cfg: Mapping[str, Any], *, workdir: str) -> DatasetSplits:
+  """Loads the dataset described by a run config's ``data`` section.
+
+  Args:
+    cfg: ``config.data`` (see ``configs/*.py``); ``cfg["name"]`` selects the dataset.
+    workdir: run directory; TFDS files go to ``<workdir>/tfds`` unless ``data_dir`` is set.
+
+  Raises:
+    ValueError: unknown dataset name.
+    fairjax.data.tfds_common.DatasetNotFoundError: a real dataset is not built and its
+      ``manual_dir`` is missing or incomplete (the message says where to get the files).
+  """
+  name = cfg["name"]
+  if name == "demo":
+    return _demo(cfg)
+  if name in ("isic2019", "fitzpatrick17k"):
+    return _tfds(name, cfg, workdir)
+  raise ValueError(f"config.data.name={name!r} is not one of {DATASETS}")

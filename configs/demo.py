@@ -1,0 +1,17 @@
+"""The embedded demo: synthetic skin images with a real group gap, no download, ~minutes on CPU.
+
+    python -m fairjax.main --config=configs/demo.py --workdir=/tmp/fairjax_demo
+
+The images come from fairjax.data.synthetic (NOT real data): lesion classes drawn as shapes and
+textures on light or dark skin, 20% dark skin with lower lesion contrast.
+"""
+
+from fairjax.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.data.name = "demo"
+  config.data.image_size = 32
+  config.model.name = "small_cnn"
+  return config

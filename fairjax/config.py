@@ -1,0 +1,173 @@
+"""The run configuration: defaults shared by ``configs/*.py`` and validation before any compute.
+
+Configs are ``ml_collections.ConfigDict`` objects (flax examples / big_vision style): a
+``configs/<name>.py`` file defines ``get_config()`` starting from :func:`base_config`, and any
+field can be overridden on the command line as ``--config.a.b=value``. These keys are part of
+the public contract: ``data.manual_dir``, ``data.image_size``, ``train.epochs``,
+``prune.method``, ``fairness_convention``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+PRUNE_METHODS = ("fairprune",)
+CURVATURE_METHODS = ("exact", "mc", "hutchinson", "empirical_fisher")
+CONVENTIONS = ("sum", "mean")
+SAMPLINGS = ("uniform", "group_balanced", "class_balanced")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and how to fix it."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults for every field (the demo's values where a dataset matters)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # model init, data order, pruning batches
+  c.fairness_convention = "sum"  # "sum" (FairPrune re-implementations) or "mean" (Kong et al.)
+  c.undefined_rates = "skip"  # class absent from a group: "skip" it or count the rate as "zero"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "demo"
+  c.data.image_size = 32  # side of the images fed to the model
+  c.data.manual_dir = ""  # real datasets: folder with the files you downloaded (README)
+  c.data.data_dir = ""  # TFDS build directory ("" = <workdir>/tfds)
+  c.data.stored_image_size = 128  # side at which the TFDS build stores images
+  c.data.split_fractions = (0.6, 0.2, 0.2)
+  c.data.split_seed = 0
+  c.data.sensitive_attribute = "sex"  # ISIC 2019: "sex" or "age"
+  c.data.label_granularity = 114  # Fitzpatrick-17k: 114, 9 or 3 classes
+  c.data.unknown_skin = "exclude"  # Fitzpatrick-17k skin type -1: "exclude" or "dark"
+  c.data.on_bad_image = "skip"  # corrupt / missing image: "skip" (counted) or "error"
+  c.data.sampling = "uniform"  # training sampler: uniform, group_balanced, class_balanced
+  # The synthetic demo (fairjax.data.synthetic): sizes, generator seed, share of dark skin.
+  c.data.seed = 0
+  c.data.num_train = 3000
+  c.data.num_validation = 800
+  c.data.num_test = 1500
+  c.data.minority_fraction = 0.2
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "small_cnn"
+  c.model.kwargs = ml_collections.ConfigDict({"width": 16, "hidden": 64})
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 10
+  c.train.batch_size = 64
+  c.train.eval_batch_size = 256
+  c.train.optimizer = "adam"
+  c.train.learning_rate = 1e-3
+  c.train.momentum = 0.9
+  c.train.nesterov = False
+  c.train.weight_decay = 0.0
+  c.train.schedule = "cosine"
+  c.train.warmup_epochs = 0
+  c.train.patience = 3  # early stopping on validation accuracy (epochs)
+
+  c.prune = ml_collections.ConfigDict()
+  c.prune.method = "fairprune"
+  c.prune.beta = 0.5  # weight of the privileged group's curvature, (0, 1]
+  c.prune.privileged_group = ""  # group name; "" = the group with higher dense val. accuracy
+  c.prune.curvature = "exact"  # per_group_diag method
+  c.prune.curvature_samples = 1  # samples / probes for "mc" / "hutchinson"
+  c.prune.num_batches = 4  # group-balanced mini-batches the saliency is averaged over
+  c.prune.batch_size = 128  # their size (half per group with two groups)
+  c.prune.step_fraction = 0.05  # share of the still-kept weights pruned per step
+  c.prune.scope = "global"  # rank weights over all layers ("global") or within each ("layer")
+  c.prune.max_steps = 30
+  c.prune.patience = 5  # stop when validation Eodd has not improved for this many steps
+  c.prune.max_sparsity = 0.9  # stop at this share of pruned prunable weights
+  c.prune.max_accuracy_drop = 0.03  # stop when validation accuracy fell by more than this
+  c.prune.exclude_layers = ()  # module paths never pruned, e.g. ("conv0", "fc1")
+  c.prune.finetune_epochs = 0  # FairPrune prunes without fine-tuning (paper); optional
+  return c
+
+
+def _fail(field: str, value: Any, requirement: str) -> None:
+  raise ConfigError(f"config.{field}={value!r}: {requirement} "
+                    f"(fix it in the config file or with --config.{field}=...)")
+
+
+def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> None:
+  """Checks every field a run depends on; raises :class:`ConfigError` on the first bad one."""
+  from fairjax import models  # the registry is the source of truth for model names
+
+  if config.fairness_convention not in CONVENTIONS:
+    _fail("fairness_convention", config.fairness_convention, f"must be one of {CONVENTIONS}")
+  if config.undefined_rates not in ("skip", "zero"):
+    _fail("undefined_rates", config.undefined_rates, "must be 'skip' or 'zero'")
+
+  d = config.data
+  if d.name not in ("demo", "isic2019", "fitzpatrick17k"):
+    _fail("data.name", d.name, "must be one of ('demo', 'isic2019', 'fitzpatrick17k')")
+  if not isinstance(d.image_size, int) or d.image_size < 8:
+    _fail("data.image_size", d.image_size, "must be an integer >= 8")
+  if d.sampling not in SAMPLINGS:
+    _fail("data.sampling", d.sampling, f"must be one of {SAMPLINGS}")
+  if d.name != "demo" and not d.manual_dir and not d.data_dir:
+    _fail("data.manual_dir", d.manual_dir,
+          f"must point to your {d.name} files (see README, 'Bring real data')")
+  if len(d.split_fractions) != 3 or abs(sum(d.split_fractions) - 1.0) > 1e-6 or min(
+      d.split_fractions) <= 0:
+    _fail("data.split_fractions", tuple(d.split_fractions),
+          "must be three positive numbers (train, validation, test) summing to 1")
+  if d.name == "isic2019" and d.sensitive_attribute not in ("sex", "age"):
+    _fail("data.sensitive_attribute", d.sensitive_attribute, "must be 'sex' or 'age'")
+  if d.name == "fitzpatrick17k" and d.label_granularity not in (114, 9, 3):
+    _fail("data.label_granularity", d.label_granularity, "must be 114, 9 or 3")
+  if d.unknown_skin not in ("exclude", "dark"):
+    _fail("data.unknown_skin", d.unknown_skin, "must be 'exclude' or 'dark'")
+  if d.on_bad_image not in ("skip", "error"):
+    _fail("data.on_bad_image", d.on_bad_image, "must be 'skip' or 'error'")
+  if d.name == "demo":
+    for key in ("num_train", "num_validation", "num_test"):
+      if int(d[key]) < 16:
+        _fail(f"data.{key}", d[key], "must be at least 16")
+    if not 0.0 < d.minority_fraction < 1.0:
+      _fail("data.minority_fraction", d.minority_fraction, "must be in (0, 1)")
+
+  if config.model.name not in models.list_models():
+    _fail("model.name", config.model.name, f"must be one of {tuple(models.list_models())}")
+
+  t = config.train
+  if not isinstance(t.epochs, int) or t.epochs < 1:
+    _fail("train.epochs", t.epochs, "must be an integer >= 1")
+  for key in ("batch_size", "eval_batch_size"):
+    if not isinstance(t[key], int) or t[key] < 1:
+      _fail(f"train.{key}", t[key], "must be an integer >= 1")
+  if t.optimizer not in ("sgd", "adam", "adamw"):
+    _fail("train.optimizer", t.optimizer, "must be 'sgd', 'adam' or 'adamw'")
+  if not t.learning_rate > 0:
+    _fail("train.learning_rate", t.learning_rate, "must be > 0")
+  if t.schedule not in ("constant", "cosine", "step"):
+    _fail("train.schedule", t.schedule, "must be 'constant', 'cosine' or 'step'")
+  if t.weight_decay < 0:
+    _fail("train.weight_decay", t.weight_decay, "must be >= 0")
+  if t.patience is not None and t.patience < 1:
+    _fail("train.patience", t.patience, "must be >= 1 (or None to disable early stopping)")
+
+  p = config.prune
+  if p.method not in PRUNE_METHODS:
+    _fail("prune.method", p.method, f"must be one of {PRUNE_METHODS}")
+  if not 0.0 < p.beta <= 1.0:
+    _fail("prune.beta", p.beta, "must be in (0, 1] (FairPrune's privileged-group weight)")
+  if p.curvature not in CURVATURE_METHODS:
+    _fail("prune.curvature", p.curvature, f"must be one of {CURVATURE_METHODS}")
+  if not 0.0 < p.step_fraction < 1.0:
+    _fail("prune.step_fraction", p.step_fraction, "must be in (0, 1)")
+  if not 0.0 <= p.max_sparsity < 1.0:
+    _fail("prune.max_sparsity", p.max_sparsity, "must be in [0, 1)")
+  if not 0.0 <= p.max_accuracy_drop <= 1.0:
+    _fail("prune.max_accuracy_drop", p.max_accuracy_drop,
+          "must be in [0, 1] (accuracy units, 0.03 = 3 points)")
+  if p.scope not in ("global", "layer"):
+    _fail("prune.scope", p.scope, "must be 'global' or 'layer'")
+  for key in ("max_steps", "patience", "num_batches", "batch_size", "curvature_samples"):
+    if not isinstance(p[key], int) or p[key] < 1:
+      _fail(f"prune.{key}", p[key], "must be an integer >= 1")
+  if p.finetune_epochs < 0:
+    _fail("prune.finetune_epochs", p.finetune_epochs, "must be >= 0")

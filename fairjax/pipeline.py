@@ -1,0 +1,348 @@
+"""The main job: train dense -> score -> prune steps -> evaluate -> report (design.md section 0).
+
+Every stage is checkpointed in the workdir, so a run killed at any point and started again with
+the same command resumes where it stopped and ends with the same masks and metrics:
+
+- ``<workdir>/checkpoints/dense``: one checkpoint per epoch (current and best-so-far weights,
+  optimizer state, early-stopping counters); the last one is marked ``done``.
+- ``<workdir>/checkpoints/prune``: one checkpoint per pruning step (params, BatchNorm
+  statistics, mask, and the history of validation metrics and the stopping rule).
+- ``<workdir>/results.json`` (written atomically at the end; schema in the README) and plots.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from fairjax import checkpoint, masks, metrics, models, report, train
+from fairjax.config import validate_config
+from fairjax.data import DatasetSplits, load_dataset
+from fairjax.data import pipeline as input_pipeline
+from fairjax.pruning import fairprune
+
+PyTree = Any
+
+
+def _to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def _make_model(config, data: DatasetSplits):
+  kwargs = dict(config.model.kwargs) if config.model.kwargs else {}
+  return models.get_model(config.model.name, num_classes=data.num_classes, **kwargs)
+
+
+def _train_tx(config, steps_per_epoch: int, epochs: int):
+  t = config.train
+  total = max(1, steps_per_epoch * epochs)
+  schedule = train.make_schedule(t.schedule, t.learning_rate, total,
+                                 warmup_steps=t.warmup_epochs * steps_per_epoch)
+  return train.make_optimizer(t.optimizer, schedule, momentum=t.momentum, nesterov=t.nesterov,
+                              weight_decay=t.weight_decay)
+
+
+def evaluate_split(state: train.TrainState, data: DatasetSplits, split: str, config) -> dict:
+  """Metrics of ``state`` on one split (metrics.evaluate + the mask's sparsity)."""
+  batches = input_pipeline.eval_batches(
+      data.sources[split], batch_size=config.train.eval_batch_size,
+      image_size=config.data.image_size)
+  logits, labels, groups = train.predict(state, batches)
+  if not np.all(np.isfinite(logits)):
+    raise FloatingPointError(f"non-finite logits on the {split} split; the model diverged")
+  out = metrics.evaluate(labels, np.argmax(logits, axis=-1), groups,
+                         num_classes=data.num_classes, num_groups=data.num_groups,
+                         group_names=list(data.group_names),
+                         convention=config.fairness_convention, undefined=config.undefined_rates)
+  out["sparsity"] = _sparsity(state.mask)
+  return out
+
+
+def _sparsity(mask: PyTree | None) -> float:
+  if mask is None:
+    return 0.0
+  return float(masks.sparsity_report(mask)["global"]["sparsity"])
+
+
+def _epoch_batches(config, data: DatasetSplits, seed: int):
+  def batches(epoch: int):
+    return input_pipeline.train_batches(
+        data.sources["train"], batch_size=config.train.batch_size,
+        image_size=config.data.image_size, seed=seed, sampling=config.data.sampling, epoch=epoch)
+  return batches
+
+
+def _state_items(state: train.TrainState) -> dict[str, PyTree]:
+  return {"params": state.params, "batch_stats": state.batch_stats,
+          "opt_state": state.opt_state}
+
+
+# -- dense training ----------------------------------------------------------------------------
+
+
+def train_dense(config, model, data: DatasetSplits, workdir: str) -> train.TrainState:
+  """Trains (or resumes training of) the dense model; returns the best state by val accuracy."""
+  t = config.train
+  n_train = len(data.labels["train"])
+  steps_per_epoch = max(1, n_train // t.batch_size)
+  tx = _train_tx(config, steps_per_epoch, t.epochs)
+  init_key = jax.random.key(config.seed, impl="rbg")  # rbg: much faster init compile on CPU
+  state = train.create_train_state(model, init_key, (config.data.image_size,) * 2 + (3,), tx)
+  store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, checkpoint.DENSE_STORE),
+                                     max_to_keep=2)
+  like = {**_state_items(state), "best_params": state.params, "best_batch_stats": state.batch_stats}
+  best_score, bad_epochs, start = -math.inf, 0, 0
+  best = {"params": state.params, "batch_stats": state.batch_stats}
+  latest = store.latest_step()
+  if latest is not None:
+    meta = store.restore_metadata(latest)
+    items = store.restore(latest, like)
+    best = {"params": items["best_params"], "batch_stats": items["best_batch_stats"]}
+    if meta.get("done"):
+      logging.info("dense model: restored the finished run (epoch %d)", meta["epoch"])
+      store.close()
+      return state.replace(**best)
+    state = state.replace(params=items["params"], batch_stats=items["batch_stats"],
+                          opt_state=items["opt_state"], step=jnp.asarray(meta["step"], jnp.int32))
+    best_score, bad_epochs, start = meta["best_score"], meta["bad_epochs"], meta["epoch"] + 1
+    logging.info("dense model: resuming after epoch %d", meta["epoch"])
+
+  batches = _epoch_batches(config, data, config.seed)
+  rng = jax.random.key(config.seed + 1, impl="rbg")
+  done = False
+  for epoch in range(start, t.epochs):
+    state, history = train.fit(state, batches, epochs=epoch + 1, start_epoch=epoch, rng=rng,
+                               log_every=0, donate=False)
+    val = evaluate_split(state, data, "validation", config)
+    improved = val["accuracy"] > best_score
+    if improved:
+      best_score, bad_epochs = val["accuracy"], 0
+      best = {"params": state.params, "batch_stats": state.batch_stats}
+    else:
+      bad_epochs += 1
+    done = epoch == t.epochs - 1 or (t.patience is not None and bad_epochs >= t.patience)
+    logging.info("dense epoch %d/%d: loss %.4f train acc %.4f | val acc %.4f macro-F1 %.4f "
+                 "eodd %.4f%s", epoch + 1, t.epochs, history[-1]["loss"],
+                 history[-1]["accuracy"], val["accuracy"], val["macro_f1"], _num(val["eodd"]),
+                 " (best)" if improved else "")
+    store.save(epoch, {**_state_items(state), "best_params": best["params"],
+                       "best_batch_stats": best["batch_stats"]},
+               metadata={"epoch": epoch, "step": int(state.step), "best_score": best_score,
+                         "bad_epochs": bad_epochs, "done": done})
+    if done:
+      break
+  if not done:  # epochs were already complete when resuming (cannot happen unless edited)
+    raise RuntimeError("dense training ended without a final checkpoint")
+  store.close()
+  return state.replace(**best)
+
+
+def _num(x: Any) -> float:
+  return float("nan") if x is None else float(x)
+
+
+# -- FairPrune ---------------------------------------------------------------------------------
+
+
+def _scoring_batches(config, data: DatasetSplits, step: int):
+  p = config.prune
+  return input_pipeline.group_balanced_batches(
+      data.sources["train"], batch_size=p.batch_size, image_size=config.data.image_size,
+      seed=config.seed * 1000 + step, num_groups=data.num_groups, num_batches=p.num_batches)
+
+
+def _group_diag(config, model, state: train.TrainState, data: DatasetSplits, step: int):
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  if not state.batch_stats:
+    variables = {"params": state.params}
+  rng = jax.random.key(config.seed * 7919 + step)
+  diag, _ = fairprune.average_group_diag(
+      model, variables, _scoring_batches(config, data, step), num_groups=data.num_groups,
+      method=config.prune.curvature, rng=rng, num_samples=config.prune.curvature_samples,
+      apply_kwargs={"train": False})
+  return diag
+
+
+def _prunable(config):
+  """Conv/dense kernels (design.md section 2 scope) minus ``config.prune.exclude_layers``."""
+  excluded = tuple(tuple(e.split("/")) for e in config.prune.exclude_layers)
+
+  def prunable(path, leaf) -> bool:
+    return masks.default_prunable(path, leaf) and not any(
+        tuple(path[:len(e)]) == e for e in excluded)
+
+  return prunable
+
+
+def resolve_roles(config, data: DatasetSplits, dense_val: Mapping[str, Any]):
+  """(unprivileged id, privileged ids) from the config or the dense validation accuracies."""
+  acc = [_num(dense_val["group_accuracy"].get(n)) for n in data.group_names]
+  privileged = None
+  if config.prune.privileged_group:
+    if config.prune.privileged_group not in data.group_names:
+      raise ValueError(f"config.prune.privileged_group={config.prune.privileged_group!r} is not a "
+                       f"group of {data.name}: {data.group_names}")
+    privileged = data.group_names.index(config.prune.privileged_group)
+  return fairprune.group_roles(acc, privileged=privileged)
+
+
+def prune_fairprune(config, model, dense: train.TrainState, data: DatasetSplits, workdir: str,
+                    dense_val: dict, roles) -> tuple[train.TrainState, list[dict], int]:
+  """Iterative FairPrune (design.md section 2) with a checkpoint after every step.
+
+  Returns:
+    ``(final_state, steps, chosen_step)``: the state of the chosen step (lowest validation Eodd
+    among the steps within ``max_accuracy_drop`` of the dense validation accuracy; step 0, the
+    dense model, if none qualifies), the per-step records and that step's index.
+  """
+  p = config.prune
+  unpriv, priv = roles
+  store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, checkpoint.PRUNE_STORE))
+  n_train = len(data.labels["train"])
+  ft_steps = max(1, n_train // config.train.batch_size)
+  tx = _train_tx(config, ft_steps, max(1, p.finetune_epochs)) if p.finetune_epochs else dense.tx
+  state = dense.replace(tx=tx, opt_state=tx.init(dense.params))
+  state = train.set_mask(state, masks.init_mask(state.params, _prunable(config)))
+  steps = [{"step": 0, "sparsity": 0.0, "validation": dense_val}]
+  stop = {"best": _num(dense_val["eodd"]), "bad_steps": 0, "stopped": False, "reason": ""}
+  latest = store.latest_step()
+  if latest is not None:
+    meta = store.restore_metadata(latest)
+    items = store.restore(latest, {"params": state.params, "batch_stats": state.batch_stats,
+                                   "mask": state.mask})
+    state = state.replace(params=items["params"], batch_stats=items["batch_stats"],
+                          mask=items["mask"])
+    steps, stop = meta["steps"], meta["stop"]
+    logging.info("fairprune: resuming after step %d (sparsity %.3f)", latest,
+                 steps[-1]["sparsity"])
+
+  step = len(steps) - 1
+  while not stop["stopped"] and step < p.max_steps:
+    step += 1
+    t0 = time.perf_counter()
+    diag = _group_diag(config, model, state, data, step)
+    scores = fairprune.saliency(state.params, diag, unprivileged=unpriv, privileged=priv,
+                                beta=p.beta)
+    new_mask = masks.prune_lowest(scores, state.mask, p.step_fraction, scope=p.scope)
+    state = train.set_mask(state, new_mask)
+    if p.finetune_epochs:
+      state, _ = train.fit(state, _epoch_batches(config, data, config.seed * 31 + step),
+                           epochs=p.finetune_epochs, rng=jax.random.key(step), log_every=0,
+                           donate=False)
+    val = evaluate_split(state, data, "validation", config)
+    steps.append({"step": step, "sparsity": val["sparsity"], "validation": val})
+    eodd = _num(val["eodd"])
+    drop = dense_val["accuracy"] - val["accuracy"]
+    if eodd < stop["best"]:
+      stop["best"], stop["bad_steps"] = eodd, 0
+    else:
+      stop["bad_steps"] += 1
+    if stop["bad_steps"] >= p.patience:
+      stop.update(stopped=True, reason=f"validation Eodd did not improve for {p.patience} steps")
+    elif val["sparsity"] >= p.max_sparsity:
+      stop.update(stopped=True, reason=f"sparsity reached {p.max_sparsity}")
+    elif drop > p.max_accuracy_drop:
+      stop.update(stopped=True, reason=f"validation accuracy dropped by {drop:.3f} > "
+                                       f"{p.max_accuracy_drop}")
+    logging.info("fairprune step %d: sparsity %.3f | val acc %.4f (drop %+.4f) eodd %.4f "
+                 "[%.1fs]%s", step, val["sparsity"], val["accuracy"], drop, eodd,
+                 time.perf_counter() - t0, f" -> stop: {stop['reason']}" if stop["stopped"] else "")
+    store.save(step, {"params": state.params, "batch_stats": state.batch_stats,
+                      "mask": state.mask}, metadata={"steps": steps, "stop": stop})
+  if not stop["stopped"]:
+    stop.update(stopped=True, reason=f"max_steps={p.max_steps} reached")
+
+  eligible = [s for s in steps[1:]
+              if dense_val["accuracy"] - s["validation"]["accuracy"] <= p.max_accuracy_drop
+              and s["validation"]["eodd"] is not None]
+  if not eligible:
+    logging.warning("fairprune: no pruning step stayed within max_accuracy_drop=%s; reporting "
+                    "the dense model", p.max_accuracy_drop)
+    store.close()
+    return dense.replace(mask=None), steps, 0
+  chosen = min(eligible, key=lambda s: (s["validation"]["eodd"], s["step"]))["step"]
+  items = store.restore(chosen, {"params": state.params, "batch_stats": state.batch_stats,
+                                 "mask": state.mask})
+  store.close()
+  final = state.replace(params=items["params"], batch_stats=items["batch_stats"],
+                        mask=items["mask"])
+  logging.info("fairprune: %s; chose step %d (lowest validation Eodd within the accuracy limit)",
+               stop["reason"], chosen)
+  return final, steps, chosen
+
+
+# -- the whole run -----------------------------------------------------------------------------
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) the whole job; returns the results dict also written to results.json."""
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  t_start = time.perf_counter()
+  logging.info("loading data: %s", config.data.name)
+  data = load_dataset(config.data, workdir=workdir)
+  info = data.describe()
+  logging.info("data: %s", info["split_sizes"])
+  model = _make_model(config, data)
+
+  dense = train_dense(config, model, data, workdir)
+  dense_val = evaluate_split(dense, data, "validation", config)
+  dense_test = evaluate_split(dense, data, "test", config)
+  unpriv, priv = resolve_roles(config, data, dense_val)
+  logging.info("dense test: acc %.4f macro-F1 %.4f eodd %.4f; unprivileged group: %s",
+               dense_test["accuracy"], dense_test["macro_f1"], _num(dense_test["eodd"]),
+               data.group_names[unpriv])
+
+  final, steps, chosen = prune_fairprune(config, model, dense, data, workdir, dense_val,
+                                         (unpriv, priv))
+  pruned_test = evaluate_split(final, data, "test", config)
+  privileged_name = (data.group_names[priv[0]] if len(priv) == 1 else
+                     "mean of " + ", ".join(data.group_names[g] for g in priv))
+  results = {
+      "schema_version": 1,
+      "config": _to_dict(config),
+      "dataset": info,
+      "fairness_convention": config.fairness_convention,
+      "privileged_group": privileged_name,
+      "unprivileged_group": data.group_names[unpriv],
+      "method": config.prune.method,
+      "dense": dense_test,
+      "pruned": pruned_test,
+      "chosen_step": chosen,
+      "steps": steps,
+      "summary": report.summarize(dense_test, pruned_test),
+      "wall_seconds": time.perf_counter() - t_start,
+  }
+  path = report.write_results(workdir, results)
+  _plots(config, model, dense, data, steps, unpriv, priv, workdir)
+  logging.info("pruned test (step %d): acc %.4f macro-F1 %.4f eodd %.4f sparsity %.3f -> %s",
+               chosen, pruned_test["accuracy"], pruned_test["macro_f1"],
+               _num(pruned_test["eodd"]), pruned_test["sparsity"], path)
+  return results
+
+
+def _plots(config, model, dense, data: DatasetSplits, steps, unpriv, priv, workdir) -> None:
+  report.plot_tradeoff(steps, os.path.join(workdir, "tradeoff.png"),
+                       title=f"{config.prune.method} on {data.name}",
+                       convention=config.fairness_convention)
+  diag = _group_diag(config, model, dense, data, 0)
+  terms = fairprune.group_terms(dense.params, diag)
+  per_layer: dict[str, dict[str, np.ndarray]] = {}
+  shown = (unpriv, priv[0])
+  for path, leaf in masks.flatten_with_paths(terms):
+    if path[-1] != "kernel":
+      continue
+    name = "/".join(path)
+    per_layer[name] = {data.group_names[g]: np.asarray(leaf[g]).ravel() for g in shown}
+  report.plot_saliency_histograms(
+      per_layer, os.path.join(workdir, "saliency_histograms.png"),
+      group_names=(data.group_names[shown[0]], data.group_names[shown[1]]))

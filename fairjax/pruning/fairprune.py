@@ -1,0 +1,132 @@
+"""FairPrune (Wu et al., MICCAI 2022, arXiv 2203.02110): design.md section 2.
+
+The saliency of parameter ``i`` is the Optimal-Brain-Damage term of the unprivileged group minus
+``beta`` times that of the privileged group::
+
+    S_i = 1/2 * theta_i**2 * (h_ii^(unpriv) - beta * h_ii^(priv))
+
+with ``h^(g)`` the diagonal GGN of group ``g``'s mean loss (:func:`fairjax.curvature.per_group_diag`).
+The parameters with the SMALLEST ``S`` are pruned: they matter little to the unprivileged group
+and much to the privileged one. Scores here follow the project convention "higher = keep", so
+``S`` itself is the score and :func:`fairjax.masks.prune_lowest` does the selection.
+
+More than two groups (documented generalisation): the unprivileged side is ONE group (by
+default the one with the lowest dense validation accuracy) and the privileged side is the MEAN
+curvature of all the other groups. With two groups this is exactly the paper's formula.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fairjax import curvature
+
+PyTree = Any
+
+
+def group_roles(group_accuracy: Sequence[float], *, privileged: int | None = None,
+                unprivileged: int | None = None) -> tuple[int, tuple[int, ...]]:
+  """Chooses the unprivileged group and the privileged group(s).
+
+  Args:
+    group_accuracy: dense-model validation accuracy per group, ``[G]`` (NaN for a group with no
+      validation sample; such a group can never be chosen automatically).
+    privileged: a configured privileged group id, or None.
+    unprivileged: a configured unprivileged group id, or None.
+
+  Returns:
+    ``(unprivileged, privileged_groups)``: with two groups the other group is privileged; with
+    more, every group except the unprivileged one (their curvatures are averaged), unless
+    ``privileged`` names one.
+  """
+  acc = np.asarray(group_accuracy, dtype=np.float64)
+  num_groups = acc.shape[0]
+  if num_groups < 2:
+    raise ValueError(f"FairPrune needs at least two groups, got {num_groups}")
+  for name, value in (("privileged", privileged), ("unprivileged", unprivileged)):
+    if value is not None and not 0 <= value < num_groups:
+      raise ValueError(f"{name} group id {value} is outside [0, {num_groups})")
+  if unprivileged is None:
+    candidates = [g for g in range(num_groups) if g != privileged and np.isfinite(acc[g])]
+    if not candidates:
+      raise ValueError("no group with a finite validation accuracy can be unprivileged")
+    unprivileged = min(candidates, key=lambda g: (acc[g], g))
+  if privileged is not None:
+    if privileged == unprivileged:
+      raise ValueError(f"group {privileged} cannot be both privileged and unprivileged")
+    return unprivileged, (privileged,)
+  return unprivileged, tuple(g for g in range(num_groups) if g != unprivileged)
+
+
+def saliency(params: PyTree, group_diag: PyTree, *, unprivileged: int,
+             privileged: Sequence[int], beta: float) -> PyTree:
+  """FairPrune saliency ``1/2 theta^2 (h_unpriv - beta * mean_{g in priv} h_g)``.
+
+  Args:
+    params: parameter pytree (float leaves).
+    group_diag: same structure, leaves ``[G, *leaf.shape]`` (per-group diagonal curvature).
+    unprivileged: group id of the unprivileged group.
+    privileged: group ids averaged into the privileged term.
+    beta: weight of the privileged group, ``0 < beta <= 1`` in the paper.
+
+  Returns:
+    Pytree like ``params`` with float saliencies (lower = pruned first).
+  """
+  priv = jnp.asarray(privileged)
+
+  def one(theta, h):
+    h_priv = jnp.mean(h[priv], axis=0)
+    return 0.5 * theta * theta * (h[unprivileged] - beta * h_priv)
+
+  return jax.tree.map(one, params, group_diag)
+
+
+def group_terms(params: PyTree, group_diag: PyTree) -> PyTree:
+  """Per-group OBD terms ``1/2 theta^2 h_g``, leaves ``[G, *leaf.shape]`` (for the histograms)."""
+  return jax.tree.map(lambda theta, h: 0.5 * theta[None] * theta[None] * h, params, group_diag)
+
+
+def average_group_diag(model: nn.Module, variables: PyTree, batches: Iterable[Mapping[str, Any]],
+                       *, num_groups: int, method: str = "exact", rng: jax.Array | None = None,
+                       num_samples: int = 1, chunk_size: int | None = None,
+                       apply_kwargs: Mapping[str, Any] | None = None) -> tuple[PyTree, np.ndarray]:
+  """Per-group diagonal curvature averaged over mini-batches (design.md section 2).
+
+  Each batch's result is weighted by its per-group sample count, so the average is the
+  per-group curvature of the union of the batches. ``batches`` yield dicts with ``image``
+  ``float32[B, H, W, C]``, ``label`` and ``group`` ``int32[B]`` (``valid`` rows, if present,
+  are respected by giving padded rows group ``-1``).
+
+  Returns:
+    ``(diag, counts)``: the pytree ``[G, ...]`` and ``int[G]`` total samples per group.
+
+  Raises:
+    ValueError: if a group received no sample at all (its curvature would be meaningless).
+  """
+  diags, counts = [], []
+  for i, batch in enumerate(batches):
+    groups = np.asarray(batch["group"], np.int32)
+    if "valid" in batch:
+      groups = np.where(np.asarray(batch["valid"], bool), groups, -1)
+    key = None if rng is None else jax.random.fold_in(rng, i)
+    diag, count = curvature.per_group_diag(
+        model, variables, jnp.asarray(batch["image"]), jnp.asarray(batch["label"], jnp.int32),
+        jnp.asarray(groups), num_groups=num_groups, method=method, rng=key,
+        num_samples=num_samples, chunk_size=chunk_size, apply_kwargs=apply_kwargs,
+        return_counts=True)
+    diags.append(diag)
+    counts.append(count)
+  if not diags:
+    raise ValueError("average_group_diag got no batches")
+  total = np.sum(np.stack([np.asarray(c) for c in counts]), axis=0)
+  empty = [g for g in range(num_groups) if total[g] == 0]
+  if empty:
+    raise ValueError(f"group(s) {empty} had no samples in the scoring batches; FairPrune needs "
+                     "every group (check the sensitive attribute and the split)")
+  return curvature.weighted_group_mean(diags, counts), total
