@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -264,16 +265,38 @@ def _group_weights(groups: jax.Array, num_groups: int, dtype) -> tuple[jax.Array
   return weights, counts.astype(jnp.int32)
 
 
-def _patches(spec: LayerSpec, x: jax.Array) -> jax.Array:
-  """im2col of ``x [n, *spatial, C_in]`` -> ``[n, P, C_in * prod(kernel_size)]`` (channel-major)."""
+def _patches(spec: LayerSpec, x: jax.Array) -> tuple[jax.Array, bool]:
+  """im2col of ``x [n, *spatial, C_in]`` -> ``([n, P, K_in], kernel_major)``.
+
+  Pad + strided slices in kernel order ``(*kernel_size, C_in)`` (the kernel's own layout); about
+  2x faster on XLA:CPU than ``lax.conv_general_dilated_patches``, an identity-kernel convolution
+  that is kept only for input (transposed-conv style) dilation, in channel-major order.
+  """
   rank = len(spec.kernel_size)
-  spatial = "DHW"[3 - rank:]
-  dims = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
-  patches = jax.lax.conv_general_dilated_patches(
-      x, spec.kernel_size, spec.strides, spec.padding,
-      lhs_dilation=spec.input_dilation, rhs_dilation=spec.kernel_dilation,
-      dimension_numbers=dims, precision=jax.lax.Precision.HIGHEST)
-  return patches.reshape(x.shape[0], -1, patches.shape[-1])
+  if any(d != 1 for d in spec.input_dilation):
+    spatial = "DHW"[3 - rank:]
+    dims = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+    patches = jax.lax.conv_general_dilated_patches(
+        x, spec.kernel_size, spec.strides, spec.padding,
+        lhs_dilation=spec.input_dilation, rhs_dilation=spec.kernel_dilation,
+        dimension_numbers=dims, precision=jax.lax.Precision.HIGHEST)
+    return patches.reshape(x.shape[0], -1, patches.shape[-1]), False
+  in_spatial = x.shape[1:1 + rank]
+  window = tuple((k - 1) * d + 1 for k, d in zip(spec.kernel_size, spec.kernel_dilation))
+  pads = spec.padding
+  if isinstance(pads, str):
+    pads = jax.lax.padtype_to_pads(in_spatial, window, spec.strides, pads)
+  x = jnp.pad(x, ((0, 0),) + tuple(tuple(p) for p in pads) + ((0, 0),))
+  out_spatial = tuple((size + lo + hi - w) // s + 1 for size, (lo, hi), w, s in
+                      zip(in_spatial, pads, window, spec.strides))
+  cols = []
+  for offset in itertools.product(*(range(k) for k in spec.kernel_size)):
+    index = (slice(None),) + tuple(
+        slice(o * d, o * d + (n - 1) * s + 1, s)
+        for o, d, n, s in zip(offset, spec.kernel_dilation, out_spatial, spec.strides))
+    cols.append(x[index])
+  patches = jnp.stack(cols, axis=-2)  # [n, *out_spatial, prod(kernel_size), C_in]
+  return patches.reshape(x.shape[0], -1, patches.shape[-2] * patches.shape[-1]), True
 
 
 def _chunks(total: int, size: int) -> list[slice]:
@@ -345,14 +368,16 @@ def _conv_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array
   n, k = cot.shape[:2]
   c_out = cot.shape[-1]
   cot = cot.reshape(n, k, -1, c_out)  # [N, K, P, C_out]
-  acc = _per_sample_sq_sum(_patches(spec, x), cot, weights, max_block)  # [G, K_in, C_out]
+  patches, kernel_major = _patches(spec, x)
+  acc = _per_sample_sq_sum(patches, cot, weights, max_block)  # [G, K_in, C_out]
   num_groups = weights.shape[1]
-  kernel_size = kernel_shape[:-2]
-  c_in = kernel_shape[-2]
-  # Patches are channel-major (C_in, *kernel_size); kernels are (*kernel_size, C_in, C_out).
-  acc = acc.reshape((num_groups, c_in) + tuple(kernel_size) + (c_out,))
-  rank = len(kernel_size)
-  acc = jnp.transpose(acc, (0,) + tuple(range(2, 2 + rank)) + (1, 2 + rank))
+  if kernel_major:
+    acc = acc.reshape((num_groups,) + tuple(kernel_shape))
+  else:  # channel-major (C_in, *kernel_size) -> the kernel's (*kernel_size, C_in, C_out)
+    kernel_size = kernel_shape[:-2]
+    rank = len(kernel_size)
+    acc = acc.reshape((num_groups, kernel_shape[-2]) + tuple(kernel_size) + (c_out,))
+    acc = jnp.transpose(acc, (0,) + tuple(range(2, 2 + rank)) + (1, 2 + rank))
   out = {"kernel": acc}
   if spec.use_bias:
     out["bias"] = _bias_sq_sum(cot, weights)
