@@ -99,6 +99,7 @@ def write_json_atomic(path: str, data: dict) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
         os.replace(tmp, path)  # readers never see a half-written file
     except BaseException:
         if os.path.exists(tmp):
