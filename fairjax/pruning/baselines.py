@@ -1,0 +1,112 @@
+"""Fairness-unaware pruning scores, the references FairGRAPE is compared with (design.md section 4).
+
+Every function returns a score pytree shaped like ``variables["params"]`` (``None`` where the mask
+leaf is ``None``); HIGHER = more important = kept, so :func:`fairjax.masks.prune_lowest` /
+:func:`fairjax.masks.prune_to_sparsity` turn them into masks. Gradient-based scores are taken
+through the masked model (params masked before the forward), like FairGRAPE's importance.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fairjax import curvature, masks
+
+PyTree = Any
+
+
+def _only_prunable(scores: PyTree, mask: masks.Mask) -> PyTree:
+  return masks.map_with_mask(lambda m, s: None if m is None else s, mask, scores)
+
+
+def magnitude_scores(params: PyTree, mask: masks.Mask) -> PyTree:
+  """``|w|`` on prunable leaves, ``None`` elsewhere."""
+  return masks.map_with_mask(lambda m, w: None if m is None else jnp.abs(w), mask, params)
+
+
+def random_scores(params: PyTree, mask: masks.Mask, rng: jax.Array) -> PyTree:
+  """Uniform ``[0, 1)`` scores (params dtype) on prunable leaves; the same ``rng`` gives the
+  same scores. Each leaf draws from ``fold_in(rng, i)``, ``i`` its index among the mask's
+  leaves in flattening order, so a layer's scores do not depend on the other layers' shapes."""
+  treedef, _, mask_leaves, (param_leaves,) = masks._aligned(mask, params)
+  out = [None if m is None else
+         jax.random.uniform(jax.random.fold_in(rng, i), jnp.shape(w), jnp.result_type(w))
+         for i, (m, w) in enumerate(zip(mask_leaves, param_leaves))]
+  return jax.tree.unflatten(treedef, out)
+
+
+def _mean_ce(model, params, others, images, labels, apply_kwargs):
+  logits = model.apply({"params": params, **others}, images, **dict(apply_kwargs))
+  logp = jax.nn.log_softmax(logits.astype(jax.tree.leaves(params)[0].dtype), axis=-1)
+  return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "apply_kwargs"))
+def _snip(model, variables, images, labels, mask, *, apply_kwargs):
+  params = masks.apply_mask(variables["params"], mask)
+  others = {k: v for k, v in variables.items() if k != "params"}
+  grads = jax.grad(_mean_ce, argnums=1)(model, params, others, images, labels, apply_kwargs)
+  return _only_prunable(jax.tree.map(lambda w, g: jnp.abs(w * g), params, grads), mask)
+
+
+def _frozen(apply_kwargs: Mapping[str, Any] | None) -> tuple:
+  return tuple(sorted((apply_kwargs or {}).items()))
+
+
+def snip_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
+                mask: masks.Mask, *, apply_kwargs: Mapping[str, Any] | None = None) -> PyTree:
+  """SNIP connection sensitivity ``|w * dL/dw|`` of one batch.
+
+  ``L`` is the mean cross-entropy over all samples of ``images float[N, ...]`` /
+  ``labels int[N]`` (groups ignored), through the masked model. Sum batches with
+  :func:`accumulate_scores`.
+  """
+  return _snip(model, variables, jnp.asarray(images), jnp.asarray(labels, jnp.int32), mask,
+               apply_kwargs=_frozen(apply_kwargs))
+
+
+def obd_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
+               mask: masks.Mask, *, apply_kwargs: Mapping[str, Any] | None = None) -> PyTree:
+  """Optimal Brain Damage saliency ``1/2 w**2 h`` of one batch, group-unaware.
+
+  ``h`` is the exact diagonal GGN of the batch's mean cross-entropy, from
+  :func:`fairjax.curvature.per_group_diag` with every sample in one group (design.md section 1;
+  equal to the Hessian diagonal for piecewise-linear networks), at the masked params.
+  """
+  variables = {**variables, "params": masks.apply_mask(variables["params"], mask)}
+  labels = jnp.asarray(labels, jnp.int32)
+  diag = curvature.per_group_diag(model, variables, jnp.asarray(images), labels,
+                                  jnp.zeros_like(labels), num_groups=1,
+                                  apply_kwargs=apply_kwargs)
+  scores = jax.tree.map(lambda w, h: 0.5 * w * w * h[0], variables["params"], diag)
+  return _only_prunable(scores, mask)
+
+
+def accumulate_scores(fn: Callable[[jax.Array, jax.Array], PyTree],
+                      batches: Iterable[Mapping[str, Any]]) -> PyTree:
+  """Sums ``fn(images, labels)`` over batches (dicts ``image``, ``label``[, ``valid``]).
+
+  Padding rows (``valid == False``) are dropped first. Example::
+
+    accumulate_scores(lambda x, y: snip_scores(model, variables, x, y, mask), batches)
+  """
+  total = None
+  for batch in batches:
+    images, labels = np.asarray(batch["image"]), np.asarray(batch["label"], np.int32)
+    if "valid" in batch:
+      valid = np.asarray(batch["valid"], bool)
+      images, labels = images[valid], labels[valid]
+    if labels.shape[0] == 0:
+      continue
+    scores = fn(jnp.asarray(images), jnp.asarray(labels))
+    total = scores if total is None else jax.tree.map(jnp.add, total, scores)
+  if total is None:
+    raise ValueError("accumulate_scores got no (non-empty) batches")
+  return total
