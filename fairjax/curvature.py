@@ -341,12 +341,13 @@ def _per_sample_sq_sum(x: jax.Array, cot: jax.Array, weights: jax.Array,
   for sl in _chunks(n, max_block // max(block * i * o, 1)):
     sq = None
     for c0 in range(0, k, block):
-      grads = jnp.einsum("npi,ncpo->ncio", x[sl], cot[sl, c0:c0 + block])
+      # (o, i) output order: up to ~10% faster than (i, o) for XLA:CPU's dot kernels.
+      grads = jnp.einsum("ncpo,npi->ncoi", cot[sl, c0:c0 + block], x[sl])
       part = jnp.sum(grads * grads, axis=1)
       sq = part if sq is None else sq + part
     part = jnp.tensordot(weights[sl], sq, axes=(0, 0))
     acc = part if acc is None else acc + part
-  return acc
+  return jnp.swapaxes(acc, 1, 2)
 
 
 def _bias_sq_sum(cot: jax.Array, weights: jax.Array) -> jax.Array:

@@ -233,7 +233,9 @@ def prune_fairprune(config, model, dense: train.TrainState, data: DatasetSplits,
     scores = fairprune.saliency(state.params, diag, unprivileged=unpriv, privileged=priv,
                                 beta=p.beta)
     new_mask = masks.prune_lowest(scores, state.mask, p.step_fraction, scope=p.scope)
-    state = train.set_mask(state, new_mask)
+    # A fresh optimizer state per step: the fine-tuning schedule (e.g. cosine to 0) restarts,
+    # instead of having already decayed to zero after the first step's fine-tuning.
+    state = train.set_mask(state, new_mask, reset_opt_state=bool(p.finetune_epochs))
     if p.finetune_epochs:
       state, _ = train.fit(state, _epoch_batches(config, data, config.seed * 31 + step),
                            epochs=p.finetune_epochs, rng=jax.random.key(step), log_every=0,
