@@ -14,4 +14,10 @@ def get_config():
   config.data.name = "demo"
   config.data.image_size = 32
   config.model.name = "small_cnn"
+  # Small per-layer steps that leave the first conv and the output layer alone: with this small
+  # CNN, global or large steps remove the weights both groups rely on (README, "Demo results").
+  config.prune.scope = "layer"
+  config.prune.step_fraction = 0.005
+  config.prune.exclude_layers = ("conv0", "fc1")
+  config.prune.max_steps = 20
   return config
