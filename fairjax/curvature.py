@@ -565,8 +565,11 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
     method: ``"exact"`` | ``"mc"`` | ``"hutchinson"`` | ``"empirical_fisher"`` (static).
     rng: PRNG key, required for ``"mc"`` and ``"hutchinson"``.
     num_samples: MC samples per example (``"mc"``) or Rademacher probes (``"hutchinson"``).
-    chunk_size: samples per vmapped forward/backward chunk (bounds activation memory);
-      ``None`` processes the batch at once. Results do not depend on it.
+    chunk_size: samples per chunk; ``None`` processes the batch at once. Called eagerly, each
+      chunk is a separate compiled call, so peak memory is that of one chunk (measured on
+      VGG-11, bench/README.md). Inside an outer ``jax.jit`` the chunks are one XLA program and
+      XLA:CPU plans buffers for all of them. ``exact`` / ``empirical_fisher`` results do not
+      depend on it; ``mc`` / ``hutchinson`` draw per-chunk keys (``fold_in(rng, chunk)``).
     apply_kwargs: keyword arguments for ``model.apply`` (hashable values).
     return_counts: also return the per-group sample counts ``int32[G]``; to average over
       batches weight each batch's result by its counts (see :func:`weighted_group_mean`).
@@ -590,11 +593,45 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
     raise ValueError(f"images {images.shape}, labels {labels.shape} and groups {groups.shape} "
                      "must share the leading batch dimension")
   frozen_kwargs = tuple(sorted((apply_kwargs or {}).items()))
-  diag, counts = _per_group_diag(
-      model, variables, images, labels, groups, rng, num_groups=num_groups, method=method,
-      num_samples=num_samples if method in ("mc", "hutchinson") else 1,
-      chunk_size=chunk_size, apply_kwargs=frozen_kwargs, max_block=max_block_elements)
+  kwargs = dict(num_groups=num_groups, method=method,
+                num_samples=num_samples if method in ("mc", "hutchinson") else 1,
+                apply_kwargs=frozen_kwargs, max_block=max_block_elements)
+  n = images.shape[0]
+  traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, groups))
+  if chunk_size is None or chunk_size >= n or traced:
+    # Under an outer jit the chunks stay inside one XLA program; XLA:CPU then plans buffers
+    # for the whole batch, so chunking only bounds memory when called eagerly (below).
+    diag, counts = _per_group_diag(model, variables, images, labels, groups, rng,
+                                   chunk_size=chunk_size, **kwargs)
+  else:
+    diag, counts = _eager_chunks(model, variables, images, labels, groups, rng, chunk_size,
+                                 kwargs)
   return (diag, counts) if return_counts else diag
+
+
+def _eager_chunks(model, variables, images, labels, groups, rng, chunk_size, kwargs):
+  """One compiled call per chunk of ``chunk_size`` samples: peak memory is one chunk's.
+
+  The last chunk is padded with group ``-1`` rows (they count nowhere) so every call has the
+  same shape and compiles once; per-chunk results are combined by their group counts, which
+  gives exactly the full batch's per-group mean.
+  """
+  n = images.shape[0]
+  diags, counts = [], []
+  for index, start in enumerate(range(0, n, chunk_size)):
+    stop = min(start + chunk_size, n)
+    pad = chunk_size - (stop - start)
+    x, y, g = images[start:stop], labels[start:stop], groups[start:stop]
+    if pad:
+      x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+      y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+      g = jnp.concatenate([g, jnp.full((pad,), -1, g.dtype)])
+    key = None if rng is None else jax.random.fold_in(rng, index)
+    diag, count = _per_group_diag(model, variables, x, y, g, key, chunk_size=None, **kwargs)
+    diags.append(diag)
+    counts.append(count)
+  total = jnp.sum(jnp.stack(counts), axis=0)
+  return weighted_group_mean(diags, counts), total
 
 
 def group_counts(groups: jax.Array, num_groups: int) -> jax.Array:
