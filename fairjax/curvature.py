@@ -28,15 +28,27 @@ Methods (``method=``):
 * ``"exact"``: the symmetric square-root factor of ``H_n`` reduced to its rank ``C-1`` with a
   Householder reflection, so ``K = C-1`` columns (one column for binary tasks).
 * ``"mc"``: ``K = num_samples`` sampled columns ``(p - e_y~)/sqrt(K)``, ``y~ ~ Cat(p)``.
-  Unbiased for the GGN diagonal. Measured on a small CNN (tests/test_curvature.py and design.md
-  section 1): relative Frobenius error about 20-45% with one sample, falling as 1/sqrt(K).
+  Unbiased for the GGN diagonal.
 * ``"hutchinson"``: ``E_v[v * H_g v]`` with Rademacher probes and forward-over-reverse
   Hessian-vector products. Unbiased for the *Hessian* diagonal (also for non piecewise-linear
-  activations) but very noisy: about 20x off with one probe, 8x with 10 and 2.6x with 100 on a
-  small CNN (design.md section 1). Useful for large models, not for ranking single weights.
+  activations) but very noisy; useful for large models, not for ranking single weights.
 * ``"empirical_fisher"``: squared per-sample gradients at the true labels, ``(p - e_y)``.
   BIASED (it is not a curvature estimate away from a perfect fit); kept as a labelled option
   because some public re-implementations of FairPrune use it.
+
+Estimator error, measured in float64 on the tiny conv/pool/dense CNN of tests/test_curvature.py
+(7 samples, 3 groups), as the relative Frobenius error against the exact value, averaged over
+draws:
+
+============================  =====  =====  =====  =====
+samples                       1      4      16     64
+============================  =====  =====  =====  =====
+MC vs exact GGN               0.90   0.40   0.20   0.12
+============================  =====  =====  =====  =====
+
+Hutchinson against the Hessian diagonal is off by 18.6x with 1 probe, 5.8x with 10 and 1.7x with
+100. The empirical Fisher is 0.90 off the GGN at any sample count. design.md section 1 has similar
+figures on another small CNN.
 
 Samples whose group id is outside ``[0, num_groups)`` (e.g. ``-1`` for an unknown sensitive
 attribute) contribute to no group.
@@ -69,6 +81,9 @@ DEFAULT_MAX_BLOCK_ELEMENTS = 1 << 26
 # Backward columns beyond this count are processed in blocks rather than one dot each, to keep
 # the unrolled program (and its compile time) small for many-class problems.
 _MAX_COLUMN_BLOCKS = 16
+
+# Hutchinson probes per compiled call when called eagerly (unrolled probes compile slowly).
+_PROBES_PER_CALL = 8
 
 _UNSUPPORTED_PADDING = ("CIRCULAR", "CAUSAL", "REFLECT")
 
@@ -598,6 +613,18 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
                 apply_kwargs=frozen_kwargs, max_block=max_block_elements)
   n = images.shape[0]
   traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, groups))
+  if method == "hutchinson" and num_samples > _PROBES_PER_CALL and not traced:
+    # Probes are unrolled in the program (see _hutchinson_diag); called eagerly, blocks of
+    # probes run as separate calls so compile time stays that of one block.
+    blocks = [min(_PROBES_PER_CALL, num_samples - i) for i in range(0, num_samples, _PROBES_PER_CALL)]
+    parts = [per_group_diag(model, variables, images, labels, groups, num_groups=num_groups,
+                            method=method, rng=jax.random.fold_in(rng, b), num_samples=k,
+                            chunk_size=chunk_size, apply_kwargs=apply_kwargs, return_counts=True,
+                            max_block_elements=max_block_elements)
+             for b, k in enumerate(blocks)]
+    diag = jax.tree.map(lambda *leaves: sum(k * leaf for k, leaf in zip(blocks, leaves)) /
+                        num_samples, *[d for d, _ in parts])
+    return (diag, parts[0][1]) if return_counts else diag
   if chunk_size is None or chunk_size >= n or traced:
     # Under an outer jit the chunks stay inside one XLA program; XLA:CPU then plans buffers
     # for the whole batch, so chunking only bounds memory when called eagerly (below).
