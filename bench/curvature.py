@@ -35,12 +35,10 @@ Memory (``"memory"`` in the JSON):
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -50,6 +48,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from bench import common
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -496,29 +496,7 @@ def markdown(results: dict) -> str:
 
 
 def environment(threads_info: dict) -> dict[str, Any]:
-  import flax
-  import jax
-  import jaxlib
-
-  env: dict[str, Any] = {
-      "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "python": platform.python_version(),
-      "platform": platform.platform(),
-      "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-      "numpy": np.__version__,
-      "jax_devices": [str(d) for d in jax.devices()],
-      "cpu_count": os.cpu_count(),
-      "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-      "loadavg_at_start": list(os.getloadavg()),
-      "env_vars": {k: os.environ.get(k) for k in ("XLA_FLAGS", "OMP_NUM_THREADS",
-                                                   "MKL_NUM_THREADS", "JAX_PLATFORMS")},
-  }
-  try:
-    with open("/proc/cpuinfo") as f:
-      models = {line.split(":", 1)[1].strip() for line in f if line.startswith("model name")}
-    env["cpu_model"] = sorted(models)
-  except OSError:
-    env["cpu_model"] = platform.processor() or None
+  env = common.environment(("MKL_NUM_THREADS",))
   try:
     import torch
 

@@ -27,10 +27,8 @@ load average: on a shared machine the numbers are noisy.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,6 +37,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from bench import common
 
 TARGET_S = 1.0  # vectorised, 512 channels, batch 128, 14x14, 2 CPU cores
 
@@ -65,30 +65,7 @@ def summarize(times: list[float]) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    import flax
-    import jax
-    import jaxlib
-
-    env: dict[str, Any] = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-        "numpy": np.__version__,
-        "jax_devices": [str(d) for d in jax.devices()],
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "loadavg_at_start": list(os.getloadavg()),
-        "env_vars": {k: os.environ.get(k) for k in ("XLA_FLAGS", "OMP_NUM_THREADS",
-                                                     "JAX_PLATFORMS", "JAX_ENABLE_X64")},
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            models = {line.split(":", 1)[1].strip() for line in f if line.startswith("model name")}
-        env["cpu_model"] = sorted(models)
-    except OSError:
-        env["cpu_model"] = platform.processor() or None
-    return env
+    return common.environment(("JAX_ENABLE_X64",))
 
 
 def write_json_atomic(path: str, data: dict) -> None:

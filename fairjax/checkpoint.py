@@ -28,8 +28,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import IO, Any
 
 import jax
 import jax.numpy as jnp
@@ -65,30 +65,34 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serialisable: {obj!r}")
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Writes ``obj`` as JSON to ``path``; readers see the old file or the new one, never half.
+def write_atomic(path: str | os.PathLike[str], write_fn: Callable[[IO[Any]], Any], *,
+                 binary: bool = False) -> str:
+    """Calls ``write_fn(file)`` on a temporary file beside ``path``, then renames it into place.
 
-    The text goes to a temporary file in the same directory (a rename is atomic only within one
-    file system), which is flushed and fsynced before ``os.replace`` puts it in place; the
-    directory is then fsynced so the rename itself survives a crash. numpy / jax scalars and arrays
-    are written as numbers / lists.
+    Readers see the old file or the new one, never half of one. The temporary file lives in the
+    destination directory (``os.replace`` is atomic only within one file system), is flushed and
+    fsynced before the rename and removed if ``write_fn`` fails; the directory is fsynced after
+    the rename so the rename itself survives a crash. The extension stays last in the temporary
+    name, for writers that look at it (matplotlib's ``savefig``).
 
     Args:
       path: destination file; its parent directory is created if missing.
-      obj: a JSON-serialisable object.
+      write_fn: writes the content to the open file object.
+      binary: open the temporary file in binary mode.
+
+    Returns:
+      ``path``.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    # Serialise first, so an unserialisable object never leaves a temporary file behind.
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
-    fd, tmp_path = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-    )
+    base, ext = os.path.splitext(os.path.basename(path))
+    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=f".tmp{ext}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.write("\n")
+        mode = "wb" if binary else "w"
+        kwargs = {} if binary else {"encoding": "utf-8", "newline": ""}
+        with os.fdopen(fd, mode, **kwargs) as f:
+            write_fn(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -99,11 +103,26 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     try:
         dir_fd = os.open(directory, os.O_RDONLY)
     except OSError:  # Some platforms cannot open directories; the rename is still atomic.
-        return
+        return path
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Writes ``obj`` as JSON to ``path`` atomically (:func:`write_atomic`).
+
+    numpy / jax scalars and arrays are written as numbers / lists; keys are sorted.
+
+    Args:
+      path: destination file; its parent directory is created if missing.
+      obj: a JSON-serialisable object.
+    """
+    # Serialise first, so an unserialisable object never leaves a temporary file behind.
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
+    write_atomic(path, lambda f: f.write(text + "\n"))
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -42,7 +42,6 @@ import io
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -370,33 +369,6 @@ def summarize(dense: dict, pruned: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: str, write_fn, *, binary: bool) -> str:
-    """Calls ``write_fn(file)`` on a temp file beside ``path``, then renames it into place.
-
-    The temporary file lives in the destination directory because ``os.replace`` is atomic only
-    within one file system; it is removed if ``write_fn`` fails, so no partial file is left.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    # Keep the extension last so that writers which look at the file name (savefig) still can.
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=f".tmp{ext}")
-    try:
-        mode = "wb" if binary else "w"
-        kwargs = {} if binary else {"encoding": "utf-8", "newline": ""}
-        with os.fdopen(fd, mode, **kwargs) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_results(workdir: str, results: dict) -> str:
     """Validates ``results`` and writes it atomically to ``<workdir>/results.json``.
 
@@ -419,7 +391,7 @@ def write_results(workdir: str, results: dict) -> str:
 def _save_figure(fig: Figure, path: str) -> str:
     fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
     FigureCanvasAgg(fig)  # attaches the Agg canvas: rendering without any display
-    _atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight"),
+    checkpoint.write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight"),
                   binary=True)
     fig.clear()
     return os.fspath(path)
@@ -842,4 +814,4 @@ def write_csv(path: str, rows: list[dict], columns: list[tuple[str, str]]) -> st
     for values in _cells(rows, columns):
         writer.writerow([fmt(v, k) for v, (k, _) in zip(values, columns)])
     text = buf.getvalue()  # built in full first: a bad row must leave no file behind
-    return _atomic_write(os.fspath(path), lambda f: f.write(text), binary=False)
+    return checkpoint.write_atomic(os.fspath(path), lambda f: f.write(text), binary=False)
