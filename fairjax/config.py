@@ -14,7 +14,9 @@ from typing import Any
 
 import ml_collections
 
-PRUNE_METHODS = ("fairprune",)
+# "fairprune": design.md section 2; "fairgrape": section 4; the rest are the group-unaware
+# references of section 4 (fairjax.pruning.baselines), selected like FairPrune.
+PRUNE_METHODS = ("fairprune", "magnitude", "random", "snip", "obd", "fairgrape")
 CURVATURE_METHODS = ("exact", "mc", "hutchinson", "empirical_fisher")
 CONVENTIONS = ("sum", "mean")
 SAMPLINGS = ("uniform", "group_balanced", "class_balanced")
@@ -84,6 +86,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.max_accuracy_drop = 0.03  # stop when validation accuracy fell by more than this
   c.prune.exclude_layers = ()  # module paths never pruned, e.g. ("conv0", "fc1")
   c.prune.finetune_epochs = 0  # FairPrune prunes without fine-tuning (paper); optional
+  # FairGRAPE schedule (design.md section 4): cumulative ratio r_i = min(1 - keep**i, rate),
+  # retraining (fresh optimizer, dense-training settings) after every iteration.
+  c.prune.fairgrape_keep_per_iter = 0.9
+  # None = prune.max_sparsity. A typed placeholder, so --config.prune.fairgrape_prune_rate=0.5
+  # can still override it from the command line.
+  c.prune.fairgrape_prune_rate = ml_collections.config_dict.placeholder(float)
+  c.prune.fairgrape_retrain_epochs = 1
   return c
 
 
@@ -153,6 +162,15 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   p = config.prune
   if p.method not in PRUNE_METHODS:
     _fail("prune.method", p.method, f"must be one of {PRUNE_METHODS}")
+  if not 0.0 < p.fairgrape_keep_per_iter < 1.0:
+    _fail("prune.fairgrape_keep_per_iter", p.fairgrape_keep_per_iter,
+          "must be in (0, 1) (FairGRAPE keeps this share of the weights per iteration)")
+  if p.fairgrape_prune_rate is not None and not 0.0 < p.fairgrape_prune_rate < 1.0:
+    _fail("prune.fairgrape_prune_rate", p.fairgrape_prune_rate,
+          "must be in (0, 1), or None to use prune.max_sparsity")
+  if not isinstance(p.fairgrape_retrain_epochs, int) or p.fairgrape_retrain_epochs < 0:
+    _fail("prune.fairgrape_retrain_epochs", p.fairgrape_retrain_epochs,
+          "must be an integer >= 0")
   if not 0.0 < p.beta <= 1.0:
     _fail("prune.beta", p.beta, "must be in (0, 1] (FairPrune's privileged-group weight)")
   if p.curvature not in CURVATURE_METHODS:

@@ -12,23 +12,26 @@ the same command resumes where it stopped and ends with the same masks and metri
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 
 from fairjax import checkpoint, masks, metrics, models, report, train
-from fairjax.config import validate_config
+from fairjax.config import ConfigError, validate_config
 from fairjax.data import DatasetSplits, load_dataset
 from fairjax.data import pipeline as input_pipeline
-from fairjax.pruning import fairprune
+from fairjax.pruning import baselines, fairgrape, fairprune
 
 PyTree = Any
 
@@ -150,7 +153,7 @@ def _num(x: Any) -> float:
   return float("nan") if x is None else float(x)
 
 
-# -- FairPrune ---------------------------------------------------------------------------------
+# -- pruning ------------------------------------------------------------------------------------
 
 
 def _scoring_batches(config, data: DatasetSplits, step: int):
@@ -195,9 +198,125 @@ def resolve_roles(config, data: DatasetSplits, dense_val: Mapping[str, Any]):
   return fairprune.group_roles(acc, privileged=privileged)
 
 
-def prune_fairprune(config, model, dense: train.TrainState, data: DatasetSplits, workdir: str,
+@dataclasses.dataclass(frozen=True)
+class _Method:
+  """What the iterative loop (:func:`prune_iterative`) needs from one pruning method.
+
+  Attributes:
+    name: ``config.prune.method`` (log prefix and results.json ``method``).
+    next_mask: ``(state, step) -> mask`` of pruning step ``step >= 1`` from the state after the
+      previous step; already-pruned weights must stay pruned.
+    retrain_epochs: epochs of training after each step (0: prune only).
+    tx: optimizer of that training (``dense.tx`` when there is none).
+    schedule_end: ``step -> reason or None``; a reason ends the loop after ``step`` (FairGRAPE's
+      cumulative ratio reaching the prune rate), checked after the shared stopping rule.
+  """
+
+  name: str
+  next_mask: Callable[[train.TrainState, int], masks.Mask]
+  retrain_epochs: int
+  tx: optax.GradientTransformation
+  schedule_end: Callable[[int], str | None] = lambda step: None
+
+
+def _variables(state: train.TrainState) -> dict[str, PyTree]:
+  """Model variables for scoring; ``batch_stats`` only when the model has BatchNorm."""
+  if not state.batch_stats:
+    return {"params": state.params}
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def _uniform_train_batches(config, data: DatasetSplits, step: int):
+  """``num_batches`` uniformly sampled TRAIN batches of ``prune.batch_size`` for the
+  group-unaware gradient scores (SNIP, OBD); a pure function of (seed, step), so a resumed run
+  scores exactly as an uninterrupted one."""
+  p = config.prune
+  batches = input_pipeline.train_batches(
+      data.sources["train"], batch_size=p.batch_size, image_size=config.data.image_size,
+      seed=config.seed * 1000 + step, sampling="uniform", epoch=0, drop_remainder=False)
+  return itertools.islice(batches, p.num_batches)
+
+
+def _score_fn(config, model, data: DatasetSplits,
+              roles) -> Callable[[train.TrainState, int], PyTree]:
+  """``score(state, step) -> scores`` (higher = keep) of a score-and-prune-lowest method.
+
+  FairPrune (design.md section 2) uses the privileged roles; the baselines of section 4
+  (magnitude, random, SNIP, OBD) are group-unaware references and ignore them.
+  """
+  p = config.prune
+  if p.method == "fairprune":
+    unpriv, priv = roles
+
+    def fairprune_score(state, step):
+      diag = _group_diag(config, model, state, data, step)
+      return fairprune.saliency(state.params, diag, unprivileged=unpriv, privileged=priv,
+                                beta=p.beta)
+    return fairprune_score
+  if p.method == "magnitude":
+    return lambda state, step: baselines.magnitude_scores(state.params, state.mask)
+  if p.method == "random":
+    # Key from (seed, step): a resumed run draws the same scores as an uninterrupted one.
+    return lambda state, step: baselines.random_scores(
+        state.params, state.mask, jax.random.fold_in(jax.random.key(config.seed), step))
+  if p.method in ("snip", "obd"):
+    fn = baselines.snip_scores if p.method == "snip" else baselines.obd_scores
+
+    def gradient_score(state, step):
+      variables = _variables(state)
+      # BatchNorm in inference mode: scoring must not depend on (or update) batch statistics.
+      return baselines.accumulate_scores(
+          lambda x, y: fn(model, variables, x, y, state.mask, apply_kwargs={"train": False}),
+          _uniform_train_batches(config, data, step))
+    return gradient_score
+  raise ValueError(f"{p.method!r} is not a score-and-prune-lowest method")
+
+
+def _method(config, model, dense: train.TrainState, data: DatasetSplits, roles) -> _Method:
+  """The :class:`_Method` of ``config.prune.method`` (design.md sections 2 and 4)."""
+  p = config.prune
+  ft_steps = max(1, len(data.labels["train"]) // config.train.batch_size)
+  if p.method == "fairgrape":
+    rate = p.max_sparsity if p.fairgrape_prune_rate is None else p.fairgrape_prune_rate
+    keep = p.fairgrape_keep_per_iter
+    epochs = p.fairgrape_retrain_epochs
+    # Retraining uses the dense-training optimizer settings, its schedule spanning one
+    # iteration's retraining (a fresh optimizer state per iteration, see prune_iterative).
+    tx = _train_tx(config, ft_steps, max(1, epochs)) if epochs else dense.tx
+
+    def fairgrape_next(state, step):
+      # Importance is recomputed at every iteration on group-balanced train batches, through the
+      # masked model; the cumulative ratio is over each layer's (or all) prunable weights.
+      importance = fairgrape.accumulate_importance(
+          model, _variables(state), _scoring_batches(config, data, step), state.mask,
+          num_groups=data.num_groups, apply_kwargs={"train": False})
+      ratio = fairgrape.cumulative_ratio(step, keep, rate)
+      return fairgrape.fairgrape_mask(importance, state.mask, ratio, scope=p.scope)
+
+    def schedule_end(step):
+      if fairgrape.cumulative_ratio(step, keep, rate) >= rate:
+        return f"cumulative ratio reached prune rate {rate}"
+      return None
+    return _Method(p.method, fairgrape_next, epochs, tx, schedule_end)
+
+  score = _score_fn(config, model, data, roles)
+  tx = _train_tx(config, ft_steps, max(1, p.finetune_epochs)) if p.finetune_epochs else dense.tx
+  return _Method(
+      p.method,
+      lambda state, step: masks.prune_lowest(score(state, step), state.mask, p.step_fraction,
+                                             scope=p.scope),
+      p.finetune_epochs, tx)
+
+
+def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits, workdir: str,
                     dense_val: dict, roles) -> tuple[train.TrainState, list[dict], int]:
-  """Iterative FairPrune (design.md section 2) with a checkpoint after every step.
+  """Iterative pruning with ``config.prune.method`` and a checkpoint after every step.
+
+  FairPrune (design.md section 2) and the baselines (section 4) score the weights and prune
+  ``step_fraction`` of the kept ones per step; FairGRAPE (section 4) prunes to its cumulative
+  ratio with the group-proportional greedy and retrains after every iteration. All share the
+  stopping rule (validation Eodd patience, ``max_sparsity``, ``max_accuracy_drop``, ``max_steps``),
+  the checkpoints (one per step: params, BatchNorm statistics, mask, history) and resumption.
 
   Returns:
     ``(final_state, steps, chosen_step)``: the state of the chosen step (lowest validation Eodd
@@ -205,40 +324,41 @@ def prune_fairprune(config, model, dense: train.TrainState, data: DatasetSplits,
     dense model, if none qualifies), the per-step records and that step's index.
   """
   p = config.prune
-  unpriv, priv = roles
+  method = _method(config, model, dense, data, roles)
+  name = method.name
   store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, checkpoint.PRUNE_STORE))
-  n_train = len(data.labels["train"])
-  ft_steps = max(1, n_train // config.train.batch_size)
-  tx = _train_tx(config, ft_steps, max(1, p.finetune_epochs)) if p.finetune_epochs else dense.tx
-  state = dense.replace(tx=tx, opt_state=tx.init(dense.params))
+  state = dense.replace(tx=method.tx, opt_state=method.tx.init(dense.params))
   state = train.set_mask(state, masks.init_mask(state.params, _prunable(config)))
   steps = [{"step": 0, "sparsity": 0.0, "validation": dense_val}]
   stop = {"best": _num(dense_val["eodd"]), "bad_steps": 0, "stopped": False, "reason": ""}
   latest = store.latest_step()
   if latest is not None:
     meta = store.restore_metadata(latest)
+    # Checkpoints written before methods were recorded are FairPrune's (the only method then).
+    if meta.get("method", "fairprune") != name:
+      store.close()
+      # A config problem (one-line CLI error), caught before any step mixes the two methods.
+      raise ConfigError(f"config.prune.method={name!r}: {workdir} already holds pruning steps of "
+                        f"method {meta.get('method', 'fairprune')!r}; use another --workdir")
     items = store.restore(latest, {"params": state.params, "batch_stats": state.batch_stats,
                                    "mask": state.mask})
     state = state.replace(params=items["params"], batch_stats=items["batch_stats"],
                           mask=items["mask"])
     steps, stop = meta["steps"], meta["stop"]
-    logging.info("fairprune: resuming after step %d (sparsity %.3f)", latest,
+    logging.info("%s: resuming after step %d (sparsity %.3f)", name, latest,
                  steps[-1]["sparsity"])
 
   step = len(steps) - 1
   while not stop["stopped"] and step < p.max_steps:
     step += 1
     t0 = time.perf_counter()
-    diag = _group_diag(config, model, state, data, step)
-    scores = fairprune.saliency(state.params, diag, unprivileged=unpriv, privileged=priv,
-                                beta=p.beta)
-    new_mask = masks.prune_lowest(scores, state.mask, p.step_fraction, scope=p.scope)
+    new_mask = method.next_mask(state, step)
     # A fresh optimizer state per step: the fine-tuning schedule (e.g. cosine to 0) restarts,
     # instead of having already decayed to zero after the first step's fine-tuning.
-    state = train.set_mask(state, new_mask, reset_opt_state=bool(p.finetune_epochs))
-    if p.finetune_epochs:
+    state = train.set_mask(state, new_mask, reset_opt_state=bool(method.retrain_epochs))
+    if method.retrain_epochs:
       state, _ = train.fit(state, _epoch_batches(config, data, config.seed * 31 + step),
-                           epochs=p.finetune_epochs, rng=jax.random.key(step), log_every=0,
+                           epochs=method.retrain_epochs, rng=jax.random.key(step), log_every=0,
                            donate=False)
     val = evaluate_split(state, data, "validation", config)
     steps.append({"step": step, "sparsity": val["sparsity"], "validation": val})
@@ -248,6 +368,7 @@ def prune_fairprune(config, model, dense: train.TrainState, data: DatasetSplits,
       stop["best"], stop["bad_steps"] = eodd, 0
     else:
       stop["bad_steps"] += 1
+    end = method.schedule_end(step)
     if stop["bad_steps"] >= p.patience:
       stop.update(stopped=True, reason=f"validation Eodd did not improve for {p.patience} steps")
     elif val["sparsity"] >= p.max_sparsity:
@@ -255,11 +376,15 @@ def prune_fairprune(config, model, dense: train.TrainState, data: DatasetSplits,
     elif drop > p.max_accuracy_drop:
       stop.update(stopped=True, reason=f"validation accuracy dropped by {drop:.3f} > "
                                        f"{p.max_accuracy_drop}")
-    logging.info("fairprune step %d: sparsity %.3f | val acc %.4f (drop %+.4f) eodd %.4f "
-                 "[%.1fs]%s", step, val["sparsity"], val["accuracy"], drop, eodd,
+    elif end is not None:
+      stop.update(stopped=True, reason=end)
+    logging.info("%s step %d: sparsity %.3f | val acc %.4f (drop %+.4f) eodd %.4f "
+                 "[%.1fs]%s", name, step, val["sparsity"], val["accuracy"], drop, eodd,
                  time.perf_counter() - t0, f" -> stop: {stop['reason']}" if stop["stopped"] else "")
+    # "method" lets a resumed run refuse another method's steps (the step history would mix).
     store.save(step, {"params": state.params, "batch_stats": state.batch_stats,
-                      "mask": state.mask}, metadata={"steps": steps, "stop": stop})
+                      "mask": state.mask}, metadata={"steps": steps, "stop": stop,
+                                                     "method": name})
   if not stop["stopped"]:
     stop.update(stopped=True, reason=f"max_steps={p.max_steps} reached")
 
@@ -267,8 +392,8 @@ def prune_fairprune(config, model, dense: train.TrainState, data: DatasetSplits,
               if dense_val["accuracy"] - s["validation"]["accuracy"] <= p.max_accuracy_drop
               and s["validation"]["eodd"] is not None]
   if not eligible:
-    logging.warning("fairprune: no pruning step stayed within max_accuracy_drop=%s; reporting "
-                    "the dense model", p.max_accuracy_drop)
+    logging.warning("%s: no pruning step stayed within max_accuracy_drop=%s; reporting "
+                    "the dense model", name, p.max_accuracy_drop)
     store.close()
     return dense.replace(mask=None), steps, 0
   chosen = min(eligible, key=lambda s: (s["validation"]["eodd"], s["step"]))["step"]
@@ -277,9 +402,19 @@ def prune_fairprune(config, model, dense: train.TrainState, data: DatasetSplits,
   store.close()
   final = state.replace(params=items["params"], batch_stats=items["batch_stats"],
                         mask=items["mask"])
-  logging.info("fairprune: %s; chose step %d (lowest validation Eodd within the accuracy limit)",
-               stop["reason"], chosen)
+  logging.info("%s: %s; chose step %d (lowest validation Eodd within the accuracy limit)",
+               name, stop["reason"], chosen)
   return final, steps, chosen
+
+
+def prune_fairprune(config, model, dense: train.TrainState, data: DatasetSplits, workdir: str,
+                    dense_val: dict, roles) -> tuple[train.TrainState, list[dict], int]:
+  """Iterative FairPrune (design.md section 2): :func:`prune_iterative` with method
+  ``"fairprune"`` whatever ``config.prune.method`` says."""
+  if config.prune.method != "fairprune":
+    config = ml_collections.ConfigDict(_to_dict(config))
+    config.prune.method = "fairprune"
+  return prune_iterative(config, model, dense, data, workdir, dense_val, roles)
 
 
 # -- the whole run -----------------------------------------------------------------------------
@@ -304,7 +439,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                dense_test["accuracy"], dense_test["macro_f1"], _num(dense_test["eodd"]),
                data.group_names[unpriv])
 
-  final, steps, chosen = prune_fairprune(config, model, dense, data, workdir, dense_val,
+  final, steps, chosen = prune_iterative(config, model, dense, data, workdir, dense_val,
                                          (unpriv, priv))
   pruned_test = evaluate_split(final, data, "test", config)
   privileged_name = (data.group_names[priv[0]] if len(priv) == 1 else

@@ -1,0 +1,120 @@
+"""Every ``prune.method`` through the CLI on the tiny demo config of test_main (design.md s. 2, 4).
+
+Subprocesses, as in test_main (absl flags are global). Two dense epochs and two pruning steps per
+method keep the file around a minute on 2 CPU cores.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.test_main import REPO, TINY
+
+FAST = ["--config.train.epochs=2", "--config.prune.max_steps=2"]
+# FairGRAPE: keep 0.9 per iteration, rate 0.15 -> r_1 = 0.1, r_2 = min(0.19, 0.15) = 0.15, so the
+# schedule ends at step 2 (before max_steps=3 would), exercising its own stopping reason.
+GRAPE = ["--config.prune.max_steps=3", "--config.prune.fairgrape_prune_rate=0.15",
+         "--config.prune.fairgrape_keep_per_iter=0.9"]
+METHODS = ("magnitude", "random", "snip", "obd", "fairgrape")
+
+
+def _run(workdir, *extra, timeout=600):
+  cmd = [sys.executable, "-m", "fairjax.main", "--config=configs/demo.py",
+         f"--workdir={workdir}", *TINY, *FAST, *extra]
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Runs every method once (lazily, cached): method -> (workdir, completed process)."""
+  cache = {}
+
+  def get(method):
+    if method not in cache:
+      workdir = str(tmp_path_factory.mktemp(method))
+      extra = GRAPE if method == "fairgrape" else []
+      cache[method] = (workdir, _run(workdir, f"--config.prune.method={method}", *extra))
+    return cache[method]
+  return get
+
+
+def _prunable_sizes(mask):
+  import jax
+  return [np.size(m) for m in jax.tree.leaves(mask)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_runs_and_reports(method, runs):
+  import jax
+
+  from fairjax import checkpoint, report
+
+  workdir, res = runs(method)
+  assert res.returncode == 0, res.stderr[-4000:]
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  report.validate_results(results)
+  assert results["method"] == method
+  assert results["privileged_group"] in ("light", "dark")  # from dense validation accuracies
+  assert f"{method} step 2" in res.stderr
+  steps = results["steps"]
+  assert [s["step"] for s in steps] == [0, 1, 2]
+  sparsities = [s["sparsity"] for s in steps]
+  assert all(a < b for a, b in zip(sparsities, sparsities[1:])), sparsities
+  chosen = results["chosen_step"]
+  assert results["pruned"]["sparsity"] == steps[chosen]["sparsity"]
+  if chosen > 0:
+    assert steps[chosen]["sparsity"] > 0
+
+  store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, "prune"))
+  assert store.latest_step() == 2
+  items = store.restore(max(chosen, 1), {"params": None, "batch_stats": None, "mask": None})
+  store.close()
+  mask = items["mask"]
+  pruned = 0
+  for path, m in jax.tree_util.tree_leaves_with_path(mask):
+    w = items["params"]
+    for k in path:
+      w = w[k.key]
+    m, w = np.asarray(m), np.asarray(w)
+    assert m.shape == w.shape and m.dtype == bool
+    assert np.all(w[~m] == 0.0), path  # pruned weights are exactly zero in the checkpoint
+    pruned += int((~m).sum())
+  assert pruned > 0
+
+  if method == "fairgrape":
+    # Per layer, K = floor(n (1 - r)) weights are kept, so the prunable sparsity lies in
+    # [r, r + layers / N): checks that the cumulative schedule, not step_fraction, was applied.
+    sizes = _prunable_sizes(mask)
+    slack = len(sizes) / sum(sizes)
+    for s, r in zip(sparsities[1:], (0.1, 0.15)):
+      assert r - 1e-9 <= s < r + slack, (s, r)
+    assert "cumulative ratio reached prune rate 0.15" in res.stderr
+
+
+def test_resuming_with_another_method_fails_with_one_line(runs):
+  workdir, res = runs("magnitude")
+  assert res.returncode == 0, res.stderr[-4000:]
+  other = _run(workdir, "--config.prune.method=random")
+  assert other.returncode == 2
+  assert "Traceback" not in other.stderr
+  last = other.stderr.strip().splitlines()[-1]
+  assert last.startswith("fairjax: error:") and "'magnitude'" in last
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("--config.prune.method=magic", "fairgrape"),  # the message lists the valid methods
+    ("--config.prune.fairgrape_keep_per_iter=1.5", "config.prune.fairgrape_keep_per_iter=1.5"),
+    ("--config.prune.fairgrape_prune_rate=1.0", "config.prune.fairgrape_prune_rate=1.0"),
+    ("--config.prune.fairgrape_retrain_epochs=-1", "config.prune.fairgrape_retrain_epochs=-1"),
+])
+def test_bad_method_config_fails_fast(override, needle, tmp_path):
+  res = _run(str(tmp_path), override, timeout=120)
+  assert res.returncode == 2
+  assert needle in res.stderr and "Traceback" not in res.stderr
+  assert res.stderr.strip().splitlines()[-1].startswith("fairjax: error:")
+  assert not os.path.exists(tmp_path / "checkpoints")
