@@ -8,6 +8,8 @@ strided slices and elementwise maxima have cheap derivatives under every transfo
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -73,3 +75,19 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
 def scaled_channels(channels: int, multiplier: float) -> int:
     """Channel count ``channels * multiplier``, rounded to the nearest integer, at least 1."""
     return max(1, int(round(channels * multiplier)))
+
+
+def conv_bn_relu(x: jax.Array, features: int, index: int, *, use_bn: bool, train: bool,
+                 dtype: Any) -> jax.Array:
+    """3×3 SAME conv ``conv{index}`` (+ BatchNorm ``bn{index}``) + ReLU, NHWC in and out.
+
+    The block of SmallCNN and VGG. Call it inside a ``@nn.compact`` method: the submodules
+    attach to the calling module, so the ``conv{i}`` / ``bn{i}`` names that structured masks and
+    slimming rely on are the caller's.
+    """
+    x = nn.Conv(features, (3, 3), padding="SAME", kernel_init=conv_kernel_init, dtype=dtype,
+                name=f"conv{index}")(x)
+    if use_bn:
+        x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                         dtype=dtype, name=f"bn{index}")(x)
+    return nn.relu(x)

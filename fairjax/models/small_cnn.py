@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from fairjax.models import register_model
-from fairjax.models.layers import BN_EPSILON, BN_MOMENTUM, conv_kernel_init, max_pool_2x2
+from fairjax.models.layers import conv_bn_relu, max_pool_2x2
 
 
 @register_model("small_cnn")
@@ -40,23 +40,7 @@ class SmallCNN(nn.Module):
         """Maps images ``x [B, H, W, 3]`` (H, W >= 4) to float32 logits ``[B, num_classes]``."""
         x = jnp.asarray(x, self.dtype)
         for i, features in enumerate((self.width, 2 * self.width)):
-            x = nn.Conv(
-                features,
-                (3, 3),
-                padding="SAME",
-                kernel_init=conv_kernel_init,
-                dtype=self.dtype,
-                name=f"conv{i}",
-            )(x)
-            if self.use_bn:
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=BN_MOMENTUM,
-                    epsilon=BN_EPSILON,
-                    dtype=self.dtype,
-                    name=f"bn{i}",
-                )(x)
-            x = nn.relu(x)
+            x = conv_bn_relu(x, features, i, use_bn=self.use_bn, train=train, dtype=self.dtype)
             x = max_pool_2x2(x)
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc0")(x))

@@ -23,13 +23,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from fairjax.models import register_model
-from fairjax.models.layers import (
-    BN_EPSILON,
-    BN_MOMENTUM,
-    conv_kernel_init,
-    max_pool_2x2,
-    scaled_channels,
-)
+from fairjax.models.layers import conv_bn_relu, max_pool_2x2, scaled_channels
 
 # Conv channel counts, "M" = 2x2 max-pool.
 VGG11_CONFIG: tuple[int | str, ...] = (
@@ -71,23 +65,8 @@ class VGG11(nn.Module):
             if item == "M":
                 x = max_pool_2x2(x)
                 continue
-            x = nn.Conv(
-                scaled_channels(item, self.width_multiplier),
-                (3, 3),
-                padding="SAME",
-                kernel_init=conv_kernel_init,
-                dtype=self.dtype,
-                name=f"conv{conv_index}",
-            )(x)
-            if self.use_bn:
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=BN_MOMENTUM,
-                    epsilon=BN_EPSILON,
-                    dtype=self.dtype,
-                    name=f"bn{conv_index}",
-                )(x)
-            x = nn.relu(x)
+            x = conv_bn_relu(x, scaled_channels(item, self.width_multiplier), conv_index,
+                             use_bn=self.use_bn, train=train, dtype=self.dtype)
             conv_index += 1
 
         x = x.reshape(x.shape[0], -1)
