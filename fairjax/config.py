@@ -15,8 +15,9 @@ from typing import Any
 import ml_collections
 
 # "fairprune": design.md section 2; "fairgrape": section 4; the rest are the group-unaware
-# references of section 4 (fairjax.pruning.baselines), selected like FairPrune.
-PRUNE_METHODS = ("fairprune", "magnitude", "random", "snip", "obd", "fairgrape")
+# references of section 4 (fairjax.pruning.baselines), selected like FairPrune; "snnl_channels":
+# sensitive channel pruning with the Soft Nearest Neighbour Loss (section 3, fairjax.snnl).
+PRUNE_METHODS = ("fairprune", "magnitude", "random", "snip", "obd", "fairgrape", "snnl_channels")
 CURVATURE_METHODS = ("exact", "mc", "hutchinson", "empirical_fisher")
 CONVENTIONS = ("sum", "mean")
 SAMPLINGS = ("uniform", "group_balanced", "class_balanced")
@@ -93,6 +94,20 @@ def base_config() -> ml_collections.ConfigDict:
   # can still override it from the command line.
   c.prune.fairgrape_prune_rate = ml_collections.config_dict.placeholder(float)
   c.prune.fairgrape_retrain_epochs = 1
+  # Sensitive channel pruning (design.md section 3, method "snnl_channels"): per step, the
+  # channels of these conv layers with the LOWEST SNNL w.r.t. the sensitive attribute are pruned
+  # (kernel slice, bias and BN scale/shift), then the model is fine-tuned.
+  c.prune.snnl_layers = ()  # conv module paths; () = the last conv{i} of the model (VGG: conv7)
+  c.prune.snnl_temperature = 1.0  # T of the SNNL (paper: 1)
+  c.prune.snnl_include_self = False  # count j = i in the numerator, as the official code does
+  # Channels pruned per step: a value in (0, 1) is a fraction of the still-kept channels (per
+  # layer, or of all chosen layers for scope "global"); an integer >= 1 is a channel count. (A
+  # float field because ml_collections turns a command-line "2" into 2.0 for a float default.)
+  c.prune.snnl_channels_per_step = 0.1
+  c.prune.snnl_scope = "layer"  # rank channels within each layer ("layer") or together ("global")
+  # Fine-tuning epochs after each step (fresh optimizer state, the dense-training settings; the
+  # official recipe uses SGD lr 0.01, momentum 0.9, Nesterov, wd 1e-5, class-balanced sampling).
+  c.prune.snnl_finetune_epochs = 1
   return c
 
 
@@ -189,3 +204,22 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
       _fail(f"prune.{key}", p[key], "must be an integer >= 1")
   if p.finetune_epochs < 0:
     _fail("prune.finetune_epochs", p.finetune_epochs, "must be >= 0")
+  layers = p.snnl_layers
+  if isinstance(layers, str) or not all(isinstance(x, str) and x for x in layers):
+    _fail("prune.snnl_layers", layers,
+          "must be a tuple of conv module paths such as ('conv7',), or () for the last conv")
+  if len(set(layers)) != len(layers):
+    _fail("prune.snnl_layers", tuple(layers), "must not name a layer twice")
+  if not isinstance(p.snnl_temperature, (int, float)) or not p.snnl_temperature > 0:
+    _fail("prune.snnl_temperature", p.snnl_temperature, "must be > 0")
+  if not isinstance(p.snnl_include_self, bool):
+    _fail("prune.snnl_include_self", p.snnl_include_self, "must be True or False")
+  amount = p.snnl_channels_per_step
+  if (isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0
+      or (amount >= 1 and float(amount) != int(amount))):
+    _fail("prune.snnl_channels_per_step", amount,
+          "must be a fraction in (0, 1) of the kept channels or an integer count >= 1")
+  if p.snnl_scope not in ("layer", "global"):
+    _fail("prune.snnl_scope", p.snnl_scope, "must be 'layer' or 'global'")
+  if not isinstance(p.snnl_finetune_epochs, int) or p.snnl_finetune_epochs < 0:
+    _fail("prune.snnl_finetune_epochs", p.snnl_finetune_epochs, "must be an integer >= 0")

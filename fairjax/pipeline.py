@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from fairjax import checkpoint, masks, metrics, models, report, train
+from fairjax import checkpoint, masks, metrics, models, report, slimming, snnl, train
 from fairjax.config import ConfigError, validate_config
 from fairjax.data import DatasetSplits, load_dataset
 from fairjax.data import pipeline as input_pipeline
@@ -210,6 +211,11 @@ class _Method:
     tx: optimizer of that training (``dense.tx`` when there is none).
     schedule_end: ``step -> reason or None``; a reason ends the loop after ``step`` (FairGRAPE's
       cumulative ratio reaching the prune rate), checked after the shared stopping rule.
+    prepare_mask: ``(params, init_mask) -> mask`` before step 1. The mask's tree structure must
+      not change between steps (checkpoints are restored against the initial mask), so a method
+      that masks leaves outside ``init_mask`` (SNNL: conv bias, BN scale/shift) makes them
+      all-True arrays here.
+    step_info: ``state -> extra keys`` of every step record (SNNL: ``channels_kept``).
   """
 
   name: str
@@ -217,6 +223,8 @@ class _Method:
   retrain_epochs: int
   tx: optax.GradientTransformation
   schedule_end: Callable[[int], str | None] = lambda step: None
+  prepare_mask: Callable[[PyTree, masks.Mask], masks.Mask] = lambda params, mask: mask
+  step_info: Callable[[train.TrainState], dict[str, Any]] = lambda state: {}
 
 
 def _variables(state: train.TrainState) -> dict[str, PyTree]:
@@ -272,10 +280,153 @@ def _score_fn(config, model, data: DatasetSplits,
   raise ValueError(f"{p.method!r} is not a score-and-prune-lowest method")
 
 
+_CONV_NAME = re.compile(r"^conv(\d+)$")
+
+
+def snnl_layers(config, params: PyTree) -> tuple[tuple[str, ...], dict[str, str | None]]:
+  """The conv layers scored by ``"snnl_channels"`` and the BatchNorm paired with each.
+
+  ``config.prune.snnl_layers`` when given; ``()`` means the last conv layer of the model, i.e.
+  the top-level ``conv{i}`` with the highest ``i`` (fairjax's VGG-11: ``conv7``, the layer the
+  official code prunes, design.md section 3; SmallCNN: ``conv1``). The BatchNorm of
+  ``.../conv{i}`` is ``.../bn{i}`` when the params hold it (fairjax's naming convention).
+
+  Raises:
+    ConfigError: no conv layer to default to, an unknown path, a non-conv module, or a layer
+      excluded from pruning by ``prune.exclude_layers``.
+  """
+  names = tuple(config.prune.snnl_layers)
+  if not names:
+    convs = [(int(m.group(1)), key) for key in params
+             if (m := _CONV_NAME.match(str(key))) and isinstance(params[key], Mapping)]
+    if not convs:
+      raise ConfigError(f"config.prune.snnl_layers=(): the model {config.model.name!r} has no "
+                        "top-level conv{i} layer to default to; name the conv layers to prune "
+                        "(fix it with --config.prune.snnl_layers=...)")
+    names = (max(convs)[1],)
+  prunable = _prunable(config)
+  norms: dict[str, str | None] = {}
+  for name in names:
+    parts = tuple(name.split("/"))
+    node = params
+    for part in parts:
+      node = node.get(part) if isinstance(node, Mapping) else None
+    kernel = node.get("kernel") if isinstance(node, Mapping) else None
+    if kernel is None or np.ndim(kernel) != 4:
+      raise ConfigError(f"config.prune.snnl_layers={tuple(config.prune.snnl_layers)!r}: {name!r} "
+                        f"is not a 2-D conv layer of {config.model.name!r} (fix it with "
+                        "--config.prune.snnl_layers=...)")
+    if not prunable(parts + ("kernel",), kernel):
+      raise ConfigError(f"config.prune.snnl_layers: {name!r} is excluded from pruning by "
+                        f"config.prune.exclude_layers={tuple(config.prune.exclude_layers)!r}")
+    m = _CONV_NAME.match(parts[-1])
+    bn = "/".join(parts[:-1] + (f"bn{m.group(1)}",)) if m else None
+    bn_node = params
+    for part in (bn.split("/") if bn else ()):
+      bn_node = bn_node.get(part) if isinstance(bn_node, Mapping) else None
+    norms[name] = bn if bn and isinstance(bn_node, Mapping) and "scale" in bn_node else None
+  return names, norms
+
+
+def _snnl_count(amount: float, kept: int) -> int:
+  """Channels to prune out of ``kept``: ``amount >= 1`` is a count, else a fraction of ``kept``
+  rounded half up (as ``snnl.select_channels`` and ``masks.prune_lowest`` round)."""
+  if amount >= 1:
+    return int(amount)
+  return int(math.floor(amount * kept + 0.5))
+
+
+def _snnl_plan(amount: float, kept: Mapping[str, int], scope: str) -> dict[str, int] | int:
+  """Per-layer counts (``scope="layer"``) or one total (``"global"``) for the next step, capped
+  so that every layer keeps at least one channel (an empty layer disconnects the network)."""
+  if scope == "layer":
+    return {name: min(_snnl_count(amount, k), k - 1) for name, k in kept.items()}
+  total = sum(kept.values())
+  return min(_snnl_count(amount, total), total - len(kept))
+
+
+def _kernel_channels(params: PyTree, layer: str) -> int:
+  """Output channels ``K`` of ``layer``'s kernel ``[..., K]``."""
+  node = params
+  for part in layer.split("/"):
+    node = node[part]
+  return int(np.shape(node["kernel"])[-1])
+
+
+def _snnl_method(config, model, dense: train.TrainState, data: DatasetSplits,
+                 ft_steps: int) -> _Method:
+  """Sensitive channel pruning with the Soft Nearest Neighbour Loss (design.md section 3).
+
+  Each step scores every kept channel of the chosen layers by its SNNL w.r.t. the sensitive
+  attribute, averaged over ``prune.num_batches`` group-balanced train batches with BatchNorm in
+  inference mode, through the MASKED model (the current params are zero at pruned positions);
+  prunes the lowest-SNNL (most group-separating) kept channels; masks their kernel slice, bias
+  and BN scale/shift so they output exactly zero (unlike the official code, which leaves
+  ``ReLU(b)``); then fine-tunes for ``snnl_finetune_epochs`` with the dense-training optimizer
+  settings and a fresh optimizer state (:func:`prune_iterative`).
+  """
+  p = config.prune
+  layers, norms = snnl_layers(config, dense.params)
+  epochs = p.snnl_finetune_epochs
+  # As FairGRAPE: the dense-training optimizer settings, the schedule spanning one step's
+  # fine-tuning (prune_iterative gives every step a fresh optimizer state).
+  tx = _train_tx(config, ft_steps, max(1, epochs)) if epochs else dense.tx
+  # Set by next_mask(step) and read by schedule_end(step), which the loop always calls after
+  # next_mask of the same step (also when resuming), so no state needs checkpointing.
+  exhausted = {"value": False}
+
+  def kept_channels(mask: masks.Mask) -> dict[str, int]:
+    return {name: int(np.sum(np.asarray(masks.channel_keep_from_mask(mask, name))))
+            for name in layers}
+
+  def prepare(params: PyTree, mask: masks.Mask) -> masks.Mask:
+    for name in layers:
+      k = _kernel_channels(params, name)
+      mask = masks.channel_mask(params, mask, name, jnp.ones((k,), jnp.bool_),
+                                norm_layer=norms[name])
+    return mask
+
+  def snnl_next(state: train.TrainState, step: int) -> masks.Mask:
+    scores = snnl.score_channels(
+        model, _variables(state), _scoring_batches(config, data, step), layers,
+        temperature=float(p.snnl_temperature), include_self=bool(p.snnl_include_self),
+        apply_kwargs={"train": False})
+    pruned = {name: ~np.asarray(masks.channel_keep_from_mask(state.mask, name))
+              for name in layers}
+    kept = {name: int((~pruned[name]).sum()) for name in layers}
+    plan = _snnl_plan(float(p.snnl_channels_per_step), kept, p.snnl_scope)
+    if p.snnl_scope == "layer":
+      keeps = {}
+      for name in layers:
+        keeps.update(snnl.select_channels({name: scores[name]}, amount=plan[name], scope="layer",
+                                          already_pruned={name: pruned[name]}))
+    else:
+      keeps = snnl.select_channels(scores, amount=plan, scope="global", already_pruned=pruned)
+    mask = state.mask
+    for name in layers:
+      mask = masks.channel_mask(state.params, mask, name, jnp.asarray(keeps[name]),
+                                norm_layer=norms[name])
+    after = {name: int(keeps[name].sum()) for name in layers}
+    nxt = _snnl_plan(float(p.snnl_channels_per_step), after, p.snnl_scope)
+    exhausted["value"] = (sum(nxt.values()) if isinstance(nxt, dict) else nxt) == 0
+    return mask
+
+  def schedule_end(step: int) -> str | None:
+    if exhausted["value"]:
+      return ("no SNNL channel left to prune (every layer keeps at least one channel, or "
+              "snnl_channels_per_step rounds to 0)")
+    return None
+
+  return _Method(p.method, snnl_next, epochs, tx, schedule_end, prepare_mask=prepare,
+                 step_info=lambda state: {"channels_kept": kept_channels(state.mask)})
+
+
 def _method(config, model, dense: train.TrainState, data: DatasetSplits, roles) -> _Method:
-  """The :class:`_Method` of ``config.prune.method`` (design.md sections 2 and 4)."""
+  """The :class:`_Method` of ``config.prune.method`` (design.md sections 2, 3 and 4)."""
   p = config.prune
   ft_steps = max(1, len(data.labels["train"]) // config.train.batch_size)
+  if p.method == "snnl_channels":
+    return _snnl_method(config, model, dense, data, ft_steps)
   if p.method == "fairgrape":
     rate = p.max_sparsity if p.fairgrape_prune_rate is None else p.fairgrape_prune_rate
     keep = p.fairgrape_keep_per_iter
@@ -314,7 +465,9 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
 
   FairPrune (design.md section 2) and the baselines (section 4) score the weights and prune
   ``step_fraction`` of the kept ones per step; FairGRAPE (section 4) prunes to its cumulative
-  ratio with the group-proportional greedy and retrains after every iteration. All share the
+  ratio with the group-proportional greedy and retrains after every iteration; SNNL channel
+  pruning (section 3) prunes the lowest-SNNL channels of chosen conv layers and fine-tunes
+  (step records also hold ``channels_kept``). All share the
   stopping rule (validation Eodd patience, ``max_sparsity``, ``max_accuracy_drop``, ``max_steps``),
   the checkpoints (one per step: params, BatchNorm statistics, mask, history) and resumption.
 
@@ -328,8 +481,9 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   name = method.name
   store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, checkpoint.PRUNE_STORE))
   state = dense.replace(tx=method.tx, opt_state=method.tx.init(dense.params))
-  state = train.set_mask(state, masks.init_mask(state.params, _prunable(config)))
-  steps = [{"step": 0, "sparsity": 0.0, "validation": dense_val}]
+  state = train.set_mask(state, method.prepare_mask(
+      state.params, masks.init_mask(state.params, _prunable(config))))
+  steps = [{"step": 0, "sparsity": 0.0, "validation": dense_val, **method.step_info(state)}]
   stop = {"best": _num(dense_val["eodd"]), "bad_steps": 0, "stopped": False, "reason": ""}
   latest = store.latest_step()
   if latest is not None:
@@ -361,7 +515,8 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
                            epochs=method.retrain_epochs, rng=jax.random.key(step), log_every=0,
                            donate=False)
     val = evaluate_split(state, data, "validation", config)
-    steps.append({"step": step, "sparsity": val["sparsity"], "validation": val})
+    steps.append({"step": step, "sparsity": val["sparsity"], "validation": val,
+                  **method.step_info(state)})
     eodd = _num(val["eodd"])
     drop = dense_val["accuracy"] - val["accuracy"]
     if eodd < stop["best"]:
@@ -459,12 +614,38 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "summary": report.summarize(dense_test, pruned_test),
       "wall_seconds": time.perf_counter() - t_start,
   }
+  if config.prune.method == "snnl_channels":
+    results["slimming"] = _slimming_summary(config, model, final)
   path = report.write_results(workdir, results)
   _plots(config, model, dense, data, steps, unpriv, priv, workdir)
   logging.info("pruned test (step %d): acc %.4f macro-F1 %.4f eodd %.4f sparsity %.3f -> %s",
                chosen, pruned_test["accuracy"], pruned_test["macro_f1"],
                _num(pruned_test["eodd"]), pruned_test["sparsity"], path)
   return results
+
+
+def _slimming_summary(config, model, final: train.TrainState) -> dict[str, int] | None:
+  """Parameter and conv/dense multiply-add counts before and after physically removing the
+  SNNL-pruned channels of the chosen state (design.md section 3: structured masks allow slimming).
+
+  ``None`` for models :func:`fairjax.slimming.slim_sequential_cnn` does not handle (only
+  fairjax's VGG-11 and SmallCNN), or for chosen layers it cannot slim (nested paths).
+  """
+  variables = _variables(final)
+  layers, _ = snnl_layers(config, final.params)
+  keep = {name: (np.ones(_kernel_channels(final.params, name), bool) if final.mask is None else
+                 np.asarray(masks.channel_keep_from_mask(final.mask, name)))
+          for name in layers}
+  try:
+    slim_model, slim_vars = slimming.slim_sequential_cnn(model, variables, keep)
+  except (TypeError, ValueError) as e:
+    logging.warning("snnl_channels: no slimming summary (%s)", e)
+    return None
+  shape = (config.data.image_size,) * 2 + (3,)
+  return {"params_dense": slimming.count_params(variables),
+          "params_slim": slimming.count_params(slim_vars),
+          "flops_dense": slimming.conv_flops(model, variables, shape),
+          "flops_slim": slimming.conv_flops(slim_model, slim_vars, shape)}
 
 
 def _plots(config, model, dense, data: DatasetSplits, steps, unpriv, priv, workdir) -> None:

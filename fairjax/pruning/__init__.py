@@ -11,6 +11,9 @@ shared :func:`fairjax.masks.prune_lowest` unless a method needs its own (FairGRA
 
 The CLI method names (``config.prune.method``, :data:`fairjax.config.PRUNE_METHODS`; run by
 :func:`fairjax.pipeline.prune_iterative`): ``"fairprune"``, ``"magnitude"``, ``"random"``,
-``"snip"``, ``"obd"`` (score, then prune ``prune.step_fraction`` of the kept weights per step) and
-``"fairgrape"`` (greedy to the cumulative ratio, retraining after every iteration).
+``"snip"``, ``"obd"`` (score, then prune ``prune.step_fraction`` of the kept weights per step),
+``"fairgrape"`` (greedy to the cumulative ratio, retraining after every iteration) and
+``"snnl_channels"`` (design.md section 3: prune the lowest-SNNL channels of ``prune.snnl_layers``,
+default the last conv, masking kernel slice, bias and BN scale/shift, then fine-tune; its
+kernel is :mod:`fairjax.snnl`, not this package).
 """
