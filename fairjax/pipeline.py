@@ -562,16 +562,6 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   return final, steps, chosen
 
 
-def prune_fairprune(config, model, dense: train.TrainState, data: DatasetSplits, workdir: str,
-                    dense_val: dict, roles) -> tuple[train.TrainState, list[dict], int]:
-  """Iterative FairPrune (design.md section 2): :func:`prune_iterative` with method
-  ``"fairprune"`` whatever ``config.prune.method`` says."""
-  if config.prune.method != "fairprune":
-    config = ml_collections.ConfigDict(_to_dict(config))
-    config.prune.method = "fairprune"
-  return prune_iterative(config, model, dense, data, workdir, dense_val, roles)
-
-
 # -- the whole run -----------------------------------------------------------------------------
 
 

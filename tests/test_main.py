@@ -114,6 +114,13 @@ def test_killed_run_resumes_to_identical_results(finished_run, tmp_path):
     ("--config.model.name=alexnet", "config.model.name='alexnet'"),
     ("--config.prune.method=magic", "config.prune.method='magic'"),
     ("--config.fairness_convention=median", "config.fairness_convention='median'"),
+    ("--config.prune.method=magic", "fairgrape"),  # the message lists the valid methods
+    ("--config.prune.fairgrape_keep_per_iter=1.5", "config.prune.fairgrape_keep_per_iter=1.5"),
+    ("--config.prune.fairgrape_prune_rate=1.0", "config.prune.fairgrape_prune_rate=1.0"),
+    ("--config.prune.fairgrape_retrain_epochs=-1", "config.prune.fairgrape_retrain_epochs=-1"),
+    ("--config.prune.snnl_channels_per_step=2.5", "config.prune.snnl_channels_per_step=2.5"),
+    ("--config.prune.snnl_scope=network", "config.prune.snnl_scope='network'"),
+    ("--config.prune.snnl_temperature=0", "config.prune.snnl_temperature=0"),
 ])
 def test_bad_config_values_fail_fast_with_one_line(override, needle, tmp_path):
   start = time.time()
