@@ -62,7 +62,13 @@ GROUP1_FRACTION = 0.3
 MODEL_CONFIGS: dict[str, tuple[str, dict[str, Any], tuple[int, int]]] = {
     "small_cnn": ("small_cnn", {}, (32, 32)),
     "vgg11": ("vgg11", {}, (64, 64)),
+    # GPU-sized configs (bench/README.md): ImageNet-sized inputs.
+    "vgg11_224": ("vgg11", {}, (224, 224)),
+    "small_cnn_128": ("small_cnn", {}, (128, 128)),
 }
+
+# "cpu" or "cuda": where the torch side runs (--device). JAX runs on its default backend.
+TORCH_DEVICE = "cpu"
 
 JAX_METHODS = ("jax_grad", "fairjax_exact", "fairjax_mc", "fairjax_hutchinson",
                "fairjax_empirical_fisher")
@@ -215,15 +221,16 @@ def torch_methods(config: str, image_hw, batch: dict[str, np.ndarray], params):
   name, kwargs, _ = MODEL_CONFIGS[config]
   plain = torch_mirror.build(name, NUM_CLASSES, image_hw, **kwargs)
   torch_mirror.load_flax_params(plain, params)
+  plain = plain.to(TORCH_DEVICE)
   extended = extend(copy.deepcopy(plain))  # extend() hooks every module; keep `plain` clean
   ce = torch.nn.CrossEntropyLoss(reduction="mean")
   ce_ext = extend(torch.nn.CrossEntropyLoss(reduction="mean"))
-  x = torch_mirror.to_nchw(batch["images"])
-  y = torch.from_numpy(batch["labels"].astype(np.int64))
+  x = torch_mirror.to_nchw(batch["images"]).to(TORCH_DEVICE)
+  y = torch.from_numpy(batch["labels"].astype(np.int64)).to(TORCH_DEVICE)
   # The per-group batches are split once, outside the timed region (a data-loader's job).
   per_group = []
   for g in range(NUM_GROUPS):
-    idx = torch.from_numpy(np.flatnonzero(batch["groups"] == g))
+    idx = torch.from_numpy(np.flatnonzero(batch["groups"] == g)).to(TORCH_DEVICE)
     per_group.append((x[idx].contiguous(), y[idx].contiguous()))
 
   def grad():
@@ -298,20 +305,38 @@ def time_jax(fn, args, repeats: int, warmup: int, measure_rss: bool):
   return res, out
 
 
+def _torch_sync() -> None:
+  if TORCH_DEVICE != "cpu":
+    import torch
+
+    torch.cuda.synchronize()
+
+
 def time_torch(run, repeats: int, warmup: int):
   gc.collect()
+  cuda = TORCH_DEVICE != "cpu"
+  if cuda:
+    import torch
+
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
   s = time.perf_counter()
   out = run()
+  _torch_sync()
   first = time.perf_counter() - s
   for _ in range(max(0, warmup - 1)):
     run()
+  _torch_sync()
   times = []
   for _ in range(repeats):
     s = time.perf_counter()
     out = run()
+    _torch_sync()
     times.append(time.perf_counter() - s)
   res = summarize(times)
   res["first_call_s"] = first
+  if cuda:
+    res["cuda_peak_delta_bytes"] = int(torch.cuda.max_memory_allocated() - base)
   return res, out
 
 
@@ -460,8 +485,8 @@ def markdown(results: dict) -> str:
                  f"batch {BATCH}, {NUM_CLASSES} classes, {NUM_GROUPS} groups "
                  f"{res['model']['group_counts']}, {res['model']['num_params']:,} params)\n")
     lines.append("| method | median s | × JAX grad | × torch grad | compile s | XLA mem MB "
-                 "| RSS Δ MB |")
-    lines.append("|---|---|---|---|---|---|---|")
+                 "| RSS Δ MB | torch GPU peak Δ MB |")
+    lines.append("|---|---|---|---|---|---|---|---|")
     rows = list(res["methods"].items())
     hutch = res["methods"].get("fairjax_hutchinson")
     if hutch and hutch.get("median_s") is not None:
@@ -472,11 +497,13 @@ def markdown(results: dict) -> str:
       mem = m.get("memory", {})
       xla = mem.get("xla_total_bytes")
       rss = mem.get("rss_peak_delta_bytes")
+      gpu = m.get("cuda_peak_delta_bytes")
       compile_s = (m["trace_lower_s"] + m["compile_s"]) if "compile_s" in m else None
       lines.append(f"| {k} | {_fmt(m.get('median_s'), '.4f')} | {_fmt(r.get(f'{k}/jax_grad'), '.2f')} "
                    f"| {_fmt(r.get(f'{k}/torch_grad'), '.2f')} | {_fmt(compile_s, '.1f')} "
                    f"| {_fmt(None if xla is None else xla / 2**20, '.0f')} "
-                   f"| {_fmt(None if rss is None else rss / 2**20, '.0f')} |")
+                   f"| {_fmt(None if rss is None else rss / 2**20, '.0f')} "
+                   f"| {_fmt(None if gpu is None else gpu / 2**20, '.0f')} |")
     lines.append("")
     lines.append(f"- fairjax exact / BackPACK exact (per-group total): "
                  f"{_fmt(r.get('fairjax_exact/backpack_exact'))}; fairjax MC / BackPACK MC: "
@@ -501,6 +528,8 @@ def environment(threads_info: dict) -> dict[str, Any]:
     import torch
 
     env["torch"] = torch.__version__
+    if TORCH_DEVICE != "cpu":
+      env["torch_cuda_device"] = torch.cuda.get_device_name()
     import backpack
 
     env["backpack"] = getattr(backpack, "__version__", None)
@@ -511,6 +540,9 @@ def environment(threads_info: dict) -> dict[str, Any]:
   except ImportError as e:
     env["torch_import_error"] = repr(e)
   env.update(threads_info)
+  import jax
+
+  env["jax_backend"] = jax.default_backend()
   return env
 
 
@@ -571,7 +603,7 @@ def run_model(config: str, args, threads: int, state_dir: str) -> dict[str, Any]
       timing, out = time_torch(run, args.repeats, args.warmup)
       timing["memory"] = {}
       res["methods"][name] = timing
-      outputs[name] = {k: v.detach().numpy().copy() for k, v in out.items()}
+      outputs[name] = {k: v.detach().cpu().numpy().copy() for k, v in out.items()}
       log(f"{config}: {name}: median {timing['median_s']:.4f}s")
 
   # Memory in fresh subprocesses (after all timings, so they never overlap a timed run).
@@ -631,6 +663,12 @@ def parse_args(argv=None):
   p.add_argument("--threads", type=int, default=None,
                  help="torch.set_num_threads (default: the cores this process may use)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--batch", type=int, default=BATCH, help="batch size (both frameworks)")
+  p.add_argument("--precision", choices=("default", "highest"), default="default",
+                 help="highest: full float32 matmuls/convs in both frameworks (no TF32 on GPU); "
+                      "for the agreement check, not the timings users get by default")
+  p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                 help="torch device; JAX uses its default backend (jax.default_backend())")
   p.add_argument("--no-torch", action="store_true", help="JAX only (no torch/BackPACK)")
   p.add_argument("--no-torch-rss", action="store_true",
                  help="skip the per-method torch peak-RSS subprocesses")
@@ -654,6 +692,19 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
   args = parse_args(argv)
+  global BATCH, TORCH_DEVICE
+  BATCH, TORCH_DEVICE = args.batch, args.device
+  if args.precision == "highest":
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    if not args.no_torch:
+      import torch
+
+      torch.backends.cuda.matmul.allow_tf32 = False
+      torch.backends.cudnn.allow_tf32 = False
+  if args.device == "cuda":
+    args.no_torch_rss = True  # host RSS says nothing about GPU memory; cuda peak is recorded
   threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                              else os.cpu_count())
   if args._memory_worker:
@@ -677,7 +728,7 @@ def main(argv=None) -> None:
         "threads on a busy 2-core machine); measure on a quiet machine.")
   results: dict[str, Any] = {
       "benchmark": "per-group diagonal curvature, fairjax vs BackPACK",
-      "settings": {"repeats": args.repeats, "warmup": args.warmup, "quick": args.quick,
+      "settings": {"torch_device": TORCH_DEVICE, "precision": args.precision, "repeats": args.repeats, "warmup": args.warmup, "quick": args.quick,
                    "seed": args.seed, "batch": BATCH, "num_classes": NUM_CLASSES,
                    "num_groups": NUM_GROUPS, "group1_fraction": GROUP1_FRACTION,
                    "timing": "median of repeats after warm-up; JAX: AOT-compiled executable + "

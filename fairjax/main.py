@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
   # Imported here so `--help` and flag errors stay fast.
   from fairjax import pipeline
   from fairjax.config import ConfigError, validate_config
-  from fairjax.data.tfds_common import BadImageError, CsvFormatError, DatasetNotFoundError
+  from fairjax.data.errors import BadImageError, CsvFormatError, DatasetNotFoundError
 
   try:
     validate_config(config)

@@ -49,22 +49,8 @@ ON_BAD_IMAGE_CHOICES: tuple[str, ...] = ("skip", "error")
 JPEG_QUALITY: int = 95
 
 
-class DatasetNotFoundError(ValueError):
-  """The manual download directory is missing, empty or lacks an expected file."""
-
-
-class CsvFormatError(ValueError):
-  """A metadata CSV row cannot be parsed; names the file, the line and the field."""
-
-  def __init__(self, path: str | os.PathLike[str], line: int, field: str, problem: str):
-    self.path = os.fspath(path)
-    self.line = line
-    self.field = field
-    super().__init__(f"{self.path}, line {line}, field {field!r}: {problem}")
-
-
-class BadImageError(ValueError):
-  """An image file is missing or cannot be decoded (raised when ``on_bad_image='error'``)."""
+# Defined without tfds so that the CLI can catch them without importing tfds (demo runs).
+from fairjax.data.errors import BadImageError, CsvFormatError, DatasetNotFoundError  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------------------------
