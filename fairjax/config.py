@@ -53,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_validation = 800
   c.data.num_test = 1500
   c.data.minority_fraction = 0.2
+  c.data.minority_contrast = 0.35  # mean lesion contrast on dark skin (light: U(0.45, 0.70))
+  c.data.shortcut_strength = 0.0  # tanned light skin for one class: a learnable shortcut
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"
@@ -153,6 +155,10 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
         _fail(f"data.{key}", d[key], "must be at least 16")
     if not 0.0 < d.minority_fraction < 1.0:
       _fail("data.minority_fraction", d.minority_fraction, "must be in (0, 1)")
+    if not 0.0 < d.minority_contrast <= 1.0:
+      _fail("data.minority_contrast", d.minority_contrast, "must be in (0, 1]")
+    if not 0.0 <= d.shortcut_strength <= 0.5:
+      _fail("data.shortcut_strength", d.shortcut_strength, "must be in [0, 0.5]")
 
   if config.model.name not in models.list_models():
     _fail("model.name", config.model.name, f"must be one of {tuple(models.list_models())}")

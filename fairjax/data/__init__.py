@@ -66,7 +66,9 @@ def _demo(cfg: Mapping[str, Any]) -> DatasetSplits:
            "test": int(cfg["num_test"])}
   arrays = synthetic.make_demo_splits(
       int(cfg["seed"]), sizes, image_size=int(cfg["image_size"]),
-      minority_fraction=float(cfg["minority_fraction"]))
+      minority_fraction=float(cfg["minority_fraction"]),
+      minority_contrast=float(cfg.get("minority_contrast", 0.35)),
+      shortcut_strength=float(cfg.get("shortcut_strength", 0.0)))
   sources = {s: pipeline.ArraySource(arrays[s]) for s in SPLITS}
   return DatasetSplits(
       name="demo", sources=sources, num_classes=len(synthetic.DEMO_CLASS_NAMES),

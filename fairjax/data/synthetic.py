@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_SPLIT_SIZES",
     "DEMO_CLASS_NAMES",
     "DEMO_CUE_NAMES",
+    "SHORTCUT_CLASS",
     "DEMO_GROUP_NAMES",
     "make_demo_split",
     "make_demo_splits",
@@ -73,6 +74,8 @@ DEMO_CUE_NAMES: tuple[str, ...] = (
     "dotted",
 )
 DEFAULT_NUM_CLASSES = 4
+# The class whose light-skin images are tanned when ``shortcut_strength > 0`` ("irregular_border").
+SHORTCUT_CLASS = 1
 DEMO_CLASS_NAMES: tuple[str, ...] = DEMO_CUE_NAMES[:DEFAULT_NUM_CLASSES]
 DEFAULT_SPLIT_SIZES: dict[str, int] = {"train": 3000, "validation": 600, "test": 1000}
 
@@ -103,6 +106,7 @@ def make_demo_split(
     num_classes: int = DEFAULT_NUM_CLASSES,
     minority_contrast: float = 0.35,
     noise_std: float = _NOISE_STD,
+    shortcut_strength: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Generates one split of the synthetic demo dataset (NOT real data; see module docstring).
 
@@ -116,6 +120,9 @@ def make_demo_split(
         U(0.45, 0.70)). Lower values widen the accuracy gap; ~0.57 removes the relative-contrast
         handicap (the darker skin and the smaller share still leave a gap).
       noise_std: per-pixel Gaussian noise in gray levels, the same for both groups.
+      shortcut_strength: the learned-shortcut part of the bias (module docstring): light-skin
+        images of class ``SHORTCUT_CLASS`` get skin darker by a relative ``shortcut_strength *
+        U(0.6, 1.4)``; dark-skin images get no class-dependent tone. 0 disables it. In [0, 0.5].
 
     Returns:
       ``{"image": uint8 [N, S, S, 3], "label": int32 [N], "group": int32 [N]}`` with groups in
@@ -129,6 +136,8 @@ def make_demo_split(
         raise ValueError(f"minority_fraction must be in [0, 1], got {minority_fraction}")
     if image_size < 4:
         raise ValueError(f"image_size must be >= 4, got {image_size}")
+    if not 0.0 <= shortcut_strength <= 0.5:
+        raise ValueError(f"shortcut_strength must be in [0, 0.5], got {shortcut_strength}")
 
     n, s = num_samples, image_size
     rng = np.random.default_rng(seed)
@@ -202,6 +211,11 @@ def make_demo_split(
     # not by independent channel shifts) plus a small per-channel hue jitter.
     brightness = 1.0 + _SKIN_BRIGHTNESS_STD * rng.standard_normal((n, 1)).astype(np.float32)
     hue = _SKIN_HUE_STD * rng.standard_normal((n, 3)).astype(np.float32)
+    # The shortcut draws from its own stream so that shortcut_strength=0 reproduces the images
+    # generated before the option existed, byte for byte.
+    tan = np.random.default_rng([seed, 1]).uniform(0.6, 1.4, (n, 1)).astype(np.float32)
+    shortcut = (group == 0) & (label == SHORTCUT_CLASS)
+    brightness = brightness * np.where(shortcut[:, None], 1.0 - shortcut_strength * tan, 1.0)
     tone = _SKIN_MEAN[group] * brightness + hue
     wave_dir = u(0.0, 2 * np.pi, (2,))
     wave_freq = u(0.5, 2.0, (2,))
