@@ -10,6 +10,7 @@ from fairjax.data.synthetic import (
     DEMO_CLASS_NAMES,
     DEMO_CUE_NAMES,
     DEMO_GROUP_NAMES,
+    SHORTCUT_CLASS,
     make_demo_split,
     make_demo_splits,
 )
@@ -89,6 +90,31 @@ def test_minority_contrast_knob_changes_dark_contrast_only():
     assert np.array_equal(low["image"][~dark], high["image"][~dark])
 
 
+def _skin_brightness(d):
+    """Per-image mean gray level of the outer 2-pixel ring (mostly skin)."""
+    img = d["image"].astype(np.float64).mean(-1)
+    ring = np.ones(img.shape[1:], bool)
+    ring[2:-2, 2:-2] = False
+    return img[:, ring].mean(-1)
+
+
+def test_shortcut_tans_light_skin_of_one_class_only():
+    base = make_demo_split(800, seed=5)
+    tanned = make_demo_split(800, seed=5, shortcut_strength=0.2)
+    assert np.array_equal(base["label"], tanned["label"])
+    light, cls = base["group"] == 0, base["label"] == SHORTCUT_CLASS
+    ratio = _skin_brightness(tanned) / _skin_brightness(base)
+    # Light skin of the shortcut class is darker by 0.2 * U(0.6, 1.4) (mean 0.2, up to
+    # clipping/rounding); every other image is byte-identical, so the shortcut is exactly a
+    # class-skin-tone correlation inside the light group.
+    assert abs(ratio[light & cls].mean() - 0.8) < 0.02
+    assert ratio[light & cls].max() < 0.9
+    assert np.array_equal(base["image"][~(light & cls)], tanned["image"][~(light & cls)])
+    # The correlation is learnable: the shortcut class now has the darkest light skin.
+    b = _skin_brightness(tanned)
+    assert b[light & cls].mean() < b[light & ~cls].mean() - 3 * b[light & ~cls].std() / 2
+
+
 def test_classes_differ_in_texture():
     # Reticular / two-tone lesions vary inside, uniform ones do not. On noise-free light-group
     # images, take the pixels darkened by > 15 % relative to the skin (above the +-12 % skin
@@ -131,6 +157,8 @@ def test_invalid_arguments():
         make_demo_split(10, seed=0, num_classes=6)
     with pytest.raises(ValueError, match="minority_fraction"):
         make_demo_split(10, seed=0, minority_fraction=1.5)
+    with pytest.raises(ValueError, match="shortcut_strength"):
+        make_demo_split(10, seed=0, shortcut_strength=0.6)
     assert make_demo_split(0, seed=0)["image"].shape == (0, 32, 32, 3)
 
 

@@ -140,3 +140,14 @@ def test_missing_dataset_directory_names_the_path(tmp_path):
   assert res.returncode == 2
   assert str(missing) in res.stderr and "Traceback" not in res.stderr
   assert "ISIC" in res.stderr  # says what is expected / where to get it
+
+
+@pytest.mark.parametrize("key,value", [("minority_contrast", 0.0), ("minority_contrast", 1.5),
+                                       ("shortcut_strength", -0.1), ("shortcut_strength", 0.6)])
+def test_demo_generator_knobs_are_validated(key, value):
+  from fairjax.config import ConfigError, base_config, validate_config
+
+  config = base_config()
+  config.data[key] = value
+  with pytest.raises(ConfigError, match=f"config.data.{key}={value}"):
+    validate_config(config)
