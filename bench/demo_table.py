@@ -1,6 +1,7 @@
 """Runs the main job for several seeds and prints the dense-vs-pruned table of the README.
 
     python -m bench.demo_table [--config=configs/demo.py] [--seeds=0,1,2] [--method=NAME]
+        [--finetune_control]
         [--override=--config.prune.x=y ...] [--root=DIR] [--out=FILE]
 
 Each seed is one ordinary run (``python -m fairjax.main --config.seed=k``) in its own workdir, so
