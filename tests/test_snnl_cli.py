@@ -295,3 +295,28 @@ def test_killed_snnl_run_resumes_to_identical_results(snnl_run, tmp_path):
     assert jax.tree.structure(items[0]) == jax.tree.structure(items[1])
     for x, y in zip(jax.tree.leaves(items[0]), jax.tree.leaves(items[1])):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_slimming_summary_without_timing_and_for_the_dense_model():
+  """``prune.speedup_repeats=0`` leaves the measured fields null; a chosen dense model (no
+  mask) keeps every channel and slims to itself."""
+  import jax
+
+  from fairjax import models, train
+  from fairjax.config import base_config
+  from fairjax.pipeline import _slimming_summary
+
+  config = base_config()
+  config.data.image_size = 8
+  config.prune.speedup_repeats = 0
+  model = models.get_model("small_cnn", num_classes=3, width=2, hidden=4)
+  tx = train.make_optimizer("sgd", 0.1)
+  state = train.create_train_state(model, jax.random.key(0, impl="rbg"), (8, 8, 3), tx)
+  out = _slimming_summary(config, model, state)
+  assert out["channels"] == {"conv1": {"total": 4, "kept": 4, "removed": 0,
+                                       "removed_indices": []}}
+  assert out["params_slim"] == out["params_dense"] == (54 + 2) + (72 + 4) + (64 + 4) + (12 + 3)
+  assert out["flops_slim"] == out["flops_dense"]
+  for key in TIMING_KEYS:
+    assert out[key] is None, key
+  assert out["speedup_repeats"] == 0 and out["speedup_batch_size"] == 64
