@@ -99,15 +99,25 @@ def _counts(total: int, pruned: int) -> dict[str, float | int]:
             "sparsity": pruned / total if total else 0.0}
 
 
-def sparsity_report(mask: Mask, params: PyTree | None = None) -> dict[str, Any]:
+def sparsity_report(mask: Mask, params: PyTree | None = None, *,
+                    kernels_only: bool = False) -> dict[str, Any]:
     """Plain-Python (JSON-serialisable) sparsity numbers.
 
     Returns ``{"layers": {"conv0/kernel": {total, kept, pruned, sparsity}, ...},
     "global": {...}}`` over the mask's non-``None`` leaves and, when ``params`` is given,
     ``"all_params": {...}`` whose ``total`` counts every param entry (biases, norms included).
+
+    ``kernels_only=True`` counts only the conv/dense kernel leaves of the mask
+    (:func:`default_prunable`: named ``kernel``, ndim > 1). This is the weight sparsity every
+    pruning method reports: for an unstructured mask over kernels it changes nothing, and for a
+    structured channel mask (:func:`channel_mask`, which also masks the bias and BN scale/shift
+    of a dropped channel) it leaves those 1-D entries out of both the numerator and the
+    denominator.
     """
     layers, total, pruned = {}, 0, 0
     for path, m in flatten_with_paths(mask):
+        if kernels_only and not default_prunable(path, m):
+            continue
         m = np.asarray(m)
         n, p = int(m.size), int(m.size - np.count_nonzero(m))
         layers[path_str(path)] = _counts(n, p)
