@@ -21,6 +21,7 @@ PRUNE_METHODS = ("fairprune", "magnitude", "random", "snip", "obd", "fairgrape",
 CURVATURE_METHODS = ("exact", "mc", "hutchinson", "empirical_fisher")
 CONVENTIONS = ("sum", "mean")
 SAMPLINGS = ("uniform", "group_balanced", "class_balanced")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 class ConfigError(ValueError):
@@ -94,6 +95,13 @@ def base_config() -> ml_collections.ConfigDict:
   # can still override it from the command line.
   c.prune.fairgrape_prune_rate = ml_collections.config_dict.placeholder(float)
   c.prune.fairgrape_retrain_epochs = 1
+  # FairGRAPE's full fine-tune of the reported pruned model after the last schedule iteration
+  # (design.md section 4). The official code retrains with the dense recipe (Adam, lr 1e-4 ->
+  # 1e-5 -> 1e-6 over 13 + 3 + 3 epochs on FairFace/UTKFace); scaled down here for the demo:
+  # a fresh optimizer, train.schedule over these epochs, train.momentum/nesterov/weight_decay.
+  c.prune.fairgrape_finetune_epochs = 2  # 0 = no final fine-tune
+  c.prune.fairgrape_finetune_optimizer = "adam"
+  c.prune.fairgrape_finetune_learning_rate = 1e-4
   # Sensitive channel pruning (design.md section 3, method "snnl_channels"): per step, the
   # channels of these conv layers with the LOWEST SNNL w.r.t. the sensitive attribute are pruned
   # (kernel slice, bias and BN scale/shift), then the model is fine-tuned.
@@ -163,7 +171,7 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   for key in ("batch_size", "eval_batch_size"):
     if not isinstance(t[key], int) or t[key] < 1:
       _fail(f"train.{key}", t[key], "must be an integer >= 1")
-  if t.optimizer not in ("sgd", "adam", "adamw"):
+  if t.optimizer not in OPTIMIZERS:
     _fail("train.optimizer", t.optimizer, "must be 'sgd', 'adam' or 'adamw'")
   if not t.learning_rate > 0:
     _fail("train.learning_rate", t.learning_rate, "must be > 0")
@@ -186,6 +194,18 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   if not isinstance(p.fairgrape_retrain_epochs, int) or p.fairgrape_retrain_epochs < 0:
     _fail("prune.fairgrape_retrain_epochs", p.fairgrape_retrain_epochs,
           "must be an integer >= 0")
+  if (isinstance(p.fairgrape_finetune_epochs, bool)
+      or not isinstance(p.fairgrape_finetune_epochs, int) or p.fairgrape_finetune_epochs < 0):
+    _fail("prune.fairgrape_finetune_epochs", p.fairgrape_finetune_epochs,
+          "must be an integer >= 0 (0 = no final fine-tune)")
+  if p.fairgrape_finetune_optimizer not in OPTIMIZERS:
+    _fail("prune.fairgrape_finetune_optimizer", p.fairgrape_finetune_optimizer,
+          f"must be one of {OPTIMIZERS}")
+  if (isinstance(p.fairgrape_finetune_learning_rate, bool)
+      or not isinstance(p.fairgrape_finetune_learning_rate, (int, float))
+      or not p.fairgrape_finetune_learning_rate > 0):
+    _fail("prune.fairgrape_finetune_learning_rate", p.fairgrape_finetune_learning_rate,
+          "must be > 0")
   if not 0.0 < p.beta <= 1.0:
     _fail("prune.beta", p.beta, "must be in (0, 1] (FairPrune's privileged-group weight)")
   if p.curvature not in CURVATURE_METHODS:

@@ -570,12 +570,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.perf_counter()
+  data, model = load(config, workdir)
+  dense, dense_val, dense_test, roles = dense_model(config, model, data, workdir)
+  return prune_run(config, model, data, dense, dense_val, dense_test, roles, workdir,
+                   t_start=t_start)
+
+
+def load(config: ml_collections.ConfigDict, workdir: str) -> tuple[DatasetSplits, Any]:
+  """The dataset splits (built or read under ``workdir``) and the (uninitialised) model."""
   logging.info("loading data: %s", config.data.name)
   data = load_dataset(config.data, workdir=workdir)
-  info = data.describe()
-  logging.info("data: %s", info["split_sizes"])
-  model = _make_model(config, data)
+  logging.info("data: %s", data.describe()["split_sizes"])
+  return data, _make_model(config, data)
 
+
+def dense_model(config: ml_collections.ConfigDict, model, data: DatasetSplits, workdir: str
+                ) -> tuple[train.TrainState, dict, dict, tuple[int, tuple[int, ...]]]:
+  """Trains or restores the dense model of ``workdir``; returns it, its validation and test
+  metrics and the group roles ``(unprivileged id, privileged ids)`` (:func:`resolve_roles`)."""
   dense = train_dense(config, model, data, workdir)
   dense_val = evaluate_split(dense, data, "validation", config)
   dense_test = evaluate_split(dense, data, "test", config)
@@ -583,16 +595,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   logging.info("dense test: acc %.4f macro-F1 %.4f eodd %.4f; unprivileged group: %s",
                dense_test["accuracy"], dense_test["macro_f1"], _num(dense_test["eodd"]),
                data.group_names[unpriv])
+  return dense, dense_val, dense_test, (unpriv, priv)
 
-  final, steps, chosen = prune_iterative(config, model, dense, data, workdir, dense_val,
-                                         (unpriv, priv))
+
+def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
+              dense: train.TrainState, dense_val: dict, dense_test: dict, roles, workdir: str, *,
+              plots: bool = True, extra: Mapping[str, Any] | None = None,
+              t_start: float | None = None) -> dict[str, Any]:
+  """Prunes ``dense`` with ``config.prune.method`` in ``workdir`` (resuming its checkpoints),
+  fine-tunes FairGRAPE's result (:func:`finetune_final`), evaluates on the test split and writes
+  ``<workdir>/results.json`` (plus ``extra`` keys) and, with ``plots``, the run's figures.
+
+  Returns the results dict (schema: :mod:`fairjax.report`, README).
+  """
+  t_start = time.perf_counter() if t_start is None else t_start
+  unpriv, priv = roles
+  final, steps, chosen = prune_iterative(config, model, dense, data, workdir, dense_val, roles)
+  final, finetune = finetune_final(config, model, final, data, workdir, steps, chosen)
   pruned_test = evaluate_split(final, data, "test", config)
   privileged_name = (data.group_names[priv[0]] if len(priv) == 1 else
                      "mean of " + ", ".join(data.group_names[g] for g in priv))
   results = {
       "schema_version": 1,
       "config": _to_dict(config),
-      "dataset": info,
+      "dataset": data.describe(),
       "fairness_convention": config.fairness_convention,
       "privileged_group": privileged_name,
       "unprivileged_group": data.group_names[unpriv],
@@ -604,14 +630,105 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "summary": report.summarize(dense_test, pruned_test),
       "wall_seconds": time.perf_counter() - t_start,
   }
+  if finetune is not None:
+    results["final_finetune"] = finetune
   if config.prune.method == "snnl_channels":
     results["slimming"] = _slimming_summary(config, model, final)
+  results.update(extra or {})
   path = report.write_results(workdir, results)
-  _plots(config, model, dense, data, steps, unpriv, priv, workdir)
-  logging.info("pruned test (step %d): acc %.4f macro-F1 %.4f eodd %.4f sparsity %.3f -> %s",
-               chosen, pruned_test["accuracy"], pruned_test["macro_f1"],
-               _num(pruned_test["eodd"]), pruned_test["sparsity"], path)
+  if plots:
+    _plots(config, model, dense, data, steps, unpriv, priv, workdir)
+  logging.info("pruned test (step %d%s): acc %.4f macro-F1 %.4f eodd %.4f sparsity %.3f -> %s",
+               chosen, ", fine-tuned" if finetune is not None else "", pruned_test["accuracy"],
+               pruned_test["macro_f1"], _num(pruned_test["eodd"]), pruned_test["sparsity"], path)
   return results
+
+
+# -- FairGRAPE's final fine-tune -----------------------------------------------------------------
+
+FINETUNE_STORE = "finetune"
+
+
+def _finetune_tx(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The final fine-tune's optimizer: ``prune.fairgrape_finetune_optimizer`` at
+  ``fairgrape_finetune_learning_rate`` on ``train.schedule`` spanning the fine-tune, with the
+  dense run's momentum / Nesterov / weight decay (masked updates, train.make_optimizer)."""
+  t, p = config.train, config.prune
+  total = max(1, steps_per_epoch * p.fairgrape_finetune_epochs)
+  schedule = train.make_schedule(t.schedule, p.fairgrape_finetune_learning_rate, total)
+  return train.make_optimizer(p.fairgrape_finetune_optimizer, schedule, momentum=t.momentum,
+                              nesterov=t.nesterov, weight_decay=t.weight_decay)
+
+
+def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, workdir: str,
+                   steps: list[dict], chosen: int) -> tuple[train.TrainState, dict | None]:
+  """FairGRAPE's full fine-tune after the last schedule iteration (design.md section 4).
+
+  Trains the chosen pruned state (the last iteration in ``prune.target_sparsity`` mode, as in
+  the official code, which retrains its final model) for ``prune.fairgrape_finetune_epochs``
+  with a fresh optimizer (:func:`_finetune_tx`), keeping the mask: pruned weights stay exactly
+  zero (masked updates). A checkpoint per epoch in ``<workdir>/checkpoints/finetune`` (params,
+  BatchNorm statistics, optimizer state, mask, history) lets a killed run resume with the same
+  result. Skipped (returns ``(state, None)``) for other methods, for 0 epochs, and when the
+  chosen step is 0 (the dense model is reported; nothing was pruned).
+
+  Returns:
+    ``(state, record)``: the fine-tuned state and ``results["final_finetune"]``: ``step`` (the
+    fine-tuned pruning step), ``epochs``, ``optimizer``, ``learning_rate``, ``schedule``,
+    ``validation_before`` / ``validation_after`` and ``test_before`` (split metrics; the test
+    metrics after are ``results["pruned"]``), and ``history`` (per epoch: ``epoch``, ``loss``,
+    ``train_accuracy``, ``validation``).
+  """
+  p = config.prune
+  epochs = p.fairgrape_finetune_epochs
+  if p.method != "fairgrape" or epochs == 0 or chosen == 0 or state.mask is None:
+    return state, None
+  steps_per_epoch = max(1, len(data.labels["train"]) // config.train.batch_size)
+  tx = _finetune_tx(config, steps_per_epoch)
+  test_before = evaluate_split(state, data, "test", config)
+  state = state.replace(tx=tx, opt_state=tx.init(state.params), step=jnp.zeros((), jnp.int32))
+  store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, FINETUNE_STORE),
+                                     max_to_keep=2)
+  history: list[dict] = []
+  start = 0
+  latest = store.latest_step()
+  if latest is not None:
+    meta = store.restore_metadata(latest)
+    if meta["chosen_step"] != chosen:
+      store.close()
+      raise ConfigError(f"{workdir} holds a final fine-tune of pruning step {meta['chosen_step']}"
+                        f", but this run chose step {chosen} (the pruning config changed); use "
+                        "another --workdir")
+    items = store.restore(latest, {**_state_items(state), "mask": state.mask})
+    state = state.replace(params=items["params"], batch_stats=items["batch_stats"],
+                          opt_state=items["opt_state"], mask=items["mask"],
+                          step=jnp.asarray(meta["step"], jnp.int32))
+    history, start = meta["history"], meta["epoch"] + 1
+    logging.info("fairgrape final fine-tune: resuming after epoch %d", meta["epoch"])
+  # Data order and dropout keys are functions of (seed, epoch): a resumed run trains exactly as
+  # an uninterrupted one.
+  batches = _epoch_batches(config, data, config.seed * 53 + 17)
+  rng = jax.random.key(config.seed + 3, impl="rbg")
+  for epoch in range(start, epochs):
+    state, fit_history = train.fit(state, batches, epochs=epoch + 1, start_epoch=epoch, rng=rng,
+                                   log_every=0, donate=False)
+    val = evaluate_split(state, data, "validation", config)
+    history.append({"epoch": epoch, "loss": fit_history[-1]["loss"],
+                    "train_accuracy": fit_history[-1]["accuracy"], "validation": val})
+    logging.info("fairgrape final fine-tune epoch %d/%d: loss %.4f | val acc %.4f eodd %.4f "
+                 "sparsity %.3f", epoch + 1, epochs, fit_history[-1]["loss"], val["accuracy"],
+                 _num(val["eodd"]), val["sparsity"])
+    store.save(epoch, {**_state_items(state), "mask": state.mask},
+               metadata={"epoch": epoch, "step": int(state.step), "chosen_step": chosen,
+                         "history": history})
+  store.close()
+  record = {"step": chosen, "epochs": epochs, "optimizer": p.fairgrape_finetune_optimizer,
+            "learning_rate": float(p.fairgrape_finetune_learning_rate),
+            "schedule": config.train.schedule,
+            "validation_before": steps[chosen]["validation"],
+            "validation_after": history[-1]["validation"], "test_before": test_before,
+            "history": history}
+  return state, record
 
 
 def _slimming_summary(config, model, final: train.TrainState) -> dict[str, int] | None:
