@@ -345,6 +345,32 @@ def _snnl_plan(amount: float, kept: Mapping[str, int], scope: str) -> dict[str, 
   return min(_snnl_count(amount, total), total - len(kept))
 
 
+def target_ratio(step: int, target: float, steps: int) -> float:
+  """Cumulative pruned share after ``step`` of ``steps`` when pruning to ``target`` exactly.
+
+  ``r_i = 1 - (1 - target)**(i / steps)``: every step prunes the same fraction of the weights
+  still kept (FairGRAPE's geometric schedule, design.md section 4, with ``keep_per_iter =
+  (1 - target)**(1 / steps)``), and ``r_steps`` is exactly ``target`` (no floating-point
+  shortfall that would need one more step). ``prune.target_sparsity`` mode.
+  """
+  if step >= steps:
+    return float(target)
+  return 1.0 - (1.0 - float(target)) ** (step / steps)
+
+
+def _snnl_target_plan(ratio: float, kept: Mapping[str, int], totals: Mapping[str, int],
+                      scope: str) -> dict[str, int] | int:
+  """Channels to prune now so that ``round_half_up(ratio * K)`` channels are pruned in total
+  (per layer of ``K`` channels, or over all chosen layers for ``"global"``), never below one
+  kept channel per layer (``prune.target_sparsity`` mode of ``snnl_channels``)."""
+  if scope == "layer":
+    return {name: max(0, min(_snnl_count(ratio, totals[name]), totals[name] - 1)
+                      - (totals[name] - k)) for name, k in kept.items()}
+  total = sum(totals.values())
+  want = min(_snnl_count(ratio, total), total - len(totals))
+  return max(0, want - (total - sum(kept.values())))
+
+
 def _kernel_channels(params: PyTree, layer: str) -> int:
   """Output channels ``K`` of ``layer``'s kernel ``[..., K]``."""
   node = params
@@ -374,6 +400,7 @@ def _snnl_method(config, model, dense: train.TrainState, data: DatasetSplits,
   # Set by next_mask(step) and read by schedule_end(step), which the loop always calls after
   # next_mask of the same step (also when resuming), so no state needs checkpointing.
   exhausted = {"value": False}
+  totals = {name: _kernel_channels(dense.params, name) for name in layers}
 
   def kept_channels(mask: masks.Mask) -> dict[str, int]:
     return {name: int(np.sum(np.asarray(masks.channel_keep_from_mask(mask, name))))
@@ -394,7 +421,11 @@ def _snnl_method(config, model, dense: train.TrainState, data: DatasetSplits,
     pruned = {name: ~np.asarray(masks.channel_keep_from_mask(state.mask, name))
               for name in layers}
     kept = {name: int((~pruned[name]).sum()) for name in layers}
-    plan = _snnl_plan(float(p.snnl_channels_per_step), kept, p.snnl_scope)
+    if p.target_sparsity is not None:
+      plan = _snnl_target_plan(target_ratio(step, p.target_sparsity, p.max_steps), kept,
+                               totals, p.snnl_scope)
+    else:
+      plan = _snnl_plan(float(p.snnl_channels_per_step), kept, p.snnl_scope)
     if p.snnl_scope == "layer":
       keeps = {}
       for name in layers:
@@ -412,6 +443,8 @@ def _snnl_method(config, model, dense: train.TrainState, data: DatasetSplits,
     return mask
 
   def schedule_end(step: int) -> str | None:
+    if p.target_sparsity is not None:
+      return _target_end(config, step)
     if exhausted["value"]:
       return ("no SNNL channel left to prune (every layer keeps at least one channel, or "
               "snnl_channels_per_step rounds to 0)")
@@ -419,6 +452,14 @@ def _snnl_method(config, model, dense: train.TrainState, data: DatasetSplits,
 
   return _Method(p.method, snnl_next, epochs, tx, schedule_end, prepare_mask=prepare,
                  step_info=lambda state: {"channels_kept": kept_channels(state.mask)})
+
+
+def _target_end(config, step: int) -> str | None:
+  """``schedule_end`` of every method in ``prune.target_sparsity`` mode."""
+  p = config.prune
+  if step >= p.max_steps:
+    return f"target sparsity {p.target_sparsity} reached at step {p.max_steps}"
+  return None
 
 
 def _method(config, model, dense: train.TrainState, data: DatasetSplits, roles) -> _Method:
@@ -441,10 +482,15 @@ def _method(config, model, dense: train.TrainState, data: DatasetSplits, roles) 
       importance = fairgrape.accumulate_importance(
           model, _variables(state), _scoring_batches(config, data, step), state.mask,
           num_groups=data.num_groups, apply_kwargs={"train": False})
-      ratio = fairgrape.cumulative_ratio(step, keep, rate)
+      if p.target_sparsity is not None:
+        ratio = target_ratio(step, p.target_sparsity, p.max_steps)
+      else:
+        ratio = fairgrape.cumulative_ratio(step, keep, rate)
       return fairgrape.fairgrape_mask(importance, state.mask, ratio, scope=p.scope)
 
     def schedule_end(step):
+      if p.target_sparsity is not None:
+        return _target_end(config, step)
       if fairgrape.cumulative_ratio(step, keep, rate) >= rate:
         return f"cumulative ratio reached prune rate {rate}"
       return None
@@ -452,6 +498,15 @@ def _method(config, model, dense: train.TrainState, data: DatasetSplits, roles) 
 
   score = _score_fn(config, model, data, roles)
   tx = _train_tx(config, ft_steps, max(1, p.finetune_epochs)) if p.finetune_epochs else dense.tx
+  if p.target_sparsity is not None:
+    # Cumulative: step i prunes the lowest-scored kept weights up to r_i of each layer (or of
+    # all prunable weights), so the last step lands on the target, not one step_fraction past.
+    return _Method(
+        p.method,
+        lambda state, step: masks.prune_to_sparsity(
+            score(state, step), state.mask, target_ratio(step, p.target_sparsity, p.max_steps),
+            scope=p.scope),
+        p.finetune_epochs, tx, lambda step: _target_end(config, step))
   return _Method(
       p.method,
       lambda state, step: masks.prune_lowest(score(state, step), state.mask, p.step_fraction,
@@ -471,10 +526,16 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   stopping rule (validation Eodd patience, ``max_sparsity``, ``max_accuracy_drop``, ``max_steps``),
   the checkpoints (one per step: params, BatchNorm statistics, mask, history) and resumption.
 
+  With ``prune.target_sparsity`` set (the comparison, :mod:`fairjax.compare`), every method
+  prunes on the cumulative schedule :func:`target_ratio` instead (SNNL: that share of the chosen
+  layers' channels), only the end of that schedule at step ``max_steps`` stops the run, and the
+  last step is the chosen one.
+
   Returns:
     ``(final_state, steps, chosen_step)``: the state of the chosen step (lowest validation Eodd
     among the steps within ``max_accuracy_drop`` of the dense validation accuracy; step 0, the
-    dense model, if none qualifies), the per-step records and that step's index.
+    dense model, if none qualifies; the last step in target mode), the per-step records and that
+    step's index.
   """
   p = config.prune
   method = _method(config, model, dense, data, roles)
@@ -524,7 +585,12 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
     else:
       stop["bad_steps"] += 1
     end = method.schedule_end(step)
-    if stop["bad_steps"] >= p.patience:
+    if p.target_sparsity is not None:
+      # Pruning to a fixed target (the comparison): only the schedule ends the run, so no rule
+      # can stop it before the target (README, "Comparing methods").
+      if end is not None:
+        stop.update(stopped=True, reason=end)
+    elif stop["bad_steps"] >= p.patience:
       stop.update(stopped=True, reason=f"validation Eodd did not improve for {p.patience} steps")
     elif val["sparsity"] >= p.max_sparsity:
       stop.update(stopped=True, reason=f"sparsity reached {p.max_sparsity}")
@@ -546,6 +612,8 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   eligible = [s for s in steps[1:]
               if dense_val["accuracy"] - s["validation"]["accuracy"] <= p.max_accuracy_drop
               and s["validation"]["eodd"] is not None]
+  if p.target_sparsity is not None:
+    eligible = steps[-1:] if len(steps) > 1 else []  # the step on the target, whatever its metrics
   if not eligible:
     logging.warning("%s: no pruning step stayed within max_accuracy_drop=%s; reporting "
                     "the dense model", name, p.max_accuracy_drop)
@@ -557,8 +625,9 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   store.close()
   final = state.replace(params=items["params"], batch_stats=items["batch_stats"],
                         mask=items["mask"])
-  logging.info("%s: %s; chose step %d (lowest validation Eodd within the accuracy limit)",
-               name, stop["reason"], chosen)
+  logging.info("%s: %s; chose step %d (%s)", name, stop["reason"], chosen,
+               "the last step, on the target sparsity" if p.target_sparsity is not None else
+               "lowest validation Eodd within the accuracy limit")
   return final, steps, chosen
 
 
