@@ -21,6 +21,7 @@ PRUNE_METHODS = ("fairprune", "magnitude", "random", "snip", "obd", "fairgrape",
 CURVATURE_METHODS = ("exact", "mc", "hutchinson", "empirical_fisher")
 CONVENTIONS = ("sum", "mean")
 SAMPLINGS = ("uniform", "group_balanced", "class_balanced")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 class ConfigError(ValueError):
@@ -98,6 +99,19 @@ def base_config() -> ml_collections.ConfigDict:
   # can still override it from the command line.
   c.prune.fairgrape_prune_rate = ml_collections.config_dict.placeholder(float)
   c.prune.fairgrape_retrain_epochs = 1
+  # FairGRAPE's full fine-tune of the reported pruned model after the last schedule iteration
+  # (design.md section 4). The official code retrains with the dense recipe (Adam, lr 1e-4 ->
+  # 1e-5 -> 1e-6 over 13 + 3 + 3 epochs on FairFace/UTKFace); scaled down here for the demo:
+  # a fresh optimizer, train.schedule over these epochs, train.momentum/nesterov/weight_decay.
+  c.prune.fairgrape_finetune_epochs = 2  # 0 = no final fine-tune
+  c.prune.fairgrape_finetune_optimizer = "adam"
+  c.prune.fairgrape_finetune_learning_rate = 1e-4
+  # Prune to exactly this sparsity (None = the ordinary stopping rule). Used by the comparison
+  # (fairjax.compare): every method follows the cumulative schedule
+  # r_i = 1 - (1 - target)**(i / max_steps) and ends at step max_steps on the target; the Eodd
+  # patience, max_sparsity and max_accuracy_drop rules are off and the last step is reported.
+  # snnl_channels: the target is the fraction of the chosen layers' CHANNELS that is pruned.
+  c.prune.target_sparsity = ml_collections.config_dict.placeholder(float)
   # Sensitive channel pruning (design.md section 3, method "snnl_channels"): per step, the
   # channels of these conv layers with the LOWEST SNNL w.r.t. the sensitive attribute are pruned
   # (kernel slice, bias and BN scale/shift), then the model is fine-tuned.
@@ -118,6 +132,47 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.speedup_batch_size = 64
   c.prune.speedup_repeats = 10
   return c
+
+
+def compare_section(methods: tuple[str, ...] = PRUNE_METHODS,
+                    sparsities: tuple[float, ...] = (0.5, 0.8, 0.9)) -> ml_collections.ConfigDict:
+  """The ``config.compare`` section of a comparison config (``configs/compare.py``).
+
+  Its presence makes ``python -m fairjax.main`` run :func:`fairjax.compare.run` (every method in
+  ``methods`` at every target weight sparsity in ``sparsities``, from ONE dense model) instead
+  of the single-method pipeline.
+  """
+  c = ml_collections.ConfigDict()
+  c.methods = tuple(methods)
+  c.sparsities = tuple(float(s) for s in sparsities)
+  return c
+
+
+def _validate_compare(config) -> None:
+  cmp = config.compare
+  methods = cmp.methods
+  if isinstance(methods, str) or not methods:
+    _fail("compare.methods", methods, f"must be a non-empty tuple of methods from {PRUNE_METHODS}")
+  for m in methods:
+    if m not in PRUNE_METHODS:
+      _fail("compare.methods", tuple(methods),
+            f"{m!r} is not a pruning method; each must be one of {PRUNE_METHODS}")
+  if len(set(methods)) != len(methods):
+    _fail("compare.methods", tuple(methods), "must not name a method twice")
+  sparsities = cmp.sparsities
+  if isinstance(sparsities, (str, int, float)) or not sparsities:
+    _fail("compare.sparsities", sparsities,
+          "must be a non-empty tuple of target weight sparsities in (0, 1), e.g. (0.5, 0.9)")
+  for s in sparsities:
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 < s < 1.0:
+      _fail("compare.sparsities", tuple(sparsities),
+            f"{s!r} is outside (0, 1): a target sparsity is a fraction of pruned weights below "
+            "1 (the dense model, sparsity 0, is always in the table)")
+  if len(set(float(s) for s in sparsities)) != len(sparsities):
+    _fail("compare.sparsities", tuple(sparsities), "must not name a sparsity twice")
+  if config.prune.target_sparsity is not None:
+    _fail("prune.target_sparsity", config.prune.target_sparsity,
+          "is set by the comparison from config.compare.sparsities; leave it unset (None)")
 
 
 def _fail(field: str, value: Any, requirement: str) -> None:
@@ -176,7 +231,7 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   for key in ("batch_size", "eval_batch_size"):
     if not isinstance(t[key], int) or t[key] < 1:
       _fail(f"train.{key}", t[key], "must be an integer >= 1")
-  if t.optimizer not in ("sgd", "adam", "adamw"):
+  if t.optimizer not in OPTIMIZERS:
     _fail("train.optimizer", t.optimizer, "must be 'sgd', 'adam' or 'adamw'")
   if not t.learning_rate > 0:
     _fail("train.learning_rate", t.learning_rate, "must be > 0")
@@ -199,6 +254,21 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   if not isinstance(p.fairgrape_retrain_epochs, int) or p.fairgrape_retrain_epochs < 0:
     _fail("prune.fairgrape_retrain_epochs", p.fairgrape_retrain_epochs,
           "must be an integer >= 0")
+  if (isinstance(p.fairgrape_finetune_epochs, bool)
+      or not isinstance(p.fairgrape_finetune_epochs, int) or p.fairgrape_finetune_epochs < 0):
+    _fail("prune.fairgrape_finetune_epochs", p.fairgrape_finetune_epochs,
+          "must be an integer >= 0 (0 = no final fine-tune)")
+  if p.fairgrape_finetune_optimizer not in OPTIMIZERS:
+    _fail("prune.fairgrape_finetune_optimizer", p.fairgrape_finetune_optimizer,
+          f"must be one of {OPTIMIZERS}")
+  if (isinstance(p.fairgrape_finetune_learning_rate, bool)
+      or not isinstance(p.fairgrape_finetune_learning_rate, (int, float))
+      or not p.fairgrape_finetune_learning_rate > 0):
+    _fail("prune.fairgrape_finetune_learning_rate", p.fairgrape_finetune_learning_rate,
+          "must be > 0")
+  if p.target_sparsity is not None and not 0.0 < p.target_sparsity < 1.0:
+    _fail("prune.target_sparsity", p.target_sparsity,
+          "must be in (0, 1), or None for the ordinary stopping rule")
   if not 0.0 < p.beta <= 1.0:
     _fail("prune.beta", p.beta, "must be in (0, 1] (FairPrune's privileged-group weight)")
   if p.curvature not in CURVATURE_METHODS:
@@ -241,3 +311,5 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   if not isinstance(p.speedup_repeats, int) or p.speedup_repeats < 0:
     _fail("prune.speedup_repeats", p.speedup_repeats,
           "must be an integer >= 0 (0 = do not time the slimmed network)")
+  if "compare" in config:
+    _validate_compare(config)

@@ -1,5 +1,8 @@
 """Command line: ``python -m fairjax.main --config=configs/isic.py [--workdir=DIR] [--config.a.b=v]``.
 
+A config with a ``compare`` section (``configs/compare.py``) runs the comparison of every
+method at several sparsities from one dense model (:mod:`fairjax.compare`) instead of one run.
+
 Shaped like the flax examples' ``main.py``: absl flags, an ``ml_collections`` config file, a
 work directory. Without ``--config`` the embedded demo (``configs/demo.py``) runs. Bad input
 (an invalid config value, a missing dataset folder, a malformed metadata file) ends with a
@@ -66,7 +69,11 @@ def main(argv: list[str]) -> None:
       "workdir", os.path.splitext(os.path.basename(config_path or "demo"))[0])
   logging.info("fairjax: config %s, workdir %s", config_path, os.path.abspath(workdir))
   try:
-    pipeline.run(config, workdir)
+    if "compare" in config:  # configs/compare.py: every method from one dense model
+      from fairjax import compare
+      compare.run(config, workdir)
+    else:
+      pipeline.run(config, workdir)
   except (ConfigError, DatasetNotFoundError, CsvFormatError, BadImageError) as e:
     _error(str(e))
   except FloatingPointError as e:

@@ -349,6 +349,32 @@ def _snnl_plan(amount: float, kept: Mapping[str, int], scope: str) -> dict[str, 
   return min(_snnl_count(amount, total), total - len(kept))
 
 
+def target_ratio(step: int, target: float, steps: int) -> float:
+  """Cumulative pruned share after ``step`` of ``steps`` when pruning to ``target`` exactly.
+
+  ``r_i = 1 - (1 - target)**(i / steps)``: every step prunes the same fraction of the weights
+  still kept (FairGRAPE's geometric schedule, design.md section 4, with ``keep_per_iter =
+  (1 - target)**(1 / steps)``), and ``r_steps`` is exactly ``target`` (no floating-point
+  shortfall that would need one more step). ``prune.target_sparsity`` mode.
+  """
+  if step >= steps:
+    return float(target)
+  return 1.0 - (1.0 - float(target)) ** (step / steps)
+
+
+def _snnl_target_plan(ratio: float, kept: Mapping[str, int], totals: Mapping[str, int],
+                      scope: str) -> dict[str, int] | int:
+  """Channels to prune now so that ``round_half_up(ratio * K)`` channels are pruned in total
+  (per layer of ``K`` channels, or over all chosen layers for ``"global"``), never below one
+  kept channel per layer (``prune.target_sparsity`` mode of ``snnl_channels``)."""
+  if scope == "layer":
+    return {name: max(0, min(_snnl_count(ratio, totals[name]), totals[name] - 1)
+                      - (totals[name] - k)) for name, k in kept.items()}
+  total = sum(totals.values())
+  want = min(_snnl_count(ratio, total), total - len(totals))
+  return max(0, want - (total - sum(kept.values())))
+
+
 def _kernel_channels(params: PyTree, layer: str) -> int:
   """Output channels ``K`` of ``layer``'s kernel ``[..., K]``."""
   node = params
@@ -385,6 +411,7 @@ def _snnl_method(config, model, dense: train.TrainState, data: DatasetSplits,
   # Set by next_mask(step) and read by schedule_end(step), which the loop always calls after
   # next_mask of the same step (also when resuming), so no state needs checkpointing.
   exhausted = {"value": False}
+  totals = {name: _kernel_channels(dense.params, name) for name in layers}
 
   totals = {name: _kernel_channels(dense.params, name) for name in layers}
 
@@ -407,7 +434,11 @@ def _snnl_method(config, model, dense: train.TrainState, data: DatasetSplits,
     pruned = {name: ~np.asarray(masks.channel_keep_from_mask(state.mask, name))
               for name in layers}
     kept = {name: int((~pruned[name]).sum()) for name in layers}
-    plan = _snnl_plan(float(p.snnl_channels_per_step), kept, p.snnl_scope)
+    if p.target_sparsity is not None:
+      plan = _snnl_target_plan(target_ratio(step, p.target_sparsity, p.max_steps), kept,
+                               totals, p.snnl_scope)
+    else:
+      plan = _snnl_plan(float(p.snnl_channels_per_step), kept, p.snnl_scope)
     if p.snnl_scope == "layer":
       keeps = {}
       for name in layers:
@@ -425,6 +456,8 @@ def _snnl_method(config, model, dense: train.TrainState, data: DatasetSplits,
     return mask
 
   def schedule_end(step: int) -> str | None:
+    if p.target_sparsity is not None:
+      return _target_end(config, step)
     if exhausted["value"]:
       return ("no SNNL channel left to prune (every layer keeps at least one channel, or "
               "snnl_channels_per_step rounds to 0)")
@@ -432,6 +465,14 @@ def _snnl_method(config, model, dense: train.TrainState, data: DatasetSplits,
 
   return _Method(p.method, snnl_next, epochs, tx, schedule_end, prepare_mask=prepare,
                  step_info=lambda state: _channel_counts(kept_channels(state.mask), totals))
+
+
+def _target_end(config, step: int) -> str | None:
+  """``schedule_end`` of every method in ``prune.target_sparsity`` mode."""
+  p = config.prune
+  if step >= p.max_steps:
+    return f"target sparsity {p.target_sparsity} reached at step {p.max_steps}"
+  return None
 
 
 def _method(config, model, dense: train.TrainState, data: DatasetSplits, roles) -> _Method:
@@ -454,10 +495,15 @@ def _method(config, model, dense: train.TrainState, data: DatasetSplits, roles) 
       importance = fairgrape.accumulate_importance(
           model, _variables(state), _scoring_batches(config, data, step), state.mask,
           num_groups=data.num_groups, apply_kwargs={"train": False})
-      ratio = fairgrape.cumulative_ratio(step, keep, rate)
+      if p.target_sparsity is not None:
+        ratio = target_ratio(step, p.target_sparsity, p.max_steps)
+      else:
+        ratio = fairgrape.cumulative_ratio(step, keep, rate)
       return fairgrape.fairgrape_mask(importance, state.mask, ratio, scope=p.scope)
 
     def schedule_end(step):
+      if p.target_sparsity is not None:
+        return _target_end(config, step)
       if fairgrape.cumulative_ratio(step, keep, rate) >= rate:
         return f"cumulative ratio reached prune rate {rate}"
       return None
@@ -465,6 +511,15 @@ def _method(config, model, dense: train.TrainState, data: DatasetSplits, roles) 
 
   score = _score_fn(config, model, data, roles)
   tx = _train_tx(config, ft_steps, max(1, p.finetune_epochs)) if p.finetune_epochs else dense.tx
+  if p.target_sparsity is not None:
+    # Cumulative: step i prunes the lowest-scored kept weights up to r_i of each layer (or of
+    # all prunable weights), so the last step lands on the target, not one step_fraction past.
+    return _Method(
+        p.method,
+        lambda state, step: masks.prune_to_sparsity(
+            score(state, step), state.mask, target_ratio(step, p.target_sparsity, p.max_steps),
+            scope=p.scope),
+        p.finetune_epochs, tx, lambda step: _target_end(config, step))
   return _Method(
       p.method,
       lambda state, step: masks.prune_lowest(score(state, step), state.mask, p.step_fraction,
@@ -484,10 +539,16 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   stopping rule (validation Eodd patience, ``max_sparsity``, ``max_accuracy_drop``, ``max_steps``),
   the checkpoints (one per step: params, BatchNorm statistics, mask, history) and resumption.
 
+  With ``prune.target_sparsity`` set (the comparison, :mod:`fairjax.compare`), every method
+  prunes on the cumulative schedule :func:`target_ratio` instead (SNNL: that share of the chosen
+  layers' channels), only the end of that schedule at step ``max_steps`` stops the run, and the
+  last step is the chosen one.
+
   Returns:
     ``(final_state, steps, chosen_step)``: the state of the chosen step (lowest validation Eodd
     among the steps within ``max_accuracy_drop`` of the dense validation accuracy; step 0, the
-    dense model, if none qualifies), the per-step records and that step's index.
+    dense model, if none qualifies; the last step in target mode), the per-step records and that
+    step's index.
   """
   p = config.prune
   method = _method(config, model, dense, data, roles)
@@ -537,7 +598,12 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
     else:
       stop["bad_steps"] += 1
     end = method.schedule_end(step)
-    if stop["bad_steps"] >= p.patience:
+    if p.target_sparsity is not None:
+      # Pruning to a fixed target (the comparison): only the schedule ends the run, so no rule
+      # can stop it before the target (README, "Comparing methods").
+      if end is not None:
+        stop.update(stopped=True, reason=end)
+    elif stop["bad_steps"] >= p.patience:
       stop.update(stopped=True, reason=f"validation Eodd did not improve for {p.patience} steps")
     elif val["sparsity"] >= p.max_sparsity:
       stop.update(stopped=True, reason=f"sparsity reached {p.max_sparsity}")
@@ -559,6 +625,8 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   eligible = [s for s in steps[1:]
               if dense_val["accuracy"] - s["validation"]["accuracy"] <= p.max_accuracy_drop
               and s["validation"]["eodd"] is not None]
+  if p.target_sparsity is not None:
+    eligible = steps[-1:] if len(steps) > 1 else []  # the step on the target, whatever its metrics
   if not eligible:
     logging.warning("%s: no pruning step stayed within max_accuracy_drop=%s; reporting "
                     "the dense model", name, p.max_accuracy_drop)
@@ -570,8 +638,9 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   store.close()
   final = state.replace(params=items["params"], batch_stats=items["batch_stats"],
                         mask=items["mask"])
-  logging.info("%s: %s; chose step %d (lowest validation Eodd within the accuracy limit)",
-               name, stop["reason"], chosen)
+  logging.info("%s: %s; chose step %d (%s)", name, stop["reason"], chosen,
+               "the last step, on the target sparsity" if p.target_sparsity is not None else
+               "lowest validation Eodd within the accuracy limit")
   return final, steps, chosen
 
 
@@ -583,12 +652,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.perf_counter()
+  data, model = load(config, workdir)
+  dense, dense_val, dense_test, roles = dense_model(config, model, data, workdir)
+  return prune_run(config, model, data, dense, dense_val, dense_test, roles, workdir,
+                   t_start=t_start)
+
+
+def load(config: ml_collections.ConfigDict, workdir: str) -> tuple[DatasetSplits, Any]:
+  """The dataset splits (built or read under ``workdir``) and the (uninitialised) model."""
   logging.info("loading data: %s", config.data.name)
   data = load_dataset(config.data, workdir=workdir)
-  info = data.describe()
-  logging.info("data: %s", info["split_sizes"])
-  model = _make_model(config, data)
+  logging.info("data: %s", data.describe()["split_sizes"])
+  return data, _make_model(config, data)
 
+
+def dense_model(config: ml_collections.ConfigDict, model, data: DatasetSplits, workdir: str
+                ) -> tuple[train.TrainState, dict, dict, tuple[int, tuple[int, ...]]]:
+  """Trains or restores the dense model of ``workdir``; returns it, its validation and test
+  metrics and the group roles ``(unprivileged id, privileged ids)`` (:func:`resolve_roles`)."""
   dense = train_dense(config, model, data, workdir)
   dense_val = evaluate_split(dense, data, "validation", config)
   dense_test = evaluate_split(dense, data, "test", config)
@@ -596,16 +677,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   logging.info("dense test: acc %.4f macro-F1 %.4f eodd %.4f; unprivileged group: %s",
                dense_test["accuracy"], dense_test["macro_f1"], _num(dense_test["eodd"]),
                data.group_names[unpriv])
+  return dense, dense_val, dense_test, (unpriv, priv)
 
-  final, steps, chosen = prune_iterative(config, model, dense, data, workdir, dense_val,
-                                         (unpriv, priv))
+
+def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
+              dense: train.TrainState, dense_val: dict, dense_test: dict, roles, workdir: str, *,
+              plots: bool = True, extra: Mapping[str, Any] | None = None,
+              t_start: float | None = None) -> dict[str, Any]:
+  """Prunes ``dense`` with ``config.prune.method`` in ``workdir`` (resuming its checkpoints),
+  fine-tunes FairGRAPE's result (:func:`finetune_final`), evaluates on the test split and writes
+  ``<workdir>/results.json`` (plus ``extra`` keys) and, with ``plots``, the run's figures.
+
+  Returns the results dict (schema: :mod:`fairjax.report`, README).
+  """
+  t_start = time.perf_counter() if t_start is None else t_start
+  unpriv, priv = roles
+  final, steps, chosen = prune_iterative(config, model, dense, data, workdir, dense_val, roles)
+  final, finetune = finetune_final(config, model, final, data, workdir, steps, chosen)
   pruned_test = evaluate_split(final, data, "test", config)
   privileged_name = (data.group_names[priv[0]] if len(priv) == 1 else
                      "mean of " + ", ".join(data.group_names[g] for g in priv))
   results = {
       "schema_version": 1,
       "config": _to_dict(config),
-      "dataset": info,
+      "dataset": data.describe(),
       "fairness_convention": config.fairness_convention,
       "privileged_group": privileged_name,
       "unprivileged_group": data.group_names[unpriv],
@@ -617,14 +712,105 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "summary": report.summarize(dense_test, pruned_test),
       "wall_seconds": time.perf_counter() - t_start,
   }
+  if finetune is not None:
+    results["final_finetune"] = finetune
   if config.prune.method == "snnl_channels":
     results["slimming"] = _slimming_summary(config, model, final)
+  results.update(extra or {})
   path = report.write_results(workdir, results)
-  _plots(config, model, dense, data, steps, unpriv, priv, workdir)
-  logging.info("pruned test (step %d): acc %.4f macro-F1 %.4f eodd %.4f sparsity %.3f -> %s",
-               chosen, pruned_test["accuracy"], pruned_test["macro_f1"],
-               _num(pruned_test["eodd"]), pruned_test["sparsity"], path)
+  if plots:
+    _plots(config, model, dense, data, steps, unpriv, priv, workdir)
+  logging.info("pruned test (step %d%s): acc %.4f macro-F1 %.4f eodd %.4f sparsity %.3f -> %s",
+               chosen, ", fine-tuned" if finetune is not None else "", pruned_test["accuracy"],
+               pruned_test["macro_f1"], _num(pruned_test["eodd"]), pruned_test["sparsity"], path)
   return results
+
+
+# -- FairGRAPE's final fine-tune -----------------------------------------------------------------
+
+FINETUNE_STORE = "finetune"
+
+
+def _finetune_tx(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The final fine-tune's optimizer: ``prune.fairgrape_finetune_optimizer`` at
+  ``fairgrape_finetune_learning_rate`` on ``train.schedule`` spanning the fine-tune, with the
+  dense run's momentum / Nesterov / weight decay (masked updates, train.make_optimizer)."""
+  t, p = config.train, config.prune
+  total = max(1, steps_per_epoch * p.fairgrape_finetune_epochs)
+  schedule = train.make_schedule(t.schedule, p.fairgrape_finetune_learning_rate, total)
+  return train.make_optimizer(p.fairgrape_finetune_optimizer, schedule, momentum=t.momentum,
+                              nesterov=t.nesterov, weight_decay=t.weight_decay)
+
+
+def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, workdir: str,
+                   steps: list[dict], chosen: int) -> tuple[train.TrainState, dict | None]:
+  """FairGRAPE's full fine-tune after the last schedule iteration (design.md section 4).
+
+  Trains the chosen pruned state (the last iteration in ``prune.target_sparsity`` mode, as in
+  the official code, which retrains its final model) for ``prune.fairgrape_finetune_epochs``
+  with a fresh optimizer (:func:`_finetune_tx`), keeping the mask: pruned weights stay exactly
+  zero (masked updates). A checkpoint per epoch in ``<workdir>/checkpoints/finetune`` (params,
+  BatchNorm statistics, optimizer state, mask, history) lets a killed run resume with the same
+  result. Skipped (returns ``(state, None)``) for other methods, for 0 epochs, and when the
+  chosen step is 0 (the dense model is reported; nothing was pruned).
+
+  Returns:
+    ``(state, record)``: the fine-tuned state and ``results["final_finetune"]``: ``step`` (the
+    fine-tuned pruning step), ``epochs``, ``optimizer``, ``learning_rate``, ``schedule``,
+    ``validation_before`` / ``validation_after`` and ``test_before`` (split metrics; the test
+    metrics after are ``results["pruned"]``), and ``history`` (per epoch: ``epoch``, ``loss``,
+    ``train_accuracy``, ``validation``).
+  """
+  p = config.prune
+  epochs = p.fairgrape_finetune_epochs
+  if p.method != "fairgrape" or epochs == 0 or chosen == 0 or state.mask is None:
+    return state, None
+  steps_per_epoch = max(1, len(data.labels["train"]) // config.train.batch_size)
+  tx = _finetune_tx(config, steps_per_epoch)
+  test_before = evaluate_split(state, data, "test", config)
+  state = state.replace(tx=tx, opt_state=tx.init(state.params), step=jnp.zeros((), jnp.int32))
+  store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, FINETUNE_STORE),
+                                     max_to_keep=2)
+  history: list[dict] = []
+  start = 0
+  latest = store.latest_step()
+  if latest is not None:
+    meta = store.restore_metadata(latest)
+    if meta["chosen_step"] != chosen:
+      store.close()
+      raise ConfigError(f"{workdir} holds a final fine-tune of pruning step {meta['chosen_step']}"
+                        f", but this run chose step {chosen} (the pruning config changed); use "
+                        "another --workdir")
+    items = store.restore(latest, {**_state_items(state), "mask": state.mask})
+    state = state.replace(params=items["params"], batch_stats=items["batch_stats"],
+                          opt_state=items["opt_state"], mask=items["mask"],
+                          step=jnp.asarray(meta["step"], jnp.int32))
+    history, start = meta["history"], meta["epoch"] + 1
+    logging.info("fairgrape final fine-tune: resuming after epoch %d", meta["epoch"])
+  # Data order and dropout keys are functions of (seed, epoch): a resumed run trains exactly as
+  # an uninterrupted one.
+  batches = _epoch_batches(config, data, config.seed * 53 + 17)
+  rng = jax.random.key(config.seed + 3, impl="rbg")
+  for epoch in range(start, epochs):
+    state, fit_history = train.fit(state, batches, epochs=epoch + 1, start_epoch=epoch, rng=rng,
+                                   log_every=0, donate=False)
+    val = evaluate_split(state, data, "validation", config)
+    history.append({"epoch": epoch, "loss": fit_history[-1]["loss"],
+                    "train_accuracy": fit_history[-1]["accuracy"], "validation": val})
+    logging.info("fairgrape final fine-tune epoch %d/%d: loss %.4f | val acc %.4f eodd %.4f "
+                 "sparsity %.3f", epoch + 1, epochs, fit_history[-1]["loss"], val["accuracy"],
+                 _num(val["eodd"]), val["sparsity"])
+    store.save(epoch, {**_state_items(state), "mask": state.mask},
+               metadata={"epoch": epoch, "step": int(state.step), "chosen_step": chosen,
+                         "history": history})
+  store.close()
+  record = {"step": chosen, "epochs": epochs, "optimizer": p.fairgrape_finetune_optimizer,
+            "learning_rate": float(p.fairgrape_finetune_learning_rate),
+            "schedule": config.train.schedule,
+            "validation_before": steps[chosen]["validation"],
+            "validation_after": history[-1]["validation"], "test_before": test_before,
+            "history": history}
+  return state, record
 
 
 def _slimming_summary(config, model, final: train.TrainState) -> dict[str, Any] | None:

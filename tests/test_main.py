@@ -123,6 +123,12 @@ def test_killed_run_resumes_to_identical_results(finished_run, tmp_path):
     ("--config.prune.snnl_temperature=0", "config.prune.snnl_temperature=0"),
     ("--config.prune.speedup_repeats=-1", "config.prune.speedup_repeats=-1"),
     ("--config.prune.speedup_batch_size=0", "config.prune.speedup_batch_size=0"),
+    ("--config.prune.fairgrape_finetune_epochs=-1", "config.prune.fairgrape_finetune_epochs=-1"),
+    ("--config.prune.fairgrape_finetune_optimizer=lamb",
+     "config.prune.fairgrape_finetune_optimizer='lamb'"),
+    ("--config.prune.fairgrape_finetune_learning_rate=0",
+     "config.prune.fairgrape_finetune_learning_rate=0"),
+    ("--config.prune.target_sparsity=1.0", "config.prune.target_sparsity=1.0"),
 ])
 def test_bad_config_values_fail_fast_with_one_line(override, needle, tmp_path):
   start = time.time()
