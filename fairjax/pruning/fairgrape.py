@@ -314,16 +314,16 @@ def _run_greedy(order: np.ndarray, table: np.ndarray, first: int, keep: int,
   chunk = min(_CHUNK, 1 << (n - 1).bit_length())
   length = chunk + _WINDOW
 
-  def gather(g: int, start: int) -> np.ndarray:  # entries start .. start + length - 1
-    out = np.empty((length, table.shape[1]), np.int32)
-    part = order[g, start:start + length]
-    np.take(table, part, axis=0, out=out[:part.size], mode="clip")
-    out[part.size:] = table[n]
-    return out
-
   records = _aligned_empty((num_groups, length, table.shape[1]), np.int32)
-  for g, rec in enumerate(pool.map(gather, range(num_groups), [0] * num_groups)):
-    records[g] = rec
+  staging = np.empty_like(records)  # allocated once: fresh pages for every chunk cost more
+
+  def gather(g: int, start: int) -> None:  # stream g's entries start .. start + length - 1
+    part = order[g, start:start + length]
+    np.take(table, part, axis=0, out=staging[g, :part.size], mode="clip")
+    staging[g, part.size:] = table[n]
+
+  list(pool.map(gather, range(num_groups), [0] * num_groups))
+  records[...] = staging
   base = np.zeros(num_groups, np.int32)
   # A stream never passes position n (all weights would be kept), so no chunk starts there.
   ahead = {g: pool.submit(gather, g, chunk) for g in range(num_groups) if chunk < n}
@@ -339,7 +339,8 @@ def _run_greedy(order: np.ndarray, table: np.ndarray, first: int, keep: int,
         break
       for g in np.flatnonzero(ptr - base >= chunk):
         base[g] += chunk  # ptr[g] < base[g] + C + W: still inside the new chunk
-        records[g] = ahead.pop(g).result()
+        ahead.pop(g).result()
+        records[g] = staging[g]
         if base[g] + chunk < n:
           ahead[g] = pool.submit(gather, g, int(base[g]) + chunk)
   for future in ahead.values():
