@@ -21,7 +21,11 @@ the vector of stream positions ``a`` (kept set = union of the stream prefixes), 
 vector is a sum over that set. For ``G = 2`` the rule compares one function of ``a_0`` with one
 of ``a_1``, a merge. For ``G >= 3`` it is a piecewise translation of a ``(G-1)``-dimensional
 deficit vector; such maps do not contract (nearby states never merge), so an approximate order
-cannot be repaired locally and we know no sort-based shortcut.
+cannot be repaired locally and we know no sort-based shortcut. Measured (bench/greedy_merge.py,
+lognormal, n = 100,000, 90% kept): consecutive new picks come from the same group 1.31 / 1.04 /
+1.00 times in a row on average for G = 2 / 4 / 8, and a merge of per-group curves that ignores
+the other groups' picks predicts a median of 3 / 2 / 2 next picks correctly from an exact state,
+so a blockwise "merge, verify, fix up" scheme would accept about that many picks per round.
 :func:`greedy_select` therefore runs the exact step rule in a compiled ``lax.while_loop``
 (:func:`_greedy_chunk`) and makes each step cheap:
 
@@ -330,7 +334,11 @@ def _run_greedy(order: np.ndarray, table: np.ndarray, first: int, keep: int,
   ahead = {g: pool.submit(gather, g, chunk) for g in range(num_groups) if chunk < n}
   ptr = np.zeros(num_groups, np.int32)
   count = 0
-  with jax.enable_x64(True):
+  try:  # a sequential loop: on the host even where the default device is an accelerator
+    host = jax.devices("cpu")[0]
+  except RuntimeError:  # no CPU backend (JAX_PLATFORMS leaves it out)
+    host = None
+  with jax.enable_x64(True), jax.default_device(host):
     deficit = jnp.zeros(num_groups, jnp.float64)
     while True:
       ptr, deficit, count = _greedy_chunk(records, base, ptr, deficit, np.int32(count),
