@@ -189,3 +189,64 @@ def test_cumulative_ratio():
     fg.cumulative_ratio(-1, 0.5, 0.9)
   with pytest.raises(ValueError):
     fg.cumulative_ratio(1, 0.0, 0.9)
+
+
+def test_stream_order_is_decreasing_value_then_index():
+  # The packed-key sort drops the low bits of each value; values that differ only there (and
+  # -0.0, ties, zeros, float32-valued importance) must still come out in exact lexsort order.
+  rng = np.random.default_rng(5)
+  for trial in range(60):
+    n = int(rng.integers(1, 3000))
+    kind = trial % 5
+    if kind == 0:
+      x = rng.lognormal(size=n)
+    elif kind == 1:
+      x = rng.integers(0, 4, n).astype(float)
+    elif kind == 2:  # differ in the last mantissa bits only: equal truncated keys
+      x = (1.0 + rng.integers(0, 5, n) * 2.0**-50) * rng.choice([0.5, 1.0, 2.0], n)
+    elif kind == 3:
+      x = np.where(rng.random(n) < 0.5, 0.0, 1.0 + rng.integers(0, 1 << 12, n) * 2.0**-52)
+    else:
+      x = rng.lognormal(size=n).astype(np.float32).astype(np.float64)
+      x[rng.random(n) < 0.3] = -0.0
+    want = np.lexsort((np.arange(n), -x))
+    np.testing.assert_array_equal(fg._stream_order(x), want, err_msg=f"trial {trial}")
+
+
+@pytest.mark.parametrize("chunk,threads", [(8, 1), (16, 2), (64, 2)])
+def test_greedy_matches_reference_across_chunks(monkeypatch, chunk, threads):
+  # Small chunks and blocks: streams swap in prefetched chunks many times, runs of already-kept
+  # entries cross chunk boundaries, and stream tails are padded with the sentinel.
+  monkeypatch.setattr(fg, "_CHUNK", chunk)
+  monkeypatch.setattr(fg, "_BLOCK", 32)
+  monkeypatch.setattr(fg, "_THREADS", threads)
+  rng = np.random.default_rng(chunk)
+  for num_groups in (2, 3, 5, 8):
+    for n in (7, 100, 333):
+      base = rng.lognormal(sigma=1.5, size=(1, n))
+      correlated = base * rng.lognormal(sigma=0.3, size=(num_groups, n))  # many repeats
+      ties = rng.integers(0, 3, size=(num_groups, n)).astype(float)
+      for imp in (rng.lognormal(size=(num_groups, n)) * rng.lognormal(size=(num_groups, 1)),
+                  correlated, ties):
+        for keep in sorted({1, n // 2, int(0.9 * n), n - 1}):
+          check_same(imp, keep)
+
+
+def test_greedy_edge_cases():
+  rng = np.random.default_rng(11)
+  imp = rng.integers(0, 4, size=(1, 50)).astype(float)  # G = 1: top-k, ties by lower index
+  for keep in (0, 1, 23, 49, 50):
+    check_same(imp, keep)
+  np.testing.assert_array_equal(fg.greedy_select(np.zeros((1, 5)), 2), np.arange(5) < 2)
+  check_same(np.ones((2, 1)), 1)
+  check_same(np.ones((2, 1)), 0)
+  check_same(np.ones((3, 2)), 1)
+  check_same(np.zeros((4, 20)), 9)  # T = 0: group 0 picks all the time, lowest indices
+  imp = rng.lognormal(size=(4, 200))
+  imp[[1, 3]] = 0.0  # two groups without importance
+  imp[:, rng.random(200) < 0.5] = 0.0  # and half the weights useless to all
+  for keep in (1, 60, 100, 150, 199):
+    check_same(imp, keep)
+  same_rows = np.repeat(rng.lognormal(size=(1, 300)), 8, axis=0)  # every other pick repeats
+  for keep in (1, 100, 299):
+    check_same(same_rows, keep)
