@@ -79,7 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.curvature_samples = 1  # samples / probes for "mc" / "hutchinson"
   # Bounded memory for the per-sample part of the curvature (FairPrune, OBD): samples per
   # compiled per_group_diag call (over all devices), 0 = the whole scoring batch at once. Peak
-  # memory grows about linearly with it (README, "Memory"); results do not depend on it.
+  # memory grows about linearly with it (README, "Memory"); exact results do not depend on it
+  # (MC / Hutchinson draw per chunk).
   c.prune.curvature_chunk_size = 0
   c.prune.num_batches = 4  # group-balanced mini-batches the saliency is averaged over
   c.prune.batch_size = 128  # their size (half per group with two groups)

@@ -194,12 +194,31 @@ def _num(x: Any) -> float:
 # -- pruning ------------------------------------------------------------------------------------
 
 
-def _scoring_batches(config, data: DatasetSplits, step: int):
+def _scoring_batches(config, data: DatasetSplits, step: int, chunk_size: int | None = None):
+  """Group-balanced train batches, split over the devices. With ``chunk_size``, each host
+  batch is first cut into chunks of that many rows (the last one padded with group -1 rows, which
+  count nowhere): one device call per chunk, each chunk split evenly over all devices."""
   p = config.prune
-  return data_parallel(config).shard_batches(input_pipeline.group_balanced_batches(
+  batches = input_pipeline.group_balanced_batches(
       data.sources["train"], batch_size=p.batch_size, image_size=config.data.image_size,
-      seed=config.seed * 1000 + step, num_groups=data.num_groups, num_batches=p.num_batches),
-      "prune.batch_size")
+      seed=config.seed * 1000 + step, num_groups=data.num_groups, num_batches=p.num_batches)
+  field = "prune.batch_size"
+  if chunk_size and chunk_size < p.batch_size:
+    batches, field = _host_chunks(batches, chunk_size), "prune.curvature_chunk_size"
+  return data_parallel(config).shard_batches(batches, field)
+
+
+def _host_chunks(batches, chunk_size: int):
+  for batch in batches:
+    n = len(batch["group"])
+    for start in range(0, n, chunk_size):
+      chunk = {k: np.asarray(v[start:start + chunk_size]) for k, v in batch.items()}
+      pad = chunk_size - len(chunk["group"])
+      if pad:
+        chunk = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+                 for k, v in chunk.items()}
+        chunk["group"][-pad:] = -1
+      yield chunk
 
 
 def _chunk_size(config) -> int | None:
@@ -212,10 +231,13 @@ def _group_diag(config, model, state: train.TrainState, data: DatasetSplits, ste
   if not state.batch_stats:
     variables = {"params": state.params}
   rng = jax.random.key(config.seed * 7919 + step)
+  # prune.curvature_chunk_size bounds memory: the batches are cut into chunks on the host (every
+  # chunk split evenly over the devices); averaging by group counts makes the result that of
+  # the whole batches.
   diag, _ = fairprune.average_group_diag(
-      model, variables, _scoring_batches(config, data, step), num_groups=data.num_groups,
-      method=config.prune.curvature, rng=rng, num_samples=config.prune.curvature_samples,
-      chunk_size=_chunk_size(config), apply_kwargs={"train": False})
+      model, variables, _scoring_batches(config, data, step, _chunk_size(config)),
+      num_groups=data.num_groups, method=config.prune.curvature, rng=rng,
+      num_samples=config.prune.curvature_samples, apply_kwargs={"train": False})
   return diag
 
 

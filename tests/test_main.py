@@ -121,6 +121,8 @@ def test_killed_run_resumes_to_identical_results(finished_run, tmp_path):
     ("--config.prune.snnl_channels_per_step=2.5", "config.prune.snnl_channels_per_step=2.5"),
     ("--config.prune.snnl_scope=network", "config.prune.snnl_scope='network'"),
     ("--config.prune.snnl_temperature=0", "config.prune.snnl_temperature=0"),
+    ("--config.parallel.num_devices=-1", "config.parallel.num_devices=-1"),
+    ("--config.prune.curvature_chunk_size=-4", "config.prune.curvature_chunk_size=-4"),
 ])
 def test_bad_config_values_fail_fast_with_one_line(override, needle, tmp_path):
   start = time.time()

@@ -262,10 +262,42 @@ def test_cli_on_8_devices_gives_the_one_device_results(tmp_path):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
 
 
-def test_cli_batch_size_that_does_not_split_fails_fast(tmp_path):
-  res = _cli(str(tmp_path), 8, "--config.train.batch_size=12")
+@pytest.mark.parametrize("devices,override,needles", [
+    (8, "--config.train.batch_size=12", ("config.train.batch_size=12", "divisible by the 8")),
+    (8, "--config.prune.curvature_chunk_size=4",
+     ("config.prune.curvature_chunk_size=4", "divisible by the 8")),
+    (1, "--config.parallel.num_devices=2", ("config.parallel.num_devices=2", "has 1 cpu device")),
+])
+def test_cli_device_mismatch_fails_fast(devices, override, needles, tmp_path):
+  res = _cli(str(tmp_path), devices, override)
   assert res.returncode == 2
-  assert "config.train.batch_size=12" in res.stderr and "divisible" in res.stderr
+  for needle in needles:
+    assert needle in res.stderr, res.stderr[-2000:]
   assert "Traceback" not in res.stderr
   assert res.stderr.strip().splitlines()[-1].startswith("fairjax: error:")
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_host_chunks_give_the_whole_batch_curvature():
+  """pipeline._host_chunks (prune.curvature_chunk_size): chunks of 6 out of batches of 16, the
+  last chunk padded with group -1 rows, average to the unchunked per-group curvature."""
+  import jax
+  import jax.numpy as jnp
+
+  from fairjax import models, pipeline
+  from fairjax.pruning import fairprune
+
+  model = models.get_model("small_cnn", num_classes=3, width=2, hidden=4)
+  v = model.init(jax.random.key(0, impl="rbg"), jnp.zeros((1, 8, 8, 3)))
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
+              "label": rng.integers(0, 3, 16).astype(np.int32),
+              "group": (np.arange(16) % 3 == 0).astype(np.int32)} for _ in range(2)]
+  chunks = list(pipeline._host_chunks(iter(batches), 6))
+  assert [len(c["group"]) for c in chunks] == [6] * 6
+  assert (chunks[2]["group"][4:] == -1).all() and (chunks[2]["group"][:4] >= 0).all()
+  ref, ref_n = fairprune.average_group_diag(model, v, batches, num_groups=2)
+  out, out_n = fairprune.average_group_diag(model, v, chunks, num_groups=2)
+  np.testing.assert_array_equal(ref_n, out_n)
+  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(out), strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-9)

@@ -111,7 +111,8 @@ def average_group_diag(model: nn.Module, variables: PyTree, batches: Iterable[Ma
   Raises:
     ValueError: if a group received no sample at all (its curvature would be meaningless).
   """
-  diags, counts = [], []
+  # Folded in batch by batch (curvature.add_weighted): one [G, params] result alive at a time.
+  acc, counts = None, []
   for i, batch in enumerate(batches):
     groups = batch["group"]  # left as it is (e.g. sharded over devices) unless rows are padding
     if "valid" in batch:
@@ -122,13 +123,14 @@ def average_group_diag(model: nn.Module, variables: PyTree, batches: Iterable[Ma
         jnp.asarray(groups, jnp.int32), num_groups=num_groups, method=method, rng=key,
         num_samples=num_samples, chunk_size=chunk_size, apply_kwargs=apply_kwargs,
         return_counts=True)
-    diags.append(diag)
+    acc = curvature.add_weighted(acc, diag, count)
+    del diag
     counts.append(count)
-  if not diags:
+  if acc is None:
     raise ValueError("average_group_diag got no batches")
   total = np.sum(np.stack([parallel.to_host(c) for c in counts]), axis=0)
   empty = [g for g in range(num_groups) if total[g] == 0]
   if empty:
     raise ValueError(f"group(s) {empty} had no samples in the scoring batches; FairPrune needs "
                      "every group (check the sensitive attribute and the split)")
-  return curvature.weighted_group_mean(diags, counts), total
+  return curvature.divide_by_counts(acc, counts), total
