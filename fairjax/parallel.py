@@ -205,8 +205,9 @@ class DataParallel:
     Each process passes the same global array and feeds only its own rows
     (``jax.make_array_from_process_local_data``).
     """
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return x  # already global
+    if isinstance(x, jax.Array) and (not x.is_fully_addressable or x.sharding.is_equivalent_to(
+        self.batch_sharding, x.ndim)):
+      return x  # already global / already split over this mesh
     host = np.asarray(x)
     self.check_batch_size(host.shape[0], field)
     local = host[self._local_rows(host.shape[0])]

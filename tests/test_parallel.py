@@ -228,9 +228,31 @@ def _cli(workdir, devices, *extra):
                         timeout=600)
 
 
-def test_cli_on_8_devices_gives_the_one_device_results(tmp_path):
-  """The tiny FairPrune demo run (train, evaluate, curvature in chunks of 8, prune) on 8 devices
-  and on 1: identical results.json metrics and masks, params equal to float32 rounding.
+def _cli_two_processes(workdir):
+  """The CLI as 2 processes x 2 CPU devices on this machine (jax.distributed over localhost)."""
+  port = _free_port()
+  cmd = [sys.executable, "-m", "fairjax.main", "--config=configs/demo.py",
+         f"--workdir={workdir}", *TINY, *FAST, "--config.prune.curvature_chunk_size=8",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  procs = [subprocess.Popen(cmd + [f"--process_id={pid}"], cwd=REPO, env=_env(2),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for pid in range(2)]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=300))
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  assert "data parallel: 4 devices (cpu) in 2 process(es)" in outs[0][1]
+
+
+def test_cli_on_8_devices_and_2_hosts_gives_the_one_device_results(tmp_path):
+  """The tiny FairPrune demo run (train, evaluate, curvature in chunks of 8, prune) on 1 device,
+  on 8, and as 2 processes x 2 devices: identical results.json metrics and masks, params equal
+  to float32 rounding.
 
   Metrics and masks are compared EXACTLY: they are discrete functions of params that differ by
   ~1e-7 relative. A prediction or a pruning rank sitting on that knife edge would flip them;
@@ -246,20 +268,29 @@ def test_cli_on_8_devices_gives_the_one_device_results(tmp_path):
     assert ("data parallel: 8 devices" in res.stderr) == (devices == 8)
     with open(os.path.join(workdir, "results.json")) as f:
       runs[devices] = (workdir, json.load(f))
-  a, b = runs[1][1], runs[8][1]
-  for key in ("dense", "pruned", "steps", "summary", "chosen_step"):
-    assert a[key] == b[key], key
-  assert b["steps"][-1]["sparsity"] > 0
+  workdir = str(tmp_path / "hosts")
+  _cli_two_processes(workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    runs["hosts"] = (workdir, json.load(f))
+  a = runs[1][1]
+  for b in (runs[8][1], runs["hosts"][1]):
+    for key in ("dense", "pruned", "steps", "summary", "chosen_step"):
+      assert a[key] == b[key], key
+  assert a["steps"][-1]["sparsity"] > 0
   import jax
   items = []
   for workdir, _ in runs.values():
     store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, "prune"))
-    items.append(store.restore(store.latest_step(), {"params": None, "mask": None}))
+    # The 1-device items are the templates: they put the other runs' arrays on this process's
+    # one device (orbax refuses a template-less restore onto another device topology).
+    like = {"params": None, "mask": None} if not items else items[0]
+    items.append(store.restore(store.latest_step(), like))
     store.close()
-  for x, y in zip(jax.tree.leaves(items[0]["mask"]), jax.tree.leaves(items[1]["mask"])):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  for x, y in zip(jax.tree.leaves(items[0]["params"]), jax.tree.leaves(items[1]["params"])):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+  for other in items[1:]:
+    for x, y in zip(jax.tree.leaves(items[0]["mask"]), jax.tree.leaves(other["mask"])):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(items[0]["params"]), jax.tree.leaves(other["params"])):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("devices,override,needles", [
