@@ -2,21 +2,22 @@
 
 One 1-D :class:`jax.sharding.Mesh` with the axis ``"data"``. Params, BatchNorm statistics,
 optimizer state and masks are REPLICATED on it; every batch is SPLIT along its first (sample)
-axis. ``jax.jit`` then runs the same program data-parallel: XLA partitions the per-sample work
-and all-reduces gradients, per-group curvature sums, SNNL sums and importance sums. Nothing in
-the kernels changes. BatchNorm in training mode still normalises with the statistics of the
-GLOBAL batch (XLA reduces over the sharded axis), so a sharded step computes the same function
-as a single-device step; only the order of floating-point sums differs.
+axis. ``jax.jit`` then runs the same program data-parallel: XLA partitions the per-sample work and
+all-reduces gradients, per-group curvature sums, SNNL sums and importance sums; the kernels hold
+no sharding code (they only avoid pulling batches to the host). BatchNorm in training mode still
+normalises with the statistics of the GLOBAL batch (XLA reduces over the sharded axis), so a
+sharded step computes the same function as a single-device step; only the order of floating-point
+sums differs.
 
-Multi-host (design.md section 0: the CLI only passes flags here): call
-:func:`initialize_distributed` before anything touches a device. Every process runs the same
-command; the input pipeline is a pure function of (seed, epoch / step), so every process builds
-the same GLOBAL host batch, and :meth:`DataParallel.shard_batch` feeds only this process's rows
-(``jax.make_array_from_process_local_data``). Decoding the other processes' rows is the cost of
-that simplicity (a per-process loader would avoid it).
+Multi-host: ``fairjax.main`` calls :func:`initialize_distributed` (flags
+``--coordinator_address``, ``--num_processes``, ``--process_id``) before anything touches a
+device. Every process runs the same command; the input pipeline is a pure function of (seed, epoch
+/ step), so every process builds the same GLOBAL host batch, and :meth:`DataParallel.shard_batch`
+feeds only this process's rows (``jax.make_array_from_process_local_data``). Decoding the other
+processes' rows is the cost of that simplicity (a per-process loader would avoid it).
 
-With one device in one process, :attr:`DataParallel.active` is False and every helper here is
-the identity, so single-device runs execute exactly the programs they did before.
+With one device in one process, :attr:`DataParallel.active` is False and every helper here is the
+identity, so single-device runs execute exactly the programs they did before.
 """
 
 from __future__ import annotations

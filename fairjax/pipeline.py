@@ -641,7 +641,7 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the whole job; returns the results dict also written to results.json."""
   validate_config(config)
-  dp = data_parallel(config)  # fails fast (one-line ConfigError) on batch sizes the mesh can't split
+  dp = data_parallel(config)  # fails fast (one-line ConfigError): batch sizes the mesh can't split
   if dp.active:
     logging.info("data parallel: %d devices (%s) in %d process(es)", dp.num_devices,
                  jax.default_backend(), jax.process_count())
