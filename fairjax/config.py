@@ -82,6 +82,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.privileged_group = ""  # group name; "" = the group with higher dense val. accuracy
   c.prune.curvature = "exact"  # per_group_diag method
   c.prune.curvature_samples = 1  # samples / probes for "mc" / "hutchinson"
+  # Bounded memory for the per-sample part of the curvature (FairPrune, OBD): samples per
+  # compiled per_group_diag call (over all devices), 0 = the whole scoring batch at once. Peak
+  # memory grows about linearly with it (README, "Memory"); exact results do not depend on it
+  # (MC / Hutchinson draw per chunk).
+  c.prune.curvature_chunk_size = 0
   c.prune.num_batches = 4  # group-balanced mini-batches the saliency is averaged over
   c.prune.batch_size = 128  # their size (half per group with two groups)
   c.prune.step_fraction = 0.05  # share of the still-kept weights pruned per step
@@ -131,6 +136,13 @@ def base_config() -> ml_collections.ConfigDict:
   # repeats of each network after one warm-up call (0 = do not time).
   c.prune.speedup_batch_size = 64
   c.prune.speedup_repeats = 10
+
+  # Data parallelism (fairjax.parallel): one mesh axis "data" over this many local devices per
+  # process, 0 = all of them. Batches are split over the devices, params/optimizer state
+  # replicated; train.batch_size, train.eval_batch_size, prune.batch_size and
+  # prune.curvature_chunk_size must be divisible by the total device count.
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.num_devices = 0
   return c
 
 
@@ -285,6 +297,10 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   for key in ("max_steps", "patience", "num_batches", "batch_size", "curvature_samples"):
     if not isinstance(p[key], int) or p[key] < 1:
       _fail(f"prune.{key}", p[key], "must be an integer >= 1")
+  chunk = p.curvature_chunk_size
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+    _fail("prune.curvature_chunk_size", chunk,
+          "must be an integer >= 0 (samples per curvature call; 0 = the whole batch)")
   if p.finetune_epochs < 0:
     _fail("prune.finetune_epochs", p.finetune_epochs, "must be >= 0")
   layers = p.snnl_layers
@@ -313,3 +329,7 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
           "must be an integer >= 0 (0 = do not time the slimmed network)")
   if "compare" in config:
     _validate_compare(config)
+
+  n = config.parallel.num_devices
+  if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    _fail("parallel.num_devices", n, "must be an integer >= 0 (devices per process; 0 = all)")

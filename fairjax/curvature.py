@@ -585,6 +585,16 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
       VGG-11, bench/README.md). Inside an outer ``jax.jit`` the chunks are one XLA program and
       XLA:CPU plans buffers for all of them. ``exact`` / ``empirical_fisher`` results do not
       depend on it; ``mc`` / ``hutchinson`` draw per-chunk keys (``fold_in(rng, chunk)``).
+      Memory budget (measured with ``bench/memory.py``, XLA's plan of one chunk call, exact,
+      float32): ``(1 + G) * 4 * num_params`` bytes (params and the output) plus a per-sample
+      cost ``s`` times ``chunk_size``, so pick ``chunk_size = (budget - (1 + G) * 4 *
+      num_params) / s``. For ResNet-18 at 224x224 with 8 columns (9 classes), 2 groups:
+      128 MiB + 291 MiB per sample (419 MiB at 1, 2,458 MiB at 8, 18,764 MiB at 64; a plain
+      gradient of the 64-sample batch plans 1,798 MiB), so ``chunk_size=4`` (1.3 GiB) scores
+      within the memory of a plain gradient of the batch. ``s`` depends on the model, the
+      image size and the class count: ``python -m bench.memory --compile-only`` measures it
+      for another setting without running anything. The eager loop adds one ``G x params``
+      accumulator.
     apply_kwargs: keyword arguments for ``model.apply`` (hashable values).
     return_counts: also return the per-group sample counts ``int32[G]``; to average over
       batches weight each batch's result by its counts (see :func:`weighted_group_mean`).
@@ -641,10 +651,13 @@ def _eager_chunks(model, variables, images, labels, groups, rng, chunk_size, kwa
 
   The last chunk is padded with group ``-1`` rows (they count nowhere) so every call has the
   same shape and compiles once; per-chunk results are combined by their group counts, which
-  gives exactly the full batch's per-group mean.
+  gives exactly the full batch's per-group mean. The count-weighted sum is accumulated as the
+  chunks come (same additions, in the same order, as :func:`weighted_group_mean`), so only ONE
+  chunk result lives beside the accumulator: keeping all of them would cost ``n / chunk_size``
+  copies of ``G x params`` (2.8 GiB for ResNet-18 with 2 groups and 32 chunks).
   """
   n = images.shape[0]
-  diags, counts = [], []
+  acc, counts = None, []
   for index, start in enumerate(range(0, n, chunk_size)):
     stop = min(start + chunk_size, n)
     pad = chunk_size - (stop - start)
@@ -655,10 +668,11 @@ def _eager_chunks(model, variables, images, labels, groups, rng, chunk_size, kwa
       g = jnp.concatenate([g, jnp.full((pad,), -1, g.dtype)])
     key = None if rng is None else jax.random.fold_in(rng, index)
     diag, count = _per_group_diag(model, variables, x, y, g, key, chunk_size=None, **kwargs)
-    diags.append(diag)
+    acc = add_weighted(acc, diag, count)
+    del diag
     counts.append(count)
   total = jnp.sum(jnp.stack(counts), axis=0)
-  return weighted_group_mean(diags, counts), total
+  return divide_by_counts(acc, counts), total
 
 
 def group_counts(groups: jax.Array, num_groups: int) -> jax.Array:
@@ -672,12 +686,28 @@ def weighted_group_mean(diags: Sequence[PyTree], counts: Sequence[jax.Array]) ->
   ``out[g] = sum_b counts_b[g] * diag_b[g] / sum_b counts_b[g]`` (zeros where a group never
   appeared), which equals the per-group diagonal of the union of the batches.
   """
+  acc = None
+  for diag, c in zip(diags, counts, strict=True):
+    acc = add_weighted(acc, diag, c)
+  return divide_by_counts(acc, counts)
+
+
+def add_weighted(acc: PyTree | None, diag: PyTree, counts: jax.Array) -> PyTree:
+  """Running numerator of :func:`weighted_group_mean`: ``acc + counts[g] * diag[g]``.
+
+  Lets a caller fold batches in as they come (only one batch result alive at a time) and finish
+  with :func:`divide_by_counts`; the result equals ``weighted_group_mean`` of the same batches
+  exactly (same additions in the same order). ``acc=None`` starts the sum.
+  """
+  counts = jnp.asarray(counts)
+  weighted = jax.tree.map(
+      lambda leaf: counts.reshape((-1,) + (1,) * (leaf.ndim - 1)).astype(leaf.dtype) * leaf, diag)
+  return weighted if acc is None else jax.tree.map(jnp.add, acc, weighted)
+
+
+def divide_by_counts(acc: PyTree, counts: Sequence[jax.Array]) -> PyTree:
+  """``acc[g] / sum_b counts_b[g]`` (zero where a group never appeared): the per-group mean."""
   total = jnp.sum(jnp.stack([jnp.asarray(c) for c in counts]), axis=0).astype(jnp.float32)
   denom = jnp.maximum(total, 1.0)
-
-  def combine(*leaves):
-    acc = sum(c.reshape((-1,) + (1,) * (leaf.ndim - 1)).astype(leaf.dtype) * leaf
-              for c, leaf in zip(counts, leaves))
-    return acc / denom.reshape((-1,) + (1,) * (acc.ndim - 1)).astype(acc.dtype)
-
-  return jax.tree.map(combine, *diags)
+  return jax.tree.map(
+      lambda a: a / denom.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype), acc)

@@ -8,6 +8,11 @@ work directory. Without ``--config`` the embedded demo (``configs/demo.py``) run
 (an invalid config value, a missing dataset folder, a malformed metadata file) ends with a
 one-line ``fairjax: error: ...`` message and exit code 2, never a traceback; a run that was
 killed resumes when started again with the same command.
+
+Multi-host (data parallel over every device of several machines, ``fairjax.parallel``): start
+the same command on every host with ``--coordinator_address=HOST0:PORT --num_processes=N
+--process_id=I``; under SLURM (``srun``), Open MPI (``mpirun``) or on a multi-host Cloud TPU
+slice these are detected when none is given. Process 0 writes results.json and the plots.
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, results.json and plots "
     "(default: ./workdir/<config file name>). Rerun with the same workdir to resume.")
+
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: host:port of process 0 (jax.distributed); "
+    "default: auto-detected under SLURM / Open MPI / Cloud TPU, else one process.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-host: total number of processes (one per host).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Multi-host: this process's id in [0, num_processes).")
 
 EXIT_BAD_INPUT = 2
 
@@ -56,13 +69,17 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_OnlyFairjaxInfo())
 
   # Imported here so `--help` and flag errors stay fast.
-  from fairjax import pipeline
+  from fairjax import parallel, pipeline
   from fairjax.config import ConfigError, validate_config
   from fairjax.data.errors import BadImageError, CsvFormatError, DatasetNotFoundError
 
   try:
     validate_config(config)
   except ConfigError as e:
+    _error(str(e))
+  try:  # before anything touches a device
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as e:
     _error(str(e))
   config_path = flags.FLAGS["config"].config_filename
   workdir = _WORKDIR.value or os.path.join(

@@ -13,6 +13,7 @@ the same command resumes where it stopped and ends with the same masks and metri
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -28,7 +29,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from fairjax import checkpoint, masks, metrics, models, report, slimming, snnl, train
+from fairjax import checkpoint, masks, metrics, models, parallel, report, slimming, snnl, train
 from fairjax.config import ConfigError, validate_config
 from fairjax.data import DatasetSplits, load_dataset
 from fairjax.data import pipeline as input_pipeline
@@ -55,12 +56,43 @@ def _train_tx(config, steps_per_epoch: int, epochs: int):
                               weight_decay=t.weight_decay)
 
 
+def data_parallel(config) -> parallel.DataParallel:
+  """The data-parallel mesh of ``config.parallel`` (cached), after checking that every batch
+  size of the run splits evenly over its devices (ConfigError naming the field otherwise)."""
+  try:
+    dp = parallel.data_parallel(int(config.parallel.num_devices))
+    for field in ("train.batch_size", "train.eval_batch_size", "prune.batch_size",
+                  "prune.curvature_chunk_size"):
+      section, key = field.split(".")
+      dp.check_batch_size(int(config[section][key]), field)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return dp
+
+
+def _train_step_fn(config):
+  """The train step for ``train.fit``: None (fit's own jit) on one device, else a jit that
+  keeps the state replicated and the batch split over the mesh."""
+  dp = data_parallel(config)
+  if not dp.active:
+    return None
+  return _sharded_train_step(dp)
+
+
+@functools.lru_cache(maxsize=4)
+def _sharded_train_step(dp: parallel.DataParallel):
+  return dp.jit(train.train_step, batch_argnums=(1,), num_args=3, out_batch=(False, False))
+
+
 def evaluate_split(state: train.TrainState, data: DatasetSplits, split: str, config) -> dict:
   """Metrics of ``state`` on one split (metrics.evaluate + the mask's sparsity)."""
+  dp = data_parallel(config)
   batches = input_pipeline.eval_batches(
       data.sources[split], batch_size=config.train.eval_batch_size,
       image_size=config.data.image_size)
-  logits, labels, groups = train.predict(state, batches)
+  # Only the images go to the devices; labels, groups and the padding flags stay on the host.
+  batches = dp.shard_batches(batches, "train.eval_batch_size", keys=("image",))
+  logits, labels, groups = train.predict(dp.replicate(state), batches)
   if not np.all(np.isfinite(logits)):
     raise FloatingPointError(f"non-finite logits on the {split} split; the model diverged")
   out = metrics.evaluate(labels, np.argmax(logits, axis=-1), groups,
@@ -82,10 +114,13 @@ def _sparsity(mask: PyTree | None) -> float:
 
 
 def _epoch_batches(config, data: DatasetSplits, seed: int):
+  dp = data_parallel(config)
+
   def batches(epoch: int):
-    return input_pipeline.train_batches(
+    return dp.shard_batches(input_pipeline.train_batches(
         data.sources["train"], batch_size=config.train.batch_size,
-        image_size=config.data.image_size, seed=seed, sampling=config.data.sampling, epoch=epoch)
+        image_size=config.data.image_size, seed=seed, sampling=config.data.sampling, epoch=epoch),
+        "train.batch_size")
   return batches
 
 
@@ -105,6 +140,7 @@ def train_dense(config, model, data: DatasetSplits, workdir: str) -> train.Train
   tx = _train_tx(config, steps_per_epoch, t.epochs)
   init_key = jax.random.key(config.seed, impl="rbg")  # rbg: much faster init compile on CPU
   state = train.create_train_state(model, init_key, (config.data.image_size,) * 2 + (3,), tx)
+  state = data_parallel(config).replicate(state)  # identity on one device
   store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, checkpoint.DENSE_STORE),
                                      max_to_keep=2)
   like = {**_state_items(state), "best_params": state.params, "best_batch_stats": state.batch_stats}
@@ -128,8 +164,9 @@ def train_dense(config, model, data: DatasetSplits, workdir: str) -> train.Train
   rng = jax.random.key(config.seed + 1, impl="rbg")
   done = False
   for epoch in range(start, t.epochs):
-    state, history = train.fit(state, batches, epochs=epoch + 1, start_epoch=epoch, rng=rng,
-                               log_every=0, donate=False)
+    state, history = train.fit(state, batches, epochs=epoch + 1, start_epoch=epoch,
+                               rng=data_parallel(config).replicate(rng),
+                               log_every=0, donate=False, step_fn=_train_step_fn(config))
     val = evaluate_split(state, data, "validation", config)
     improved = val["accuracy"] > best_score
     if improved:
@@ -161,11 +198,36 @@ def _num(x: Any) -> float:
 # -- pruning ------------------------------------------------------------------------------------
 
 
-def _scoring_batches(config, data: DatasetSplits, step: int):
+def _scoring_batches(config, data: DatasetSplits, step: int, chunk_size: int | None = None):
+  """Group-balanced train batches, split over the devices. With ``chunk_size``, each host
+  batch is first cut into chunks of that many rows (the last one padded with group -1 rows, which
+  count nowhere): one device call per chunk, each chunk split evenly over all devices."""
   p = config.prune
-  return input_pipeline.group_balanced_batches(
+  batches = input_pipeline.group_balanced_batches(
       data.sources["train"], batch_size=p.batch_size, image_size=config.data.image_size,
       seed=config.seed * 1000 + step, num_groups=data.num_groups, num_batches=p.num_batches)
+  field = "prune.batch_size"
+  if chunk_size and chunk_size < p.batch_size:
+    batches, field = _host_chunks(batches, chunk_size), "prune.curvature_chunk_size"
+  return data_parallel(config).shard_batches(batches, field)
+
+
+def _host_chunks(batches, chunk_size: int):
+  for batch in batches:
+    n = len(batch["group"])
+    for start in range(0, n, chunk_size):
+      chunk = {k: np.asarray(v[start:start + chunk_size]) for k, v in batch.items()}
+      pad = chunk_size - len(chunk["group"])
+      if pad:
+        chunk = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+                 for k, v in chunk.items()}
+        chunk["group"][-pad:] = -1
+      yield chunk
+
+
+def _chunk_size(config) -> int | None:
+  """``prune.curvature_chunk_size`` as ``per_group_diag``'s ``chunk_size`` (0 -> None)."""
+  return config.prune.curvature_chunk_size or None
 
 
 def _group_diag(config, model, state: train.TrainState, data: DatasetSplits, step: int):
@@ -173,10 +235,13 @@ def _group_diag(config, model, state: train.TrainState, data: DatasetSplits, ste
   if not state.batch_stats:
     variables = {"params": state.params}
   rng = jax.random.key(config.seed * 7919 + step)
+  # prune.curvature_chunk_size bounds memory: the batches are cut into chunks on the host (every
+  # chunk split evenly over the devices); averaging by group counts makes the result that of
+  # the whole batches.
   diag, _ = fairprune.average_group_diag(
-      model, variables, _scoring_batches(config, data, step), num_groups=data.num_groups,
-      method=config.prune.curvature, rng=rng, num_samples=config.prune.curvature_samples,
-      apply_kwargs={"train": False})
+      model, variables, _scoring_batches(config, data, step, _chunk_size(config)),
+      num_groups=data.num_groups, method=config.prune.curvature, rng=rng,
+      num_samples=config.prune.curvature_samples, apply_kwargs={"train": False})
   return diag
 
 
@@ -246,7 +311,10 @@ def _uniform_train_batches(config, data: DatasetSplits, step: int):
   batches = input_pipeline.train_batches(
       data.sources["train"], batch_size=p.batch_size, image_size=config.data.image_size,
       seed=config.seed * 1000 + step, sampling="uniform", epoch=0, drop_remainder=False)
-  return itertools.islice(batches, p.num_batches)
+  # A last partial batch (fewer train images than num_batches * batch_size) need not split
+  # evenly over the devices: it is replicated instead (same scores, just not data-parallel).
+  return data_parallel(config).shard_batches(itertools.islice(batches, p.num_batches),
+                                             "prune.batch_size", uneven="replicate")
 
 
 def _score_fn(config, model, data: DatasetSplits,
@@ -272,7 +340,8 @@ def _score_fn(config, model, data: DatasetSplits,
     return lambda state, step: baselines.random_scores(
         state.params, state.mask, jax.random.fold_in(jax.random.key(config.seed), step))
   if p.method in ("snip", "obd"):
-    fn = baselines.snip_scores if p.method == "snip" else baselines.obd_scores
+    fn = (baselines.snip_scores if p.method == "snip" else
+          functools.partial(baselines.obd_scores, chunk_size=_chunk_size(config)))
 
     def gradient_score(state, step):
       variables = _variables(state)
@@ -554,9 +623,12 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   method = _method(config, model, dense, data, roles)
   name = method.name
   store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, checkpoint.PRUNE_STORE))
+  dp = data_parallel(config)
   state = dense.replace(tx=method.tx, opt_state=method.tx.init(dense.params))
-  state = train.set_mask(state, method.prepare_mask(
-      state.params, masks.init_mask(state.params, _prunable(config))))
+  state = train.set_mask(state, dp.replicate(method.prepare_mask(
+      state.params, masks.init_mask(state.params, _prunable(config)))))
+  # Replicated on the mesh (identity on one device): checkpoints restore onto this sharding.
+  state = dp.replicate(state)
   steps = [{"step": 0, "sparsity": 0.0, "validation": dense_val, **method.step_info(state)}]
   stop = {"best": _num(dense_val["eodd"]), "bad_steps": 0, "stopped": False, "reason": ""}
   latest = store.latest_step()
@@ -580,14 +652,15 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   while not stop["stopped"] and step < p.max_steps:
     step += 1
     t0 = time.perf_counter()
-    new_mask = method.next_mask(state, step)
+    new_mask = dp.replicate(method.next_mask(state, step))
     # A fresh optimizer state per step: the fine-tuning schedule (e.g. cosine to 0) restarts,
     # instead of having already decayed to zero after the first step's fine-tuning.
-    state = train.set_mask(state, new_mask, reset_opt_state=bool(method.retrain_epochs))
+    state = dp.replicate(train.set_mask(state, new_mask,
+                                        reset_opt_state=bool(method.retrain_epochs)))
     if method.retrain_epochs:
       state, _ = train.fit(state, _epoch_batches(config, data, config.seed * 31 + step),
-                           epochs=method.retrain_epochs, rng=jax.random.key(step), log_every=0,
-                           donate=False)
+                           epochs=method.retrain_epochs, rng=dp.replicate(jax.random.key(step)),
+                           log_every=0, donate=False, step_fn=_train_step_fn(config))
     val = evaluate_split(state, data, "validation", config)
     steps.append({"step": step, "sparsity": val["sparsity"], "validation": val,
                   **method.step_info(state)})
@@ -650,6 +723,10 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the whole job; returns the results dict also written to results.json."""
   validate_config(config)
+  dp = data_parallel(config)  # fails fast (one-line ConfigError): batch sizes the mesh can't split
+  if dp.active:
+    logging.info("data parallel: %d devices (%s) in %d process(es)", dp.num_devices,
+                 jax.default_backend(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
   t_start = time.perf_counter()
   data, model = load(config, workdir)
@@ -717,7 +794,8 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
   if config.prune.method == "snnl_channels":
     results["slimming"] = _slimming_summary(config, model, final)
   results.update(extra or {})
-  path = report.write_results(workdir, results)
+  # Every process computes (the plots' curvature pass is collective); only process 0 writes.
+  path = report.write_results(workdir, results) if parallel.is_main_process() else workdir
   if plots:
     _plots(config, model, dense, data, steps, unpriv, priv, workdir)
   logging.info("pruned test (step %d%s): acc %.4f macro-F1 %.4f eodd %.4f sparsity %.3f -> %s",
@@ -882,10 +960,12 @@ def _slimming_summary(config, model, final: train.TrainState) -> dict[str, Any] 
 
 
 def _plots(config, model, dense, data: DatasetSplits, steps, unpriv, priv, workdir) -> None:
+  diag = _group_diag(config, model, dense, data, 0)  # collective: every process runs it
+  if not parallel.is_main_process():
+    return
   report.plot_tradeoff(steps, os.path.join(workdir, "tradeoff.png"),
                        title=f"{config.prune.method} on {data.name}",
                        convention=config.fairness_convention)
-  diag = _group_diag(config, model, dense, data, 0)
   terms = fairprune.group_terms(dense.params, diag)
   per_layer: dict[str, dict[str, np.ndarray]] = {}
   shown = (unpriv, priv[0])

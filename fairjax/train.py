@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from fairjax import masks
+from fairjax import masks, parallel
 
 PyTree = Any
 Batch = Mapping[str, Any]
@@ -423,7 +423,7 @@ def predict(
     logits, labels, groups = [], [], []
     for lg, lb, gr, valid in outs:
         keep = slice(None) if valid is None else np.asarray(valid, dtype=bool)
-        logits.append(np.asarray(lg)[keep])
+        logits.append(parallel.to_host(lg)[keep])  # gathers logits sharded over hosts
         labels.append(np.asarray(lb)[keep])
         groups.append(np.asarray(gr)[keep])
     return (np.concatenate(logits).astype(np.float32), np.concatenate(labels).astype(np.int32),
@@ -446,6 +446,7 @@ def fit(
     start_epoch: int = 0,
     min_delta: float = 0.0,
     donate: bool = True,
+    step_fn: Callable[..., tuple[TrainState, dict[str, jax.Array]]] | None = None,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Trains for epochs ``start_epoch .. epochs - 1`` with early stopping on ``eval_fn``.
 
@@ -470,6 +471,9 @@ def fit(
       start_epoch: first epoch to run (resumption). Early-stopping counters restart.
       min_delta: minimum score improvement that counts as better.
       donate: donate the state's buffers to each step (less memory).
+      step_fn: a jitted :func:`train_step` to use instead of the module's (e.g. one with
+        data-parallel shardings from ``fairjax.parallel.DataParallel.jit``); ``donate`` is then
+        the caller's choice when building it.
 
     Returns:
       ``(best_state, history)``: the best state by validation score (the last one without
@@ -483,7 +487,8 @@ def fit(
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be None or >= 1, got {patience}.")
     rng = jax.random.key(0) if rng is None else rng
-    step_fn = jit_train_step if donate else jit_train_step_no_donate
+    if step_fn is None:
+        step_fn = jit_train_step if donate else jit_train_step_no_donate
     global_step = int(state.step)
     history: list[dict[str, Any]] = []
     best_score = -math.inf

@@ -73,18 +73,20 @@ def snip_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: 
 
 
 def obd_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
-               mask: masks.Mask, *, apply_kwargs: Mapping[str, Any] | None = None) -> PyTree:
+               mask: masks.Mask, *, apply_kwargs: Mapping[str, Any] | None = None,
+               chunk_size: int | None = None) -> PyTree:
   """Optimal Brain Damage saliency ``1/2 w**2 h`` of one batch, group-unaware.
 
   ``h`` is the exact diagonal GGN of the batch's mean cross-entropy, from
   :func:`fairjax.curvature.per_group_diag` with every sample in one group (design.md section 1;
   equal to the Hessian diagonal for piecewise-linear networks), at the masked params.
+  ``chunk_size`` (samples per compiled call, ``None`` = the whole batch) bounds its memory.
   """
   variables = {**variables, "params": masks.apply_mask(variables["params"], mask)}
   labels = jnp.asarray(labels, jnp.int32)
   diag = curvature.per_group_diag(model, variables, jnp.asarray(images), labels,
                                   jnp.zeros_like(labels), num_groups=1,
-                                  apply_kwargs=apply_kwargs)
+                                  apply_kwargs=apply_kwargs, chunk_size=chunk_size)
   scores = jax.tree.map(lambda w, h: 0.5 * w * w * h[0], variables["params"], diag)
   return _only_prunable(scores, mask)
 
@@ -99,13 +101,13 @@ def accumulate_scores(fn: Callable[[jax.Array, jax.Array], PyTree],
   """
   total = None
   for batch in batches:
-    images, labels = np.asarray(batch["image"]), np.asarray(batch["label"], np.int32)
+    images, labels = batch["image"], batch["label"]  # may be sharded over devices: kept so
     if "valid" in batch:
       valid = np.asarray(batch["valid"], bool)
-      images, labels = images[valid], labels[valid]
+      images, labels = np.asarray(images)[valid], np.asarray(labels, np.int32)[valid]
     if labels.shape[0] == 0:
       continue
-    scores = fn(jnp.asarray(images), jnp.asarray(labels))
+    scores = fn(jnp.asarray(images), jnp.asarray(labels, jnp.int32))
     total = scores if total is None else jax.tree.map(jnp.add, total, scores)
   if total is None:
     raise ValueError("accumulate_scores got no (non-empty) batches")

@@ -132,9 +132,9 @@ def accumulate_importance(model: nn.Module, variables: PyTree,
   """
   total = None
   for batch in batches:
-    groups = np.asarray(batch["group"], np.int32)
+    groups = batch["group"]  # left as it is (e.g. sharded over devices) unless rows are padding
     if "valid" in batch:
-      groups = np.where(np.asarray(batch["valid"], bool), groups, -1)
+      groups = np.where(np.asarray(batch["valid"], bool), np.asarray(groups, np.int32), -1)
     imp = group_importance(model, variables, batch["image"], batch["label"], groups, mask,
                            num_groups=num_groups, apply_kwargs=apply_kwargs)
     total = imp if total is None else jax.tree.map(jnp.add, total, imp)

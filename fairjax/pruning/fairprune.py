@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairjax import curvature
+from fairjax import curvature, parallel
 
 PyTree = Any
 
@@ -101,7 +101,9 @@ def average_group_diag(model: nn.Module, variables: PyTree, batches: Iterable[Ma
   Each batch's result is weighted by its per-group sample count, so the average is the
   per-group curvature of the union of the batches. ``batches`` yield dicts with ``image``
   ``float32[B, H, W, C]``, ``label`` and ``group`` ``int32[B]`` (``valid`` rows, if present,
-  are respected by giving padded rows group ``-1``).
+  are respected by giving padded rows group ``-1``). Batches may be jax arrays sharded over
+  devices (``fairjax.parallel``); the result is the same as for the host batch. ``chunk_size``
+  bounds the memory of the per-sample part (see :func:`fairjax.curvature.per_group_diag`).
 
   Returns:
     ``(diag, counts)``: the pytree ``[G, ...]`` and ``int[G]`` total samples per group.
@@ -109,24 +111,26 @@ def average_group_diag(model: nn.Module, variables: PyTree, batches: Iterable[Ma
   Raises:
     ValueError: if a group received no sample at all (its curvature would be meaningless).
   """
-  diags, counts = [], []
+  # Folded in batch by batch (curvature.add_weighted): one [G, params] result alive at a time.
+  acc, counts = None, []
   for i, batch in enumerate(batches):
-    groups = np.asarray(batch["group"], np.int32)
+    groups = batch["group"]  # left as it is (e.g. sharded over devices) unless rows are padding
     if "valid" in batch:
-      groups = np.where(np.asarray(batch["valid"], bool), groups, -1)
+      groups = np.where(np.asarray(batch["valid"], bool), np.asarray(groups, np.int32), -1)
     key = None if rng is None else jax.random.fold_in(rng, i)
     diag, count = curvature.per_group_diag(
         model, variables, jnp.asarray(batch["image"]), jnp.asarray(batch["label"], jnp.int32),
-        jnp.asarray(groups), num_groups=num_groups, method=method, rng=key,
+        jnp.asarray(groups, jnp.int32), num_groups=num_groups, method=method, rng=key,
         num_samples=num_samples, chunk_size=chunk_size, apply_kwargs=apply_kwargs,
         return_counts=True)
-    diags.append(diag)
+    acc = curvature.add_weighted(acc, diag, count)
+    del diag
     counts.append(count)
-  if not diags:
+  if acc is None:
     raise ValueError("average_group_diag got no batches")
-  total = np.sum(np.stack([np.asarray(c) for c in counts]), axis=0)
+  total = np.sum(np.stack([parallel.to_host(c) for c in counts]), axis=0)
   empty = [g for g in range(num_groups) if total[g] == 0]
   if empty:
     raise ValueError(f"group(s) {empty} had no samples in the scoring batches; FairPrune needs "
                      "every group (check the sensitive attribute and the split)")
-  return curvature.weighted_group_mean(diags, counts), total
+  return curvature.divide_by_counts(acc, counts), total

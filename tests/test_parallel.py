@@ -1,0 +1,334 @@
+"""Data parallelism (fairjax.parallel): sharded over 8 host devices == one device.
+
+JAX fixes its device count at start-up, so every check runs in a subprocess started with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the multi-host test starts two
+processes with two devices each). Tiny models and images keep each subprocess to seconds of
+compute; most of the time is JAX start-up and compilation.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.test_main import REPO, TINY
+
+
+def _env(devices: int) -> dict:
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _run_code(code: str, devices: int = 8, timeout: int = 300) -> str:
+  res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(devices),
+                       cwd=REPO, capture_output=True, text=True, timeout=timeout)
+  assert res.returncode == 0, res.stderr[-4000:]
+  return res.stdout
+
+
+# Shared prelude: a tiny BN CNN, batches of 16 (2 per device), a replicated/sharded mesh.
+_PRELUDE = """
+    import jax, jax.numpy as jnp, numpy as np
+    from fairjax import models, parallel, train, masks, snnl
+    from fairjax.pruning import baselines, fairgrape, fairprune
+    assert jax.device_count() == 8, jax.devices()
+    dp = parallel.data_parallel(0)
+    assert dp.num_devices == 8 and dp.active
+    model = models.get_model("small_cnn", num_classes=3, width=4, hidden=8, use_bn=True)
+    rng = np.random.default_rng(0)
+    def make_batch(n=16):
+        return {"image": rng.normal(size=(n, 8, 8, 3)).astype(np.float32),
+                "label": rng.integers(0, 3, n).astype(np.int32),
+                "group": (np.arange(n) % 3 == 0).astype(np.int32)}
+    batches = [make_batch() for _ in range(3)]
+    def close(a, b, rtol, atol, what):
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
+                                       err_msg=what)
+"""
+
+
+def test_train_step_on_8_devices_equals_one_device():
+  """Three SGD steps of a BatchNorm CNN, batch 16 split 2 per device, vs the plain jitted step.
+
+  Tolerance rtol 1e-5 / atol 1e-6 (float32): the sharded step sums the gradient and the
+  BatchNorm statistics as 8 partial sums plus an all-reduce instead of one sum, which changes
+  rounding (measured max abs difference 2.6e-7 on these leaves), nothing else.
+  """
+  out = _run_code(_PRELUDE + """
+    tx = train.make_optimizer("sgd", 0.1, momentum=0.9)
+    s0 = train.create_train_state(model, jax.random.key(0, impl="rbg"), (8, 8, 3), tx)
+    key = jax.random.key(1)
+    ref = s0
+    for b in batches:
+        ref, ref_metrics = train.jit_train_step_no_donate(ref, b, key)
+    step = dp.jit(train.train_step, batch_argnums=(1,), num_args=3, out_batch=(False, False))
+    state = dp.replicate(s0)
+    for b in batches:
+        sharded = dp.shard_batch(b, "train.batch_size")
+        assert len(sharded["image"].sharding.device_set) == 8
+        state, metrics = step(state, sharded, key)
+    # It really is data-parallel: the compiled step all-reduces across the 8 devices.
+    assert "all-reduce" in step.lower(state, sharded, key).compile().as_text()
+    assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(state.params))
+    close((ref.params, ref.batch_stats, ref.opt_state),
+          (state.params, state.batch_stats, state.opt_state), 1e-5, 1e-6, "train state")
+    np.testing.assert_allclose(float(ref_metrics["loss"]), float(metrics["loss"]), rtol=1e-6)
+    # Evaluation: logits of a sharded batch gathered back equal the one-device logits.
+    x = batches[0]["image"]
+    logits = train.predict(state, [{"image": dp.shard_array(x, "train.eval_batch_size"),
+                                    "label": batches[0]["label"], "group": batches[0]["group"]}])[0]
+    close(np.asarray(train.jit_eval_step(ref, {"image": x})), logits, 1e-5, 1e-6, "logits")
+    print("TRAIN_OK")
+  """)
+  assert "TRAIN_OK" in out
+
+
+def test_scoring_passes_sharded_equal_unsharded():
+  """per_group_diag (chunked), SNNL, FairGRAPE importance, SNIP and OBD in float64: the sharded
+  batch gives the host batch's result to 1e-10 (only the summation order differs)."""
+  out = _run_code(_PRELUDE + """
+    import flax.linen as nn
+    jax.config.update("jax_enable_x64", True)
+
+    class Net(nn.Module):  # no dtype casts: float64 end to end (SmallCNN computes in float32)
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.Conv(4, (3, 3), name="conv0")(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=not train, name="bn0")(x))
+            x = nn.relu(nn.Conv(8, (3, 3), strides=2, name="conv1")(x))
+            return nn.Dense(3, name="fc0")(x.reshape(x.shape[0], -1))
+
+    model = Net()
+    v = model.init(jax.random.key(0, impl="rbg"), jnp.zeros((1, 8, 8, 3)), train=False)
+    v = jax.tree.map(lambda a: a.astype(jnp.float64), v)
+    v = {**v, "batch_stats": jax.tree.map(lambda a: a + 0.1, v["batch_stats"])}
+    b64 = [{**b, "image": b["image"].astype(np.float64)} for b in batches]
+    mask = masks.init_mask(v["params"])
+    kw = {"train": False}
+    vs = dp.replicate(v)
+    mask_s = dp.replicate(mask)
+    def sharded():
+        return [dp.shard_batch(b, "prune.batch_size") for b in b64]
+
+    # FairPrune / OBD curvature, in chunks of 8 samples (each chunk split 1 per device).
+    ref, ref_n = fairprune.average_group_diag(model, v, b64, num_groups=2, apply_kwargs=kw)
+    out, out_n = fairprune.average_group_diag(model, vs, sharded(), num_groups=2,
+                                              chunk_size=8, apply_kwargs=kw)
+    np.testing.assert_array_equal(ref_n, out_n)
+    close(ref, out, 1e-10, 1e-14, "per_group_diag")
+    assert max(float(jnp.max(x)) for x in jax.tree.leaves(ref)) > 0
+
+    layers = ("conv1",)
+    ref = snnl.score_channels(model, v, b64, layers, apply_kwargs=kw)
+    out = snnl.score_channels(model, vs, sharded(), layers, apply_kwargs=kw)
+    close(ref, out, 1e-10, 1e-14, "snnl")
+
+    ref = fairgrape.accumulate_importance(model, v, b64, mask, num_groups=2, apply_kwargs=kw)
+    out = fairgrape.accumulate_importance(model, vs, sharded(), mask_s, num_groups=2,
+                                          apply_kwargs=kw)
+    close(ref, out, 1e-10, 1e-14, "fairgrape")
+
+    for fn in (baselines.snip_scores, baselines.obd_scores):
+        score = lambda vv, mm: (lambda x, y: fn(model, vv, x, y, mm, apply_kwargs=kw))
+        ref = baselines.accumulate_scores(score(v, mask), b64)
+        out = baselines.accumulate_scores(score(vs, mask_s), sharded())
+        close(ref, out, 1e-10, 1e-14, fn.__name__)
+
+    # A batch that does not split over 8 devices: a clear error naming the config field ...
+    try:
+        dp.shard_batch(make_batch(12), "prune.batch_size")
+        raise AssertionError("no error")
+    except ValueError as e:
+        assert "config.prune.batch_size=12" in str(e) and "8 devices" in str(e), e
+    # ... or, for a last partial batch, the whole batch on every device.
+    part = dp.shard_batch(make_batch(12), "prune.batch_size", uneven="replicate")
+    assert part["image"].sharding.is_fully_replicated
+    print("SCORES_OK")
+  """)
+  assert "SCORES_OK" in out
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_feed_their_own_rows():
+  """Multi-host on one machine: 2 processes x 2 CPU devices (jax.distributed, gloo). Each
+  process feeds its half of the global batch; the train step and per_group_diag equal the
+  single-device result that each process also computes locally."""
+  port = _free_port()
+  code = textwrap.dedent("""
+      import sys, jax
+      pid = int(sys.argv[1])
+      from fairjax import parallel
+      assert parallel.initialize_distributed(f"127.0.0.1:{sys.argv[2]}", 2, pid)
+      import jax.numpy as jnp, numpy as np
+      from fairjax import curvature, models, train
+      assert jax.process_count() == 2 and jax.device_count() == 4
+      dp = parallel.data_parallel(0)
+      assert dp.num_devices == 4
+      rows = dp._local_rows(16)
+      assert (rows.start, rows.stop) == (8 * pid, 8 * pid + 8), rows
+      model = models.get_model("small_cnn", num_classes=3, width=4, hidden=8)
+      rng = np.random.default_rng(0)  # the same global batch in both processes
+      b = {"image": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
+           "label": rng.integers(0, 3, 16).astype(np.int32),
+           "group": (np.arange(16) % 3 == 0).astype(np.int32)}
+      tx = train.make_optimizer("sgd", 0.1, momentum=0.9)
+      s0 = train.create_train_state(model, jax.random.key(0, impl="rbg"), (8, 8, 3), tx)
+      ref, _ = train.jit_train_step_no_donate(s0, b, jax.random.key(1))
+      ref_diag = curvature.per_group_diag(model, s0.variables(), b["image"], b["label"],
+                                          b["group"], num_groups=2, apply_kwargs={"train": False})
+      ref_host = jax.device_get((ref.params, ref_diag))
+      step = dp.jit(train.train_step, batch_argnums=(1,), num_args=3, out_batch=(False, False))
+      gb = dp.shard_batch(b, "train.batch_size")
+      assert not gb["image"].is_fully_addressable
+      state, _ = step(dp.replicate(s0), gb, dp.replicate(jax.random.key(1)))
+      diag = curvature.per_group_diag(model, dp.replicate(s0.variables()), gb["image"],
+                                      gb["label"], gb["group"], num_groups=2,
+                                      apply_kwargs={"train": False})
+      for x, y in zip(jax.tree.leaves(ref_host), jax.tree.leaves((state.params, diag))):
+          np.testing.assert_allclose(x, parallel.to_host(y), rtol=1e-5, atol=1e-6)
+      logits = jax.jit(lambda x: x * 2.0)(gb["image"])  # per-sample output, split over hosts
+      np.testing.assert_array_equal(parallel.to_host(logits), b["image"] * 2.0)
+      print("MULTIHOST_OK", pid)
+  """)
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(pid), str(port)], env=_env(2),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for pid in range(2)]
+  outs = []
+  for p in procs:
+    try:
+      outs.append(p.communicate(timeout=300))
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+  for pid, (p, (out, err)) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0 and f"MULTIHOST_OK {pid}" in out, err[-4000:]
+
+
+FAST = ["--config.train.epochs=2", "--config.prune.max_steps=2"]
+
+
+def _cli(workdir, devices, *extra):
+  cmd = [sys.executable, "-m", "fairjax.main", "--config=configs/demo.py",
+         f"--workdir={workdir}", *TINY, *FAST, *extra]
+  return subprocess.run(cmd, cwd=REPO, env=_env(devices), capture_output=True, text=True,
+                        timeout=600)
+
+
+def _cli_two_processes(workdir):
+  """The CLI as 2 processes x 2 CPU devices on this machine (jax.distributed over localhost)."""
+  port = _free_port()
+  cmd = [sys.executable, "-m", "fairjax.main", "--config=configs/demo.py",
+         f"--workdir={workdir}", *TINY, *FAST, "--config.prune.curvature_chunk_size=8",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  procs = [subprocess.Popen(cmd + [f"--process_id={pid}"], cwd=REPO, env=_env(2),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for pid in range(2)]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=300))
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  assert "data parallel: 4 devices (cpu) in 2 process(es)" in outs[0][1]
+
+
+def test_cli_on_8_devices_and_2_hosts_gives_the_one_device_results(tmp_path):
+  """The tiny FairPrune demo run (train, evaluate, curvature in chunks of 8, prune) on 1 device,
+  on 8, and as 2 processes x 2 devices: identical results.json metrics and masks, params equal
+  to float32 rounding.
+
+  Metrics and masks are compared EXACTLY: they are discrete functions of params that differ by
+  ~1e-7 relative. A prediction or a pruning rank sitting on that knife edge would flip them;
+  none does in this run, and a flip would be worth a look rather than a looser test.
+  """
+  from fairjax import checkpoint
+
+  runs = {}
+  for devices in (1, 8):
+    workdir = str(tmp_path / f"d{devices}")
+    res = _cli(workdir, devices, "--config.prune.curvature_chunk_size=8")
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert ("data parallel: 8 devices" in res.stderr) == (devices == 8)
+    with open(os.path.join(workdir, "results.json")) as f:
+      runs[devices] = (workdir, json.load(f))
+  workdir = str(tmp_path / "hosts")
+  _cli_two_processes(workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    runs["hosts"] = (workdir, json.load(f))
+  a = runs[1][1]
+  for b in (runs[8][1], runs["hosts"][1]):
+    for key in ("dense", "pruned", "steps", "summary", "chosen_step"):
+      assert a[key] == b[key], key
+  assert a["steps"][-1]["sparsity"] > 0
+  import jax
+  items = []
+  for workdir, _ in runs.values():
+    store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, "prune"))
+    # The 1-device items are the templates: they put the other runs' arrays on this process's
+    # one device (orbax refuses a template-less restore onto another device topology).
+    like = {"params": None, "mask": None} if not items else items[0]
+    items.append(store.restore(store.latest_step(), like))
+    store.close()
+  for other in items[1:]:
+    for x, y in zip(jax.tree.leaves(items[0]["mask"]), jax.tree.leaves(other["mask"])):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(items[0]["params"]), jax.tree.leaves(other["params"])):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("devices,override,needles", [
+    (8, "--config.train.batch_size=12", ("config.train.batch_size=12", "divisible by the 8")),
+    (8, "--config.prune.curvature_chunk_size=4",
+     ("config.prune.curvature_chunk_size=4", "divisible by the 8")),
+    (1, "--config.parallel.num_devices=2", ("config.parallel.num_devices=2", "has 1 cpu device")),
+])
+def test_cli_device_mismatch_fails_fast(devices, override, needles, tmp_path):
+  res = _cli(str(tmp_path), devices, override)
+  assert res.returncode == 2
+  for needle in needles:
+    assert needle in res.stderr, res.stderr[-2000:]
+  assert "Traceback" not in res.stderr
+  assert res.stderr.strip().splitlines()[-1].startswith("fairjax: error:")
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_host_chunks_give_the_whole_batch_curvature():
+  """pipeline._host_chunks (prune.curvature_chunk_size): chunks of 6 out of batches of 16, the
+  last chunk padded with group -1 rows, average to the unchunked per-group curvature."""
+  import jax
+  import jax.numpy as jnp
+
+  from fairjax import models, pipeline
+  from fairjax.pruning import fairprune
+
+  model = models.get_model("small_cnn", num_classes=3, width=2, hidden=4)
+  v = model.init(jax.random.key(0, impl="rbg"), jnp.zeros((1, 8, 8, 3)))
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
+              "label": rng.integers(0, 3, 16).astype(np.int32),
+              "group": (np.arange(16) % 3 == 0).astype(np.int32)} for _ in range(2)]
+  chunks = list(pipeline._host_chunks(iter(batches), 6))
+  assert [len(c["group"]) for c in chunks] == [6] * 6
+  assert (chunks[2]["group"][4:] == -1).all() and (chunks[2]["group"][:4] >= 0).all()
+  ref, ref_n = fairprune.average_group_diag(model, v, batches, num_groups=2)
+  out, out_n = fairprune.average_group_diag(model, v, chunks, num_groups=2)
+  np.testing.assert_array_equal(ref_n, out_n)
+  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(out), strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-9)
