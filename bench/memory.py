@@ -74,19 +74,9 @@ def _reset_peak_rss() -> bool:
 
 
 def _memory_analysis(compiled) -> dict[str, Any]:
-  try:
-    stats = compiled.memory_analysis()
-  except Exception as e:  # noqa: BLE001 - backend-dependent
-    return {"xla_total_bytes": None, "xla_note": f"memory_analysis() failed: {e!r}"}
-  if stats is None:
-    return {"xla_total_bytes": None, "xla_note": "memory_analysis() returned None"}
-  out = {k: int(getattr(stats, k)) for k in (
-      "temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
-      "alias_size_in_bytes", "generated_code_size_in_bytes") if hasattr(stats, k)}
-  out["xla_total_bytes"] = (out.get("temp_size_in_bytes", 0) + out.get("argument_size_in_bytes", 0)
-                            + out.get("output_size_in_bytes", 0)
-                            - out.get("alias_size_in_bytes", 0))
-  return out
+  from bench.curvature import jax_memory_analysis  # one definition of the XLA plan total
+
+  return jax_memory_analysis(compiled)
 
 
 def _device_peak() -> int | None:
