@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -50,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from bench import common
+from fairjax.checkpoint import write_json_atomic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -544,20 +544,6 @@ def environment(threads_info: dict) -> dict[str, Any]:
 
   env["jax_backend"] = jax.default_backend()
   return env
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(data, f, indent=2)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 # ----------------------------------------------------------------------------------------------

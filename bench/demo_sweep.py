@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 
+from fairjax.checkpoint import write_json_atomic
+
 OUT = os.environ.get("OUT", "/tmp/sweep_out")
 ROOT = "/tmp/sweep"
 BASE = ["--config.data.num_validation=2000", "--config.data.num_test=4000",
@@ -53,7 +55,6 @@ names = sys.argv[1].split(",") if len(sys.argv) > 1 else list(GRID)
 seeds = [0, 1, 2]
 jobs = [(n, s) for n in names for s in seeds]
 GPU = os.environ.get("SWEEP_GPU", "") == "1"
-import threading
 PER = int(os.environ.get("SWEEP_PER", "2"))
 cpu_slots = list(range(8, 16)) if GPU else list(range(0, int(os.environ.get("SWEEP_CORES", "2")), PER))
 lock = threading.Lock()
@@ -102,7 +103,7 @@ with cf.ThreadPoolExecutor(len(cpu_slots) + len(gpu_jobs)) as ex:
             if slot != "gpu": free.append(slot)
             rec = f.result(); results.append(rec)
             os.makedirs(OUT, exist_ok=True)
-            json.dump(results, open(f"{OUT}/sweep.json.tmp", "w")); os.replace(f"{OUT}/sweep.json.tmp", f"{OUT}/sweep.json")
+            write_json_atomic(f"{OUT}/sweep.json", results)
             if rec["rc"]:
                 print(rec["name"], rec["seed"], "FAILED", rec["err"][-300:], flush=True)
             else:

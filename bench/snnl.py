@@ -27,11 +27,9 @@ load average: on a shared machine the numbers are noisy.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from bench import common
+from fairjax.checkpoint import write_json_atomic
 
 TARGET_S = 1.0  # vectorised, 512 channels, batch 128, 14x14, 2 CPU cores
 
@@ -66,22 +65,6 @@ def summarize(times: list[float]) -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     return common.environment(("JAX_ENABLE_X64",))
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
-        os.replace(tmp, path)  # readers never see a half-written file
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def make_single_channel_snnl():

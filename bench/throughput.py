@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from bench import common
-from bench.curvature import MODEL_CONFIGS, write_json_atomic
+from bench.curvature import MODEL_CONFIGS
+from fairjax.checkpoint import write_json_atomic
 
 NUM_CLASSES = 8
 

@@ -95,6 +95,9 @@ def write_atomic(path: str | os.PathLike[str], write_fn: Callable[[IO[Any]], Any
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates the file private (0600); results are meant to be read by others, so
+        # keep the mode of the file being replaced, or make a new one world-readable.
+        os.chmod(tmp_path, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):

@@ -188,3 +188,12 @@ def test_write_json_atomic(tmp_path) -> None:
         write_json_atomic(path, {"bad": object()})
     assert read_json(path)["name"] == "resnet"
     assert os.listdir(path.parent) == ["report.json"]
+
+
+def test_write_json_atomic_keeps_results_readable(tmp_path) -> None:
+    path = tmp_path / "results.json"
+    write_json_atomic(path, {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+    path.chmod(0o640)
+    write_json_atomic(path, {"a": 2})
+    assert path.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
