@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.minority_fraction = 0.2
   c.data.minority_contrast = 0.35  # mean lesion contrast on dark skin (light: U(0.45, 0.70))
   c.data.shortcut_strength = 0.0  # tanned light skin for one class: a learnable shortcut
+  c.data.color_cue = 0.0  # class-specific lesion hue, visible on light skin only, in [0, 1]
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"
@@ -233,6 +234,8 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
       _fail("data.minority_contrast", d.minority_contrast, "must be in (0, 1]")
     if not 0.0 <= d.shortcut_strength <= 0.5:
       _fail("data.shortcut_strength", d.shortcut_strength, "must be in [0, 0.5]")
+    if not 0.0 <= d.color_cue <= 1.0:
+      _fail("data.color_cue", d.color_cue, "must be in [0, 1]")
 
   if config.model.name not in models.list_models():
     _fail("model.name", config.model.name, f"must be one of {tuple(models.list_models())}")

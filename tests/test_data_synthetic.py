@@ -115,6 +115,60 @@ def test_shortcut_tans_light_skin_of_one_class_only():
     assert b[light & cls].mean() < b[light & ~cls].mean() - 3 * b[light & ~cls].std() / 2
 
 
+def _lesion_chroma(d):
+    """Per-image mean of the chroma-plane coordinates (u, v) of the lesion's relative darkening.
+
+    Lesion pixels are those darkened by > 20 % relative to the image's median skin colour; the
+    relative darkening per channel (skin - pixel) / skin is projected on u = (1, -1, 0)/sqrt(2)
+    and v = (1, 1, -2)/sqrt(6), the plane orthogonal to gray.
+    """
+    img = d["image"].astype(np.float64).reshape(len(d["label"]), -1, 3)
+    skin = np.median(img, axis=1, keepdims=True)
+    rel = (skin - img) / skin
+    lesion = rel.mean(-1) > 0.2
+    u = np.array([1.0, -1.0, 0.0]) / np.sqrt(2.0)
+    v = np.array([1.0, 1.0, -2.0]) / np.sqrt(6.0)
+    out = np.zeros((len(img), 2))
+    for i in range(len(img)):
+        m = rel[i][lesion[i]].mean(0)
+        out[i] = m @ u, m @ v
+    return out
+
+
+def test_color_cue_tints_light_lesions_by_class_only():
+    base = make_demo_split(600, seed=3, noise_std=0.0)
+    cued = make_demo_split(600, seed=3, noise_std=0.0, color_cue=0.3)
+    assert np.array_equal(base["image"], make_demo_split(600, seed=3, noise_std=0.0,
+                                                         color_cue=0.0)["image"])
+    light = base["group"] == 0
+    # Dark skin keeps the neutral pigment (byte-identical); light skin changes.
+    assert np.array_equal(base["image"][~light], cued["image"][~light])
+    assert not np.array_equal(base["image"][light], cued["image"][light])
+    # On light skin the lesion's chroma moves, per class, along that class's direction
+    # (angle 2 pi c / 5 in the (u, v) plane) by 0.3 * U(0.3, 1.0) times the darkening.
+    shift = _lesion_chroma(cued) - _lesion_chroma(base)
+    for c in range(4):
+        sel = light & (base["label"] == c)
+        mean = shift[sel].mean(0)
+        angle = 2 * np.pi * c / 5
+        direction = np.array([np.cos(angle), np.sin(angle)])
+        assert mean @ direction > 0.02, (c, mean)
+        # Nearly all of the shift is along the class direction.
+        assert abs(mean @ np.array([-direction[1], direction[0]])) < 0.3 * (mean @ direction)
+
+
+def test_color_cue_is_validated():
+    from fairjax.config import ConfigError, base_config, validate_config
+
+    with pytest.raises(ValueError, match="color_cue"):
+        make_demo_split(10, seed=0, color_cue=1.5)
+    for value in (-0.1, 1.5):
+        config = base_config()
+        config.data.color_cue = value
+        with pytest.raises(ConfigError, match=f"config.data.color_cue={value}"):
+            validate_config(config)
+
+
 def test_classes_differ_in_texture():
     # Reticular / two-tone lesions vary inside, uniform ones do not. On noise-free light-group
     # images, take the pixels darkened by > 15 % relative to the skin (above the +-12 % skin

@@ -68,7 +68,8 @@ def _demo(cfg: Mapping[str, Any]) -> DatasetSplits:
       int(cfg["seed"]), sizes, image_size=int(cfg["image_size"]),
       minority_fraction=float(cfg["minority_fraction"]),
       minority_contrast=float(cfg.get("minority_contrast", 0.35)),
-      shortcut_strength=float(cfg.get("shortcut_strength", 0.0)))
+      shortcut_strength=float(cfg.get("shortcut_strength", 0.0)),
+      color_cue=float(cfg.get("color_cue", 0.0)))
   sources = {s: pipeline.ArraySource(arrays[s]) for s in SPLITS}
   return DatasetSplits(
       name="demo", sources=sources, num_classes=len(synthetic.DEMO_CLASS_NAMES),

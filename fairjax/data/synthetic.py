@@ -33,6 +33,10 @@ What an image contains (all coordinates are in [-1, 1], so the cues scale with `
   light group 87-91 %, dark group 62-66 %, gap 21-28 points. ``minority_contrast`` is the knob:
   0.20 gives ~50 % on the dark group, 0.35 (default) ~65 %, 0.45 ~67 %; the part of the gap it
   cannot remove comes from (b) and (c).
+- **Optional extra bias terms** (off by default): ``shortcut_strength`` tans the light skin of one
+  class (a class/skin-tone shortcut the model can learn), and ``color_cue`` gives light-skin
+  lesions a class-specific pigment hue that dark-skin lesions lack (colour as a diagnostic cue
+  that melanin masks), so part of the light group's advantage sits in features only it uses.
 
 Group and class assignment is stratified: exactly ``round(N * minority_fraction)`` samples belong
 to group 1, and classes are dealt round-robin inside each group before a global shuffle, so every
@@ -107,6 +111,7 @@ def make_demo_split(
     minority_contrast: float = 0.35,
     noise_std: float = _NOISE_STD,
     shortcut_strength: float = 0.0,
+    color_cue: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Generates one split of the synthetic demo dataset (NOT real data; see module docstring).
 
@@ -123,6 +128,10 @@ def make_demo_split(
       shortcut_strength: the learned-shortcut part of the bias (module docstring): light-skin
         images of class ``SHORTCUT_CLASS`` get skin darker by a relative ``shortcut_strength *
         U(0.6, 1.4)``; dark-skin images get no class-dependent tone. 0 disables it. In [0, 0.5].
+      color_cue: the visible-colour part of the bias (module docstring): on light skin a lesion's
+        pigment hue also depends on its class, by ``color_cue * U(0.3, 1.0)`` along a class
+        direction in the chroma plane; on dark skin every lesion keeps the neutral pigment tint
+        (melanin masks lesion colour). 0 disables it. In [0, 1].
 
     Returns:
       ``{"image": uint8 [N, S, S, 3], "label": int32 [N], "group": int32 [N]}`` with groups in
@@ -138,6 +147,8 @@ def make_demo_split(
         raise ValueError(f"image_size must be >= 4, got {image_size}")
     if not 0.0 <= shortcut_strength <= 0.5:
         raise ValueError(f"shortcut_strength must be in [0, 0.5], got {shortcut_strength}")
+    if not 0.0 <= color_cue <= 1.0:
+        raise ValueError(f"color_cue must be in [0, 1], got {color_cue}")
 
     n, s = num_samples, image_size
     rng = np.random.default_rng(seed)
@@ -230,10 +241,32 @@ def make_demo_split(
         for k in range(2)
     )
     skin = tone[:, None, None, :] * shading[..., None]  # [N, S, S, 3]
-    image = skin * (1.0 - darkening[..., None] * _PIGMENT_TINT)
+    image = skin * (1.0 - darkening[..., None] * _pigment_tint(label, group, color_cue, seed))
     image += noise_std * rng.standard_normal(image.shape, dtype=np.float32)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return {"image": image, "label": label, "group": group}
+
+
+def _pigment_tint(label: np.ndarray, group: np.ndarray, color_cue: float, seed: int
+                  ) -> np.ndarray:
+    """Per-image relative darkening per RGB channel, [N, 1, 1, 3] float32.
+
+    Light skin (group 0): the neutral tint plus ``color_cue * U(0.3, 1.0)`` times the unit
+    chroma direction of the image's class (classes at equal angles in the plane orthogonal to
+    gray, so no class looks "neutral"). Dark skin: the neutral tint only. Its own random stream,
+    so ``color_cue=0`` reproduces the images generated before the option existed byte for byte.
+    """
+    n = label.shape[0]
+    tint = np.broadcast_to(_PIGMENT_TINT, (n, 3)).astype(np.float32)
+    if color_cue > 0:
+        u = np.array([1.0, -1.0, 0.0], np.float32) / np.sqrt(2.0)
+        v = np.array([1.0, 1.0, -2.0], np.float32) / np.sqrt(6.0)
+        angle = 2.0 * np.pi * label.astype(np.float32) / len(DEMO_CUE_NAMES)
+        direction = np.cos(angle)[:, None] * u + np.sin(angle)[:, None] * v
+        amount = np.random.default_rng([seed, 2]).uniform(0.3, 1.0, (n, 1)).astype(np.float32)
+        light = (group == 0)[:, None]
+        tint = tint + np.where(light, color_cue * amount * direction, 0.0).astype(np.float32)
+    return tint[:, None, None, :]
 
 
 def _split_seed(seed: int, split: str) -> int:
