@@ -3,6 +3,11 @@
 absl flags are process-global, so every CLI run is its own subprocess (started in the repo root
 with the current interpreter). Each test file keeps its own config overrides (``TINY`` plus its
 method's flags) and passes them explicitly: ``run_cli(workdir, *TINY, *FAST)``.
+
+Bad-config checks do not need a subprocess: :func:`parse_config` applies ``--config.a.b=v``
+overrides through the same ``ml_collections`` config flag the CLI defines, and the tests then call
+:func:`fairjax.config.validate_config`, which ``fairjax.main.main`` runs before anything is
+computed (test_main keeps one subprocess test of the CLI's side of that contract).
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = "configs/demo.py"
@@ -136,3 +143,34 @@ def assert_cli_error(res: subprocess.CompletedProcess, *needles: str) -> str:
     assert needle in last, (needle, last)
   return last
 
+
+def parse_config(*overrides: str, config: str = DEMO):
+  """The ``ConfigDict`` the CLI would run for ``--config=CONFIG *overrides``, parsed in-process
+  by the same ``ml_collections`` config flag as ``fairjax.main`` (locked, as there), without
+  touching the global absl flags."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  argv = ["fairjax.main", f"--config={os.path.join(REPO, config)}", *overrides]
+  flag_values = flags.FlagValues()
+  # sys_argv: the overrides are looked up in this argv instead of the test runner's sys.argv.
+  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                           lock_config=True, sys_argv=argv)
+  with warnings.catch_warnings():  # ml_collections loads the config file with load_module()
+    warnings.filterwarnings("ignore", "the load_module", DeprecationWarning)
+    flag_values(argv)
+  return holder.value
+
+
+def config_error(*overrides: str, config: str = DEMO) -> str:
+  """The message of the ``ConfigError`` that ``validate_config`` raises for the config the CLI
+  would run with these overrides (the line main prints after ``fairjax: error: ``); fails the
+  test if the config is valid or the message is not one line."""
+  from fairjax.config import ConfigError, validate_config
+
+  parsed = parse_config(*overrides, config=config)
+  with pytest.raises(ConfigError) as e:
+    validate_config(parsed)
+  message = str(e.value)
+  assert "\n" not in message, message
+  return message

@@ -1,11 +1,17 @@
-"""The command line end to end on a tiny demo config (subprocesses: absl flags are global)."""
+"""The command line end to end on a tiny demo config (subprocesses: absl flags are global).
+
+Bad config values are checked in-process, through the config flag parsing and the
+``validate_config`` call that ``fairjax.main`` runs before computing anything; one subprocess
+test per kind of bad input checks the CLI's side (one line on stderr, exit code 2).
+"""
 
 import os
 
 import pytest
 
 from tests.cli_helpers import (TINY, assert_cli_error, assert_same_results, assert_trees_equal,
-                               kill_then_resume, load_json, restore_step, run_cli, run_cli_ok)
+                               config_error, kill_then_resume, load_json, parse_config,
+                               restore_step, run_cli, run_cli_ok)
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +79,29 @@ def test_killed_run_resumes_to_identical_results(finished_run, tmp_path):
     ("--config.parallel.num_devices=-1", "config.parallel.num_devices=-1"),
     ("--config.prune.curvature_chunk_size=-4", "config.prune.curvature_chunk_size=-4"),
 ])
-def test_bad_config_values_fail_fast_with_one_line(override, needle, tmp_path):
-  res = run_cli(str(tmp_path), *TINY, override, timeout=120)
-  assert_cli_error(res, needle)
+def test_bad_config_values_fail_fast_with_one_line(override, needle):
+  """In-process: the override parsed as the CLI parses it, then the ``validate_config`` call
+  that ``fairjax.main`` makes before anything is computed."""
+  message = config_error(*TINY, override)
+  assert needle in message, message
+
+
+def test_tiny_demo_config_is_valid():
+  from fairjax.config import validate_config
+
+  validate_config(parse_config(*TINY))  # so each failure above is its override's
+
+
+def test_bad_config_value_cli_contract(tmp_path):
+  """End to end through the CLI: the message is the last stderr line, exit code 2, no
+  traceback, and nothing was computed."""
+  res = run_cli(str(tmp_path), *TINY, "--config.prune.method=magic", timeout=120)
+  assert_cli_error(res, "config.prune.method='magic'", "fairgrape")
   assert not os.path.exists(tmp_path / "checkpoints")  # nothing was computed
 
 
 def test_missing_dataset_directory_names_the_path(tmp_path):
+  """End to end: an error raised inside the run (the dataset loader), not by validate_config."""
   missing = tmp_path / "no_such_isic"
   res = run_cli(str(tmp_path / "wd"), f"--config.data.manual_dir={missing}",
                 config="configs/isic.py", timeout=300)
