@@ -1,22 +1,20 @@
 """The comparison (fairjax.compare, configs/compare.py) through the CLI on tiny images.
 
-Subprocesses, as in test_main (absl flags are global). Two cheap methods (magnitude, random;
+Subprocesses (tests/cli_helpers.py; absl flags are global). Two cheap methods (magnitude, random;
 fine-tuning switched off, so a run's kept weights must be the dense weights bit for bit) at two
 target sparsities, two pruning steps each.
 """
 
 import csv
-import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from tests.test_main import REPO, TINY
+from tests.cli_helpers import (TINY, assert_cli_error, assert_same_results, config_error,
+                               load_json, parse_config, restore_step, run_cli, run_cli_ok)
 
 METHODS = ("magnitude", "random")
 SPARSITIES = (0.5, 0.75)
@@ -27,25 +25,13 @@ CMP = ["--config.train.epochs=2", "--config.prune.max_steps=2",
        # 0.5 > 0.2, patience 1, no accuracy drop allowed); target mode must ignore them.
        "--config.prune.max_sparsity=0.2", "--config.prune.patience=1",
        "--config.prune.max_accuracy_drop=0.0"]
-
-
-def _run(workdir, *extra, timeout=600):
-  cmd = [sys.executable, "-m", "fairjax.main", "--config=configs/compare.py",
-         f"--workdir={workdir}", *TINY, *CMP, *extra]
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-def _read(path):
-  with open(path) as f:
-    return json.load(f)
+COMPARE = "configs/compare.py"
 
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("compare"))
-  res = _run(workdir)
-  assert res.returncode == 0, res.stderr[-4000:]
-  return workdir, res
+  return workdir, run_cli_ok(workdir, *TINY, *CMP, config=COMPARE)
 
 
 def _names():
@@ -57,13 +43,13 @@ def test_comparison_writes_table_csv_and_plot(comparison):
   from fairjax import report
 
   workdir, res = comparison
-  cmp = _read(os.path.join(workdir, "compare.json"))
+  cmp = load_json(workdir, "compare.json")
   rows = cmp["rows"]
   assert [(r["method"], r["target_sparsity"]) for r in rows] == (
       [("dense", 0.0)] + [(m, s) for m in METHODS for s in SPARSITIES])
   assert rows[0]["sparsity"] == 0.0 and rows[0]["accuracy"] == cmp["dense"]["accuracy"]
   for name, row in zip(_names(), rows[1:]):
-    results = _read(os.path.join(workdir, "runs", name, "results.json"))
+    results = load_json(os.path.join(workdir, "runs", name))
     report.validate_results(results)
     assert results["config"]["prune"]["target_sparsity"] == row["target_sparsity"]
     assert "compare" not in results["config"]
@@ -103,22 +89,19 @@ def test_every_run_started_from_the_same_dense_model(comparison):
   from fairjax import checkpoint, compare
 
   workdir, _ = comparison
-  cmp = _read(os.path.join(workdir, "compare.json"))
+  cmp = load_json(workdir, "compare.json")
   store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, "dense"))
   dense = store.restore(store.latest_step(), {"best_params": None, "best_batch_stats": None})
   store.close()
   # One dense model, trained once, in the comparison's workdir; none in the runs.
   for name in _names():
     assert not os.path.exists(os.path.join(workdir, "runs", name, "checkpoints", "dense"))
-    results = _read(os.path.join(workdir, "runs", name, "results.json"))
+    results = load_json(os.path.join(workdir, "runs", name))
     assert results["dense_fingerprint"] == cmp["dense_fingerprint"]
     assert results["dense"] == cmp["dense"]
     # magnitude and random do not fine-tune: the kept weights of the last step ARE the dense
     # model's, and the pruned ones are exactly zero.
-    store = checkpoint.CheckpointStore(checkpoint.store_directory(
-        os.path.join(workdir, "runs", name), "prune"))
-    items = store.restore(2, {"params": None, "batch_stats": None, "mask": None})
-    store.close()
+    items = restore_step(os.path.join(workdir, "runs", name), "prune", 2)
     flat_dense = dict(jax.tree_util.tree_flatten_with_path(dense["best_params"])[0])
     flat_mask = dict(jax.tree_util.tree_flatten_with_path(items["mask"])[0])
     n_pruned = 0
@@ -146,17 +129,17 @@ def test_resume_recomputes_only_the_missing_run(comparison, tmp_path):
   before = {n: os.stat(os.path.join(workdir, "runs", n, "results.json")).st_mtime_ns
             for n in names if n != gone}
   time.sleep(0.01)
-  res = _run(workdir)
-  assert res.returncode == 0, res.stderr[-4000:]
+  res = run_cli_ok(workdir, *TINY, *CMP, config=COMPARE)
   assert "restored the finished run" in res.stderr  # the dense model is not retrained
   assert res.stderr.count("finished earlier, skipped") == len(names) - 1
   assert f"{gone} (method" in res.stderr
   for n, mtime in before.items():
     assert os.stat(os.path.join(workdir, "runs", n, "results.json")).st_mtime_ns == mtime, n
-  old = _read(os.path.join(reference, "runs", gone, "results.json"))
-  new = _read(os.path.join(workdir, "runs", gone, "results.json"))
-  for key in ("dense", "pruned", "steps", "summary", "chosen_step", "dense_fingerprint"):
-    assert old[key] == new[key], key  # recomputed from scratch, identically
+  old = load_json(os.path.join(reference, "runs", gone))
+  new = load_json(os.path.join(workdir, "runs", gone))
+  # Recomputed from scratch, identically.
+  assert_same_results(old, new, ("dense", "pruned", "steps", "summary", "chosen_step",
+                                 "dense_fingerprint"))
   for name in ("compare.md", "compare.csv"):
     with open(os.path.join(reference, name)) as a, open(os.path.join(workdir, name)) as b:
       assert a.read() == b.read(), name
@@ -165,10 +148,8 @@ def test_resume_recomputes_only_the_missing_run(comparison, tmp_path):
 def test_rerun_with_another_config_is_refused(comparison, tmp_path):
   workdir = str(tmp_path / "other")
   shutil.copytree(comparison[0], workdir)
-  res = _run(workdir, "--config.prune.scope=global")
-  assert res.returncode == 2 and "Traceback" not in res.stderr
-  last = res.stderr.strip().splitlines()[-1]
-  assert last.startswith("fairjax: error:") and "config.prune.scope" in last
+  res = run_cli(workdir, *TINY, *CMP, "--config.prune.scope=global", config=COMPARE)
+  assert_cli_error(res, "config.prune.scope")
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -177,12 +158,14 @@ def test_rerun_with_another_config_is_refused(comparison, tmp_path):
     ("--config.compare.sparsities=(-0.1,)", "-0.1 is outside (0, 1)"),
     ("--config.prune.target_sparsity=0.5", "config.prune.target_sparsity=0.5"),
 ])
-def test_bad_compare_config_fails_fast_with_one_line(override, needle, tmp_path):
-  res = _run(str(tmp_path), override, timeout=120)
-  assert res.returncode == 2
-  assert needle in res.stderr and "Traceback" not in res.stderr
-  assert res.stderr.strip().splitlines()[-1].startswith("fairjax: error:")
-  assert not os.path.exists(tmp_path / "checkpoints")  # nothing was computed
+def test_bad_compare_config_fails_fast_with_one_line(override, needle):
+  """In-process: the CLI's config parsing, then the ``validate_config`` call ``fairjax.main``
+  makes before anything is computed (test_main checks the CLI's side: stderr, exit code 2)."""
+  from fairjax.config import validate_config
+
+  validate_config(parse_config(*TINY, *CMP, config=COMPARE))  # valid without the override
+  message = config_error(*TINY, *CMP, override, config=COMPARE)
+  assert needle in message, message
 
 
 def _config(**compare):

@@ -1,18 +1,14 @@
 """FairGRAPE's final full fine-tune (design.md section 4) through the CLI: recorded in
 results.json, keeps the mask, and a run killed during it resumes to identical results.
 
-Subprocesses, as in test_main (absl flags are global).
+Subprocesses (tests/cli_helpers.py; absl flags are global).
 """
-
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.test_main import REPO, TINY, _kill_when
+from tests.cli_helpers import (TINY, assert_same_results, kill_then_resume, latest_step,
+                               load_json, restore_step, run_cli_ok)
 
 # Two iterations (r = 0.1, 0.15; see test_methods_cli), then two fine-tune epochs. With
 # max_accuracy_drop=1.0 (TINY) every step is eligible, so a pruned step (>= 1) is chosen.
@@ -23,22 +19,10 @@ GRAPE = ["--config.train.epochs=2", "--config.prune.method=fairgrape",
          "--config.prune.fairgrape_finetune_learning_rate=0.01"]
 
 
-def _cmd(workdir, *extra):
-  return [sys.executable, "-m", "fairjax.main", "--config=configs/demo.py",
-          f"--workdir={workdir}", *TINY, *GRAPE, *extra]
-
-
-def _load(workdir):
-  with open(os.path.join(workdir, "results.json")) as f:
-    return json.load(f)
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("grape"))
-  res = subprocess.run(_cmd(workdir), cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert res.returncode == 0, res.stderr[-4000:]
-  return workdir, res
+  return workdir, run_cli_ok(workdir, *TINY, *GRAPE)
 
 
 def _leaves(tree):
@@ -47,10 +31,10 @@ def _leaves(tree):
 
 
 def test_final_finetune_is_recorded_and_keeps_the_mask(finished):
-  from fairjax import checkpoint, report
+  from fairjax import report
 
   workdir, res = finished
-  results = _load(workdir)
+  results = load_json(workdir)
   report.validate_results(results)
   chosen = results["chosen_step"]
   assert chosen >= 1
@@ -66,13 +50,9 @@ def test_final_finetune_is_recorded_and_keeps_the_mask(finished):
       results["steps"][chosen]["sparsity"] > 0
   assert "fairgrape final fine-tune epoch 2/2" in res.stderr
 
-  prune = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, "prune"))
-  before = prune.restore(chosen, {"params": None, "batch_stats": None, "mask": None})
-  prune.close()
-  store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, "finetune"))
-  assert store.latest_step() == 1
-  after = store.restore(1, {"params": None, "batch_stats": None, "mask": None})
-  store.close()
+  before = restore_step(workdir, "prune", chosen)
+  assert latest_step(workdir, "finetune") == 1
+  after = restore_step(workdir, "finetune", 1)
   masks_before, masks_after = _leaves(before["mask"]), _leaves(after["mask"])
   assert masks_before.keys() == masks_after.keys()
   changed = 0
@@ -91,16 +71,10 @@ def test_final_finetune_is_recorded_and_keeps_the_mask(finished):
 def test_killed_during_final_finetune_resumes_identically(finished, tmp_path):
   reference, _ = finished
   workdir = str(tmp_path / "killed")
-  proc = subprocess.Popen(_cmd(workdir), cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  _kill_when(proc, os.path.join(workdir, "checkpoints/finetune/0"))
-  assert not os.path.exists(os.path.join(workdir, "results.json"))
-  res = subprocess.run(_cmd(workdir), cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert res.returncode == 0, res.stderr[-4000:]
+  res = kill_then_resume(workdir, ("checkpoints/finetune/0",), *TINY, *GRAPE)
   assert "fairgrape final fine-tune: resuming after epoch 0" in res.stderr
-  a, b = _load(reference), _load(workdir)
-  for key in ("dense", "pruned", "steps", "summary", "chosen_step", "final_finetune"):
-    assert a[key] == b[key], key
+  assert_same_results(load_json(reference), load_json(workdir),
+                      ("dense", "pruned", "steps", "summary", "chosen_step", "final_finetune"))
 
 
 def test_finetune_skipped_for_other_methods_and_zero_epochs():

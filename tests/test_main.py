@@ -1,55 +1,30 @@
-"""The command line end to end on a tiny demo config (subprocesses: absl flags are global)."""
+"""The command line end to end on a tiny demo config (subprocesses: absl flags are global).
 
-import json
+Bad config values are checked in-process, through the config flag parsing and the
+``validate_config`` call that ``fairjax.main`` runs before computing anything; one subprocess
+test per kind of bad input checks the CLI's side (one line on stderr, exit code 2).
+"""
+
 import os
-import signal
-import subprocess
-import sys
-import time
 
-import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-TINY = [
-    "--config.data.num_train=256", "--config.data.num_validation=96", "--config.data.num_test=96",
-    "--config.data.image_size=16", "--config.model.kwargs.width=4", "--config.model.kwargs.hidden=8",
-    "--config.train.epochs=3", "--config.train.batch_size=32", "--config.train.patience=10",
-    "--config.prune.num_batches=1", "--config.prune.batch_size=16", "--config.prune.max_steps=3",
-    "--config.prune.patience=10", "--config.prune.step_fraction=0.05",
-    "--config.prune.max_accuracy_drop=1.0", "--config.prune.scope=layer",
-]
-
-
-def _cmd(workdir, *extra):
-  return [sys.executable, "-m", "fairjax.main", "--config=configs/demo.py",
-          f"--workdir={workdir}", *TINY, *extra]
-
-
-def _run(workdir, *extra, timeout=600):
-  return subprocess.run(_cmd(workdir, *extra), cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout)
-
-
-def _load(workdir):
-  with open(os.path.join(workdir, "results.json")) as f:
-    return json.load(f)
+from tests.cli_helpers import (TINY, assert_cli_error, assert_same_results, assert_trees_equal,
+                               config_error, kill_then_resume, load_json, parse_config,
+                               restore_step, run_cli, run_cli_ok)
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  res = _run(workdir)
-  assert res.returncode == 0, res.stderr[-4000:]
-  return workdir, res
+  return workdir, run_cli_ok(workdir, *TINY)
 
 
 def test_demo_runs_end_to_end(finished_run):
   from fairjax import report
 
   workdir, res = finished_run
-  results = _load(workdir)
+  results = load_json(workdir)
   report.validate_results(results)
   assert results["method"] == "fairprune"
   assert results["fairness_convention"] == "sum"
@@ -64,48 +39,20 @@ def test_demo_runs_end_to_end(finished_run):
   assert "fairprune step 3" in res.stderr  # progress is shown
 
 
-def _kill_when(proc, path, timeout=300):
-  start = time.time()
-  while not os.path.exists(path):
-    if proc.poll() is not None:
-      raise AssertionError(f"run ended before {path} appeared:\n{proc.stderr.read()[-3000:]}")
-    if time.time() - start > timeout:
-      proc.kill()
-      raise AssertionError(f"{path} never appeared")
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-
-
 def test_killed_run_resumes_to_identical_results(finished_run, tmp_path):
   from fairjax import checkpoint
 
   reference, _ = finished_run
   workdir = str(tmp_path / "killed")
   # Kill during dense training (after epoch 0 is saved), then during pruning (after step 1).
-  for marker in ("checkpoints/dense/0", "checkpoints/prune/1"):
-    proc = subprocess.Popen(_cmd(workdir), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    _kill_when(proc, os.path.join(workdir, marker))
-    assert not os.path.exists(os.path.join(workdir, "results.json"))
-  res = _run(workdir)
-  assert res.returncode == 0, res.stderr[-4000:]
+  res = kill_then_resume(workdir, ("checkpoints/dense/0", "checkpoints/prune/1"), *TINY)
   assert "resuming after step 1" in res.stderr
 
-  a, b = _load(reference), _load(workdir)
-  for key in ("dense", "pruned", "steps", "summary", "chosen_step"):
-    assert a[key] == b[key], key
+  a, b = load_json(reference), load_json(workdir)
+  assert_same_results(a, b, ("dense", "pruned", "steps", "summary", "chosen_step"))
   for wd in (reference, workdir):
     assert os.path.isdir(checkpoint.store_directory(wd, "prune"))
-  masks = []
-  for wd in (reference, workdir):
-    store = checkpoint.CheckpointStore(checkpoint.store_directory(wd, "prune"))
-    items = store.restore(a["chosen_step"], {"params": None, "batch_stats": None, "mask": None})
-    masks.append(items)
-    store.close()
-  import jax
-  for x, y in zip(jax.tree.leaves(masks[0]), jax.tree.leaves(masks[1])):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_equal(*(restore_step(wd, "prune", a["chosen_step"]) for wd in (reference, workdir)))
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -132,24 +79,37 @@ def test_killed_run_resumes_to_identical_results(finished_run, tmp_path):
     ("--config.parallel.num_devices=-1", "config.parallel.num_devices=-1"),
     ("--config.prune.curvature_chunk_size=-4", "config.prune.curvature_chunk_size=-4"),
 ])
-def test_bad_config_values_fail_fast_with_one_line(override, needle, tmp_path):
-  start = time.time()
-  res = _run(str(tmp_path), override, timeout=120)
-  assert res.returncode == 2
-  assert needle in res.stderr and "Traceback" not in res.stderr
-  assert res.stderr.strip().splitlines()[-1].startswith("fairjax: error:")
+def test_bad_config_values_fail_fast_with_one_line(override, needle):
+  """In-process: the override parsed as the CLI parses it, then the ``validate_config`` call
+  that ``fairjax.main`` makes before anything is computed."""
+  message = config_error(*TINY, override)
+  assert needle in message, message
+
+
+def test_tiny_demo_config_is_valid():
+  from fairjax.config import validate_config
+
+  validate_config(parse_config(*TINY))  # so each failure above is its override's
+
+
+def test_bad_config_value_cli_contract(tmp_path):
+  """End to end through the CLI: the message is the last stderr line, exit code 2, no
+  traceback, and nothing was computed."""
+  res = run_cli(str(tmp_path), *TINY, "--config.prune.method=magic", timeout=120)
+  assert_cli_error(res, "config.prune.method='magic'", "fairgrape")
   assert not os.path.exists(tmp_path / "checkpoints")  # nothing was computed
 
 
 def test_missing_dataset_directory_names_the_path(tmp_path):
+  """End to end: an error raised inside the run (the dataset loader), not by validate_config."""
   missing = tmp_path / "no_such_isic"
-  res = subprocess.run(
-      [sys.executable, "-m", "fairjax.main", "--config=configs/isic.py",
-       f"--workdir={tmp_path / 'wd'}", f"--config.data.manual_dir={missing}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+  res = run_cli(str(tmp_path / "wd"), f"--config.data.manual_dir={missing}",
+                config="configs/isic.py", timeout=300)
+  # A multi-line message (the expected files and where to get them), so not assert_cli_error.
   assert res.returncode == 2
   assert str(missing) in res.stderr and "Traceback" not in res.stderr
   assert "ISIC" in res.stderr  # says what is expected / where to get it
+  assert "fairjax: error:" in res.stderr
 
 
 @pytest.mark.parametrize("key,value", [("minority_contrast", 0.0), ("minority_contrast", 1.5),

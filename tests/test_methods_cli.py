@@ -1,18 +1,14 @@
 """Every ``prune.method`` through the CLI on the tiny demo config of test_main (design.md s. 2, 4).
 
-Subprocesses, as in test_main (absl flags are global). Two dense epochs and two pruning steps per
+Subprocesses (tests/cli_helpers.py; absl flags are global). Two dense epochs and two pruning steps per
 method keep the file around a minute on 2 CPU cores.
 """
-
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.test_main import REPO, TINY
+from tests.cli_helpers import (TINY, assert_cli_error, latest_step, load_json, restore_step,
+                               run_cli)
 
 FAST = ["--config.train.epochs=2", "--config.prune.max_steps=2"]
 # FairGRAPE: keep 0.9 per iteration, rate 0.15 -> r_1 = 0.1, r_2 = min(0.19, 0.15) = 0.15, so the
@@ -20,12 +16,6 @@ FAST = ["--config.train.epochs=2", "--config.prune.max_steps=2"]
 GRAPE = ["--config.prune.max_steps=3", "--config.prune.fairgrape_prune_rate=0.15",
          "--config.prune.fairgrape_keep_per_iter=0.9"]
 METHODS = ("magnitude", "random", "snip", "obd", "fairgrape")
-
-
-def _run(workdir, *extra, timeout=600):
-  cmd = [sys.executable, "-m", "fairjax.main", "--config=configs/demo.py",
-         f"--workdir={workdir}", *TINY, *FAST, *extra]
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +27,8 @@ def runs(tmp_path_factory):
     if method not in cache:
       workdir = str(tmp_path_factory.mktemp(method))
       extra = GRAPE if method == "fairgrape" else []
-      cache[method] = (workdir, _run(workdir, f"--config.prune.method={method}", *extra))
+      cache[method] = (workdir, run_cli(workdir, *TINY, *FAST, f"--config.prune.method={method}",
+                                        *extra))
     return cache[method]
   return get
 
@@ -51,12 +42,11 @@ def _prunable_sizes(mask):
 def test_method_runs_and_reports(method, runs):
   import jax
 
-  from fairjax import checkpoint, report
+  from fairjax import report
 
   workdir, res = runs(method)
   assert res.returncode == 0, res.stderr[-4000:]
-  with open(os.path.join(workdir, "results.json")) as f:
-    results = json.load(f)
+  results = load_json(workdir)
   report.validate_results(results)
   assert results["method"] == method
   assert results["privileged_group"] in ("light", "dark")  # from dense validation accuracies
@@ -70,10 +60,8 @@ def test_method_runs_and_reports(method, runs):
   if chosen > 0:
     assert steps[chosen]["sparsity"] > 0
 
-  store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, "prune"))
-  assert store.latest_step() == 2
-  items = store.restore(max(chosen, 1), {"params": None, "batch_stats": None, "mask": None})
-  store.close()
+  assert latest_step(workdir, "prune") == 2
+  items = restore_step(workdir, "prune", max(chosen, 1))
   mask = items["mask"]
   pruned = 0
   for path, m in jax.tree_util.tree_leaves_with_path(mask):
@@ -99,8 +87,5 @@ def test_method_runs_and_reports(method, runs):
 def test_resuming_with_another_method_fails_with_one_line(runs):
   workdir, res = runs("magnitude")
   assert res.returncode == 0, res.stderr[-4000:]
-  other = _run(workdir, "--config.prune.method=random")
-  assert other.returncode == 2
-  assert "Traceback" not in other.stderr
-  last = other.stderr.strip().splitlines()[-1]
-  assert last.startswith("fairjax: error:") and "'magnitude'" in last
+  other = run_cli(workdir, *TINY, *FAST, "--config.prune.method=random")
+  assert_cli_error(other, "'magnitude'")

@@ -16,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.test_main import REPO, TINY
+from tests.cli_helpers import REPO, TINY, assert_cli_error, cli_cmd, run_cli
 
 
 def _env(devices: int) -> dict:
@@ -222,18 +222,14 @@ FAST = ["--config.train.epochs=2", "--config.prune.max_steps=2"]
 
 
 def _cli(workdir, devices, *extra):
-  cmd = [sys.executable, "-m", "fairjax.main", "--config=configs/demo.py",
-         f"--workdir={workdir}", *TINY, *FAST, *extra]
-  return subprocess.run(cmd, cwd=REPO, env=_env(devices), capture_output=True, text=True,
-                        timeout=600)
+  return run_cli(workdir, *TINY, *FAST, *extra, env=_env(devices))
 
 
 def _cli_two_processes(workdir):
   """The CLI as 2 processes x 2 CPU devices on this machine (jax.distributed over localhost)."""
   port = _free_port()
-  cmd = [sys.executable, "-m", "fairjax.main", "--config=configs/demo.py",
-         f"--workdir={workdir}", *TINY, *FAST, "--config.prune.curvature_chunk_size=8",
-         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  cmd = cli_cmd(workdir, *TINY, *FAST, "--config.prune.curvature_chunk_size=8",
+                f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2")
   procs = [subprocess.Popen(cmd + [f"--process_id={pid}"], cwd=REPO, env=_env(2),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for pid in range(2)]
@@ -301,11 +297,7 @@ def test_cli_on_8_devices_and_2_hosts_gives_the_one_device_results(tmp_path):
 ])
 def test_cli_device_mismatch_fails_fast(devices, override, needles, tmp_path):
   res = _cli(str(tmp_path), devices, override)
-  assert res.returncode == 2
-  for needle in needles:
-    assert needle in res.stderr, res.stderr[-2000:]
-  assert "Traceback" not in res.stderr
-  assert res.stderr.strip().splitlines()[-1].startswith("fairjax: error:")
+  assert_cli_error(res, *needles)
   assert not os.path.exists(tmp_path / "checkpoints")
 
 

@@ -1,6 +1,6 @@
 """``prune.method="snnl_channels"`` through the CLI on the tiny demo config (design.md section 3).
 
-Subprocesses, as in test_main (absl flags are global); two dense epochs and two pruning steps.
+Subprocesses (tests/cli_helpers.py; absl flags are global); two dense epochs and two pruning steps.
 
 Hand-computed sizes used below (TINY: SmallCNN width 4, hidden 8, 16x16 images; the demo config
 excludes conv0 and fc1 from pruning): conv1/kernel is 3*3*4*8 = 288 weights, 36 per output
@@ -8,15 +8,11 @@ channel; fc0/kernel is (4*4*8) x 8 = 1024 weights. The prunable kernels are conv
 weights, so every pruned conv1 channel adds exactly 36/1312 to the reported sparsity.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from tests.test_main import REPO, TINY, _kill_when
+from tests.cli_helpers import (TINY, assert_same_results, assert_trees_equal, kill_then_resume,
+                               latest_step, load_json, restore_step, run_cli_ok)
 
 FAST = ["--config.train.epochs=2", "--config.prune.max_steps=2",
         "--config.prune.method=snnl_channels", "--config.prune.speedup_batch_size=8",
@@ -27,23 +23,11 @@ TIMING_KEYS = ("speedup", "masked_median_s", "slim_median_s", "masked_compile_s"
                "slim_compile_s", "masked_times_s", "slim_times_s")
 
 
-def _cmd(workdir, *extra):
-  return [sys.executable, "-m", "fairjax.main", "--config=configs/demo.py",
-          f"--workdir={workdir}", *TINY, *FAST, *extra]
-
-
-def _run(workdir, *extra, timeout=600):
-  return subprocess.run(_cmd(workdir, *extra), cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def snnl_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("snnl"))
-  res = _run(workdir)
-  assert res.returncode == 0, res.stderr[-4000:]
-  with open(os.path.join(workdir, "results.json")) as f:
-    return workdir, res, json.load(f)
+  res = run_cli_ok(workdir, *TINY, *FAST)
+  return workdir, res, load_json(workdir)
 
 
 def test_snnl_run_reports_and_prunes_channels(snnl_run):
@@ -92,14 +76,12 @@ def test_snnl_run_reports_and_prunes_channels(snnl_run):
 
 
 def test_pruned_channels_output_exactly_zero_in_checkpoint(snnl_run):
-  from fairjax import checkpoint, masks
+  from fairjax import masks
 
   workdir, _, results = snnl_run
-  store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, "prune"))
-  assert store.latest_step() == 2
+  assert latest_step(workdir, "prune") == 2
   step = max(results["chosen_step"], 1)
-  items = store.restore(step, {"params": None, "batch_stats": None, "mask": None})
-  store.close()
+  items = restore_step(workdir, "prune", step)
   params, mask = items["params"], items["mask"]
   keep = np.asarray(masks.channel_keep_from_mask(mask, "conv1"))
   assert int(keep.sum()) == results["steps"][step]["channels_kept"]["conv1"]
@@ -182,10 +164,8 @@ def test_reported_sparsity_counts_kernel_weights_only_by_hand():
 @pytest.fixture(scope="module")
 def snnl_bn_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("snnl_bn"))
-  res = _run(workdir, "--config.model.kwargs.use_bn=True")
-  assert res.returncode == 0, res.stderr[-4000:]
-  with open(os.path.join(workdir, "results.json")) as f:
-    return workdir, json.load(f)
+  run_cli_ok(workdir, *TINY, *FAST, "--config.model.kwargs.use_bn=True")
+  return workdir, load_json(workdir)
 
 
 def _test_images(workdir, results, n=64):
@@ -264,37 +244,20 @@ def test_bn_pruned_channels_output_exactly_zero_and_slim_matches(snnl_bn_run):
 def test_killed_snnl_run_resumes_to_identical_results(snnl_run, tmp_path):
   """Killed (SIGKILL) right after pruning step 1 is saved, then rerun with the same command: the
   same masks, params and metrics as the uninterrupted run of ``snnl_run``."""
-  import jax
-
-  from fairjax import checkpoint
-
   reference, _, ref_results = snnl_run
   workdir = str(tmp_path / "killed")
-  proc = subprocess.Popen(_cmd(workdir), cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  _kill_when(proc, os.path.join(workdir, "checkpoints", "prune", "1"))
-  assert not os.path.exists(os.path.join(workdir, "results.json"))
-  res = _run(workdir)
-  assert res.returncode == 0, res.stderr[-4000:]
+  res = kill_then_resume(workdir, ("checkpoints/prune/1",), *TINY, *FAST)
   assert "snnl_channels: resuming after step 1" in res.stderr
   assert "dense model: restored the finished run" in res.stderr
 
-  with open(os.path.join(workdir, "results.json")) as f:
-    results = json.load(f)
-  for key in ("dense", "pruned", "steps", "summary", "chosen_step"):
-    assert results[key] == ref_results[key], key
+  results = load_json(workdir)
+  assert_same_results(results, ref_results, ("dense", "pruned", "steps", "summary",
+                                             "chosen_step"))
   untimed = [{k: v for k, v in r["slimming"].items() if k not in TIMING_KEYS}
              for r in (ref_results, results)]
   assert untimed[0] == untimed[1]
   for step in (1, 2):
-    items = []
-    for wd in (reference, workdir):
-      store = checkpoint.CheckpointStore(checkpoint.store_directory(wd, "prune"))
-      items.append(store.restore(step, {"params": None, "batch_stats": None, "mask": None}))
-      store.close()
-    assert jax.tree.structure(items[0]) == jax.tree.structure(items[1])
-    for x, y in zip(jax.tree.leaves(items[0]), jax.tree.leaves(items[1])):
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert_trees_equal(*(restore_step(wd, "prune", step) for wd in (reference, workdir)))
 
 
 def test_slimming_summary_without_timing_and_for_the_dense_model():
