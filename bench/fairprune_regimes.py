@@ -90,7 +90,7 @@ def _run_setting(name: str, seed: int) -> dict[str, Any]:
   r = pipeline.prune_run(config, model, data, dense, dense_val, dense_test, roles,
                          os.path.join(root, "prune"), plots=False)
   d, p = r["dense"], r["pruned"]
-  return {"setting": name, "seed": seed, "overrides": {k: v for k, v in SETTINGS[name].items()},
+  return {"setting": name, "seed": seed, "overrides": dict(SETTINGS[name]),
           "dense_accuracy": d["accuracy"], "pruned_accuracy": p["accuracy"],
           "accuracy_drop": r["summary"]["accuracy_drop"], "dense_eodd": d["eodd"],
           "pruned_eodd": p["eodd"], "eodd_reduction": r["summary"]["eodd_reduction"],
@@ -151,7 +151,7 @@ def _check(name: str, seed: int) -> list[dict[str, Any]]:
   removed = jax.tree.map(lambda a, b, p: jnp.zeros(p.shape, bool) if a is None else a & ~b,
                          mask0, mask1, params, is_leaf=lambda x: x is None)
   pruned = jax.tree.map(lambda p, r: jnp.where(r, 0.0, p), params, removed)
-  leaves = lambda tree: jax.tree.leaves(tree)  # noqa: E731
+  leaves = jax.tree.leaves
   n_removed = int(sum(int(jnp.sum(r)) for r in leaves(removed)))
   records = []
   for split in ("train", "validation"):
