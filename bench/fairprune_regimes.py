@@ -21,7 +21,6 @@ Writes one JSON (atomically) with the environment, every record and the per-sett
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import time
 from typing import Any
