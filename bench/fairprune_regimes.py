@@ -20,7 +20,6 @@ Writes one JSON (atomically) with the environment, every record and the per-sett
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from typing import Any
@@ -58,11 +57,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def _config(overrides: dict[str, Any], seed: int):
-  from fairjax.config import validate_config
-  spec = importlib.util.spec_from_file_location("demo_config", "configs/demo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  from fairjax.config import load_config_file, validate_config
+  config = load_config_file("configs/demo.py")
   for key, value in {**overrides, "seed": seed, "data.seed": seed}.items():
     *path, last = key.split(".")
     node = config

@@ -11,17 +11,15 @@ config, e.g.
 ``--config.compare.methods="('fairgrape','magnitude')" --config.compare.sparsities="(0.5,)"``.
 """
 
-from fairjax.config import PRUNE_METHODS, base_config, compare_section
+import os
+
+from fairjax.config import PRUNE_METHODS, compare_section, load_config_file
 
 
 def get_config():
-  config = base_config()
-  config.data.name = "demo"
-  config.data.image_size = 32
-  config.model.name = "small_cnn"
-  # As configs/demo.py: per-layer ranking, the first conv and the output layer left alone.
-  config.prune.scope = "layer"
-  config.prune.exclude_layers = ("conv0", "fc1")
+  # The demo's data, model and pruning scope (per-layer ranking, the first conv and the output
+  # layer left alone); prune.step_fraction is unused on the cumulative schedule.
+  config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
   config.prune.max_steps = 4  # steps to each target (FairGRAPE: iterations, SNNL: steps)
   # The same training budget between steps for every method: one epoch after each step
   # (FairGRAPE's retraining and SNNL's fine-tuning default to one epoch too). FairPrune's paper

@@ -6,23 +6,16 @@ Same synthetic data as configs/demo.py (NOT real data). Used by bench/demo_sweep
 minutes per run on one CPU core with a GPU doing the arithmetic, longer on a 2-core CPU.
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
-
-def demo_config():
-  # By path, so the config loads from any working directory (configs/ is not a package).
-  spec = importlib.util.spec_from_file_location(
-      "fairjax_demo_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from fairjax.config import load_config_file
 
 
 def get_config():
-  config = demo_config()
+  # By path, so the config loads from any working directory (configs/ is not a package).
+  config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
   config.model.name = "vgg11"
   config.model.kwargs = ml_collections.ConfigDict(
       {"width_multiplier": 0.25, "classifier_width": 128})

@@ -9,6 +9,8 @@ the public contract: ``data.manual_dir``, ``data.image_size``, ``train.epochs``,
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -145,6 +147,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.parallel = ml_collections.ConfigDict()
   c.parallel.num_devices = 0
   return c
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The ``get_config()`` of a config file such as ``configs/demo.py`` (what ``--config=path``
+  loads), for notebooks, benchmarks and configs that extend another config.
+
+  Raises:
+    ConfigError: the file does not exist or defines no ``get_config()``.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist (configs are in the repository's "
+                      "configs/ folder, e.g. configs/demo.py)")
+  name = "fairjax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise ConfigError(f"config file {path!r} defines no get_config() returning the config")
+  return module.get_config()
 
 
 def compare_section(methods: tuple[str, ...] = PRUNE_METHODS,
