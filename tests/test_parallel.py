@@ -164,8 +164,9 @@ def _free_port() -> int:
 
 def test_two_processes_feed_their_own_rows():
   """Multi-host on one machine: 2 processes x 2 CPU devices (jax.distributed, gloo). Each
-  process feeds its half of the global batch; the train step and per_group_diag equal the
-  single-device result that each process also computes locally."""
+  process feeds its half of the global batch; the train step, per_group_diag and OBD (also in
+  chunks, prune.curvature_chunk_size) equal the single-device result that each process also
+  computes locally."""
   port = _free_port()
   code = textwrap.dedent("""
       import sys, jax
@@ -199,6 +200,22 @@ def test_two_processes_feed_their_own_rows():
                                       apply_kwargs={"train": False})
       for x, y in zip(jax.tree.leaves(ref_host), jax.tree.leaves((state.params, diag))):
           np.testing.assert_allclose(x, parallel.to_host(y), rtol=1e-5, atol=1e-6)
+      # Bounded-memory curvature across hosts: chunks of 8 rows of the global batch (2 per
+      # device), for per_group_diag and for OBD (prune.curvature_chunk_size), equal the
+      # unchunked single-device results.
+      from fairjax import masks
+      from fairjax.pruning import baselines
+      chunked = curvature.per_group_diag(model, dp.replicate(s0.variables()), gb["image"],
+                                         gb["label"], gb["group"], num_groups=2, chunk_size=8,
+                                         apply_kwargs={"train": False})
+      mask = masks.init_mask(s0.params)
+      ref_obd = jax.device_get(baselines.obd_scores(
+          model, s0.variables(), b["image"], b["label"], mask, apply_kwargs={"train": False}))
+      obd = baselines.obd_scores(model, dp.replicate(s0.variables()), gb["image"], gb["label"],
+                                 dp.replicate(mask), apply_kwargs={"train": False}, chunk_size=8)
+      for x, y in zip(jax.tree.leaves((ref_host[1], ref_obd)), jax.tree.leaves((chunked, obd)),
+                      strict=True):
+          np.testing.assert_allclose(x, parallel.to_host(y), rtol=1e-5, atol=1e-7)
       logits = jax.jit(lambda x: x * 2.0)(gb["image"])  # per-sample output, split over hosts
       np.testing.assert_array_equal(parallel.to_host(logits), b["image"] * 2.0)
       print("MULTIHOST_OK", pid)
