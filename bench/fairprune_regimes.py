@@ -34,8 +34,9 @@ _ROOT = flags.DEFINE_string("root", "workdir/fairprune_regimes", "Parent of the 
 _OUT = flags.DEFINE_string("out", "", "JSON ('' = bench/results/fairprune_regimes[_check].json).")
 
 _EVAL = {"data.num_validation": 2000, "data.num_test": 4000}
-# FairPrune on the hidden layer only: 1024 units give fc0 a 2.097M-weight kernel (of 2.107M parameters), the
-# analogue of VGG's big classifier layers; fine steps (0.025% of fc0, ~520 weights).
+# FairPrune on the hidden layer only: 1024 units give fc0 a 2.097M-weight kernel (of the model's
+# 2.107M parameters), the analogue of VGG's big classifier layers; fine steps (0.025% of fc0,
+# ~520 weights).
 _WIDE = {**_EVAL, "model.kwargs.hidden": 1024, "prune.exclude_layers": ("conv0", "conv1", "fc1"),
          "prune.beta": 0.5, "prune.step_fraction": 0.00025, "prune.max_steps": 40,
          "prune.patience": 40}
