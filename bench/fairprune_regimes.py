@@ -118,7 +118,6 @@ def _check(name: str, seed: int) -> list[dict[str, Any]]:
   from fairjax import masks, pipeline
   from fairjax.pruning import fairprune
 
-  name_of_setting = name
   config = _config(SETTINGS[name], seed)
   data, model, dense, _, _, roles = _dense(
       config, os.path.join(_ROOT.value, f"{name}_s{seed}", "dense"))
@@ -143,22 +142,32 @@ def _check(name: str, seed: int) -> list[dict[str, Any]]:
   sal = fairprune.saliency(params, diag, unprivileged=unpriv, privileged=priv,
                            beta=config.prune.beta)
   mask0 = masks.init_mask(params, pipeline._prunable(config))
-  mask1 = masks.prune_lowest(sal, mask0, config.prune.step_fraction, scope=config.prune.scope)
-  removed = jax.tree.map(lambda a, b, p: jnp.zeros(p.shape, bool) if a is None else a & ~b,
-                         mask0, mask1, params, is_leaf=lambda x: x is None)
-  pruned = jax.tree.map(lambda p, r: jnp.where(r, 0.0, p), params, removed)
+  groups = (priv[0], unpriv)
   leaves = jax.tree.leaves
-  n_removed = int(sum(int(jnp.sum(r)) for r in leaves(removed)))
+
+  def removed_by(mask):
+    return jax.tree.map(lambda a, b, p: jnp.zeros(p.shape, bool) if a is None else a & ~b,
+                        mask0, mask, params, is_leaf=lambda x: x is None)
+
+  def effect(removed, x, y, g, grads, group):
+    """Actual loss change of zeroing ``removed``, its OBD term and first-order term."""
+    pruned = jax.tree.map(lambda p, r: jnp.where(r, 0.0, p), params, removed)
+    first = sum(float(jnp.sum(jnp.where(r, -p * q, 0.0)))
+                for p, q, r in zip(leaves(params), leaves(grads[group]), leaves(removed)))
+    second = sum(float(jnp.sum(jnp.where(r, 0.5 * p * p * h[group], 0.0)))
+                 for p, h, r in zip(leaves(params), leaves(diag), leaves(removed)))
+    actual = float(loss_fn(pruned, x, y, g, group) - loss_fn(params, x, y, g, group))
+    return pruned, actual, second, first
+
+  step_removed = removed_by(
+      masks.prune_lowest(sal, mask0, config.prune.step_fraction, scope=config.prune.scope))
+  n_removed = int(sum(int(jnp.sum(r)) for r in leaves(step_removed)))
   records = []
   for split in ("train", "validation"):
     x, y, g = _split_arrays(data, split, config.data.image_size)
-    for group in (priv[0], unpriv):
-      grad = grad_fn(params, x, y, g, group)
-      first = sum(float(jnp.sum(jnp.where(r, -p * q, 0.0)))
-                  for p, q, r in zip(leaves(params), leaves(grad), leaves(removed)))
-      second = sum(float(jnp.sum(jnp.where(r, 0.5 * p * p * h[group], 0.0)))
-                   for p, h, r in zip(leaves(params), leaves(diag), leaves(removed)))
-      actual = float(loss_fn(pruned, x, y, g, group) - loss_fn(params, x, y, g, group))
+    grads = {group: grad_fn(params, x, y, g, group) for group in groups}
+    for group in groups:
+      pruned, actual, second, first = effect(step_removed, x, y, g, grads, group)
       records.append({"setting": name, "seed": seed, "split": split, "ranking": config.prune.scope,
                       "group": data.group_names[group], "weights_removed": n_removed,
                       "actual_loss_change": actual, "obd_predicted": second,
@@ -166,41 +175,16 @@ def _check(name: str, seed: int) -> list[dict[str, Any]]:
                       "accuracy_before": accuracy(params, x, y, g, group),
                       "accuracy_after": accuracy(pruned, x, y, g, group)})
   # The same prediction for the k weights of lowest saliency over all prunable layers at once
-  # (global ranking): one weight is predicted well; joint removal grows faster than the sum.
-  flat = [(path, leaf) for path, leaf in masks.flatten_with_paths(sal)
-          if masks.path_str(path) in {masks.path_str(p) for p, m in
-                                      masks.flatten_with_paths(mask0) if m is not None}]
-  scores = np.concatenate([np.asarray(leaf).ravel() for _, leaf in flat])
-  order = np.argsort(scores, kind="stable")
-  x, y, g = _split_arrays(data, "validation", config.data.image_size)
-  grads = {group: grad_fn(params, x, y, g, group) for group in (priv[0], unpriv)}
-  theta = {masks.path_str(p): np.asarray(v) for p, v in masks.flatten_with_paths(params)}
-  curv = {masks.path_str(p): np.asarray(v) for p, v in masks.flatten_with_paths(diag)}
-  grad_np = {group: {masks.path_str(p): np.asarray(v) for p, v in masks.flatten_with_paths(t)}
-             for group, t in grads.items()}
+  # (global ranking; x, y, g and grads are the validation split's from the loop's last pass):
+  # one weight is predicted well; joint removal grows faster than the sum.
   for k in (1, 10, 100, n_removed):
-    chosen = np.zeros(scores.size, bool)
-    chosen[order[:k]] = True
-    zeroed, offset = {}, 0
-    predicted = {group: 0.0 for group in grads}
-    for path, leaf in flat:
-      name, size = masks.path_str(path), int(np.asarray(leaf).size)
-      sel = chosen[offset:offset + size].reshape(np.shape(leaf))
-      offset += size
-      zeroed[name] = sel
-      for group in grads:
-        predicted[group] += float(np.sum(np.where(
-            sel, 0.5 * theta[name] ** 2 * curv[name][group] - theta[name] * grad_np[group][name],
-            0.0)))
-    pruned_k = jax.tree_util.tree_map_with_path(
-        lambda path, p: jnp.where(zeroed[masks.path_str(path)], 0.0, p)
-        if masks.path_str(path) in zeroed else p, params)
-    for group in grads:
-      records.append({"setting": name_of_setting, "seed": seed, "split": "validation",
+    removed = removed_by(masks.prune_lowest(sal, mask0, k, scope="global"))
+    for group in groups:
+      _, actual, second, first = effect(removed, x, y, g, grads, group)
+      records.append({"setting": name, "seed": seed, "split": "validation",
                       "group": data.group_names[group], "weights_removed": k,
-                      "ranking": "global", "actual_loss_change":
-                      float(loss_fn(pruned_k, x, y, g, group) - loss_fn(params, x, y, g, group)),
-                      "first_plus_obd_predicted": predicted[group]})
+                      "ranking": "global", "actual_loss_change": actual,
+                      "first_plus_obd_predicted": first + second})
   return records
 
 
