@@ -54,6 +54,21 @@ SETTINGS: dict[str, dict[str, Any]] = {
                               "data.minority_contrast": 0.45, "data.color_cue": 0.1},
     "wide_fc_f40_c50_cue10": {**_WIDE, "data.minority_fraction": 0.4,
                               "data.minority_contrast": 0.5, "data.color_cue": 0.1},
+    # Group-balanced evaluation splits (data.eval_minority_fraction=0.5; training keeps its
+    # minority share), so that each accuracy point of the light group costs half a point overall.
+    "wide_fc_eval50_f30_c55": {**_WIDE, "data.eval_minority_fraction": 0.5,
+                               "data.minority_fraction": 0.3, "data.minority_contrast": 0.55},
+    # ... plus a light-only colour cue and, on dark skin, the hue of a random class
+    # (data.minority_color_noise): a feature the model learns from the light group that misleads
+    # the dark group.
+    "wide_fc_eval50_f40_decoy20": {**_WIDE, "data.eval_minority_fraction": 0.5,
+                                   "data.minority_fraction": 0.4, "data.minority_contrast": 0.57,
+                                   "data.color_cue": 0.2, "data.minority_color_noise": 0.2},
+    # A small gap whose light-side part is a light-only colour cue: dark lesions have MORE
+    # relative contrast than light ones (0.75 vs U(0.45, 0.70)).
+    "wide_fc_eval50_f30_c75_cue10": {**_WIDE, "data.eval_minority_fraction": 0.5,
+                                     "data.minority_fraction": 0.3, "data.minority_contrast": 0.75,
+                                     "data.color_cue": 0.1},
 }
 
 

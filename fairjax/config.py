@@ -56,9 +56,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_validation = 800
   c.data.num_test = 1500
   c.data.minority_fraction = 0.2
+  # Share of dark skin in the demo's validation and test splits (None = minority_fraction).
+  c.data.eval_minority_fraction = ml_collections.config_dict.placeholder(float)
   c.data.minority_contrast = 0.35  # mean lesion contrast on dark skin (light: U(0.45, 0.70))
   c.data.shortcut_strength = 0.0  # tanned light skin for one class: a learnable shortcut
   c.data.color_cue = 0.0  # class-specific lesion hue, visible on light skin only, in [0, 1]
+  c.data.minority_color_noise = 0.0  # dark skin: lesion hue of a random class, in [0, 1]
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"
@@ -252,12 +255,17 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
         _fail(f"data.{key}", d[key], "must be at least 16")
     if not 0.0 < d.minority_fraction < 1.0:
       _fail("data.minority_fraction", d.minority_fraction, "must be in (0, 1)")
+    if d.eval_minority_fraction is not None and not 0.0 < d.eval_minority_fraction < 1.0:
+      _fail("data.eval_minority_fraction", d.eval_minority_fraction,
+            "must be in (0, 1), or None for data.minority_fraction")
     if not 0.0 < d.minority_contrast <= 1.0:
       _fail("data.minority_contrast", d.minority_contrast, "must be in (0, 1]")
     if not 0.0 <= d.shortcut_strength <= 0.5:
       _fail("data.shortcut_strength", d.shortcut_strength, "must be in [0, 0.5]")
     if not 0.0 <= d.color_cue <= 1.0:
       _fail("data.color_cue", d.color_cue, "must be in [0, 1]")
+    if not 0.0 <= d.minority_color_noise <= 1.0:
+      _fail("data.minority_color_noise", d.minority_color_noise, "must be in [0, 1]")
 
   if config.model.name not in models.list_models():
     _fail("model.name", config.model.name, f"must be one of {tuple(models.list_models())}")

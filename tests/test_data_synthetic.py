@@ -169,6 +169,64 @@ def test_color_cue_is_validated():
             validate_config(config)
 
 
+def test_minority_color_noise_tints_dark_lesions_independently_of_class():
+    base = make_demo_split(1000, seed=4, noise_std=0.0)
+    noisy = make_demo_split(1000, seed=4, noise_std=0.0, minority_color_noise=0.3)
+    assert np.array_equal(base["image"], make_demo_split(1000, seed=4, noise_std=0.0,
+                                                         minority_color_noise=0.0)["image"])
+    dark = base["group"] == 1
+    # Light skin is untouched (byte-identical); dark-skin lesions change hue.
+    assert np.array_equal(base["image"][~dark], noisy["image"][~dark])
+    assert not np.array_equal(base["image"][dark], noisy["image"][dark])
+    shift = _lesion_chroma(noisy) - _lesion_chroma(base)
+    # Each dark lesion moves along ONE of the 4 class directions (angle 2 pi k / 5), chosen at
+    # random: the direction says nothing about the true class.
+    angles = 2 * np.pi * np.arange(4) / 5
+    dirs = np.stack([np.cos(angles), np.sin(angles)], 1)
+    decoy = np.argmax(shift[dark] @ dirs.T, axis=1)
+    assert np.all(np.linalg.norm(shift[dark], axis=1) > 0.01)
+    labels = base["label"][dark]
+    table = np.zeros((4, 4))
+    np.add.at(table, (labels, decoy), 1)
+    # Independence: every (class, decoy hue) cell is populated near its expected count, and the
+    # decoy matches the class about 1/4 of the time, not more.
+    expected = np.outer(table.sum(1), table.sum(0)) / table.sum()
+    assert np.all(table > 0.4 * expected), table
+    assert abs(np.mean(decoy == labels) - 0.25) < 0.08
+
+
+def test_minority_color_noise_is_validated():
+    from fairjax.config import ConfigError, base_config, validate_config
+
+    with pytest.raises(ValueError, match="minority_color_noise"):
+        make_demo_split(10, seed=0, minority_color_noise=-0.5)
+    for value in (-0.1, 1.5):
+        config = base_config()
+        config.data.minority_color_noise = value
+        with pytest.raises(ConfigError, match=f"config.data.minority_color_noise={value}"):
+            validate_config(config)
+
+
+def test_eval_minority_fraction_sets_the_evaluation_splits_only():
+    from fairjax.config import ConfigError, base_config, validate_config
+    from fairjax.data import load_dataset
+
+    config = base_config()
+    config.data.num_train, config.data.num_validation, config.data.num_test = 100, 40, 60
+    default = load_dataset(config.data, workdir="")
+    config.data.eval_minority_fraction = 0.5
+    balanced = load_dataset(config.data, workdir="")
+    assert np.array_equal(default.groups["train"], balanced.groups["train"])
+    assert np.mean(default.groups["train"] == 1) == pytest.approx(0.2)
+    for split, n in (("validation", 40), ("test", 60)):
+        assert np.sum(default.groups[split] == 1) == round(0.2 * n)
+        assert np.sum(balanced.groups[split] == 1) == n // 2
+    for value in (0.0, 1.0):
+        config.data.eval_minority_fraction = value
+        with pytest.raises(ConfigError, match=f"config.data.eval_minority_fraction={value}"):
+            validate_config(config)
+
+
 def test_classes_differ_in_texture():
     # Reticular / two-tone lesions vary inside, uniform ones do not. On noise-free light-group
     # images, take the pixels darkened by > 15 % relative to the skin (above the +-12 % skin

@@ -64,12 +64,22 @@ class DatasetSplits:
 def _demo(cfg: Mapping[str, Any]) -> DatasetSplits:
   sizes = {"train": int(cfg["num_train"]), "validation": int(cfg["num_validation"]),
            "test": int(cfg["num_test"])}
-  arrays = synthetic.make_demo_splits(
-      int(cfg["seed"]), sizes, image_size=int(cfg["image_size"]),
-      minority_fraction=float(cfg["minority_fraction"]),
+  generator = dict(
+      image_size=int(cfg["image_size"]),
       minority_contrast=float(cfg.get("minority_contrast", 0.35)),
       shortcut_strength=float(cfg.get("shortcut_strength", 0.0)),
-      color_cue=float(cfg.get("color_cue", 0.0)))
+      color_cue=float(cfg.get("color_cue", 0.0)),
+      minority_color_noise=float(cfg.get("minority_color_noise", 0.0)))
+  train_fraction = float(cfg["minority_fraction"])
+  eval_fraction = cfg.get("eval_minority_fraction", None)
+  eval_fraction = train_fraction if eval_fraction is None else float(eval_fraction)
+  # Each split has its own derived seed (synthetic._split_seed), so generating the evaluation
+  # splits with another group share changes nothing in the training split.
+  arrays = synthetic.make_demo_splits(int(cfg["seed"]), {"train": sizes["train"]},
+                                      minority_fraction=train_fraction, **generator)
+  arrays.update(synthetic.make_demo_splits(
+      int(cfg["seed"]), {s: sizes[s] for s in ("validation", "test")},
+      minority_fraction=eval_fraction, **generator))
   sources = {s: pipeline.ArraySource(arrays[s]) for s in SPLITS}
   return DatasetSplits(
       name="demo", sources=sources, num_classes=len(synthetic.DEMO_CLASS_NAMES),

@@ -36,7 +36,10 @@ What an image contains (all coordinates are in [-1, 1], so the cues scale with `
 - **Optional extra bias terms** (off by default): ``shortcut_strength`` tans the light skin of one
   class (a class/skin-tone shortcut the model can learn), and ``color_cue`` gives light-skin
   lesions a class-specific pigment hue that dark-skin lesions lack (colour as a diagnostic cue
-  that melanin masks), so part of the light group's advantage sits in features only it uses.
+  that melanin masks), so part of the light group's advantage sits in features only it uses;
+  ``minority_color_noise`` gives dark-skin lesions the hue of a RANDOMLY drawn class instead
+  (an apparent colour that says nothing about the lesion type), so a model that learned colour
+  from the light group is misled on dark skin.
 
 Group and class assignment is stratified: exactly ``round(N * minority_fraction)`` samples belong
 to group 1, and classes are dealt round-robin inside each group before a global shuffle, so every
@@ -112,6 +115,7 @@ def make_demo_split(
     noise_std: float = _NOISE_STD,
     shortcut_strength: float = 0.0,
     color_cue: float = 0.0,
+    minority_color_noise: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Generates one split of the synthetic demo dataset (NOT real data; see module docstring).
 
@@ -132,6 +136,11 @@ def make_demo_split(
         pigment hue also depends on its class, by ``color_cue * U(0.3, 1.0)`` along a class
         direction in the chroma plane; on dark skin every lesion keeps the neutral pigment tint
         (melanin masks lesion colour). 0 disables it. In [0, 1].
+      minority_color_noise: on dark skin, a lesion's pigment hue moves by
+        ``minority_color_noise * U(0.3, 1.0)`` along the chroma direction of a class drawn
+        uniformly at random, independently of its true class (the colour misleads); light skin is
+        unchanged. Its own random stream: 0 reproduces the images without it byte for byte. In
+        [0, 1].
 
     Returns:
       ``{"image": uint8 [N, S, S, 3], "label": int32 [N], "group": int32 [N]}`` with groups in
@@ -149,6 +158,8 @@ def make_demo_split(
         raise ValueError(f"shortcut_strength must be in [0, 0.5], got {shortcut_strength}")
     if not 0.0 <= color_cue <= 1.0:
         raise ValueError(f"color_cue must be in [0, 1], got {color_cue}")
+    if not 0.0 <= minority_color_noise <= 1.0:
+        raise ValueError(f"minority_color_noise must be in [0, 1], got {minority_color_noise}")
 
     n, s = num_samples, image_size
     rng = np.random.default_rng(seed)
@@ -241,31 +252,45 @@ def make_demo_split(
         for k in range(2)
     )
     skin = tone[:, None, None, :] * shading[..., None]  # [N, S, S, 3]
-    image = skin * (1.0 - darkening[..., None] * _pigment_tint(label, group, color_cue, seed))
+    tint = _pigment_tint(label, group, color_cue, minority_color_noise, num_classes, seed)
+    image = skin * (1.0 - darkening[..., None] * tint)
     image += noise_std * rng.standard_normal(image.shape, dtype=np.float32)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return {"image": image, "label": label, "group": group}
 
 
-def _pigment_tint(label: np.ndarray, group: np.ndarray, color_cue: float, seed: int
-                  ) -> np.ndarray:
+def _pigment_tint(label: np.ndarray, group: np.ndarray, color_cue: float,
+                  minority_color_noise: float, num_classes: int, seed: int) -> np.ndarray:
     """Per-image relative darkening per RGB channel, [N, 1, 1, 3] float32.
 
     Light skin (group 0): the neutral tint plus ``color_cue * U(0.3, 1.0)`` times the unit
     chroma direction of the image's class (classes at equal angles in the plane orthogonal to
-    gray, so no class looks "neutral"). Dark skin: the neutral tint only. Its own random stream,
-    so ``color_cue=0`` reproduces the images generated before the option existed byte for byte.
+    gray, so no class looks "neutral"). Dark skin: the neutral tint plus
+    ``minority_color_noise * U(0.3, 1.0)`` times the direction of a random class. Each term has
+    its own random stream, so either set to 0 reproduces the images generated before it existed
+    byte for byte.
     """
     n = label.shape[0]
     tint = np.broadcast_to(_PIGMENT_TINT, (n, 3)).astype(np.float32)
+    u = np.array([1.0, -1.0, 0.0], np.float32) / np.sqrt(2.0)
+    v = np.array([1.0, 1.0, -2.0], np.float32) / np.sqrt(6.0)
+
+    def chroma(cls: np.ndarray) -> np.ndarray:  # unit chroma direction of each class, [N, 3]
+        angle = 2.0 * np.pi * cls.astype(np.float32) / len(DEMO_CUE_NAMES)
+        return np.cos(angle)[:, None] * u + np.sin(angle)[:, None] * v
+
+    light = (group == 0)[:, None]
     if color_cue > 0:
-        u = np.array([1.0, -1.0, 0.0], np.float32) / np.sqrt(2.0)
-        v = np.array([1.0, 1.0, -2.0], np.float32) / np.sqrt(6.0)
-        angle = 2.0 * np.pi * label.astype(np.float32) / len(DEMO_CUE_NAMES)
-        direction = np.cos(angle)[:, None] * u + np.sin(angle)[:, None] * v
         amount = np.random.default_rng([seed, 2]).uniform(0.3, 1.0, (n, 1)).astype(np.float32)
-        light = (group == 0)[:, None]
-        tint = tint + np.where(light, color_cue * amount * direction, 0.0).astype(np.float32)
+        tint = tint + np.where(light, color_cue * amount * chroma(label), 0.0).astype(np.float32)
+    if minority_color_noise > 0:
+        # The hue of a RANDOM class, drawn independently of the true one: on dark skin the
+        # apparent lesion hue says nothing about the lesion type.
+        rng = np.random.default_rng([seed, 3])
+        decoy = rng.integers(0, num_classes, n)
+        amount = rng.uniform(0.3, 1.0, (n, 1)).astype(np.float32)
+        tint = tint + np.where(light, 0.0, minority_color_noise * amount * chroma(decoy)
+                               ).astype(np.float32)
     return tint[:, None, None, :]
 
 
