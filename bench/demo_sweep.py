@@ -20,7 +20,8 @@ from fairjax.checkpoint import write_json_atomic
 
 OUT = os.environ.get("OUT", "/tmp/sweep_out")
 ROOT = "/tmp/sweep"
-BASE = ["--config.data.num_validation=2000", "--config.data.num_test=4000",
+BASE = ["--config.train.epochs=10",  # the demo's dense training when this sweep was measured
+        "--config.data.num_validation=2000", "--config.data.num_test=4000",
         "--config.prune.max_steps=40", "--config.prune.patience=40"]
 V = ["--config=configs/demo_vgg.py"]
 A = ["--config.data.minority_fraction=0.3", "--config.prune.step_fraction=0.001"]

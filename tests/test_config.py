@@ -32,6 +32,9 @@ def test_derived_configs_keep_the_demo_settings(tmp_path, monkeypatch):
   vgg = load_config_file(os.path.join(CONFIGS, "demo_vgg.py"))
   assert compare.data.to_dict() == demo.data.to_dict() == vgg.data.to_dict()
   assert compare.model.to_dict() == demo.model.to_dict()
+  # The comparison's dense model is trained exactly like the demo's (to convergence).
+  assert compare.train.to_dict() == demo.train.to_dict() == vgg.train.to_dict()
+  assert demo.train.epochs == 30
   assert vgg.model.name == "vgg11" and demo.model.name == "small_cnn"
   assert compare.prune.scope == demo.prune.scope == "layer"
   assert tuple(compare.prune.exclude_layers) == tuple(demo.prune.exclude_layers)
