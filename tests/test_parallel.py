@@ -85,7 +85,9 @@ def test_train_step_on_8_devices_equals_one_device():
     x = batches[0]["image"]
     logits = train.predict(state, [{"image": dp.shard_array(x, "train.eval_batch_size"),
                                     "label": batches[0]["label"], "group": batches[0]["group"]}])[0]
-    close(np.asarray(train.jit_eval_step(ref, {"image": x})), logits, 1e-5, 1e-6, "logits")
+    # atol 1e-5: the two states differ by float32 rounding after three SGD steps, and on some
+    # CPUs that reaches 1.2e-6 on a logit of 0.013 (measured on an AMD EPYC host).
+    close(np.asarray(train.jit_eval_step(ref, {"image": x})), logits, 1e-5, 1e-5, "logits")
     print("TRAIN_OK")
   """)
   assert "TRAIN_OK" in out
