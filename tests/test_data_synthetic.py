@@ -135,18 +135,24 @@ def _lesion_chroma(d):
     return out
 
 
+def _hue_shift(knob: str, n: int, seed: int, tinted_group: int):
+    """Images without / with ``knob=0.3``: checks that 0 reproduces the images byte for byte and
+    that only ``tinted_group`` changes; returns (base split, chroma shift [N, 2], group mask)."""
+    base = make_demo_split(n, seed=seed, noise_std=0.0)
+    tinted = make_demo_split(n, seed=seed, noise_std=0.0, **{knob: 0.3})
+    assert np.array_equal(base["image"],
+                          make_demo_split(n, seed=seed, noise_std=0.0, **{knob: 0.0})["image"])
+    sel = base["group"] == tinted_group
+    assert np.array_equal(base["image"][~sel], tinted["image"][~sel])
+    assert not np.array_equal(base["image"][sel], tinted["image"][sel])
+    return base, _lesion_chroma(tinted) - _lesion_chroma(base), sel
+
+
 def test_color_cue_tints_light_lesions_by_class_only():
-    base = make_demo_split(600, seed=3, noise_std=0.0)
-    cued = make_demo_split(600, seed=3, noise_std=0.0, color_cue=0.3)
-    assert np.array_equal(base["image"], make_demo_split(600, seed=3, noise_std=0.0,
-                                                         color_cue=0.0)["image"])
-    light = base["group"] == 0
     # Dark skin keeps the neutral pigment (byte-identical); light skin changes.
-    assert np.array_equal(base["image"][~light], cued["image"][~light])
-    assert not np.array_equal(base["image"][light], cued["image"][light])
+    base, shift, light = _hue_shift("color_cue", 600, seed=3, tinted_group=0)
     # On light skin the lesion's chroma moves, per class, along that class's direction
     # (angle 2 pi c / 5 in the (u, v) plane) by 0.3 * U(0.3, 1.0) times the darkening.
-    shift = _lesion_chroma(cued) - _lesion_chroma(base)
     for c in range(4):
         sel = light & (base["label"] == c)
         mean = shift[sel].mean(0)
@@ -157,28 +163,9 @@ def test_color_cue_tints_light_lesions_by_class_only():
         assert abs(mean @ np.array([-direction[1], direction[0]])) < 0.3 * (mean @ direction)
 
 
-def test_color_cue_is_validated():
-    from fairjax.config import ConfigError, base_config, validate_config
-
-    with pytest.raises(ValueError, match="color_cue"):
-        make_demo_split(10, seed=0, color_cue=1.5)
-    for value in (-0.1, 1.5):
-        config = base_config()
-        config.data.color_cue = value
-        with pytest.raises(ConfigError, match=f"config.data.color_cue={value}"):
-            validate_config(config)
-
-
 def test_minority_color_noise_tints_dark_lesions_independently_of_class():
-    base = make_demo_split(1000, seed=4, noise_std=0.0)
-    noisy = make_demo_split(1000, seed=4, noise_std=0.0, minority_color_noise=0.3)
-    assert np.array_equal(base["image"], make_demo_split(1000, seed=4, noise_std=0.0,
-                                                         minority_color_noise=0.0)["image"])
-    dark = base["group"] == 1
     # Light skin is untouched (byte-identical); dark-skin lesions change hue.
-    assert np.array_equal(base["image"][~dark], noisy["image"][~dark])
-    assert not np.array_equal(base["image"][dark], noisy["image"][dark])
-    shift = _lesion_chroma(noisy) - _lesion_chroma(base)
+    base, shift, dark = _hue_shift("minority_color_noise", 1000, seed=4, tinted_group=1)
     # Each dark lesion moves along ONE of the 4 class directions (angle 2 pi k / 5), chosen at
     # random: the direction says nothing about the true class.
     angles = 2 * np.pi * np.arange(4) / 5
@@ -195,15 +182,16 @@ def test_minority_color_noise_tints_dark_lesions_independently_of_class():
     assert abs(np.mean(decoy == labels) - 0.25) < 0.08
 
 
-def test_minority_color_noise_is_validated():
+@pytest.mark.parametrize("knob", ["color_cue", "minority_color_noise"])
+def test_hue_knobs_are_validated(knob):
     from fairjax.config import ConfigError, base_config, validate_config
 
-    with pytest.raises(ValueError, match="minority_color_noise"):
-        make_demo_split(10, seed=0, minority_color_noise=-0.5)
+    with pytest.raises(ValueError, match=knob):
+        make_demo_split(10, seed=0, **{knob: 1.5})
     for value in (-0.1, 1.5):
         config = base_config()
-        config.data.minority_color_noise = value
-        with pytest.raises(ConfigError, match=f"config.data.minority_color_noise={value}"):
+        config.data[knob] = value
+        with pytest.raises(ConfigError, match=f"config.data.{knob}={value}"):
             validate_config(config)
 
 
