@@ -41,6 +41,9 @@ _EVAL = {"data.num_validation": 2000, "data.num_test": 4000, "train.epochs": 10}
 _WIDE = {**_EVAL, "model.kwargs.hidden": 1024, "prune.exclude_layers": ("conv0", "conv1", "fc1"),
          "prune.beta": 0.5, "prune.step_fraction": 0.00025, "prune.max_steps": 40,
          "prune.patience": 40}
+# The wide-fc setting with half dark skin in the validation and test splits (training keeps
+# data.minority_fraction).
+_EVAL50 = {**_WIDE, "data.eval_minority_fraction": 0.5}
 SETTINGS: dict[str, dict[str, Any]] = {
     "demo": dict(_EVAL),
     "wide_fc": dict(_WIDE),
@@ -55,21 +58,20 @@ SETTINGS: dict[str, dict[str, Any]] = {
                               "data.minority_contrast": 0.45, "data.color_cue": 0.1},
     "wide_fc_f40_c50_cue10": {**_WIDE, "data.minority_fraction": 0.4,
                               "data.minority_contrast": 0.5, "data.color_cue": 0.1},
-    # Group-balanced evaluation splits (data.eval_minority_fraction=0.5; training keeps its
-    # minority share), so that each accuracy point of the light group costs half a point overall.
-    "wide_fc_eval50_f30_c55": {**_WIDE, "data.eval_minority_fraction": 0.5,
-                               "data.minority_fraction": 0.3, "data.minority_contrast": 0.55},
+    # Group-balanced evaluation splits (_EVAL50), so that each accuracy point of the light group
+    # costs half a point overall.
+    "wide_fc_eval50_f30_c55": {**_EVAL50, "data.minority_fraction": 0.3,
+                               "data.minority_contrast": 0.55},
     # ... plus a light-only colour cue and, on dark skin, the hue of a random class
     # (data.minority_color_noise): a feature the model learns from the light group that misleads
     # the dark group.
-    "wide_fc_eval50_f40_decoy20": {**_WIDE, "data.eval_minority_fraction": 0.5,
-                                   "data.minority_fraction": 0.4, "data.minority_contrast": 0.57,
-                                   "data.color_cue": 0.2, "data.minority_color_noise": 0.2},
+    "wide_fc_eval50_f40_decoy20": {**_EVAL50, "data.minority_fraction": 0.4,
+                                   "data.minority_contrast": 0.57, "data.color_cue": 0.2,
+                                   "data.minority_color_noise": 0.2},
     # A small gap whose light-side part is a light-only colour cue: dark lesions have MORE
     # relative contrast than light ones (0.75 vs U(0.45, 0.70)).
-    "wide_fc_eval50_f30_c75_cue10": {**_WIDE, "data.eval_minority_fraction": 0.5,
-                                     "data.minority_fraction": 0.3, "data.minority_contrast": 0.75,
-                                     "data.color_cue": 0.1},
+    "wide_fc_eval50_f30_c75_cue10": {**_EVAL50, "data.minority_fraction": 0.3,
+                                     "data.minority_contrast": 0.75, "data.color_cue": 0.1},
 }
 
 
