@@ -9,7 +9,7 @@ section, and that a ``term`` in double backticks after the number occurs in that
 Citation forms recognised (whitespace, line breaks and ``#`` comment markers may separate the
 words, so wrapped citations are found too):
 
-- ``design.md section 1``, ``design.md sections 0 and 5``, ``design.md sections 2-4``,
+- ``design.md section 1``, ``design.md section 1.7`` (a subsection), ``design.md sections 0 and 5``, ``design.md sections 2-4``,
   ``design.md sections 2, 3 and 4``, ``design.md s. 3``, ``design.md s. 2, 4``,
   ``design.md §1``, ``design.md §2 and §4``, ``design.md 6``;
 - any of those followed by ``, "Title"`` (a heading in that section) or ``, ``term```` (text in
@@ -36,10 +36,11 @@ MD_DIRS = (".", "docs", "bench", "notebooks")
 NOTEBOOK_DIRS = ("notebooks",)
 
 _GAP = r"[\s#]*"  # words of a citation may be split by spaces, line breaks and comment markers
-_NUMS = (rf"\d+(?:{_GAP}(?:-|–|,|and|&){_GAP}(?:§{_GAP})?\d+)*")
+_NUM = r"\d+(?:\.\d+)?"  # a section ("1") or a subsection ("1.7")
+_NUMS = rf"{_NUM}(?:{_GAP}(?:-|–|,|and|&){_GAP}(?:§{_GAP})?{_NUM})*"
 CITATION = re.compile(
     rf"\b(?P<page>design|style)\.md"
-    rf"(?:{_GAP}(?:sections?\b|s\.|§)?{_GAP}(?P<nums>{_NUMS})(?!\d|\.\d)"
+    rf"(?:{_GAP}(?:sections?\b|s\.|§)?{_GAP}(?P<nums>{_NUMS})(?![\d.]\d)"
     rf"(?:{_GAP},{_GAP}(?:\"(?P<title>[A-Za-z`][^\"]{{0,80}})\"|``(?P<term>[^`]{{1,40}})``))?)?")
 HEADING = re.compile(r"^(?P<level>#{1,6})\s+(?P<text>.*?)\s*$")
 SECTION = re.compile(r"^(?P<num>\d+)\.\s+\S")
@@ -50,6 +51,7 @@ class Citation:
   where: str  # "path:line" (or "path cell k, line l" for the notebook)
   page: str  # "design.md" or "style.md"
   sections: tuple[int, ...]
+  subsections: tuple[str, ...]  # "1.7" for "design.md section 1.7" (its section is in sections)
   title: str | None
   term: str | None
   text: str
@@ -67,11 +69,17 @@ def _normalise(text: str) -> str:
   return re.sub(r"\s*\n[\s#]*", " ", text).strip()
 
 
-def _numbers(text: str) -> tuple[int, ...]:
-  out: list[int] = []
-  for first, last in re.findall(r"(\d+)(?:\s*[-–]\s*(\d+))?", text):
-    out.extend(range(int(first), int(last or first) + 1))
-  return tuple(out)
+def _numbers(text: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+  """``("2-4")`` -> sections (2, 3, 4); ``"1.7"`` -> section 1 and subsection "1.7"."""
+  sections: list[int] = []
+  subsections: list[str] = []
+  for first, last in re.findall(r"(\d+(?:\.\d+)?)(?:\s*[-–]\s*(\d+)\b(?!\.))?", text):
+    if "." in first:
+      sections.append(int(first.split(".")[0]))
+      subsections.append(first)
+    else:
+      sections.extend(range(int(first), int(last or first) + 1))
+  return tuple(dict.fromkeys(sections)), tuple(subsections)
 
 
 def find_citations(text: str, where: str) -> list[Citation]:
@@ -79,9 +87,10 @@ def find_citations(text: str, where: str) -> list[Citation]:
   found = []
   for m in CITATION.finditer(text):
     line = text.count("\n", 0, m.start()) + 1
+    sections, subsections = _numbers(m["nums"]) if m["nums"] else ((), ())
     found.append(Citation(
         where=f"{where}:{line}", page=f"{m['page']}.md",
-        sections=_numbers(m["nums"]) if m["nums"] else (),
+        sections=sections, subsections=subsections,
         title=_normalise(m["title"]) if m["title"] else None,
         term=m["term"], text=_normalise(m.group(0))))
   return found
@@ -129,7 +138,12 @@ def check(citation: Citation, pages: dict[str, dict[int, Section] | None]) -> li
                                   for h in section.headings):
       errors.append(f"{where}: no heading of docs/{citation.page} section {n} contains "
                     f"{citation.title!r} (headings: {section.headings})")
-    if citation.term and citation.term not in section.body:
+    for sub in citation.subsections:
+      if sub.split(".")[0] == str(n) and not any(
+          re.match(rf"{re.escape(sub)}\.?\s", h + " ") for h in section.headings[1:]):
+        errors.append(f"{where}: docs/{citation.page} section {n} has no subsection {sub}")
+    if citation.term and not re.search(rf"(?<!\w){re.escape(citation.term)}(?!\w)",
+                                       section.body):
       errors.append(f"{where}: {citation.term!r} does not occur in docs/{citation.page} "
                     f"section {n}")
   return errors
@@ -226,6 +240,8 @@ _D = "design" + ".md"
     (f"({_D} §1)", (1,), None, None),
     (f"({_D} §2 and §4)", (2, 4), None, None),
     (f"({_D} 6)", (6,), None, None),
+    (f"({_D} section 1.7)", (1,), None, None),
+    (f"({_D} §1.3 and §4)", (1, 4), None, None),
     (f"({_D}, the paper's formula)", (), None, None),
     (f'"{_D} §N" refers to', (), None, None),
     (f'({_D} section 2, "Scope")', (2,), "Scope", None),
@@ -252,7 +268,7 @@ def test_style_citation_is_found():
 _FAKE = """# notes
 
 ## 0. Architecture
-text
+text about fairgrape_keep_per_iter (whole-word terms only: nothing else here)
 ## 1. Curvature
 ### 1.1 XLA:CPU pitfalls
 ```
@@ -268,6 +284,8 @@ loops are slow; r_i lives here
     (f'({_D} section 0, "XLA:CPU pitfalls")', "no heading"),  # title under another section
     (f'({_D} section 1, "Scope")', "no heading"),
     (f"({_D} section 0, ``r_i``)", "does not occur"),
+    (f"({_D} section 0, ``keep``)", "does not occur"),  # whole words only
+    (f"({_D} section 1.2)", "has no subsection 1.2"),
     ("(style" + ".md)", "does not exist"),
 ])
 def test_broken_citations_are_reported(text, problem):
@@ -280,6 +298,7 @@ def test_broken_citations_are_reported(text, problem):
 def test_good_citations_pass_on_the_fake_page():
   pages = {"design.md": parse_sections(_FAKE)}
   for text in (f'({_D} section 1, "XLA:CPU\n  # pitfalls")', f"({_D} sections 0-1)",
+               f"({_D} section 1.1)",
                f"({_D} section 1, ``r_i``)", f"({_D})"):
     (citation,) = find_citations(text, "x")
     assert check(citation, pages) == [], text
