@@ -127,7 +127,7 @@ def _check_pairs(pairs, names: list[str]) -> list[tuple[str, str]]:
         return [(m, names[0]) for m in names[1:]]
     out = []
     for pair in pairs:
-        if isinstance(pair, str) or len(pair) != 2:
+        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
             raise ValueError(f"pairs must hold (model, reference) name pairs, got {pair!r}.")
         a, b = pair
         for m in (a, b):
@@ -324,8 +324,9 @@ def bootstrap_replicates(
       {model name: {"accuracy", "macro_f1", "eopp0", "eopp1", "eodd", "accuracy_gap":
       float64[R]; "group_accuracy", "group_macro_f1": float64[R, G]; "skipped_classes":
       {"eopp0" | "eopp1" | "eodd": int64[R]}}}: row r holds what
-      :func:`fairjax.metrics.evaluate` reports on resample r (gaps may be NaN, see the module
-      docstring). Row r of every model comes from the same resample.
+      :func:`fairjax.metrics.evaluate` reports on resample r (the gaps and skipped classes are
+      those of :func:`fairjax.metrics.equalized_odds` with ``privileged``; gaps may be NaN, see
+      the module docstring). Row r of every model comes from the same resample.
 
     Raises:
       ValueError: bad inputs, each message naming the argument.
@@ -408,13 +409,13 @@ def mechanism(reference: ArrayLike, low: ArrayLike, high: ArrayLike) -> str:
     of its paired difference (model − reference) excludes 0 (``low > 0``: gained, ``high < 0``:
     lost; an interval touching 0 is not significant). Every combination gets exactly one label:
 
-    ======================  =============  ==================  =============
-    worse-off \\ better-off  gained         no change           lost
-    ======================  =============  ==================  =============
-    gained                  both_gained    levelled_up         converged
-    no change               diverged       no_significant_...  levelled_down
-    lost                    diverged       diverged            both_lost
-    ======================  =============  ==================  =============
+    ==========================  ===========  =====================  =============
+    worse-off \\ better-off      gained       no significant change  lost
+    ==========================  ===========  =====================  =============
+    gained                      both_gained  levelled_up            converged
+    no significant change       diverged     no_significant_change  levelled_down
+    lost                        diverged     diverged               both_lost
+    ==========================  ===========  =====================  =============
 
     ``converged``: the worse-off gained *and* the better-off lost, both significantly (the two
     moved toward each other). ``diverged``: the gap widened because the worse-off lost or the
@@ -547,8 +548,8 @@ def bootstrap(
     if indices is None:
         _check_num_samples(num_samples)
     ng = metrics._check_count(num_groups, "num_groups")
-    yt, g, preds = _inputs(labels, groups, predictions, metrics._check_count(num_classes,
-                                                                             "num_classes"), ng)
+    c = metrics._check_count(num_classes, "num_classes")
+    yt, g, preds = _inputs(labels, groups, predictions, c, ng)
     names = list(preds)
     diff_pairs = _check_pairs(pairs, names)
     point = {m: metrics.evaluate(yt, p, g, num_classes=num_classes, num_groups=ng,

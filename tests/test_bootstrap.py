@@ -55,7 +55,8 @@ def _true_values():
     n = sum(SIZES)
 
     def overall(mats):  # the unknown group follows group 1's population
-        return (SIZES[0] * group_acc(mats[0], 0) + (SIZES[1] + SIZES[2]) * group_acc(mats[1], 1)) / n
+        total = SIZES[0] * group_acc(mats[0], 0) + (SIZES[1] + SIZES[2]) * group_acc(mats[1], 1)
+        return total / n
 
     eodd_dense, terms = eodd(dense)
     return {
@@ -139,7 +140,7 @@ def test_coverage_of_95_percent_intervals():
     assert (lo, hi) == (458, 489)
     hits = _coverage(num_sets)
     for key, k in hits.items():
-        assert lo <= k <= hi, f"{key}: {k}/{num_sets} intervals cover the truth, not in [{lo}, {hi}]"
+        assert lo <= k <= hi, f"{key}: {k}/{num_sets} cover the truth, not in [{lo}, {hi}]"
 
 
 def test_widths_shrink_as_one_over_sqrt_n():
@@ -276,6 +277,18 @@ def test_identity_resamples_collapse_to_the_point_estimate():
     assert diff["eodd"]["estimate"] == pytest.approx(e_p["eodd"] - e_d["eodd"], rel=1e-12)
     assert diff["eodd"]["low"] == diff["eodd"]["high"] == pytest.approx(
         e_p["eodd"] - e_d["eodd"], rel=1e-9)
+
+
+def test_identity_resamples_with_a_privileged_group():
+    y, g, d, _ = _sparse_data(6)
+    identity = np.tile(np.arange(y.size), (2, 1))
+    out = B.bootstrap(y, g, {"m": d}, num_classes=5, num_groups=3, privileged=2,
+                      indices=identity)
+    eo = M.equalized_odds(y, d, g, num_classes=5, num_groups=3, privileged=2)
+    for key in ("eopp0", "eopp1", "eodd"):
+        leaf = out["models"]["m"][key]
+        assert leaf["estimate"] == eo[key]
+        assert leaf["low"] == leaf["high"] == pytest.approx(eo[key], rel=1e-12)
 
 
 def test_paired_interval_is_narrower_than_unpaired():
@@ -480,6 +493,7 @@ _P = {"dense": np.array([0, 1, 1, 1, 0, 0]), "pruned": np.array([0, 0, 1, 1, 0, 
         (dict(groups=_G[:5]), "groups"),
         (dict(pairs=[("pruned", "densе")]), "pairs"),  # Cyrillic e: an unknown model name
         (dict(pairs=[("pruned", "dense", "x")]), "pairs"),
+        (dict(pairs=[3]), "pairs"),
         (dict(num_samples=0), "num_samples"),
         (dict(num_samples=2.5), "num_samples"),
         (dict(confidence=0.0), "confidence"),
