@@ -21,11 +21,11 @@ Resampling (what the intervals describe):
   counts directly is therefore exactly index resampling in distribution, at a cost that grows
   with the number of occupied cells instead of with N.
 
-Metrics of a resample are those of :func:`fairjax.metrics.evaluate` applied to the resampled
-test set, with the same conventions, computed for all resamples at once from the counts (the
-tests check them against ``metrics.evaluate`` resample by resample). In particular, a class whose
-rate is undefined *in a resample* (no positives or no negatives of a group in that resample) is
-handled in that resample exactly as metrics handles it: skipped under ``undefined="skip"`` (the
+Metrics of a resample are those of :func:`fairjax.metrics.evaluate` (design.md section 5) on the
+resampled test set, with the same conventions, computed for all resamples at once from the counts
+(the tests check them against ``metrics.evaluate`` resample by resample). In particular, a class
+whose rate is undefined *in a resample* (no positives or no negatives of a group in that
+resample) is handled in that resample exactly as metrics handles it: skipped under ``undefined="skip"`` (the
 mean convention divides by the classes kept in that resample), counted as 0 under
 ``undefined="zero"``. A gap with no class kept is NaN in that resample; NaN replicates are left
 out of the percentiles and counted in ``undefined_replicates``.
