@@ -25,10 +25,10 @@ Metrics of a resample are those of :func:`fairjax.metrics.evaluate` (design.md s
 resampled test set, with the same conventions, computed for all resamples at once from the counts
 (the tests check them against ``metrics.evaluate`` resample by resample). In particular, a class
 whose rate is undefined *in a resample* (no positives or no negatives of a group in that
-resample) is handled in that resample exactly as metrics handles it: skipped under ``undefined="skip"`` (the
-mean convention divides by the classes kept in that resample), counted as 0 under
-``undefined="zero"``. A gap with no class kept is NaN in that resample; NaN replicates are left
-out of the percentiles and counted in ``undefined_replicates``.
+resample) is handled in that resample exactly as metrics handles it: skipped under
+``undefined="skip"`` (the mean convention divides by the classes kept in that resample), counted
+as 0 under ``undefined="zero"``. A gap with no class kept is NaN in that resample; NaN
+replicates are left out of the percentiles and counted in ``undefined_replicates``.
 
 Intervals are plain percentile intervals: the ``(1 − confidence)/2`` and ``(1 + confidence)/2``
 quantiles of the replicates (numpy's default linear interpolation). They undercover slightly on
