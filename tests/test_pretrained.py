@@ -202,7 +202,8 @@ def test_new_head_is_the_models_own_init(state_files):
     assert new.initialised == ("params/fc/bias", "params/fc/kernel")
     assert "params/fc/kernel" not in new.loaded and "params/conv_init/kernel" in new.loaded
     model = get_model("resnet18", num_classes=7)
-    init = jax.jit(model.init)(rng, jnp.zeros((1, 32, 32, 3)))["params"]["fc"]
+    # Only the head is kept, so XLA skips computing the other leaves (same values).
+    init = jax.jit(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)))["params"]["fc"])(rng)
     np.testing.assert_array_equal(new.variables["params"]["fc"]["kernel"], init["kernel"])
     np.testing.assert_array_equal(new.variables["params"]["fc"]["bias"], init["bias"])
     again = pretrained.load_pretrained("resnet18", path, num_classes=7, rng=rng, image_size=32)
@@ -440,7 +441,10 @@ def _torch_logits(model, images_nchw: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(images_nchw)).numpy()
 
 
-@pytest.mark.parametrize("name", pretrained.PRETRAINED_MODELS)
+# Full-size VGG (133M parameters, 530 MB files) costs seconds per file, so one VGG model is
+# built with torch: vgg11 here and in the fold test. vgg11_bn's BatchNorm mapping is checked
+# torch-free (test_safetensors_logits_match_reference) and its keys against the manifest.
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "mobilenet_v2", "vgg11"])
 def test_pth_and_safetensors_logits_match_torch(torch_models, tmp_path, name):
     model, pth = torch_models(name)
     loaded = pretrained.load(name, pth)
@@ -448,15 +452,18 @@ def test_pth_and_safetensors_logits_match_torch(torch_models, tmp_path, name):
     images = _images(2, 224, batch=1 if name.startswith("vgg") else 2)
     _assert_logits_close(_fairjax_logits(name, loaded.variables, images),
                          _torch_logits(model, images))
+    if name.startswith("vgg"):
+        return
     # The same state_dict as .safetensors gives the same variables.
     st = str(tmp_path / f"{name}.safetensors")
     save_file({k: v.numpy() for k, v in model.state_dict().items()}, st)
     _assert_same_variables(pretrained.load_pretrained(name, st), loaded.variables)
 
 
-@pytest.mark.parametrize("size", [64, 96, 256])
+@pytest.mark.parametrize("size", [64, 256])
 def test_vgg_fold_matches_torch_adaptive_pool(torch_models, size):
-    # 64 -> 2x2 map (upsampled to 7x7), 96 -> 3x3, 256 -> 8x8 (overlapping averaging bins).
+    # 64 -> 2x2 map (each pixel replicated into 7x7 bins); 256 -> 8x8 (overlapping averaging
+    # bins); the torch-free test covers 96 -> 3x3.
     model, pth = torch_models("vgg11")
     images = _images(3, size, batch=1)
     variables = pretrained.load_pretrained("vgg11", pth, image_size=size)

@@ -506,10 +506,19 @@ def _check_fields(name: str, path: str, model_kwargs: Mapping[str, Any] | None) 
     return fields
 
 
+@functools.lru_cache(maxsize=8)
+def _head_initialiser(model, head: str, image_size: int):
+    """Jitted ``key -> model.init(key, zeros)["params"][head]``; XLA drops the other leaves' work.
+
+    Cached so that repeated loads of the same model compile once.
+    """
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    return jax.jit(lambda key: model.init(key, jnp.zeros(images.shape, images.dtype))["params"][head])
+
+
 def _init_head(model, head: str, rng: jax.Array, image_size: int) -> dict[str, np.ndarray]:
-    """``model.init(rng, zeros)["params"][head]``; jit drops the work for the other leaves."""
-    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    tree = jax.jit(lambda key: model.init(key, images)["params"][head])(rng)
+    """``model.init(rng, zeros)["params"][head]`` as float32 numpy arrays."""
+    tree = _head_initialiser(model, head, image_size)(rng)
     return {k: np.asarray(v, np.float32) for k, v in tree.items()}
 
 
