@@ -32,7 +32,7 @@ DOCUMENTED_MODULES = (
     "fairjax.bootstrap", "fairjax.curvature", "fairjax.masks", "fairjax.metrics", "fairjax.snnl",
     "fairjax.slimming",
     "fairjax.pruning.fairprune", "fairjax.pruning.fairgrape", "fairjax.pruning.baselines",
-    "fairjax.data.pipeline", "fairjax.data.synthetic",
+    "fairjax.data.pipeline", "fairjax.data.synthetic", "fairjax.models.pretrained",
 )
 # Public names documented elsewhere or internal by nature (say why).
 NOT_DOCUMENTED = {
