@@ -50,6 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.unknown_skin = "exclude"  # Fitzpatrick-17k skin type -1: "exclude" or "dark"
   c.data.on_bad_image = "skip"  # corrupt / missing image: "skip" (counted) or "error"
   c.data.sampling = "uniform"  # training sampler: uniform, group_balanced, class_balanced
+  # Input normalisation: True = ImageNet mean/std per channel (what torchvision's pretrained
+  # weights expect), False = pixels / 255 in [0, 1]. None = True: fairjax has always used the
+  # ImageNet statistics, and with model.pretrained they are required to reuse the weights.
+  c.data.imagenet_normalization = ml_collections.config_dict.placeholder(bool)
   # The synthetic demo (fairjax.data.synthetic): sizes, generator seed, share of dark skin.
   c.data.seed = 0
   c.data.num_train = 3000
@@ -68,6 +72,14 @@ def base_config() -> ml_collections.ConfigDict:
   # use_bn: BatchNorm after each conv (--config.model.kwargs.use_bn=True); configs for other
   # models replace the whole kwargs dict.
   c.model.kwargs = ml_collections.ConfigDict({"width": 16, "hidden": 64, "use_bn": False})
+  # ImageNet-pretrained weights read from your disk (fairjax.models.pretrained): a torchvision
+  # state_dict (.pth, needs torch), the same state_dict as .safetensors, or a file written by
+  # `python -m fairjax.convert_weights`. "" = random initialisation. The dense model then starts
+  # from these weights (the classifier head is re-initialised when the class count differs).
+  c.model.pretrained = ""
+  # Protocol configs that start from ImageNet weights set this, so that forgetting
+  # model.pretrained stops the run at once instead of training from scratch for hours.
+  c.model.require_pretrained = False
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 10
@@ -213,6 +225,39 @@ def _validate_compare(config) -> None:
           "is set by the comparison from config.compare.sparsities; leave it unset (None)")
 
 
+def _validate_pretrained(config) -> None:
+  """``model.pretrained``: a readable file for an architecture that has a torchvision layout."""
+  from fairjax.models import pretrained
+
+  m = config.model
+  if not isinstance(m.pretrained, str):
+    _fail("model.pretrained", m.pretrained, "must be a file path, or '' for random init")
+  if not m.pretrained:
+    if m.require_pretrained:
+      _fail("model.pretrained", m.pretrained,
+            f"this protocol starts from ImageNet weights; download the torchvision file for "
+            f"{m.name} (README, 'Reproduce a paper') and pass its path, or set "
+            "--config.model.require_pretrained=False to train from random init")
+    return
+  if m.name not in pretrained.PRETRAINED_MODELS:
+    _fail("model.name", m.name,
+          f"has no pretrained layout; with model.pretrained use one of "
+          f"{pretrained.PRETRAINED_MODELS}")
+  if not os.path.isfile(m.pretrained):
+    _fail("model.pretrained", m.pretrained, "is not a file (give the path of the weights file)")
+  if not os.access(m.pretrained, os.R_OK):
+    _fail("model.pretrained", m.pretrained, "is not readable (check its permissions)")
+  if config.data.imagenet_normalization is False:
+    _fail("data.imagenet_normalization", False,
+          "ImageNet-pretrained weights expect ImageNet-normalised inputs; leave it None or True")
+
+
+def imagenet_normalization(config) -> bool:
+  """The resolved ``data.imagenet_normalization`` (None means True)."""
+  value = config.data.imagenet_normalization
+  return True if value is None else bool(value)
+
+
 def _fail(field: str, value: Any, requirement: str) -> None:
   raise ConfigError(f"config.{field}={value!r}: {requirement} "
                     f"(fix it in the config file or with --config.{field}=...)")
@@ -267,8 +312,13 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
     if not 0.0 <= d.minority_color_noise <= 1.0:
       _fail("data.minority_color_noise", d.minority_color_noise, "must be in [0, 1]")
 
+  if d.imagenet_normalization is not None and not isinstance(d.imagenet_normalization, bool):
+    _fail("data.imagenet_normalization", d.imagenet_normalization,
+          "must be True, False, or None (= True)")
+
   if config.model.name not in models.list_models():
     _fail("model.name", config.model.name, f"must be one of {tuple(models.list_models())}")
+  _validate_pretrained(config)
 
   t = config.train
   if not isinstance(t.epochs, int) or t.epochs < 1:

@@ -72,6 +72,7 @@ def main(argv: list[str]) -> None:
   from fairjax import parallel, pipeline
   from fairjax.config import ConfigError, validate_config
   from fairjax.data.errors import BadImageError, CsvFormatError, DatasetNotFoundError
+  from fairjax.models.pretrained import PretrainedError
 
   try:
     validate_config(config)
@@ -91,7 +92,7 @@ def main(argv: list[str]) -> None:
       compare.run(config, workdir)
     else:
       pipeline.run(config, workdir)
-  except (ConfigError, DatasetNotFoundError, CsvFormatError, BadImageError) as e:
+  except (ConfigError, DatasetNotFoundError, CsvFormatError, BadImageError, PretrainedError) as e:
     _error(str(e))
   except FloatingPointError as e:
     _error(f"{e} (workdir {workdir}; checkpoints are kept, rerun to resume)")
