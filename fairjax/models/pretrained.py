@@ -208,7 +208,9 @@ _TORCH_LEAF = {("params", "kernel"): "weight", ("params", "bias"): "bias",
 
 
 def _model(name: str, num_classes: int, fields: Mapping[str, Any] | None = None):
-    return get_model(name, num_classes=num_classes, **model_fields(name), **dict(fields or {}))
+    # Fields equal to the checkpoint's (e.g. classifier_width=4096 from a config) are allowed;
+    # _check_fields has rejected contradicting ones.
+    return get_model(name, num_classes=num_classes, **{**model_fields(name), **dict(fields or {})})
 
 
 def _variable_shapes(model, image_size: int) -> dict[str, tuple[int, ...]]:
