@@ -810,11 +810,11 @@ def dense_model(config: ml_collections.ConfigDict, model, data: DatasetSplits, w
   dense_val = evaluate_split(dense, data, "validation", config)
   test_predictions = predict_split(dense, data, "test", config)
   dense_test = {**split_metrics(config, data, *test_predictions), "sparsity": _sparsity(dense.mask)}
-  _compare_with_published(config, data, test_predictions, dense_test, workdir)
   unpriv, priv = resolve_roles(config, data, dense_val)
   logging.info("dense test: acc %.4f macro-F1 %.4f eodd %.4f; unprivileged group: %s",
                dense_test["accuracy"], dense_test["macro_f1"], _num(dense_test["eodd"]),
                data.group_names[unpriv])
+  _compare_with_published(config, data, test_predictions, dense_test, workdir)
   return dense, dense_val, dense_test, (unpriv, priv)
 
 
