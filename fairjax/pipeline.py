@@ -30,7 +30,7 @@ import optax
 from absl import logging
 
 from fairjax import checkpoint, masks, metrics, models, parallel, report, slimming, snnl, train
-from fairjax.config import ConfigError, validate_config
+from fairjax.config import ConfigError, validate_config, validate_data
 from fairjax.data import DatasetSplits, load_dataset
 from fairjax.data import pipeline as input_pipeline
 from fairjax.pruning import baselines, fairgrape, fairprune
@@ -740,6 +740,7 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> tuple[DatasetSplits
   logging.info("loading data: %s", config.data.name)
   data = load_dataset(config.data, workdir=workdir)
   logging.info("data: %s", data.describe()["split_sizes"])
+  validate_data(config, data)  # before any training: batch size, groups per split, roles
   return data, _make_model(config, data)
 
 
