@@ -70,8 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"  # a name of the fairjax.models registry
-  # use_bn: BatchNorm after each conv (--config.model.kwargs.use_bn=True); configs for other
-  # models replace the whole kwargs dict.
+  # Keyword arguments of the model's constructor; use_bn: BatchNorm after each conv
+  # (--config.model.kwargs.use_bn=True). Configs for other models replace the whole dict.
   c.model.kwargs = ml_collections.ConfigDict({"width": 16, "hidden": 64, "use_bn": False})
 
   c.train = ml_collections.ConfigDict()
