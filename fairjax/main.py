@@ -267,6 +267,8 @@ def _bad_value_error(e: flags.Error, argv: Sequence[str],
   key = m.group(1)
   given = next((am.group(2) for am in map(_OVERRIDE.match, argv[1:])
                 if am and am.group(1) == key and am.group(2) is not None), None)
+  if given is None:  # "--config.a.b" alone: absl reads it as a boolean switch
+    return CliError(f"--config.{key}: missing value; write --config.{key}=VALUE")
   try:
     field_type = config_path.get_type(key, base)
     current = config_path.get_value(key, base)
@@ -428,8 +430,10 @@ def execute(inv: Invocation) -> None:
     raise CliError(f"{e}; fix that line of the file (or download it again) in "
                    "config.data.manual_dir") from None
   except BadImageError as e:
-    raise CliError(f"{_first_line(e)} [--config.data.on_bad_image=skip skips and counts bad "
-                   "images]") from None
+    # tfds_common's own hint names the builder argument; name the config key instead.
+    problem = _first_line(e).split(" (on_bad_image='error'")[0]
+    raise CliError(f"{problem}; fix or remove the image, or pass "
+                   "--config.data.on_bad_image=skip to skip and count bad images") from None
   except DataDirError as e:
     raise CliError(f"config.data.data_dir: {e}; pass a writable --config.data.data_dir=DIR "
                    "(or '' for <workdir>/tfds)") from None
