@@ -117,8 +117,8 @@ def _define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   # argv always names a config file (parse_command_line inserts the demo), so the default is
   # only shown by --help, never loaded.
   config_flags.DEFINE_config_file(
-      "config", _shown_path(_DEMO_CONFIG), "Run configuration file (configs/*.py with get_config(); listed above); "
-      "default: configs/demo.py. Override any key with --config.KEY=VALUE.",
+      "config", _shown_path(_DEMO_CONFIG), "Run configuration file (configs/*.py with "
+      "get_config(); listed above). Override any key with --config.KEY=VALUE.",
       flag_values=flag_values, lock_config=True, sys_argv=list(argv))
   flags.DEFINE_string(
       "workdir", None, "Directory for checkpoints, results.json and plots "
@@ -172,7 +172,8 @@ def load_config_spec(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
   except SyntaxError as e:
-    raise CliError(f"{flag}: syntax error at line {e.lineno}: {e.msg}; fix the config file") from None
+    raise CliError(f"{flag}: syntax error at line {e.lineno}: {e.msg}; fix the config "
+                   "file") from None
   except Exception as e:  # the file is user code: any failure is bad input, reported in one line
     raise CliError(f"{flag}: loading it raised {type(e).__name__}: {_first_line(e)}; fix the "
                    "config file") from None
@@ -238,8 +239,8 @@ def _unknown_key_error(argv: Sequence[str], base: ml_collections.ConfigDict,
     near = _nearest(key, _all_keys(base))
     hint = ("did you mean " + " or ".join(f"--config.{k}" for k in near) + "?" if near
             else "no key is similar")
-    return CliError(f"--config.{key}: {_shown_path(spec)} has no key {key!r}; {hint} (--show_config lists "
-                    "every key with its meaning)")
+    return CliError(f"--config.{key}: {_shown_path(spec)} has no key {key!r}; {hint} "
+                    "(--show_config lists every key with its meaning)")
   return None
 
 

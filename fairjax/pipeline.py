@@ -100,6 +100,11 @@ def evaluate_split(state: train.TrainState, data: DatasetSplits, split: str, con
                          group_names=list(data.group_names),
                          convention=config.fairness_convention, undefined=config.undefined_rates)
   out["sparsity"] = _sparsity(state.mask)
+  if split == "test" and (max(out["skipped_classes"].values(), default=0)
+                          or out["num_unknown_group"]):  # once per reported model
+    logging.warning("%s test metrics: fairness gaps skip classes absent from a group %s (of %d); "
+                    "%d samples of unknown group count in the overall metrics only",
+                    data.name, out["skipped_classes"], data.num_classes, out["num_unknown_group"])
   return out
 
 
@@ -152,13 +157,13 @@ def train_dense(config, model, data: DatasetSplits, workdir: str) -> train.Train
     items = store.restore(latest, like)
     best = {"params": items["best_params"], "batch_stats": items["best_batch_stats"]}
     if meta.get("done"):
-      logging.info("dense model: restored the finished run (epoch %d)", meta["epoch"])
+      logging.info("dense model: restored the finished run (epoch %d)", meta["epoch"] + 1)
       store.close()
       return state.replace(**best)
     state = state.replace(params=items["params"], batch_stats=items["batch_stats"],
                           opt_state=items["opt_state"], step=jnp.asarray(meta["step"], jnp.int32))
     best_score, bad_epochs, start = meta["best_score"], meta["bad_epochs"], meta["epoch"] + 1
-    logging.info("dense model: resuming after epoch %d", meta["epoch"])
+    logging.info("dense model: resuming after epoch %d", meta["epoch"] + 1)  # 1-based, as logs
 
   batches = _epoch_batches(config, data, config.seed)
   rng = jax.random.key(config.seed + 1, impl="rbg")
@@ -179,6 +184,9 @@ def train_dense(config, model, data: DatasetSplits, workdir: str) -> train.Train
                  "eodd %.4f%s", epoch + 1, t.epochs, history[-1]["loss"],
                  history[-1]["accuracy"], val["accuracy"], val["macro_f1"], _num(val["eodd"]),
                  " (best)" if improved else "")
+    if done and epoch < t.epochs - 1:
+      logging.info("dense training: early stopping after epoch %d/%d (validation accuracy not "
+                   "improved for %d epochs, train.patience)", epoch + 1, t.epochs, bad_epochs)
     store.save(epoch, {**_state_items(state), "best_params": best["params"],
                        "best_batch_stats": best["batch_stats"]},
                metadata={"epoch": epoch, "step": int(state.step), "best_score": best_score,
@@ -865,7 +873,7 @@ def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, 
                           opt_state=items["opt_state"], mask=items["mask"],
                           step=jnp.asarray(meta["step"], jnp.int32))
     history, start = meta["history"], meta["epoch"] + 1
-    logging.info("fairgrape final fine-tune: resuming after epoch %d", meta["epoch"])
+    logging.info("fairgrape final fine-tune: resuming after epoch %d", meta["epoch"] + 1)
   # Data order and dropout keys are functions of (seed, epoch): a resumed run trains exactly as
   # an uninterrupted one.
   batches = _epoch_batches(config, data, config.seed * 53 + 17)

@@ -186,7 +186,8 @@ CASES = [
          ("--config.trian.epochs", "--config.train.epochs")),
     Case("bad_int_value", _a("--config.train.epochs=abc"),
          ("--config.train.epochs=abc", "takes an integer"), cli=True),
-    Case("bad_float_value", _a("--config.prune.beta=high"), ("--config.prune.beta=high", "a number")),
+    Case("bad_float_value", _a("--config.prune.beta=high"),
+         ("--config.prune.beta=high", "a number")),
     Case("bad_bool_value", _a("--config.train.nesterov=maybe"),
          ("--config.train.nesterov=maybe", "True or False")),
     Case("bad_tuple_value", _a("--config.prune.exclude_layers=(1,"),
@@ -196,7 +197,8 @@ CASES = [
          ("--config.train.epochs", "--config.train.epochs=VALUE")),
     Case("unknown_flag", _a("--nosuchflag"), ("--nosuchflag", "unknown flag", "--help"), cli=True),
     Case("misspelt_flag", _a("--workdr=x"), ("--workdr", "did you mean --workdir")),
-    Case("positional_config", _a("configs/demo.py"), ("'configs/demo.py'", "--config=configs/demo.py")),
+    Case("positional_config", _a("configs/demo.py"),
+         ("'configs/demo.py'", "--config=configs/demo.py")),
     Case("override_before_config", _a("--config.train.epochs=2", "--config=configs/demo.py"),
          ("--config.train.epochs=2", "put --config=FILE first")),
     Case("empty_workdir_flag", _a("--workdir="), ("--workdir", "pass a directory")),
@@ -216,7 +218,8 @@ CASES = [
          ("config.data.split_fractions", "three positive numbers")),
     Case("exclude_layers_not_names", _a("--config.prune.exclude_layers=(1,2)"),
          ("config.prune.exclude_layers=(1, 2)", "module paths")),
-    Case("bad_method", _a("--config.prune.method=magic"), ("config.prune.method='magic'", "fairgrape")),
+    Case("bad_method", _a("--config.prune.method=magic"),
+         ("config.prune.method='magic'", "fairgrape")),
     Case("real_dataset_without_manual_dir", _a("--config=configs/isic.py"),
          ("config.data.manual_dir", "--config.data.manual_dir=")),
     # Directories.
@@ -240,7 +243,8 @@ CASES = [
     Case("scoring_batch_not_a_multiple_of_groups", _a(*TINY, "--config.prune.batch_size=15"),
          ("config.prune.batch_size=15", "multiple of the number of groups")),
     # Real-dataset folders.
-    Case("manual_dir_missing", _a("--config=configs/isic.py", "--config.data.manual_dir={tmp}/nope"),
+    Case("manual_dir_missing",
+         _a("--config=configs/isic.py", "--config.data.manual_dir={tmp}/nope"),
          ("nope", "does not exist", "--config.data.manual_dir="), cli=True),
     Case("manual_dir_empty", lambda tmp, trees: _isic(trees, tmp, lambda m: [
         shutil.rmtree(p) if p.is_dir() else p.unlink() for p in m.iterdir()]),
@@ -355,7 +359,7 @@ def test_read_only_workdir(tmp_path):
   assert list(workdir.iterdir()) == []
 
 
-# -- discoverability --------------------------------------------------------------------------------
+# -- discoverability -----------------------------------------------------------------------------
 
 
 def test_help_lists_the_shipped_configs():
