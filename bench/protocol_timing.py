@@ -100,7 +100,7 @@ def time_config(name: str, args) -> dict[str, Any]:
 
   log(f"{name}: inference, batch {args.train_batch}")
   predict = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  variables = state.variables
+  variables = state.variables()
   first, med, times = _time(lambda: jax.block_until_ready(predict(variables, data["image"])),
                             args.repeats)
   eval_ips = args.train_batch / med
