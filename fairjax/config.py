@@ -23,6 +23,7 @@ PRUNE_METHODS = ("fairprune", "magnitude", "random", "snip", "obd", "fairgrape",
 CURVATURE_METHODS = ("exact", "mc", "hutchinson", "empirical_fisher")
 CONVENTIONS = ("sum", "mean")
 SAMPLINGS = ("uniform", "group_balanced", "class_balanced")
+AUGMENTS = ("none", "flip", "flip_crop")  # == fairjax.data.pipeline.AUGMENTS (tested)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -50,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.unknown_skin = "exclude"  # Fitzpatrick-17k skin type -1: "exclude" or "dark"
   c.data.on_bad_image = "skip"  # corrupt / missing image: "skip" (counted) or "error"
   c.data.sampling = "uniform"  # training sampler: uniform, group_balanced, class_balanced
+  # Training-time augmentation (train batches only): "none", "flip" (random left-right) or
+  # "flip_crop" (random resized crop, then flip); see fairjax.data.pipeline.
+  c.data.augment = "none"
   # The synthetic demo (fairjax.data.synthetic): sizes, generator seed, share of dark skin.
   c.data.seed = 0
   c.data.num_train = 3000
@@ -234,6 +238,8 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
     _fail("data.image_size", d.image_size, "must be an integer >= 8")
   if d.sampling not in SAMPLINGS:
     _fail("data.sampling", d.sampling, f"must be one of {SAMPLINGS}")
+  if d.augment not in AUGMENTS:
+    _fail("data.augment", d.augment, f"must be one of {AUGMENTS}")
   if d.name != "demo" and not d.manual_dir and not d.data_dir:
     _fail("data.manual_dir", d.manual_dir,
           f"must point to your {d.name} files (see README, 'Bring real data')")
