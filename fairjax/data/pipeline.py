@@ -322,9 +322,14 @@ def _iterate(ds: grain.MapDataset, worker_count: int) -> Iterator[dict[str, np.n
         # tests) they are unparsed and grain would raise, so fall back to the flag defaults.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        it_ds = ds.to_iter_dataset().mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=worker_count)
-        )
+        # One reader thread per worker process, so worker_count is the number of cores the
+        # input uses, and a short read-ahead: grain's defaults (16 threads, 500 elements, and
+        # an element is a whole batch here: ~38 MB at 224 px) let each worker run hundreds of
+        # batches ahead of a slow train step, and its threads starve the transfer to the
+        # trainer on a small CPU (bench/input_pipeline.py).
+        it_ds = ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
+        ).mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return iter(it_ds)
 
 
