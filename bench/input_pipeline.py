@@ -26,8 +26,8 @@ Usage (from the repository root)::
    separately, and ramp-up) are not timed; the consumer only drops batches. Repeats
    are interleaved over all settings so each sees the same machine load; tables give medians.
 3. Train step. ``bench.throughput.jax_images_per_s`` (the jitted ``fairjax.train.train_step``,
-   SGD + momentum, one resident batch) for the ISIC protocol model (``configs/isic.py``:
-   VGG-11-BN, classifier width 512, dropout 0.5, 8 classes) at every image size, in this
+   SGD + momentum, one resident batch) for ``ISIC_MODEL`` (VGG-11 with BatchNorm, classifier
+   width 512, dropout 0.5, 8 classes: FairPrune's ISIC model) at every image size, in this
    process. Workers needed to feed it = ceil(step images/s / images/s of ONE worker process)
    (and cores needed, from the pinned rate, when ``--workers`` has -1).
    The same is computed for ``--step-images-per-s`` (a rate measured elsewhere, e.g. on a GPU)

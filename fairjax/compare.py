@@ -241,7 +241,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                    sparsity)
       results = pipeline.prune_run(cfg, model, data, dense, dense_val, dense_test, roles,
                                    run_dir, plots=False,
-                                   extra={"dense_fingerprint": fingerprint})
+                                   extra={"dense_fingerprint": fingerprint,
+                                          **pipeline.dense_provenance(workdir)})
     runs[name] = {"method": method, "target_sparsity": sparsity,
                   "results": os.path.join(RUNS_DIR, name, report.RESULTS_FILENAME),
                   "wall_seconds": results["wall_seconds"]}
@@ -254,6 +255,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "fairness_convention": config.fairness_convention,
       "dense_fingerprint": fingerprint,
       "dense": dense_test,
+      **pipeline.dense_provenance(workdir),
       "methods": list(methods),
       "sparsities": list(sparsities),
       "rows": rows,

@@ -29,10 +29,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from fairjax import checkpoint, masks, metrics, models, parallel, report, slimming, snnl, train
-from fairjax.config import ConfigError, validate_config
+from fairjax import (checkpoint, masks, metrics, models, parallel, references, report, slimming,
+                     snnl, train)
+from fairjax.config import ConfigError, imagenet_normalization, validate_config, validate_data
 from fairjax.data import DatasetSplits, load_dataset
 from fairjax.data import pipeline as input_pipeline
+from fairjax.models import pretrained
 from fairjax.pruning import baselines, fairgrape, fairprune
 
 PyTree = Any
@@ -44,7 +46,44 @@ def _to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _make_model(config, data: DatasetSplits):
   kwargs = dict(config.model.kwargs) if config.model.kwargs else {}
+  if config.model.pretrained:
+    # The fields the checkpoint's shapes need (VGG: classifier_width=4096); a contradicting
+    # model.kwargs entry is reported by pretrained.load with the field's name.
+    kwargs = {**pretrained.model_fields(config.model.name), **kwargs}
   return models.get_model(config.model.name, num_classes=data.num_classes, **kwargs)
+
+
+def _load_pretrained(config, state: train.TrainState, data: DatasetSplits,
+                     workdir: str) -> train.TrainState:
+  """``state`` with the weights of ``model.pretrained`` (fresh optimizer state). Records which
+  leaves were loaded and which initialised in the log and in ``<workdir>/pretrained.json``."""
+  m = config.model
+  loaded = pretrained.load(m.name, m.pretrained, num_classes=data.num_classes,
+                           rng=jax.random.key(config.seed + 2), image_size=config.data.image_size,
+                           model_kwargs=dict(m.kwargs or {}))
+  variables = loaded.variables
+  ours = {"params": state.params, "batch_stats": state.batch_stats}
+  theirs = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  # The loader checks every key and shape against the architecture; this guards the handover.
+  if jax.tree.structure(ours) != jax.tree.structure(theirs):
+    raise pretrained.PretrainedError(
+        f"{m.pretrained}: the loaded variables do not have the model's tree structure "
+        f"(model.kwargs {dict(m.kwargs or {})} may not match the checkpoint)")
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ours)[0], jax.tree.leaves(theirs)):
+    if np.shape(a) != np.shape(b):
+      raise pretrained.PretrainedError(
+          f"{m.pretrained}: {jax.tree_util.keystr(path)} has shape {np.shape(b)}, the model "
+          f"expects {np.shape(a)}")
+  params = jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), ours["params"], theirs["params"])
+  batch_stats = jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), ours["batch_stats"],
+                             theirs["batch_stats"])
+  summary = {"path": os.path.abspath(m.pretrained), "format": loaded.file_format,
+             "model": m.name, "loaded": list(loaded.loaded), "initialised": list(loaded.initialised)}
+  logging.info("pretrained: %d leaves loaded from %s (%s); initialised: %s", len(loaded.loaded),
+               m.pretrained, loaded.file_format, ", ".join(loaded.initialised) or "none")
+  if parallel.is_main_process():
+    checkpoint.write_json_atomic(os.path.join(workdir, PRETRAINED_JSON), summary)
+  return state.replace(params=params, batch_stats=batch_stats, opt_state=state.tx.init(params))
 
 
 def _train_tx(config, steps_per_epoch: int, epochs: int):
@@ -84,23 +123,49 @@ def _sharded_train_step(dp: parallel.DataParallel):
   return dp.jit(train.train_step, batch_argnums=(1,), num_args=3, out_batch=(False, False))
 
 
-def evaluate_split(state: train.TrainState, data: DatasetSplits, split: str, config) -> dict:
-  """Metrics of ``state`` on one split (metrics.evaluate + the mask's sparsity)."""
+def predict_split(state: train.TrainState, data: DatasetSplits, split: str, config
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Predicted classes of ``state`` on one split: ``(labels, predictions, groups)``, int [N]
+  each, in the split's order (padding rows dropped)."""
   dp = data_parallel(config)
   batches = input_pipeline.eval_batches(
       data.sources[split], batch_size=config.train.eval_batch_size,
-      image_size=config.data.image_size)
+      image_size=config.data.image_size, imagenet_normalization=imagenet_normalization(config))
   # Only the images go to the devices; labels, groups and the padding flags stay on the host.
   batches = dp.shard_batches(batches, "train.eval_batch_size", keys=("image",))
   logits, labels, groups = train.predict(dp.replicate(state), batches)
   if not np.all(np.isfinite(logits)):
     raise FloatingPointError(f"non-finite logits on the {split} split; the model diverged")
-  out = metrics.evaluate(labels, np.argmax(logits, axis=-1), groups,
-                         num_classes=data.num_classes, num_groups=data.num_groups,
-                         group_names=list(data.group_names),
-                         convention=config.fairness_convention, undefined=config.undefined_rates)
+  return labels, np.argmax(logits, axis=-1), groups
+
+
+def split_metrics(config, data: DatasetSplits, labels: np.ndarray, predictions: np.ndarray,
+                  groups: np.ndarray, *, convention: str | None = None) -> dict:
+  """:func:`fairjax.metrics.evaluate` of stored predictions with the run's settings
+  (``convention`` overrides ``config.fairness_convention``)."""
+  return metrics.evaluate(labels, predictions, groups,
+                          num_classes=data.num_classes, num_groups=data.num_groups,
+                          group_names=list(data.group_names),
+                          convention=convention or config.fairness_convention,
+                          undefined=config.undefined_rates)
+
+
+def evaluate_split(state: train.TrainState, data: DatasetSplits, split: str, config) -> dict:
+  """Metrics of ``state`` on one split (metrics.evaluate + the mask's sparsity)."""
+  out = split_metrics(config, data, *predict_split(state, data, split, config))
   out["sparsity"] = _sparsity(state.mask)
+  if split == "test":  # once per reported model
+    _warn_incomplete_metrics(data, out)
   return out
+
+
+def _warn_incomplete_metrics(data: DatasetSplits, test_metrics: Mapping[str, Any]) -> None:
+  """Warns when the test metrics skip classes or hold samples of unknown group, with counts."""
+  if max(test_metrics["skipped_classes"].values(), default=0) or test_metrics["num_unknown_group"]:
+    logging.warning("%s test metrics: fairness gaps skip classes absent from a group %s (of %d); "
+                    "%d samples of unknown group count in the overall metrics only", data.name,
+                    test_metrics["skipped_classes"], data.num_classes,
+                    test_metrics["num_unknown_group"])
 
 
 def _sparsity(mask: PyTree | None) -> float:
@@ -123,7 +188,8 @@ def _epoch_batches(config, data: DatasetSplits, seed: int):
     return dp.shard_batches(input_pipeline.train_batches(
         data.sources["train"], batch_size=config.train.batch_size,
         image_size=config.data.image_size, seed=seed, sampling=config.data.sampling, epoch=epoch,
-        augment=augment), "train.batch_size")
+        augment=augment, imagenet_normalization=imagenet_normalization(config)),
+        "train.batch_size")
   return batches
 
 
@@ -143,25 +209,27 @@ def train_dense(config, model, data: DatasetSplits, workdir: str) -> train.Train
   tx = _train_tx(config, steps_per_epoch, t.epochs)
   init_key = jax.random.key(config.seed, impl="rbg")  # rbg: much faster init compile on CPU
   state = train.create_train_state(model, init_key, (config.data.image_size,) * 2 + (3,), tx)
-  state = data_parallel(config).replicate(state)  # identity on one device
   store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, checkpoint.DENSE_STORE),
                                      max_to_keep=2)
+  latest = store.latest_step()
+  if config.model.pretrained and latest is None:  # a resumed run restores its own weights
+    state = _load_pretrained(config, state, data, workdir)
+  state = data_parallel(config).replicate(state)  # identity on one device
   like = {**_state_items(state), "best_params": state.params, "best_batch_stats": state.batch_stats}
   best_score, bad_epochs, start = -math.inf, 0, 0
   best = {"params": state.params, "batch_stats": state.batch_stats}
-  latest = store.latest_step()
   if latest is not None:
     meta = store.restore_metadata(latest)
     items = store.restore(latest, like)
     best = {"params": items["best_params"], "batch_stats": items["best_batch_stats"]}
     if meta.get("done"):
-      logging.info("dense model: restored the finished run (epoch %d)", meta["epoch"])
+      logging.info("dense model: restored the finished run (epoch %d)", meta["epoch"] + 1)
       store.close()
       return state.replace(**best)
     state = state.replace(params=items["params"], batch_stats=items["batch_stats"],
                           opt_state=items["opt_state"], step=jnp.asarray(meta["step"], jnp.int32))
     best_score, bad_epochs, start = meta["best_score"], meta["bad_epochs"], meta["epoch"] + 1
-    logging.info("dense model: resuming after epoch %d", meta["epoch"])
+    logging.info("dense model: resuming after epoch %d", meta["epoch"] + 1)  # 1-based, as logs
 
   batches = _epoch_batches(config, data, config.seed)
   rng = jax.random.key(config.seed + 1, impl="rbg")
@@ -182,6 +250,9 @@ def train_dense(config, model, data: DatasetSplits, workdir: str) -> train.Train
                  "eodd %.4f%s", epoch + 1, t.epochs, history[-1]["loss"],
                  history[-1]["accuracy"], val["accuracy"], val["macro_f1"], _num(val["eodd"]),
                  " (best)" if improved else "")
+    if done and epoch < t.epochs - 1:
+      logging.info("dense training: early stopping after epoch %d/%d (validation accuracy not "
+                   "improved for %d epochs, train.patience)", epoch + 1, t.epochs, bad_epochs)
     store.save(epoch, {**_state_items(state), "best_params": best["params"],
                        "best_batch_stats": best["batch_stats"]},
                metadata={"epoch": epoch, "step": int(state.step), "best_score": best_score,
@@ -208,7 +279,8 @@ def _scoring_batches(config, data: DatasetSplits, step: int, chunk_size: int | N
   p = config.prune
   batches = input_pipeline.group_balanced_batches(
       data.sources["train"], batch_size=p.batch_size, image_size=config.data.image_size,
-      seed=config.seed * 1000 + step, num_groups=data.num_groups, num_batches=p.num_batches)
+      seed=config.seed * 1000 + step, num_groups=data.num_groups, num_batches=p.num_batches,
+      imagenet_normalization=imagenet_normalization(config))
   field = "prune.batch_size"
   if chunk_size and chunk_size < p.batch_size:
     batches, field = _host_chunks(batches, chunk_size), "prune.curvature_chunk_size"
@@ -313,7 +385,8 @@ def _uniform_train_batches(config, data: DatasetSplits, step: int):
   p = config.prune
   batches = input_pipeline.train_batches(
       data.sources["train"], batch_size=p.batch_size, image_size=config.data.image_size,
-      seed=config.seed * 1000 + step, sampling="uniform", epoch=0, drop_remainder=False)
+      seed=config.seed * 1000 + step, sampling="uniform", epoch=0, drop_remainder=False,
+      imagenet_normalization=imagenet_normalization(config))
   # A last partial batch (fewer train images than num_batches * batch_size) need not split
   # evenly over the devices: it is replicated instead (same scores, just not data-parallel).
   return data_parallel(config).shard_batches(itertools.islice(batches, p.num_batches),
@@ -735,7 +808,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   data, model = load(config, workdir)
   dense, dense_val, dense_test, roles = dense_model(config, model, data, workdir)
   return prune_run(config, model, data, dense, dense_val, dense_test, roles, workdir,
-                   t_start=t_start)
+                   t_start=t_start, extra=dense_provenance(workdir))
 
 
 def load(config: ml_collections.ConfigDict, workdir: str) -> tuple[DatasetSplits, Any]:
@@ -743,6 +816,7 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> tuple[DatasetSplits
   logging.info("loading data: %s", config.data.name)
   data = load_dataset(config.data, workdir=workdir)
   logging.info("data: %s", data.describe()["split_sizes"])
+  validate_data(config, data)  # before any training: batch size, groups per split, roles
   return data, _make_model(config, data)
 
 
@@ -752,12 +826,47 @@ def dense_model(config: ml_collections.ConfigDict, model, data: DatasetSplits, w
   metrics and the group roles ``(unprivileged id, privileged ids)`` (:func:`resolve_roles`)."""
   dense = train_dense(config, model, data, workdir)
   dense_val = evaluate_split(dense, data, "validation", config)
-  dense_test = evaluate_split(dense, data, "test", config)
+  test_predictions = predict_split(dense, data, "test", config)
+  dense_test = {**split_metrics(config, data, *test_predictions), "sparsity": _sparsity(dense.mask)}
+  _warn_incomplete_metrics(data, dense_test)
   unpriv, priv = resolve_roles(config, data, dense_val)
   logging.info("dense test: acc %.4f macro-F1 %.4f eodd %.4f; unprivileged group: %s",
                dense_test["accuracy"], dense_test["macro_f1"], _num(dense_test["eodd"]),
                data.group_names[unpriv])
+  _compare_with_published(config, data, test_predictions, dense_test, workdir)
   return dense, dense_val, dense_test, (unpriv, priv)
+
+
+PRETRAINED_JSON = "pretrained.json"
+REFERENCE_JSON = "dense_reference.json"
+
+
+def _compare_with_published(config, data: DatasetSplits, test_predictions, dense_test: dict,
+                            workdir: str) -> None:
+  """Logs the dense test figures beside the published unpruned ones of the dataset (if any)
+  and stores them in ``<workdir>/dense_reference.json``, beside the dense checkpoints."""
+  reference = references.reference_for(config.data.name)
+  if reference is None:
+    return
+  same = reference.convention == config.fairness_convention
+  in_convention = dense_test if same else split_metrics(
+      config, data, *test_predictions, convention=reference.convention)
+  comparison = references.compare_dense(reference, in_convention)
+  logging.info("%s", references.describe(comparison))
+  if parallel.is_main_process():
+    checkpoint.write_json_atomic(os.path.join(workdir, REFERENCE_JSON), comparison)
+
+
+def dense_provenance(workdir: str) -> dict[str, Any]:
+  """What the dense model of ``workdir`` started from and how it compares with published
+  figures: ``{"pretrained": ..., "published_reference": ...}`` for results.json, each key only
+  when its file exists (:data:`PRETRAINED_JSON`, :data:`REFERENCE_JSON`)."""
+  out = {}
+  for key, name in (("pretrained", PRETRAINED_JSON), ("published_reference", REFERENCE_JSON)):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      out[key] = checkpoint.read_json(path)
+  return out
 
 
 def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
@@ -867,7 +976,7 @@ def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, 
                           opt_state=items["opt_state"], mask=items["mask"],
                           step=jnp.asarray(meta["step"], jnp.int32))
     history, start = meta["history"], meta["epoch"] + 1
-    logging.info("fairgrape final fine-tune: resuming after epoch %d", meta["epoch"])
+    logging.info("fairgrape final fine-tune: resuming after epoch %d", meta["epoch"] + 1)
   # Data order and dropout keys are functions of (seed, epoch): a resumed run trains exactly as
   # an uninterrupted one.
   batches = _epoch_batches(config, data, config.seed * 53 + 17)

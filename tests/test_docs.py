@@ -29,9 +29,10 @@ LANGS = {"python", "bash", "text"}
 # Modules whose whole public API must be documented (design.md section 0: the kernels and the
 # methods a researcher imports). A public name is one defined in the module without a leading _.
 DOCUMENTED_MODULES = (
-    "fairjax.curvature", "fairjax.masks", "fairjax.metrics", "fairjax.snnl", "fairjax.slimming",
+    "fairjax.bootstrap", "fairjax.curvature", "fairjax.masks", "fairjax.metrics", "fairjax.snnl",
+    "fairjax.slimming",
     "fairjax.pruning.fairprune", "fairjax.pruning.fairgrape", "fairjax.pruning.baselines",
-    "fairjax.data.pipeline", "fairjax.data.synthetic",
+    "fairjax.data.pipeline", "fairjax.data.synthetic", "fairjax.models.pretrained",
 )
 # Public names documented elsewhere or internal by nature (say why).
 NOT_DOCUMENTED = {

@@ -104,7 +104,7 @@ def test_missing_dataset_directory_names_the_path(tmp_path):
   """End to end: an error raised inside the run (the dataset loader), not by validate_config."""
   missing = tmp_path / "no_such_isic"
   res = run_cli(str(tmp_path / "wd"), f"--config.data.manual_dir={missing}",
-                config="configs/isic.py", timeout=300)
+                "--config.model.require_pretrained=False", config="configs/isic.py", timeout=300)
   # A multi-line message (the expected files and where to get them), so not assert_cli_error.
   assert res.returncode == 2
   assert str(missing) in res.stderr and "Traceback" not in res.stderr

@@ -184,8 +184,11 @@ def scan_labels(source: Source) -> tuple[np.ndarray, np.ndarray]:
     return labels, groups
 
 
-def normalize_images(images: np.ndarray) -> np.ndarray:
-    """uint8 [..., 3] -> float32 [..., 3], ``(x - IMAGE_MEAN) / IMAGE_STD`` (module docstring)."""
+def normalize_images(images: np.ndarray, imagenet_normalization: bool = True) -> np.ndarray:
+    """uint8 [..., 3] -> float32 [..., 3]: ``(x - IMAGE_MEAN) / IMAGE_STD`` (module docstring),
+    or ``x / 255`` in [0, 1] with ``imagenet_normalization=False``."""
+    if not imagenet_normalization:
+        return images.astype(np.float32) / np.float32(255.0)
     return (images.astype(np.float32) - IMAGE_MEAN) / IMAGE_STD
 
 
@@ -306,8 +309,10 @@ def _prepare_augmented(
     }
 
 
-def _normalize_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {**batch, "image": normalize_images(batch["image"])}
+def _normalize_batch(
+    batch: dict[str, np.ndarray], imagenet_normalization: bool = True
+) -> dict[str, np.ndarray]:
+    return {**batch, "image": normalize_images(batch["image"], imagenet_normalization)}
 
 
 def _iterate(ds: grain.MapDataset, worker_count: int) -> Iterator[dict[str, np.ndarray]]:
@@ -372,6 +377,7 @@ def train_batches(
     epoch: int = 0,
     drop_remainder: bool = True,
     worker_count: int = 0,
+    imagenet_normalization: bool = True,
     augment: str = "none",
 ) -> Iterator[dict[str, np.ndarray]]:
     """One epoch of shuffled training batches.
@@ -384,6 +390,7 @@ def train_batches(
       sampling: ``"uniform"``, ``"group_balanced"`` or ``"class_balanced"`` (module docstring).
       drop_remainder: drop the last partial batch (keeps shapes static for jit).
       worker_count: 0 = in-process (threads); > 0 = that many grain worker processes.
+      imagenet_normalization: ImageNet mean/std (default), else pixels / 255.
       augment: ``"none"``, ``"flip"`` or ``"flip_crop"`` (module docstring); a pure function
         of (seed, epoch, position in the epoch), like the order.
 
@@ -407,14 +414,22 @@ def train_batches(
         ds = grain.MapDataset.range(len(indices)).map(
             functools.partial(_prepare_augmented, source, image_size, augment, indices, draws)
         )
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(_normalize_batch)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(
+        functools.partial(_normalize_batch, imagenet_normalization=imagenet_normalization)
+    )
     return _iterate(ds, worker_count)
 
 
 def eval_batches(
-    source: Source, *, batch_size: int, image_size: int, worker_count: int = 0
+    source: Source,
+    *,
+    batch_size: int,
+    image_size: int,
+    worker_count: int = 0,
+    imagenet_normalization: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Every example exactly once, in index order, in fixed-shape batches.
+    """Every example exactly once, in index order, in fixed-shape batches (normalised as in
+    :func:`train_batches`).
 
     Returns:
       An iterator of ``ceil(N / B)`` dicts ``{"image": float32 [B, S, S, 3], "label": int32 [B],
@@ -429,7 +444,7 @@ def eval_batches(
         grain.MapDataset.range(padded)
         .map(functools.partial(_prepare_padded, source, image_size, n))
         .batch(batch_size)
-        .map(_normalize_batch)
+        .map(functools.partial(_normalize_batch, imagenet_normalization=imagenet_normalization))
     )
     return _iterate(ds, worker_count)
 
@@ -450,6 +465,7 @@ def group_balanced_batches(
     seed: int,
     num_groups: int,
     num_batches: int | None = None,
+    imagenet_normalization: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches with exactly ``batch_size // num_groups`` examples of every group.
 
@@ -465,6 +481,7 @@ def group_balanced_batches(
       seed: the batches are a pure function of (seed, source labels).
       num_groups: G; groups are 0..G-1.
       num_batches: stop after this many batches; ``None`` = endless.
+      imagenet_normalization: as in :func:`train_batches`.
 
     Returns:
       An iterator of ``{"image": float32 [B, S, S, 3], "label": int32 [B], "group": int32 [B]}``.
@@ -486,7 +503,9 @@ def group_balanced_batches(
                 f"group {g} has no examples in the source (groups present: "
                 f"{sorted(set(np.unique(groups).tolist()))}); cannot build group-balanced batches"
             )
-    return _group_balanced_iter(source, members, batch_size, image_size, seed, num_batches)
+    return _group_balanced_iter(
+        source, members, batch_size, image_size, seed, num_batches, imagenet_normalization
+    )
 
 
 def _group_balanced_iter(
@@ -496,6 +515,7 @@ def _group_balanced_iter(
     image_size: int,
     seed: int,
     num_batches: int | None,
+    imagenet_normalization: bool,
 ) -> Iterator[dict[str, np.ndarray]]:
     # A plain generator rather than a grain pipeline: the stream is endless and these batches
     # are few (tens per pruning step), so prefetching would buy nothing.
@@ -506,4 +526,4 @@ def _group_balanced_iter(
         idx = [i for s in streams for i in itertools.islice(s, per_group)]
         elements = [_prepare_index(source, image_size, i) for i in idx]
         batch = {k: np.stack([e[k] for e in elements]) for k in ("image", "label", "group")}
-        yield _normalize_batch(batch)
+        yield _normalize_batch(batch, imagenet_normalization)
