@@ -35,14 +35,17 @@ def log(msg: str) -> None:
   print(f"[bench.throughput {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def jax_images_per_s(config: str, batch: int, steps: int, repeats: int, seed: int):
+def jax_images_per_s(config: str, batch: int, steps: int, repeats: int, seed: int,
+                     spec: tuple[str, dict[str, Any], tuple[int, int]] | None = None):
+  """Images/s of repeats of ``steps`` jitted train steps; ``spec`` = (model name, kwargs,
+  (H, W)) replaces ``MODEL_CONFIGS[config]`` (bench.input_pipeline times the protocol models)."""
   import jax
   import jax.numpy as jnp
 
   from fairjax import train
   from fairjax.models import get_model
 
-  name, kwargs, hw = MODEL_CONFIGS[config]
+  name, kwargs, hw = MODEL_CONFIGS[config] if spec is None else spec
   model = get_model(name, num_classes=NUM_CLASSES, **kwargs)
   tx = train.make_optimizer("sgd", 0.01, momentum=0.9)
   state = train.create_train_state(model, jax.random.key(seed, impl="rbg"), (*hw, 3), tx)

@@ -29,6 +29,7 @@ PRUNE_METHODS = ("fairprune", "magnitude", "random", "snip", "obd", "fairgrape",
 CURVATURE_METHODS = ("exact", "mc", "hutchinson", "empirical_fisher")
 CONVENTIONS = ("sum", "mean")
 SAMPLINGS = ("uniform", "group_balanced", "class_balanced")
+AUGMENTS = ("none", "flip", "flip_crop")  # == fairjax.data.pipeline.AUGMENTS (tested)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -56,6 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.unknown_skin = "exclude"  # Fitzpatrick-17k skin type -1: "exclude" or "dark"
   c.data.on_bad_image = "skip"  # corrupt / missing image: "skip" (counted) or "error"
   c.data.sampling = "uniform"  # training sampler: uniform, group_balanced, class_balanced
+  # Training-time augmentation (train batches only): "none", "flip" (random left-right) or
+  # "flip_crop" (random resized crop, then flip); see fairjax.data.pipeline.
+  c.data.augment = "none"
   # Input normalisation: True = ImageNet mean/std per channel (what torchvision's pretrained
   # weights expect), False = pixels / 255 in [0, 1]. None = True: fairjax has always used the
   # ImageNet statistics, and with model.pretrained they are required to reuse the weights.
@@ -357,6 +361,8 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
     _fail("data.image_size", d.image_size, "must be an integer >= 8")
   if d.sampling not in SAMPLINGS:
     _fail("data.sampling", d.sampling, f"must be one of {SAMPLINGS}")
+  if d.augment not in AUGMENTS:
+    _fail("data.augment", d.augment, f"must be one of {AUGMENTS}")
   if d.name != "demo" and not d.manual_dir and not d.data_dir:
     _fail("data.manual_dir", d.manual_dir,
           f"must point to your {d.name} files (see README, 'Bring real data')")

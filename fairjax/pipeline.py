@@ -181,11 +181,14 @@ def _sparsity(mask: PyTree | None) -> float:
 def _epoch_batches(config, data: DatasetSplits, seed: int):
   dp = data_parallel(config)
 
+  # .get: configs read back from results.json of runs that predate data.augment trained without.
+  augment = config.data.get("augment", "none")
+
   def batches(epoch: int):
     return dp.shard_batches(input_pipeline.train_batches(
         data.sources["train"], batch_size=config.train.batch_size,
         image_size=config.data.image_size, seed=seed, sampling=config.data.sampling, epoch=epoch,
-        imagenet_normalization=imagenet_normalization(config)),
+        augment=augment, imagenet_normalization=imagenet_normalization(config)),
         "train.batch_size")
   return batches
 

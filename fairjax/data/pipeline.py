@@ -32,6 +32,22 @@ Samplings for training (``train_batches``), all of length ``len(source)`` per ep
 
 The index order depends only on (seed, epoch, sampling), never on worker count or on earlier
 epochs, so a run resumed at epoch e sees exactly the batches the uninterrupted run saw.
+
+Training-time augmentation (``train_batches(augment=...)`` only; evaluation, scoring and the
+group-balanced saliency batches are never augmented), applied to the uint8 image before
+normalisation:
+
+- ``"none"``: the record image resized to S x S (the batches are exactly those of earlier
+  versions);
+- ``"flip"``: then mirrored left-right with probability 1/2;
+- ``"flip_crop"``: a random crop of the record image, covering a share in ``CROP_SCALE`` of its
+  area with width / height in ``CROP_RATIO`` (log-uniform), resized to S x S (PIL bilinear,
+  antialiased), then the flip. This is the random-resized-crop recipe with a larger minimum
+  area than the ImageNet default (0.08), so that a lesion is rarely cropped away.
+
+The random numbers of the example at position p of epoch e are row p of
+``augment_draws(n, seed=seed, epoch=e)``, a pure function of (seed, epoch, p): like the index
+order they do not depend on the worker count or on earlier epochs.
 """
 
 from __future__ import annotations
@@ -49,11 +65,16 @@ from absl import flags
 from PIL import Image
 
 __all__ = [
+    "AUGMENTS",
+    "CROP_RATIO",
+    "CROP_SCALE",
     "IMAGE_MEAN",
     "IMAGE_STD",
     "SAMPLINGS",
     "ArraySource",
     "Source",
+    "augment_crop_box",
+    "augment_draws",
     "epoch_indices",
     "eval_batches",
     "group_balanced_batches",
@@ -65,11 +86,18 @@ __all__ = [
 IMAGE_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
 IMAGE_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
 SAMPLINGS = ("uniform", "group_balanced", "class_balanced")
+AUGMENTS = ("none", "flip", "flip_crop")
+# "flip_crop": crop area as a share of the record image, and crop width / height.
+CROP_SCALE = (0.35, 1.0)
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 # Distinct SeedSequence streams so that e.g. the training order and the saliency batches drawn
 # with the same user seed are independent.
 _STREAM_TRAIN = 0x7A1
 _STREAM_GROUPS = 0x6B2
+_STREAM_AUGMENT = 0x5C3
+# Columns of an augment_draws row.
+_U_SCALE, _U_RATIO, _U_LEFT, _U_TOP, _U_FLIP = range(5)
 
 
 class Source(Protocol):
@@ -214,6 +242,73 @@ def _prepare_padded(source: Source, image_size: int, num_real: int, index: int) 
     }
 
 
+def augment_draws(n: int, *, seed: int, epoch: int) -> np.ndarray:
+    """The augmentation random numbers of one epoch, float64 [n, 5] in [0, 1).
+
+    Row p belongs to the example at position p of the epoch (columns: crop area, crop aspect
+    ratio, crop left, crop top, flip). The rows are filled in order from one stream
+    ``SeedSequence([seed, epoch, _STREAM_AUGMENT])``, so row p depends only on (seed, epoch, p),
+    not on ``n``, the worker count or earlier epochs.
+    """
+    rng = np.random.default_rng([seed, epoch, _STREAM_AUGMENT])
+    return rng.random((n, 5))
+
+
+def augment_crop_box(u: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """The ``"flip_crop"`` crop of an image of ``height`` x ``width`` for one draws row ``u``.
+
+    Area share ``CROP_SCALE[0] + u[0] * (CROP_SCALE[1] - CROP_SCALE[0])``, aspect ratio
+    (width / height) log-uniform in ``CROP_RATIO`` by ``u[1]``; a side longer than the image is
+    clipped to it, so the share is a maximum for very elongated crops. The position is uniform
+    over the valid ones (``u[2]``, ``u[3]``).
+
+    Returns:
+      ``(left, top, crop_width, crop_height)`` in pixels, inside the image.
+    """
+    area = height * width * (CROP_SCALE[0] + u[_U_SCALE] * (CROP_SCALE[1] - CROP_SCALE[0]))
+    log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    ratio = math.exp(log_lo + u[_U_RATIO] * (log_hi - log_lo))
+    crop_w = min(width, max(1, round(math.sqrt(area * ratio))))
+    crop_h = min(height, max(1, round(math.sqrt(area / ratio))))
+    # floor(u * (number of positions)) with u < 1 is a uniform valid offset.
+    left = int(u[_U_LEFT] * (width - crop_w + 1))
+    top = int(u[_U_TOP] * (height - crop_h + 1))
+    return left, top, crop_w, crop_h
+
+
+def _augment(image: np.ndarray, image_size: int, augment: str, u: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] record image -> uint8 [S, S, 3], augmented with the draws row ``u``."""
+    if augment == "flip_crop":
+        left, top, crop_w, crop_h = augment_crop_box(u, image.shape[0], image.shape[1])
+        # One PIL call crops and resizes (antialiased like _resize), without copying the crop.
+        out = np.asarray(Image.fromarray(image).resize(
+            (image_size, image_size), Image.Resampling.BILINEAR,
+            box=(left, top, left + crop_w, top + crop_h)), np.uint8)
+    else:
+        out = _resize(image, image_size)
+    if u[_U_FLIP] < 0.5:
+        out = np.ascontiguousarray(out[:, ::-1])
+    return out
+
+
+def _prepare_augmented(
+    source: Source,
+    image_size: int,
+    augment: str,
+    indices: np.ndarray,
+    draws: np.ndarray,
+    position: int,
+) -> dict[str, Any]:
+    """Training element at epoch ``position``: record ``indices[position]`` augmented with
+    ``draws[position]`` (keyed by position, so an example drawn twice is augmented twice)."""
+    record = source[int(indices[position])]
+    return {
+        "image": _augment(_to_rgb(record["image"]), image_size, augment, draws[position]),
+        "label": np.int32(record["label"]),
+        "group": np.int32(record.get("group", -1)),
+    }
+
+
 def _normalize_batch(
     batch: dict[str, np.ndarray], imagenet_normalization: bool = True
 ) -> dict[str, np.ndarray]:
@@ -232,9 +327,14 @@ def _iterate(ds: grain.MapDataset, worker_count: int) -> Iterator[dict[str, np.n
         # tests) they are unparsed and grain would raise, so fall back to the flag defaults.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        it_ds = ds.to_iter_dataset().mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=worker_count)
-        )
+        # One reader thread per worker process, so worker_count is the number of cores the
+        # input uses, and a short read-ahead: grain's defaults (16 threads, 500 elements, and
+        # an element is a whole batch here: ~38 MB at 224 px) let each worker run hundreds of
+        # batches ahead of a slow train step, and its threads starve the transfer to the
+        # trainer on a small CPU (bench/input_pipeline.py).
+        it_ds = ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
+        ).mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return iter(it_ds)
 
 
@@ -278,6 +378,7 @@ def train_batches(
     drop_remainder: bool = True,
     worker_count: int = 0,
     imagenet_normalization: bool = True,
+    augment: str = "none",
 ) -> Iterator[dict[str, np.ndarray]]:
     """One epoch of shuffled training batches.
 
@@ -290,6 +391,8 @@ def train_batches(
       drop_remainder: drop the last partial batch (keeps shapes static for jit).
       worker_count: 0 = in-process (threads); > 0 = that many grain worker processes.
       imagenet_normalization: ImageNet mean/std (default), else pixels / 255.
+      augment: ``"none"``, ``"flip"`` or ``"flip_crop"`` (module docstring); a pure function
+        of (seed, epoch, position in the epoch), like the order.
 
     Returns:
       An iterator of ``{"image": float32 [B, S, S, 3] normalised, "label": int32 [B],
@@ -297,12 +400,22 @@ def train_batches(
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
     indices = epoch_indices(source, seed=seed, epoch=epoch, sampling=sampling)
-    ds = (
-        grain.MapDataset.source(indices)
-        .map(functools.partial(_prepare_index, source, image_size))
-        .batch(batch_size, drop_remainder=drop_remainder)
-        .map(functools.partial(_normalize_batch, imagenet_normalization=imagenet_normalization))
+    if augment == "none":
+        ds = grain.MapDataset.source(indices).map(
+            functools.partial(_prepare_index, source, image_size)
+        )
+    else:
+        # The draws are made here, in the main process, and travel with the map function, so
+        # workers only look them up: results cannot depend on worker count or scheduling.
+        draws = augment_draws(len(indices), seed=seed, epoch=epoch)
+        ds = grain.MapDataset.range(len(indices)).map(
+            functools.partial(_prepare_augmented, source, image_size, augment, indices, draws)
+        )
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(
+        functools.partial(_normalize_batch, imagenet_normalization=imagenet_normalization)
     )
     return _iterate(ds, worker_count)
 
