@@ -18,8 +18,11 @@ TINY_KWARGS = {
     "vgg11": dict(width_multiplier=1 / 16, classifier_width=16),
     "vgg11_bn": dict(width_multiplier=1 / 16, classifier_width=16),
     "resnet18": dict(width=4),
+    "resnet34": dict(width=4),
+    # Dropout off so that train=True needs no 'dropout' rng here; see test_mobilenet_v2_dropout.
+    "mobilenet_v2": dict(width_multiplier=0.25, dropout_rate=0.0),
 }
-BN_MODELS = {"vgg11_bn", "resnet18"}
+BN_MODELS = {"vgg11_bn", "resnet18", "resnet34", "mobilenet_v2"}
 
 
 def _key(seed: int) -> jax.Array:
@@ -77,7 +80,15 @@ def test_forward_shapes_and_batch_stats(name):
             variables["batch_stats"],
             updates["batch_stats"],
         )
-        assert all(jax.tree.leaves(changed))
+        unchanged = {jax.tree_util.keystr(path) for path, c in
+                     jax.tree_util.tree_flatten_with_path(changed)[0] if not c}
+        if name == "mobilenet_v2":
+            # In training mode a BN output has zero batch mean per channel. A block fed only by
+            # sums of BN outputs (after a residual block) therefore has a bias-free expand conv
+            # output of zero batch mean, and its running mean rightly stays 0.
+            assert all("['expand_bn']['mean']" in path for path in unchanged), unchanged
+        else:
+            assert not unchanged
         # Training mode normalises with batch statistics, so it differs from inference.
         assert not np.allclose(train_logits, logits)
     else:
@@ -95,10 +106,12 @@ def test_resnet_small_input_stem():
     assert _param_shapes(big)["conv_init"]["kernel"].shape == (7, 7, 3, 4)
 
 
-def test_resnet_param_names():
-    params = _param_shapes(get_model("resnet18", num_classes=2, width=4))
+@pytest.mark.parametrize("name,stage_sizes", [("resnet18", (2, 2, 2, 2)),
+                                               ("resnet34", (3, 4, 6, 3))])
+def test_resnet_param_names(name, stage_sizes):
+    params = _param_shapes(get_model(name, num_classes=2, width=4))
     expected = {"conv_init", "bn_init", "fc"} | {
-        f"layer{s}_block{b}" for s in range(1, 5) for b in range(2)
+        f"layer{s + 1}_block{b}" for s, n in enumerate(stage_sizes) for b in range(n)
     }
     assert set(params) == expected
     assert set(params["layer1_block0"]) == {"conv1", "bn1", "conv2", "bn2"}
@@ -106,8 +119,87 @@ def test_resnet_param_names():
         assert set(params[f"layer{s}_block0"]) == {
             "conv1", "bn1", "conv2", "bn2", "proj_conv", "proj_bn"
         }
-        assert set(params[f"layer{s}_block1"]) == {"conv1", "bn1", "conv2", "bn2"}
+        for b in range(1, stage_sizes[s - 1]):
+            assert set(params[f"layer{s}_block{b}"]) == {"conv1", "bn1", "conv2", "bn2"}
+        # Stage s has width * 2**(s-1) channels.
+        assert params[f"layer{s}_block0"]["conv2"]["kernel"].shape == (3, 3, 4 * 2**(s - 1),
+                                                                       4 * 2**(s - 1))
     assert "bias" not in params["conv_init"]
+
+
+def test_resnet_rejects_wrong_number_of_stages():
+    model = get_model("resnet18", num_classes=2, width=4, stage_sizes=(2, 2, 2))
+    with pytest.raises(ValueError, match="4 entries"):
+        jax.eval_shape(model.init, jax.random.key(0),
+                       jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+
+
+def test_mobilenet_v2_param_names_and_channels():
+    params = _param_shapes(get_model("mobilenet_v2", num_classes=1000), 224)
+    assert set(params) == ({"stem_conv", "stem_bn", "last_conv", "last_bn", "fc"}
+                           | {f"block{i}" for i in range(1, 18)})
+    assert set(params["block1"]) == {"dw_conv", "dw_bn", "project_conv", "project_bn"}
+    for i in range(2, 18):
+        assert set(params[f"block{i}"]) == {"expand_conv", "expand_bn", "dw_conv", "dw_bn",
+                                            "project_conv", "project_bn"}
+    # Output channels of blocks 1..17 (the (t, c, n, s) table) and their depthwise kernels.
+    outs = [16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320]
+    ins = [32] + outs[:-1]
+    for i, (c_in, c_out) in enumerate(zip(ins, outs), start=1):
+        block = params[f"block{i}"]
+        hidden = c_in if i == 1 else 6 * c_in
+        assert block["dw_conv"]["kernel"].shape == (3, 3, 1, hidden)
+        assert block["project_conv"]["kernel"].shape == (1, 1, hidden, c_out)
+        assert all("bias" not in block[k] for k in block if k.endswith("conv"))
+    assert params["stem_conv"]["kernel"].shape == (3, 3, 3, 32)
+    assert params["last_conv"]["kernel"].shape == (1, 1, 320, 1280)
+    assert params["fc"]["kernel"].shape == (1280, 1000)
+
+
+def test_mobilenet_v2_width_multiplier_rounds_to_multiples_of_8():
+    params = _param_shapes(get_model("mobilenet_v2", num_classes=3, width_multiplier=0.35))
+    # torchvision's rounding: 32*0.35=11.2 -> 16 (8 would lose >10%), 16*0.35=5.6 -> 8,
+    # 320*0.35=112 -> 112; the last conv never shrinks below 1280.
+    assert params["stem_conv"]["kernel"].shape[-1] == 16
+    assert params["block1"]["project_conv"]["kernel"].shape[-1] == 8
+    assert params["block17"]["project_conv"]["kernel"].shape[-1] == 112
+    assert params["last_conv"]["kernel"].shape == (1, 1, 112, 1280)
+
+
+def test_mobilenet_v2_depthwise_convs_are_plain_grouped_convs():
+    # The curvature code recognises depthwise convs as plain nn.Conv with one group per channel.
+    model = get_model("mobilenet_v2", num_classes=3, width_multiplier=0.25)
+    seen = {}
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if type(module) is nn.Conv and module.name == "dw_conv":
+            seen[module.scope.path] = (module.feature_group_count, args[0].shape[-1],
+                                       module.padding, module.strides)
+        return next_fun(*args, **kwargs)
+
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    with nn.intercept_methods(record):
+        jax.eval_shape(model.init, jax.random.key(0), x)
+    assert len(seen) == 17
+    for groups, channels, padding, strides in seen.values():
+        assert groups == channels
+        assert padding == ((1, 1), (1, 1)) and strides in ((1, 1), (2, 2))
+
+
+def test_mobilenet_v2_dropout():
+    model = get_model("mobilenet_v2", num_classes=3, width_multiplier=0.25)
+    assert model.dropout_rate == 0.2  # torchvision's default
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    with pytest.raises(flax.errors.InvalidRngError):
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]),
+                       variables, x)  # no 'dropout' rng
+    # With the rng, training mode runs.
+    out, _ = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                 rngs={"dropout": jax.random.key(1)}), variables, x)
+    assert out.shape == (1, 3)
 
 
 def test_vgg_param_names_and_widths():
@@ -207,6 +299,8 @@ def test_max_pool_3x3_s2_matches_flax_value_and_grad(shape):
 def test_param_counts_match_torchvision():
     # torchvision counts; BN scale and bias are parameters, running statistics are not.
     assert _param_count(get_model("resnet18", num_classes=1000), 224) == 11_689_512
+    assert _param_count(get_model("resnet34", num_classes=1000), 224) == 21_797_672
+    assert _param_count(get_model("mobilenet_v2", num_classes=1000), 224) == 3_504_872
     assert _param_count(get_model("vgg11", num_classes=1000, classifier_width=4096), 224) == (
         132_863_336
     )

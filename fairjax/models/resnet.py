@@ -1,10 +1,13 @@
-"""ResNet-18, equivalent to torchvision's ``resnet18`` (same layers, padding and parameter count).
+"""ResNet-18 and ResNet-34, equivalent to torchvision's ``resnet18`` / ``resnet34`` (same layers,
+padding and parameter count).
 
-Submodule names are part of the API:
+Both are :class:`ResNet` with BasicBlocks; they differ only in ``stage_sizes``, the number of
+blocks per stage: (2, 2, 2, 2) and (3, 4, 6, 3). Submodule names are part of the API:
 
 - stem: ``conv_init`` (no bias), ``bn_init``;
-- blocks: ``layer{1..4}_block{0,1}``, each with ``conv1, bn1, conv2, bn2`` and, where the
-  shape changes, the projection shortcut ``proj_conv`` (1x1, no bias), ``proj_bn``;
+- blocks: ``layer{s}_block{b}`` for stage ``s`` in 1..4 and ``b`` in ``0 .. stage_sizes[s-1]-1``,
+  each with ``conv1, bn1, conv2, bn2`` and, where the shape changes, the projection shortcut
+  ``proj_conv`` (1x1, no bias), ``proj_bn``;
 - head: ``fc`` (after global average pooling).
 
 Padding is explicit so that every conv samples the same pixels as its PyTorch counterpart
@@ -17,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -78,12 +82,13 @@ class BasicBlock(nn.Module):
         return nn.relu(y + x)
 
 
-@register_model("resnet18")
-class ResNet18(nn.Module):
-    """ResNet-18: stem, four stages of two BasicBlocks, global average pool, Dense head.
+class ResNet(nn.Module):
+    """ResNet with BasicBlocks: stem, four stages, global average pool, Dense head.
 
     Attributes:
       num_classes: number of output logits.
+      stage_sizes: BasicBlocks per stage (four entries). The first block of stages 2-4 halves
+        the resolution.
       width: channels of the stem and of stage 1; stages 2-4 use 2x, 4x, 8x.
       small_input: for 32-64 px images, use a 3x3 stride-1 stem without max-pool (the common
         CIFAR variant). False gives the ImageNet stem: 7x7 stride-2 conv, then
@@ -92,6 +97,7 @@ class ResNet18(nn.Module):
     """
 
     num_classes: int
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
     width: int = 64
     small_input: bool = False
     dtype: Any = jnp.float32
@@ -99,6 +105,8 @@ class ResNet18(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Maps images ``x [B, H, W, 3]`` (any H, W >= 1) to float32 logits ``[B, num_classes]``."""
+        if len(self.stage_sizes) != 4:
+            raise ValueError(f"stage_sizes must have 4 entries, got {tuple(self.stage_sizes)}")
         x = jnp.asarray(x, self.dtype)
         if self.small_input:
             x = _conv(self.width, 3, 1, self.dtype, "conv_init")(x)
@@ -108,9 +116,9 @@ class ResNet18(nn.Module):
         if not self.small_input:
             x = max_pool_3x3_s2(x)
 
-        for stage in range(4):
+        for stage, num_blocks in enumerate(self.stage_sizes):
             features = self.width * 2**stage
-            for block in range(2):
+            for block in range(num_blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(
                     features, stride, dtype=self.dtype, name=f"layer{stage + 1}_block{block}"
@@ -119,3 +127,19 @@ class ResNet18(nn.Module):
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
         return x.astype(jnp.float32)
+
+
+@register_model("resnet18")
+class ResNet18(ResNet):
+    """ResNet-18: :class:`ResNet` with ``stage_sizes=(2, 2, 2, 2)`` (11,689,512 parameters at
+    1000 classes and width 64, as torchvision's)."""
+
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+
+
+@register_model("resnet34")
+class ResNet34(ResNet):
+    """ResNet-34: :class:`ResNet` with ``stage_sizes=(3, 4, 6, 3)`` (21,797,672 parameters at
+    1000 classes and width 64, as torchvision's)."""
+
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
