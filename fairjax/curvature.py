@@ -470,6 +470,36 @@ def _depthwise_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.
   return acc.reshape((weights.shape[1],) + tuple(spec.kernel_size) + (1, f * m))
 
 
+def _is_depthwise(spec: LayerSpec) -> bool:
+  """One input channel per feature group and no input dilation (shifted windows apply)."""
+  return (spec.kind == "conv" and spec.feature_group_count > 1 and
+          spec.in_shape[-1] == spec.feature_group_count and
+          all(d == 1 for d in spec.input_dilation))
+
+
+def _depthwise_apply(spec: LayerSpec, module: nn.Conv, x: jax.Array) -> jax.Array:
+  """The depthwise conv ``module(x)`` as a sum over taps of shifted windows times kernel rows.
+
+  Same function as the module's ``lax.conv_general_dilated`` (up to float summation order), but
+  XLA:CPU lowers depthwise convolutions, and even more their input gradients, poorly: for
+  MobileNetV2's 224x224 layers at the 7 x 32 rows of the exact pass, 6x (forward) and up to
+  70x (stride-2 input gradient) slower than this fused multiply-add, measured in
+  bench/curvature.py's development. Only used inside the curvature pass.
+  """
+  kernel = module.get_variable("params", "kernel")
+  bias = module.get_variable("params", "bias") if spec.use_bias else None
+  x, kernel, bias = module.promote_dtype(x, kernel, bias, dtype=module.dtype)
+  f = x.shape[-1]
+  m = kernel.shape[-1] // f
+  taps = kernel.reshape(-1, f, m)  # kernel [*kernel_size, 1, F * M], channel o = f * M + m
+  out = None
+  for t, window in enumerate(_shifted_windows(spec, x)):
+    term = window[..., None] * taps[t]
+    out = term if out is None else out + term
+  out = out.reshape(out.shape[:-2] + (f * m,))
+  return out if bias is None else out + bias
+
+
 def _grouped_conv_kernel_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array,
                               max_block: int) -> jax.Array:
   """Kernel diagonal ``[G, *kernel_size, C_in / F, C_out]`` of a conv with ``F`` feature groups.
@@ -488,7 +518,7 @@ def _grouped_conv_kernel_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, wei
   c_in, c_out = x.shape[-1], cot.shape[-1]
   i, o = c_in // f, c_out // f
   rank = len(spec.kernel_size)
-  if i == 1 and all(d == 1 for d in spec.input_dilation):
+  if _is_depthwise(spec):
     return _depthwise_diag(spec, x, cot, weights, max_block)
   n, k = cot.shape[:2]
   cot = cot.reshape(n, k, -1, f, o)  # [N, K, P, F, O]
@@ -556,6 +586,7 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
   others = {k: v for k, v in variables.items() if k != "params"}
   fixed, generic = _split_params(params, specs)
   by_key = {s.key: s for s in specs}
+  depthwise = {s.key for s in specs if _is_depthwise(s)}
   n = images.shape[0]
   dtype = jax.tree.leaves(params)[0].dtype
   weights, counts = _group_weights(groups, num_groups, dtype)
@@ -570,6 +601,8 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
       if key not in probes:
         return next_fun(*args, **kwargs)
       acts[key] = args[0]
+      if key in depthwise:
+        return _depthwise_apply(by_key[key], context.module, args[0]) + probes[key]
       return next_fun(*args, **kwargs) + probes[key]
 
     full = traverse_util.unflatten_dict({**fixed, **generic_flat})
