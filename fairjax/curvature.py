@@ -17,6 +17,13 @@ How it is computed (one forward, K backward "columns", no loop over groups):
 * Dense kernels use the identity ``sum_c (a ⊗ d_c)**2 = a**2 ⊗ sum_c d_c**2``: no per-sample
   gradient is ever materialised. Conv kernels need per-sample, per-column weight gradients
   (im2col patches times cotangents); these are computed in sample chunks so memory stays bounded.
+* Grouped convs (``feature_group_count > 1``, kernel ``[*kernel_size, C_in / F, C_out]``) take
+  the conv path per feature group (patches of the group's input channels times the group's
+  output cotangents, one batched dot over the groups). Depthwise convs (one input channel per
+  group, any channel multiplier) skip the patches: per kernel tap, the shifted input window
+  times the cotangent, summed over positions, in one fused loop. Inside the pass their forward
+  is also recomputed as shifted windows times kernel rows, because XLA:CPU lowers depthwise
+  convolutions and above all their stride-2 input gradients slowly (bench/README.md).
 * Every other parameter (BatchNorm scale/bias, custom layers, shared modules) takes the generic
   path: per-sample, per-column gradients from the same vmapped VJP, squared. It is exact for any
   Linen model, only slower for large unrecognised leaves.
