@@ -65,6 +65,12 @@ MODEL_CONFIGS: dict[str, tuple[str, dict[str, Any], tuple[int, int]]] = {
     # GPU-sized configs (bench/README.md): ImageNet-sized inputs.
     "vgg11_224": ("vgg11", {}, (224, 224)),
     "small_cnn_128": ("small_cnn", {}, (128, 128)),
+    # BatchNorm models (inference mode, init running statistics), no torch mirror: --no-torch.
+    # MobileNetV2's 3x3 convs are depthwise (feature_group_count = channels).
+    "mobilenet_v2_224": ("mobilenet_v2", {}, (224, 224)),
+    # 112x112: at 224 the unchunked exact pass of batch 32 plans more memory than the 2-core
+    # development machine has (bench/memory.py: ~291 MiB per sample for ResNet-18 at 224).
+    "resnet34_112": ("resnet34", {}, (112, 112)),
 }
 
 # "cpu" or "cuda": where the torch side runs (--device). JAX runs on its default backend.
@@ -72,6 +78,9 @@ TORCH_DEVICE = "cpu"
 
 JAX_METHODS = ("jax_grad", "fairjax_exact", "fairjax_mc", "fairjax_hutchinson",
                "fairjax_empirical_fisher")
+# Only when named in --methods: exact with feature-grouped (depthwise) convs forced onto the
+# generic per-sample VJP path, i.e. the "before" of the grouped-conv fast path.
+OPTIONAL_JAX_METHODS = ("fairjax_exact_generic_grouped",)
 TORCH_METHODS = ("torch_grad", "backpack_exact", "backpack_mc")
 
 # Targets the lead checks; each is computed and printed, never enforced.
@@ -117,7 +126,9 @@ def make_flax(config: str, image_hw: tuple[int, int], seed: int):
   variables = jax.jit(model.init)(jax.random.key(seed, impl="rbg"),
                                   jnp.zeros((1, *image_hw, 3), jnp.float32))
   params = jax.tree.map(np.asarray, variables["params"])
-  return model, params
+  # Other collections (BatchNorm running statistics) are constants of every method.
+  state = {k: jax.tree.map(np.asarray, v) for k, v in variables.items() if k != "params"}
+  return model, params, state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,8 +182,12 @@ def jax_memory_analysis(compiled) -> dict[str, Any]:
 # Method definitions.
 
 
-def jax_methods(model, batch: dict[str, np.ndarray], params, seed: int):
-  """``{name: (function, args)}``; each function is jitted by the caller."""
+def jax_methods(model, batch: dict[str, np.ndarray], params, seed: int, state=None):
+  """``{name: (function, args)}``; each function is jitted by the caller.
+
+  ``state``: the non-parameter collections (``batch_stats``), passed to ``model.apply``
+  unchanged; BatchNorm models run in inference mode (their ``train=False`` default).
+  """
   import jax
   import jax.numpy as jnp
 
@@ -182,28 +197,39 @@ def jax_methods(model, batch: dict[str, np.ndarray], params, seed: int):
   labels = jnp.asarray(batch["labels"])
   groups = jnp.asarray(batch["groups"])
   params = jax.tree.map(jnp.asarray, params)
+  state = jax.tree.map(jnp.asarray, dict(state or {}))
   key = jax.random.key(seed)  # default (threefry) keys, as a user would pass them
 
-  def mean_ce(p, x, y):
-    logits = model.apply({"params": p}, x)
+  def mean_ce(p, s, x, y):
+    logits = model.apply({"params": p, **s}, x)
     logp = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1))
 
-  def grad(p, x, y):
-    return jax.grad(mean_ce)(p, x, y)
+  def grad(p, s, x, y):
+    return jax.grad(mean_ce)(p, s, x, y)
 
-  def diag(method):
-    def f(p, x, y, g, *rng):
-      return curvature.per_group_diag(model, {"params": p}, x, y, g, num_groups=NUM_GROUPS,
-                                      method=method, rng=rng[0] if rng else None, num_samples=1)
+  def diag(method, fast_grouped=True):
+    def f(p, s, x, y, g, *rng):
+      # Read while tracing (jit(f).lower), so the switch decides this executable's path.
+      saved = curvature._FAST_GROUPED_CONVS
+      curvature._FAST_GROUPED_CONVS = fast_grouped
+      try:
+        return curvature.per_group_diag(model, {"params": p, **s}, x, y, g,
+                                        num_groups=NUM_GROUPS, method=method,
+                                        rng=rng[0] if rng else None, num_samples=1)
+      finally:
+        curvature._FAST_GROUPED_CONVS = saved
     return f
 
   return {
-      "jax_grad": (grad, (params, images, labels)),
-      "fairjax_exact": (diag("exact"), (params, images, labels, groups)),
-      "fairjax_mc": (diag("mc"), (params, images, labels, groups, key)),
-      "fairjax_hutchinson": (diag("hutchinson"), (params, images, labels, groups, key)),
-      "fairjax_empirical_fisher": (diag("empirical_fisher"), (params, images, labels, groups)),
+      "jax_grad": (grad, (params, state, images, labels)),
+      "fairjax_exact": (diag("exact"), (params, state, images, labels, groups)),
+      "fairjax_mc": (diag("mc"), (params, state, images, labels, groups, key)),
+      "fairjax_hutchinson": (diag("hutchinson"), (params, state, images, labels, groups, key)),
+      "fairjax_empirical_fisher": (diag("empirical_fisher"),
+                                   (params, state, images, labels, groups)),
+      "fairjax_exact_generic_grouped": (diag("exact", fast_grouped=False),
+                                        (params, state, images, labels, groups)),
   }
 
 
@@ -373,8 +399,8 @@ def memory_worker(state_path: str, method: str, threads: int, seed: int) -> None
   else:
     import jax
 
-    model, _ = make_flax(config, image_hw, seed)
-    fn, args = jax_methods(model, batch, params, seed)[method]
+    model, _, state = make_flax(config, image_hw, seed)
+    fn, args = jax_methods(model, batch, params, seed, state)[method]
     compiled = jax.jit(fn).lower(*args).compile()
     result = rss_peak_delta(lambda: jax.block_until_ready(compiled(*args)))
   print("RESULT " + json.dumps(result), flush=True)
@@ -424,6 +450,16 @@ def max_rel_err(got: dict, want: dict) -> tuple[float, dict[str, float]]:
                     float(np.abs(g[gi]).max()))
       per_leaf[f"{module}/{leaf}"] = max(errs)
   return max(per_leaf.values()), per_leaf
+
+
+def two_level(tree: dict) -> dict[str, dict[str, Any]]:
+  """``{"block1/dw_conv": {"kernel": ...}}`` from any nesting: the shape the error helpers take."""
+  from flax import traverse_util
+
+  out: dict[str, dict[str, Any]] = {}
+  for path, leaf in traverse_util.flatten_dict(tree).items():
+    out.setdefault("/".join(path[:-1]), {})[path[-1]] = leaf
+  return out
 
 
 def rel_frobenius(got: dict, want: dict) -> float:
@@ -515,6 +551,11 @@ def markdown(results: dict) -> str:
                  f"{_fmt(agree.get('exact_max_rel_frobenius'), '.2e')}); JAX vs torch gradient "
                  "(float32 yardstick): "
                  f"{_fmt(agree.get('grad_max_rel_err'), '.2e')}")
+    if agree.get("exact_vs_generic_grouped_max_rel_err") is not None:
+      lines.append(f"- max rel. error fairjax exact (grouped-conv fast path) vs the generic path: "
+                   f"{_fmt(agree['exact_vs_generic_grouped_max_rel_err'], '.2e')} (rel. Frobenius "
+                   f"{_fmt(agree['exact_vs_generic_grouped_max_rel_frobenius'], '.2e')}), "
+                   "both float32")
     for t in res["targets"]:
       status = {True: "HOLDS", False: "MISSED", None: "n/a"}[t["holds"]]
       note = "" if t["stated_for_this_model"] else " (informational for this model)"
@@ -557,7 +598,7 @@ def run_model(config: str, args, threads: int, state_dir: str) -> dict[str, Any]
   _, kwargs, image_hw = MODEL_CONFIGS[config]
   batch = make_batch(image_hw, args.seed)
   log(f"{config}: init weights")
-  model, params = make_flax(config, image_hw, args.seed)
+  model, params, state = make_flax(config, image_hw, args.seed)
   counts = [int((batch["groups"] == g).sum()) for g in range(NUM_GROUPS)]
   res: dict[str, Any] = {
       "model": {"name": MODEL_CONFIGS[config][0], "kwargs": kwargs, "image_hw": list(image_hw),
@@ -568,7 +609,7 @@ def run_model(config: str, args, threads: int, state_dir: str) -> dict[str, Any]
   }
   outputs: dict[str, Any] = {}
 
-  for name, (fn, fn_args) in jax_methods(model, batch, params, args.seed).items():
+  for name, (fn, fn_args) in jax_methods(model, batch, params, args.seed, state).items():
     if name not in args.methods:
       continue
     log(f"{config}: {name} (JAX) compile + {args.warmup} warm-up + {args.repeats} repeats")
@@ -595,7 +636,7 @@ def run_model(config: str, args, threads: int, state_dir: str) -> dict[str, Any]
   # Memory in fresh subprocesses (after all timings, so they never overlap a timed run).
   rss_methods = [m for m in res["methods"]
                  if (m in TORCH_METHODS and not args.no_torch_rss) or
-                 (m in JAX_METHODS and args.jax_rss)]
+                 (m in JAX_METHODS + OPTIONAL_JAX_METHODS and args.jax_rss)]
   if rss_methods:
     state_path = os.path.join(state_dir, f"{config}.npz")
     _save_state(state_path, config, batch, params)
@@ -628,6 +669,12 @@ def run_model(config: str, args, threads: int, state_dir: str) -> dict[str, Any]
       agreement["note"] = ("float32 yardstick: grad_max_rel_err is how far two float32 "
                            "gradients of the same network differ; deep random-init nets "
                            "(VGG-11) give ~1e-3 here in both frameworks vs float64")
+  if "fairjax_exact" in outputs and "fairjax_exact_generic_grouped" in outputs:
+    # Same quantity by two code paths, both float32: how far the fast path is from the generic.
+    got = two_level(outputs["fairjax_exact"])
+    want = two_level(outputs["fairjax_exact_generic_grouped"])
+    agreement["exact_vs_generic_grouped_max_rel_err"] = max_rel_err(got, want)[0]
+    agreement["exact_vs_generic_grouped_max_rel_frobenius"] = rel_frobenius(got, want)
   res["agreement"] = agreement
   res["ratios"] = compute_ratios(res["methods"])
   res["targets"] = check_targets(config, res["ratios"])
@@ -640,7 +687,8 @@ def parse_args(argv=None):
   p.add_argument("--models", default="small_cnn,vgg11",
                  help=f"comma-separated subset of {','.join(MODEL_CONFIGS)}")
   p.add_argument("--methods", default=",".join(JAX_METHODS + TORCH_METHODS),
-                 help="comma-separated subset of the methods (default: all)")
+                 help="comma-separated subset of the methods (default: all but "
+                      f"{','.join(OPTIONAL_JAX_METHODS)}, which must be named)")
   p.add_argument("--repeats", type=int, default=7, help="timed runs per method (median)")
   p.add_argument("--warmup", type=int, default=2, help="untimed runs first (>= 1)")
   p.add_argument("--out", default=os.path.join("bench", "results", "curvature_cpu.json"))
@@ -666,7 +714,7 @@ def parse_args(argv=None):
     args.repeats, args.warmup = 2, 1
   args.warmup = max(1, args.warmup)
   args.methods = set(args.methods.split(","))
-  unknown = args.methods - set(JAX_METHODS + TORCH_METHODS)
+  unknown = args.methods - set(JAX_METHODS + OPTIONAL_JAX_METHODS + TORCH_METHODS)
   if unknown:
     p.error(f"unknown methods {sorted(unknown)}")
   args.models = [m for m in args.models.split(",") if m]

@@ -17,6 +17,13 @@ How it is computed (one forward, K backward "columns", no loop over groups):
 * Dense kernels use the identity ``sum_c (a ⊗ d_c)**2 = a**2 ⊗ sum_c d_c**2``: no per-sample
   gradient is ever materialised. Conv kernels need per-sample, per-column weight gradients
   (im2col patches times cotangents); these are computed in sample chunks so memory stays bounded.
+* Grouped convs (``feature_group_count > 1``, kernel ``[*kernel_size, C_in / F, C_out]``) take
+  the conv path per feature group (patches of the group's input channels times the group's
+  output cotangents, one batched dot over the groups). Depthwise convs (one input channel per
+  group, any channel multiplier) skip the patches: per kernel tap, the shifted input window
+  times the cotangent, summed over positions, in one fused loop. Inside the pass their forward
+  is also recomputed as shifted windows times kernel rows, because XLA:CPU lowers depthwise
+  convolutions and above all their stride-2 input gradients slowly (bench/README.md).
 * Every other parameter (BatchNorm scale/bias, custom layers, shared modules) takes the generic
   path: per-sample, per-column gradients from the same vmapped VJP, squared. It is exact for any
   Linen model, only slower for large unrecognised leaves.
@@ -87,6 +94,11 @@ _PROBES_PER_CALL = 8
 
 _UNSUPPORTED_PADDING = ("CIRCULAR", "CAUSAL", "REFLECT")
 
+# False keeps feature-grouped (incl. depthwise) convs on the generic path. Private: it exists so
+# tests and bench/curvature.py can compare against that path. Read at call time and passed to
+# the jitted function as a static argument, so flipping it never reuses a stale executable.
+_FAST_GROUPED_CONVS = True
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerSpec:
@@ -99,6 +111,9 @@ class LayerSpec:
     out_shape: per-sample output shape (leading batch dim of size 1 included).
     use_bias: whether the module has a ``bias`` parameter.
     kernel_size, strides, padding, input_dilation, kernel_dilation: conv geometry.
+    feature_group_count: conv feature groups ``F``; the kernel is
+      ``[*kernel_size, C_in / F, C_out]`` and output channel ``o`` reads input group
+      ``o // (C_out / F)``.
   """
 
   path: Path
@@ -111,6 +126,7 @@ class LayerSpec:
   padding: Any = None
   input_dilation: tuple[int, ...] = ()
   kernel_dilation: tuple[int, ...] = ()
+  feature_group_count: int = 1
 
   @property
   def key(self) -> str:
@@ -129,14 +145,21 @@ def _as_tuple(value: Any, rank: int) -> tuple[int, ...]:
   return tuple(int(v) for v in value)
 
 
-def _conv_geometry(module: nn.Conv, in_shape: tuple[int, ...]) -> dict | None:
-  """Returns the conv's geometry, or None when the closed form does not apply."""
+def _conv_geometry(module: nn.Conv, in_shape: tuple[int, ...],
+                   grouped: bool = True) -> dict | None:
+  """Returns the conv's geometry, or None when the closed form does not apply.
+
+  ``grouped=False`` rejects feature-grouped convs (they then take the generic path).
+  """
   kernel_size = _as_tuple(module.kernel_size, 1 if isinstance(module.kernel_size, int) else
                           len(module.kernel_size))
   rank = len(kernel_size)
   if not 1 <= rank <= 3 or len(in_shape) != rank + 2:
     return None
-  if module.feature_group_count != 1 or module.mask is not None:
+  groups = int(module.feature_group_count)
+  if module.mask is not None or groups < 1 or (groups != 1 and not grouped):
+    return None
+  if in_shape[-1] % groups or module.features % groups:
     return None
   if module.conv_general_dilated is not None or module.conv_general_dilated_cls is not None:
     return None
@@ -152,6 +175,7 @@ def _conv_geometry(module: nn.Conv, in_shape: tuple[int, ...]) -> dict | None:
       padding=padding,
       input_dilation=_as_tuple(module.input_dilation, rank),
       kernel_dilation=_as_tuple(module.kernel_dilation, rank),
+      feature_group_count=groups,
   )
 
 
@@ -161,19 +185,22 @@ def _is_plain(module: nn.Module, base: type) -> bool:
 
 
 def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[int],
-                    apply_kwargs: Mapping[str, Any] | None = None) -> tuple[LayerSpec, ...]:
+                    apply_kwargs: Mapping[str, Any] | None = None, *,
+                    grouped_convs: bool = True) -> tuple[LayerSpec, ...]:
   """Finds the Dense/Conv calls of ``model`` that the closed-form fast path can handle.
 
   Runs one abstract (shape-only) per-sample forward pass. A module is recognised when it is a
-  plain ``nn.Dense`` or ``nn.Conv`` (1-3 spatial dims, no feature groups, no mask, padding not
-  circular/causal/reflect), is called exactly once, and owns exactly ``kernel`` (+ ``bias``).
-  Everything else falls back to the generic (still exact) path.
+  plain ``nn.Dense`` or ``nn.Conv`` (1-3 spatial dims, any ``feature_group_count`` including
+  depthwise, no mask, padding not circular/causal/reflect), is called exactly once, and owns
+  exactly ``kernel`` (+ ``bias``) of the expected shape. Everything else falls back to the
+  generic (still exact) path.
 
   Args:
     model: any Linen module.
     variables: its variables, ``{"params": ..., other collections}``.
     image_shape: shape of ONE example, e.g. ``(H, W, C)``.
     apply_kwargs: extra keyword arguments for ``model.apply``.
+    grouped_convs: ``False`` leaves convs with ``feature_group_count > 1`` to the generic path.
 
   Returns:
     A tuple of :class:`LayerSpec`, in call order.
@@ -214,8 +241,12 @@ def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[i
         continue
       specs.append(LayerSpec(path, "dense", in_shape, out_shape, module.use_bias))
     else:
-      geometry = _conv_geometry(module, in_shape)
+      geometry = _conv_geometry(module, in_shape, grouped_convs)
       if geometry is None:
+        continue
+      groups = geometry["feature_group_count"]
+      kernel_shape = geometry["kernel_size"] + (in_shape[-1] // groups, out_shape[-1])
+      if flat_params[path + ("kernel",)].shape != kernel_shape:
         continue
       specs.append(LayerSpec(path, "conv", in_shape, out_shape, module.use_bias, **geometry))
   return tuple(specs)
@@ -296,6 +327,16 @@ def _patches(spec: LayerSpec, x: jax.Array) -> tuple[jax.Array, bool]:
         lhs_dilation=spec.input_dilation, rhs_dilation=spec.kernel_dilation,
         dimension_numbers=dims, precision=jax.lax.Precision.HIGHEST)
     return patches.reshape(x.shape[0], -1, patches.shape[-1]), False
+  patches = jnp.stack(_shifted_windows(spec, x), axis=-2)  # [n, *out, prod(kernel), C_in]
+  return patches.reshape(x.shape[0], -1, patches.shape[-2] * patches.shape[-1]), True
+
+
+def _shifted_windows(spec: LayerSpec, x: jax.Array) -> list[jax.Array]:
+  """The input each kernel tap sees: ``prod(kernel_size)`` arrays ``[n, *spatial_out, C_in]``.
+
+  Pad + one strided slice per tap, in kernel order. Needs ``input_dilation == 1``.
+  """
+  rank = len(spec.kernel_size)
   in_spatial = x.shape[1:1 + rank]
   window = tuple((k - 1) * d + 1 for k, d in zip(spec.kernel_size, spec.kernel_dilation))
   pads = spec.padding
@@ -304,14 +345,13 @@ def _patches(spec: LayerSpec, x: jax.Array) -> tuple[jax.Array, bool]:
   x = jnp.pad(x, ((0, 0),) + tuple(tuple(p) for p in pads) + ((0, 0),))
   out_spatial = tuple((size + lo + hi - w) // s + 1 for size, (lo, hi), w, s in
                       zip(in_spatial, pads, window, spec.strides))
-  cols = []
+  windows = []
   for offset in itertools.product(*(range(k) for k in spec.kernel_size)):
     index = (slice(None),) + tuple(
         slice(o * d, o * d + (n - 1) * s + 1, s)
         for o, d, n, s in zip(offset, spec.kernel_dilation, out_spatial, spec.strides))
-    cols.append(x[index])
-  patches = jnp.stack(cols, axis=-2)  # [n, *out_spatial, prod(kernel_size), C_in]
-  return patches.reshape(x.shape[0], -1, patches.shape[-2] * patches.shape[-1]), True
+    windows.append(x[index])
+  return windows
 
 
 def _chunks(total: int, size: int) -> list[slice]:
@@ -379,10 +419,15 @@ def _conv_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array
     x: inputs ``[N, *spatial_in, C_in]``.
     cot: output cotangents ``[N, K, *spatial_out, C_out]`` (one per backward column).
     weights: ``float[N, G]`` group weights.
-    kernel_shape: ``(*kernel_size, C_in, C_out)``.
+    kernel_shape: ``(*kernel_size, C_in / F, C_out)`` (``F`` = ``spec.feature_group_count``).
   """
   n, k = cot.shape[:2]
   c_out = cot.shape[-1]
+  if spec.feature_group_count != 1:
+    out = {"kernel": _grouped_conv_kernel_diag(spec, x, cot, weights, max_block)}
+    if spec.use_bias:
+      out["bias"] = _bias_sq_sum(cot.reshape(n, k, -1, c_out), weights)
+    return out
   cot = cot.reshape(n, k, -1, c_out)  # [N, K, P, C_out]
   patches, kernel_major = _patches(spec, x)
   acc = _per_sample_sq_sum(patches, cot, weights, max_block)  # [G, K_in, C_out]
@@ -398,6 +443,109 @@ def _conv_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array
   if spec.use_bias:
     out["bias"] = _bias_sq_sum(cot, weights)
   return out
+
+
+def _depthwise_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array,
+                    max_block: int) -> jax.Array:
+  """Kernel diagonal ``[G, *kernel_size, 1, C_out]`` of a conv with one input channel per group.
+
+  Args:
+    x: inputs ``[N, *spatial_in, F]`` (``F`` = feature groups = input channels).
+    cot: output cotangents ``[N, K, *spatial_out, F * M]`` (``M`` = channel multiplier).
+    weights: ``float[N, G]``.
+
+  Per tap ``t`` the per-sample, per-column gradient is ``sum_p x_t[p, f] * cot[c, p, f, m]``: a
+  multiply-reduce over positions that XLA fuses with the shifted slice, so neither patches nor
+  products are materialised. As a dot it is a batched ``[T, P] x [P, K]`` per (sample,
+  channel) behind transposes of patches and cotangents: 1.4-5x slower on XLA:CPU for
+  MobileNetV2's 112x112 and 56x56 layers (batch 32, 7 columns; measured while developing
+  this, on a shared 2-core machine).
+  """
+  n, k = cot.shape[:2]
+  f = x.shape[-1]
+  m = cot.shape[-1] // f
+  rank = len(spec.kernel_size)
+  positions = tuple(range(2, 2 + rank))
+  cot = cot.reshape(cot.shape[:-1] + (f, m))  # [N, K, *spatial_out, F, M]
+  windows = _shifted_windows(spec, x)
+  taps = len(windows)
+  acc = None
+  for sl in _chunks(n, max_block // max(k * taps * f * m, 1)):
+    grads = jnp.stack([jnp.sum(w[sl][:, None, ..., None] * cot[sl], axis=positions)
+                       for w in windows], axis=2)  # [n, K, T, F, M]
+    part = jnp.tensordot(weights[sl], jnp.sum(grads * grads, axis=1), axes=(0, 0))
+    acc = part if acc is None else acc + part
+  return acc.reshape((weights.shape[1],) + tuple(spec.kernel_size) + (1, f * m))
+
+
+def _is_depthwise(spec: LayerSpec) -> bool:
+  """One input channel per feature group and no input dilation (shifted windows apply)."""
+  return (spec.kind == "conv" and spec.feature_group_count > 1 and
+          spec.in_shape[-1] == spec.feature_group_count and
+          all(d == 1 for d in spec.input_dilation))
+
+
+def _depthwise_apply(spec: LayerSpec, module: nn.Conv, x: jax.Array) -> jax.Array:
+  """The depthwise conv ``module(x)`` as a sum over taps of shifted windows times kernel rows.
+
+  Same function as the module's ``lax.conv_general_dilated`` (up to float summation order), but
+  XLA:CPU lowers depthwise convolutions, and even more their input gradients, poorly. Measured
+  on MobileNetV2 layers at 224 rows (7 columns x 32 samples, as in the exact pass): the conv's
+  forward is 5.6-6.3x slower than this fused multiply-add, and the stride-2 112x112x96 layer's
+  input gradient took 35 s against 3 s for its forward. Only used inside the curvature pass.
+  """
+  kernel = module.get_variable("params", "kernel")
+  bias = module.get_variable("params", "bias") if spec.use_bias else None
+  x, kernel, bias = module.promote_dtype(x, kernel, bias, dtype=module.dtype)
+  f = x.shape[-1]
+  m = kernel.shape[-1] // f
+  taps = kernel.reshape(-1, f, m)  # kernel [*kernel_size, 1, F * M], channel o = f * M + m
+  out = None
+  for t, window in enumerate(_shifted_windows(spec, x)):
+    term = window[..., None] * taps[t]
+    out = term if out is None else out + term
+  out = out.reshape(out.shape[:-2] + (f * m,))
+  return out if bias is None else out + bias
+
+
+def _grouped_conv_kernel_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array,
+                              max_block: int) -> jax.Array:
+  """Kernel diagonal ``[G, *kernel_size, C_in / F, C_out]`` of a conv with ``F`` feature groups.
+
+  Args:
+    x: inputs ``[N, *spatial_in, C_in]``.
+    cot: output cotangents ``[N, K, *spatial_out, C_out]``.
+    weights: ``float[N, G]``.
+
+  One input channel per group (depthwise, any channel multiplier) takes
+  :func:`_depthwise_diag`. Otherwise the im2col patches are split by group and
+  :func:`_per_sample_sq_sum` is vmapped over the groups: a batched dot, not a (slow on XLA:CPU)
+  grouped convolution.
+  """
+  f = spec.feature_group_count
+  c_in, c_out = x.shape[-1], cot.shape[-1]
+  i, o = c_in // f, c_out // f
+  rank = len(spec.kernel_size)
+  if _is_depthwise(spec):
+    return _depthwise_diag(spec, x, cot, weights, max_block)
+  n, k = cot.shape[:2]
+  cot = cot.reshape(n, k, -1, f, o)  # [N, K, P, F, O]
+  patches, kernel_major = _patches(spec, x)
+  p = patches.shape[1]
+  taps = math.prod(spec.kernel_size)
+  if kernel_major:  # (tap, group, channel) -> (group, tap, channel)
+    patches = patches.reshape(n, p, taps, f, i).transpose(0, 1, 3, 2, 4)
+  patches = patches.reshape(n, p, f, taps * i)  # channel-major is (group, channel, tap) already
+  per_group = jax.vmap(lambda xf, cf: _per_sample_sq_sum(xf, cf, weights, max(max_block // f, 1)),
+                       in_axes=(2, 3))(patches, cot)  # [F, G, taps * I, O]
+  num_groups = weights.shape[1]
+  if kernel_major:
+    acc = per_group.reshape((f, num_groups) + tuple(spec.kernel_size) + (i, o))
+  else:
+    acc = per_group.reshape((f, num_groups, i) + tuple(spec.kernel_size) + (o,))
+    acc = jnp.moveaxis(acc, 2, 2 + rank)
+  acc = jnp.moveaxis(acc, 0, -2)  # [G, *kernel_size, I, F, O]
+  return acc.reshape((num_groups,) + tuple(spec.kernel_size) + (i, c_out))
 
 
 def _dense_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array,
@@ -437,13 +585,16 @@ def _split_params(params: PyTree, specs: Sequence[LayerSpec]) -> tuple[dict, dic
 def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
                       labels: jax.Array, groups: jax.Array, rng: jax.Array | None, *,
                       num_groups: int, method: str, num_samples: int, chunk_size: int | None,
-                      apply_kwargs: Mapping[str, Any], max_block: int) -> tuple[PyTree, jax.Array]:
+                      apply_kwargs: Mapping[str, Any], max_block: int,
+                      grouped_convs: bool = True) -> tuple[PyTree, jax.Array]:
   """exact / mc / empirical_fisher: one vmapped forward + K-column VJP per sample chunk."""
-  specs = discover_layers(model, variables, images.shape[1:], apply_kwargs)
+  specs = discover_layers(model, variables, images.shape[1:], apply_kwargs,
+                          grouped_convs=grouped_convs)
   params = variables["params"]
   others = {k: v for k, v in variables.items() if k != "params"}
   fixed, generic = _split_params(params, specs)
   by_key = {s.key: s for s in specs}
+  depthwise = {s.key for s in specs if _is_depthwise(s)}
   n = images.shape[0]
   dtype = jax.tree.leaves(params)[0].dtype
   weights, counts = _group_weights(groups, num_groups, dtype)
@@ -458,6 +609,8 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
       if key not in probes:
         return next_fun(*args, **kwargs)
       acts[key] = args[0]
+      if key in depthwise:
+        return _depthwise_apply(by_key[key], context.module, args[0]) + probes[key]
       return next_fun(*args, **kwargs) + probes[key]
 
     full = traverse_util.unflatten_dict({**fixed, **generic_flat})
@@ -543,9 +696,10 @@ def _hutchinson_diag(model: nn.Module, variables: PyTree, images: jax.Array, lab
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_groups", "method", "num_samples",
-                                             "chunk_size", "apply_kwargs", "max_block"))
+                                             "chunk_size", "apply_kwargs", "max_block",
+                                             "grouped_convs"))
 def _per_group_diag(model, variables, images, labels, groups, rng, *, num_groups, method,
-                    num_samples, chunk_size, apply_kwargs, max_block):
+                    num_samples, chunk_size, apply_kwargs, max_block, grouped_convs=True):
   apply_kwargs = dict(apply_kwargs)
   if method == "hutchinson":
     return _hutchinson_diag(model, variables, images, labels, groups, rng,
@@ -554,7 +708,7 @@ def _per_group_diag(model, variables, images, labels, groups, rng, *, num_groups
   return _ggn_columns_diag(model, variables, images, labels, groups, rng,
                            num_groups=num_groups, method=method, num_samples=num_samples,
                            chunk_size=chunk_size, apply_kwargs=apply_kwargs,
-                           max_block=max_block)
+                           max_block=max_block, grouped_convs=grouped_convs)
 
 
 def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
@@ -620,7 +774,8 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
   frozen_kwargs = tuple(sorted((apply_kwargs or {}).items()))
   kwargs = dict(num_groups=num_groups, method=method,
                 num_samples=num_samples if method in ("mc", "hutchinson") else 1,
-                apply_kwargs=frozen_kwargs, max_block=max_block_elements)
+                apply_kwargs=frozen_kwargs, max_block=max_block_elements,
+                grouped_convs=bool(_FAST_GROUPED_CONVS))
   n = images.shape[0]
   traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, groups))
   if method == "hutchinson" and num_samples > _PROBES_PER_CALL and not traced:

@@ -44,8 +44,9 @@ class TinyNet(nn.Module):
 
 
 class OddNet(nn.Module):
-  """Everything the fast path does NOT recognise: shared Dense, custom param, grouped and
-  circular convs, a Dense over an extra axis. All must still be exact (generic path)."""
+  """Everything the fast path does NOT recognise (shared Dense, custom param, circular conv,
+  a Dense over an extra axis) next to layers it does (a grouped conv, a dilated conv with
+  explicit padding). All must still be exact."""
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -134,10 +135,10 @@ def test_generic_path_is_exact_for_unrecognised_layers():
   v = _init(model, x)
   specs = curvature.discover_layers(model, v, x.shape[1:])
   fast = {s.path for s in specs}
-  # circular padding, grouped conv, shared weights and the per-position Dense are not fast;
-  # the dilated conv with explicit padding and the head are.
-  assert ("Conv_0",) not in fast and ("Conv_1",) not in fast and ("shared",) not in fast
-  assert ("Conv_2",) in fast and ("Dense_1",) in fast
+  # circular padding, shared weights and the per-position Dense are not fast; the grouped
+  # conv, the dilated conv with explicit padding and the head are.
+  assert ("Conv_0",) not in fast and ("shared",) not in fast
+  assert ("Conv_1",) in fast and ("Conv_2",) in fast and ("Dense_1",) in fast
   ref = _brute_force_ggn(model, v, x, y, g, 3)
   got = _flat_groups(curvature.per_group_diag(model, v, x, y, g, num_groups=3), 3)
   np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10)
