@@ -586,7 +586,8 @@ def plot_tradeoff(
     eodd = np.array([_nan_if_none(s["validation"]["eodd"]) for s in ordered])
     is_dense = np.array([s["step"] == 0 for s in ordered])
     chosen = np.array([s["step"] == chosen_step for s in ordered])
-    groups = list(ordered[0]["validation"].get("group_accuracy") or {})
+    # Sorted: the same colour per group whether the steps come from the run or from JSON.
+    groups = sorted(ordered[0]["validation"].get("group_accuracy") or {})
 
     fig = Figure(figsize=(8.0, 6.4), layout="constrained")
     ax_acc, ax_eodd = fig.subplots(2, 1, sharex=True)
@@ -600,8 +601,12 @@ def plot_tradeoff(
                         label="dense Eodd")
         if max_accuracy_drop is not None:
             floor = float(acc[is_dense][0]) - float(max_accuracy_drop)
-            ax_acc.axhline(floor, color="black", ls=":", lw=1.2,
-                           label=f"dense − max_accuracy_drop ({max_accuracy_drop:g})")
+            lo, hi = ax_acc.get_ylim()
+            # An accuracy below 0 cannot happen: a floor there is drawn at the axis' bottom.
+            ax_acc.set_ylim(max(min(lo, floor - 0.02 * (hi - lo)), -0.02), hi)
+            ax_acc.axhline(max(floor, 0.0), color="black", ls=":", lw=1.2,
+                           label=f"dense − max_accuracy_drop ({max_accuracy_drop:g})"
+                           + (" < 0" if floor < 0 else ""))
     for ax, y in ((ax_acc, acc), (ax_eodd, eodd)):
         if is_dense.any():
             ax.plot(sparsity[is_dense], y[is_dense], marker="*", ms=14, ls="none",
