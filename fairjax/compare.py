@@ -368,38 +368,40 @@ def aggregate(comparisons: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
            "num_seeds": len(rows)}
     agg.update({k: _mean_std([r.get(k) for r in rows]) for k in numeric})
     for key, _ in _difference_keys(groups):
-      agg[f"{key}_seeds"] = _significance(rows, key)
-      agg[f"{key}_text"] = _difference_text(agg[key], agg[f"{key}_seeds"])
+      agg[f"{key}_seeds"] = significance(rows, key)
+      agg[f"{key}_text"] = difference_text(agg[key], agg[f"{key}_seeds"])
     for key in ("mechanism", "mechanism_macro_f1"):
-      agg[key] = _label_counts([r.get(key) for r in rows])
+      agg[key] = label_counts([r.get(key) for r in rows])
     out.append(agg)
   return out
 
 
-def _significance(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, int]:
-  """Seeds whose interval of ``key`` lies wholly below 0, wholly above, or has none."""
-  below = above = missing = 0
+def significance(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, int]:
+  """Seeds whose interval of ``key`` lies wholly below 0, wholly above, covers 0, or is null."""
+  out = {"below_zero": 0, "above_zero": 0, "covers_zero": 0, "no_interval": 0}
   for r in rows:
     low, high = r.get(f"{key}_low"), r.get(f"{key}_high")
     if low is None or high is None:
-      missing += 1
+      out["no_interval"] += 1
     elif high < 0:
-      below += 1
+      out["below_zero"] += 1
     elif low > 0:
-      above += 1
-  return {"below_zero": below, "above_zero": above, "no_interval": missing}
+      out["above_zero"] += 1
+    else:
+      out["covers_zero"] += 1
+  return out
 
 
-def _difference_text(stats: Mapping[str, Any], seeds: Mapping[str, int]) -> str:
+def difference_text(stats: Mapping[str, Any], seeds: Mapping[str, int]) -> str:
   """``"-0.095 ± 0.049 (↓3 ↑0)"``: mean ± std over seeds, then how many seeds' intervals lie
   wholly below / above 0 (significant decreases / increases); "" without intervals."""
-  if seeds["no_interval"] == sum(seeds.values()):
+  if seeds["no_interval"] == sum(seeds.values()) or stats["mean"] is None:
     return ""
-  return (report.format_mean_std(stats["mean"], stats["std"], "+.3f")
-          + f" (↓{seeds['below_zero']} ↑{seeds['above_zero']})")
+  return (f"{stats['mean']:+.3f} ± {stats['std']:.3f}"
+          f" (↓{seeds['below_zero']} ↑{seeds['above_zero']})")
 
 
-def _label_counts(labels: Sequence[Any]) -> str:
+def label_counts(labels: Sequence[Any]) -> str:
   """``"levelled_down ×2, no_significant_change ×1"`` (most frequent first), "" if none."""
   counts: dict[str, int] = {}
   for label in labels:
@@ -429,4 +431,5 @@ def pareto_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 __all__ = ["run", "run_config", "run_name", "dense_fingerprint", "columns", "write_outputs",
-           "aggregate", "aggregate_columns", "pareto_rows"]
+           "aggregate", "aggregate_columns", "pareto_rows", "significance", "difference_text",
+           "label_counts"]
