@@ -977,11 +977,11 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
   logging.info("pruned test (step %d%s): acc %.4f macro-F1 %.4f eodd %.4f sparsity %.3f -> %s",
                chosen, ", fine-tuned" if finetune is not None else "", pruned_test["accuracy"],
                pruned_test["macro_f1"], _num(pruned_test["eodd"]), pruned_test["sparsity"], path)
-  files = [path, *written, clock.path,
-           *(os.path.join(workdir, n) for n in (PRETRAINED_JSON, REFERENCE_JSON)
-             if os.path.exists(os.path.join(workdir, n)))]
-  for line in story(results, stop_reason(workdir, config), files,
-                    os.path.dirname(checkpoint.store_directory(workdir, checkpoint.PRUNE_STORE))):
+  files = [os.path.abspath(f) for f in (path, *written, clock.path)] + [
+      os.path.abspath(os.path.join(workdir, n)) for n in (PRETRAINED_JSON, REFERENCE_JSON)
+      if os.path.exists(os.path.join(workdir, n))]
+  checkpoints = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  for line in story(results, stop_reason(workdir, config), files, checkpoints):
     logging.info("%s", line)
   return results
 
@@ -1085,7 +1085,9 @@ def story(results: Mapping[str, Any], reason: str | None, files: list[str],
       f"{_points(groups[s['worse_off_group']])}, better-off {s['better_off_group']} "
       f"{_points(groups[s['better_off_group']])}; accuracy {_points(s['accuracy_difference'])}; "
       f"Eodd {report.format_interval(s['eodd_difference'])} ({results['fairness_convention']} "
-      "convention). An interval that excludes 0 is a significant change.")
+      "convention). An interval that excludes 0 is a significant change"
+      + ("; the reported model is the dense one, so every difference is 0." if chosen == 0
+         else "."))
   lines.append("files written: " + ", ".join(files) + f"; checkpoints under {checkpoints}")
   return lines
 
@@ -1270,10 +1272,13 @@ def _plots(config, model, dense, data: DatasetSplits, steps, chosen: int, unpriv
   terms = fairprune.group_terms(dense.params, diag)
   per_layer: dict[str, dict[str, np.ndarray]] = {}
   shown = (unpriv, priv[0])
+  prunable = _prunable(config)
   for path, leaf in masks.flatten_with_paths(terms):
     if path[-1] != "kernel":
       continue
     name = "/".join(path)
+    if not prunable(tuple(path), np.asarray(leaf[0])):  # shown, but say that it is never pruned
+      name += " (not pruned)"
     per_layer[name] = {data.group_names[g]: np.asarray(leaf[g]).ravel() for g in shown}
   written.append(report.plot_saliency_histograms(
       per_layer, os.path.join(workdir, "saliency_histograms.png"),
