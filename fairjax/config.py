@@ -9,9 +9,15 @@ the public contract: ``data.manual_dir``, ``data.image_size``, ``train.epochs``,
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import inspect
+import io
+import math
 import os
-from collections.abc import Mapping
+import textwrap
+import tokenize
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ml_collections
@@ -38,13 +44,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.undefined_rates = "skip"  # class absent from a group: "skip" it or count the rate as "zero"
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "demo"
+  c.data.name = "demo"  # dataset: "demo" (synthetic, no download), "isic2019", "fitzpatrick17k"
   c.data.image_size = 32  # side of the images fed to the model
   c.data.manual_dir = ""  # real datasets: folder with the files you downloaded (README)
   c.data.data_dir = ""  # TFDS build directory ("" = <workdir>/tfds)
   c.data.stored_image_size = 128  # side at which the TFDS build stores images
-  c.data.split_fractions = (0.6, 0.2, 0.2)
-  c.data.split_seed = 0
+  c.data.split_fractions = (0.6, 0.2, 0.2)  # real datasets: (train, validation, test) shares
+  c.data.split_seed = 0  # real datasets: seed of the train/validation/test assignment
   c.data.sensitive_attribute = "sex"  # ISIC 2019: "sex" or "age"
   c.data.label_granularity = 114  # Fitzpatrick-17k: 114, 9 or 3 classes
   c.data.unknown_skin = "exclude"  # Fitzpatrick-17k skin type -1: "exclude" or "dark"
@@ -54,12 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
   # weights expect), False = pixels / 255 in [0, 1]. None = True: fairjax has always used the
   # ImageNet statistics, and with model.pretrained they are required to reuse the weights.
   c.data.imagenet_normalization = ml_collections.config_dict.placeholder(bool)
-  # The synthetic demo (fairjax.data.synthetic): sizes, generator seed, share of dark skin.
-  c.data.seed = 0
-  c.data.num_train = 3000
-  c.data.num_validation = 800
-  c.data.num_test = 1500
-  c.data.minority_fraction = 0.2
+  c.data.seed = 0  # demo (the synthetic data of fairjax.data.synthetic): generator seed
+  c.data.num_train = 3000  # demo: training images
+  c.data.num_validation = 800  # demo: validation images
+  c.data.num_test = 1500  # demo: test images
+  c.data.minority_fraction = 0.2  # demo: share of dark skin in the training split
   # Share of dark skin in the demo's validation and test splits (None = minority_fraction).
   c.data.eval_minority_fraction = ml_collections.config_dict.placeholder(float)
   c.data.minority_contrast = 0.35  # mean lesion contrast on dark skin (light: U(0.45, 0.70))
@@ -68,9 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.minority_color_noise = 0.0  # dark skin: lesion hue of a random class, in [0, 1]
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "small_cnn"
-  # use_bn: BatchNorm after each conv (--config.model.kwargs.use_bn=True); configs for other
-  # models replace the whole kwargs dict.
+  c.model.name = "small_cnn"  # a name of the fairjax.models registry
+  # Keyword arguments of the model's constructor; use_bn: BatchNorm after each conv
+  # (--config.model.kwargs.use_bn=True). Configs for other models replace the whole dict.
   c.model.kwargs = ml_collections.ConfigDict({"width": 16, "hidden": 64, "use_bn": False})
   # ImageNet-pretrained weights read from your disk (fairjax.models.pretrained): a torchvision
   # state_dict (.pth, needs torch), the same state_dict as .safetensors, or a file written by
@@ -82,20 +87,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.require_pretrained = False
 
   c.train = ml_collections.ConfigDict()
-  c.train.epochs = 10
-  c.train.batch_size = 64
-  c.train.eval_batch_size = 256
-  c.train.optimizer = "adam"
-  c.train.learning_rate = 1e-3
-  c.train.momentum = 0.9
-  c.train.nesterov = False
-  c.train.weight_decay = 0.0
-  c.train.schedule = "cosine"
-  c.train.warmup_epochs = 0
+  c.train.epochs = 10  # dense training epochs (at most; see patience)
+  c.train.batch_size = 64  # training batch size (at most the training split size)
+  c.train.eval_batch_size = 256  # batch size of evaluation (no effect on the metrics)
+  c.train.optimizer = "adam"  # "sgd", "adam" or "adamw"
+  c.train.learning_rate = 1e-3  # peak learning rate of the schedule
+  c.train.momentum = 0.9  # SGD momentum
+  c.train.nesterov = False  # SGD: Nesterov momentum
+  c.train.weight_decay = 0.0  # L2 (sgd, adam) or decoupled (adamw) weight decay
+  c.train.schedule = "cosine"  # learning-rate schedule: "constant", "cosine" or "step"
+  c.train.warmup_epochs = 0  # linear warm-up epochs before the schedule
   c.train.patience = 3  # early stopping on validation accuracy (epochs)
 
   c.prune = ml_collections.ConfigDict()
-  c.prune.method = "fairprune"
+  c.prune.method = "fairprune"  # one of PRUNE_METHODS (above)
   c.prune.beta = 0.5  # weight of the privileged group's curvature, (0, 1]
   c.prune.privileged_group = ""  # group name; "" = the group with higher dense val. accuracy
   c.prune.curvature = "exact"  # per_group_diag method
@@ -109,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.batch_size = 128  # their size (half per group with two groups)
   c.prune.step_fraction = 0.05  # share of the still-kept weights pruned per step
   c.prune.scope = "global"  # rank weights over all layers ("global") or within each ("layer")
-  c.prune.max_steps = 30
+  c.prune.max_steps = 30  # at most this many pruning steps
   c.prune.patience = 5  # stop when validation Eodd has not improved for this many steps
   c.prune.max_sparsity = 0.9  # stop at this share of pruned prunable weights
   c.prune.max_accuracy_drop = 0.03  # stop when validation accuracy fell by more than this
@@ -121,14 +126,14 @@ def base_config() -> ml_collections.ConfigDict:
   # None = prune.max_sparsity. A typed placeholder, so --config.prune.fairgrape_prune_rate=0.5
   # can still override it from the command line.
   c.prune.fairgrape_prune_rate = ml_collections.config_dict.placeholder(float)
-  c.prune.fairgrape_retrain_epochs = 1
+  c.prune.fairgrape_retrain_epochs = 1  # FairGRAPE: retraining epochs per iteration
   # FairGRAPE's full fine-tune of the reported pruned model after the last schedule iteration
   # (design.md section 4). The official code retrains with the dense recipe (Adam, lr 1e-4 ->
   # 1e-5 -> 1e-6 over 13 + 3 + 3 epochs on FairFace/UTKFace); scaled down here for the demo:
   # a fresh optimizer, train.schedule over these epochs, train.momentum/nesterov/weight_decay.
   c.prune.fairgrape_finetune_epochs = 2  # 0 = no final fine-tune
-  c.prune.fairgrape_finetune_optimizer = "adam"
-  c.prune.fairgrape_finetune_learning_rate = 1e-4
+  c.prune.fairgrape_finetune_optimizer = "adam"  # optimizer of that final fine-tune
+  c.prune.fairgrape_finetune_learning_rate = 1e-4  # its learning rate
   # Prune to exactly this sparsity (None = the ordinary stopping rule). Used by the comparison
   # (fairjax.compare): every method follows the cumulative schedule
   # r_i = 1 - (1 - target)**(i / max_steps) and ends at step max_steps on the target; the Eodd
@@ -152,15 +157,15 @@ def base_config() -> ml_collections.ConfigDict:
   # Measured inference speedup of the physically slimmed network over the masked one, reported
   # in results["slimming"] for "snnl_channels": batch size of the timed forward pass, and timed
   # repeats of each network after one warm-up call (0 = do not time).
-  c.prune.speedup_batch_size = 64
-  c.prune.speedup_repeats = 10
+  c.prune.speedup_batch_size = 64  # images per timed forward pass
+  c.prune.speedup_repeats = 10  # timed calls per network (0 = no timing)
 
   # Data parallelism (fairjax.parallel): one mesh axis "data" over this many local devices per
   # process, 0 = all of them. Batches are split over the devices, params/optimizer state
   # replicated; train.batch_size, train.eval_batch_size, prune.batch_size and
   # prune.curvature_chunk_size must be divisible by the total device count.
   c.parallel = ml_collections.ConfigDict()
-  c.parallel.num_devices = 0
+  c.parallel.num_devices = 0  # local devices per process (0 = all)
 
   # Paired bootstrap of the test split (fairjax.bootstrap, design.md section 5): intervals of
   # every metric of the dense and pruned models and of their differences in results.json.
@@ -200,9 +205,76 @@ def compare_section(methods: tuple[str, ...] = PRUNE_METHODS,
   of the single-method pipeline.
   """
   c = ml_collections.ConfigDict()
-  c.methods = tuple(methods)
-  c.sparsities = tuple(float(s) for s in sparsities)
+  c.methods = tuple(methods)  # pruning methods compared (each from the same dense model)
+  c.sparsities = tuple(float(s) for s in sparsities)  # target weight sparsities in (0, 1)
   return c
+
+
+def _meanings_of(fn, prefix: str) -> dict[str, str]:
+  """``{key: meaning}`` from the comments of ``fn``'s ``c.a.b = value`` lines: the comment block
+  right above an assignment, then the comment on its own line(s). Bare ``ConfigDict()``
+  sections get none (their keys are described one by one)."""
+  source = textwrap.dedent(inspect.getsource(fn))
+  comments: dict[int, str] = {}
+  for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+    if tok.type == tokenize.COMMENT:
+      comments[tok.start[0]] = tok.string.lstrip("#").strip()
+  lines = source.splitlines()
+  out: dict[str, str] = {}
+  # Sorted: ast.walk is breadth-first, the keys should read in the source's order.
+  for node in sorted(ast.walk(ast.parse(source)), key=lambda n: getattr(n, "lineno", 0)):
+    if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+      continue
+    parts, target = [], node.targets[0]
+    while isinstance(target, ast.Attribute):
+      parts.insert(0, target.attr)
+      target = target.value
+    if not (isinstance(target, ast.Name) and target.id == "c" and parts):
+      continue
+    value = node.value
+    if isinstance(value, ast.Call) and not value.args and getattr(
+        value.func, "attr", None) == "ConfigDict":
+      continue
+    above, line = [], node.lineno - 1
+    while line >= 1 and lines[line - 1].strip().startswith("#"):
+      above.insert(0, comments[line])
+      line -= 1
+    own = [comments[i] for i in range(node.lineno, node.end_lineno + 1) if i in comments]
+    out[prefix + ".".join(parts)] = " ".join(above + own)
+  return out
+
+
+def key_meanings() -> dict[str, str]:
+  """What each config key means, in the words of the comments on its line in
+  :func:`base_config` / :func:`compare_section` (one source of truth: ``--show_config`` prints
+  these, and a test checks that every key has one)."""
+  try:
+    return {**_meanings_of(base_config, ""), **_meanings_of(compare_section, "compare.")}
+  except (OSError, TypeError):  # no source to read (e.g. a .pyc-only install)
+    return {}
+
+
+def config_items(config, meanings: Mapping[str, str] | None = None,
+                 prefix: str = "") -> Iterator[tuple[str, Any]]:
+  """``(dotted key, value)`` of every leaf of ``config``, in :func:`base_config`'s order; a
+  sub-dict with a meaning of its own (``model.kwargs``) is one leaf."""
+  meanings = key_meanings() if meanings is None else meanings
+  order = list(meanings)
+
+  def rank(key: str) -> int:
+    # base_config's order (a ConfigDict iterates sorted): a section ranks as its first key;
+    # keys that base_config does not know come last.
+    path = prefix + key
+    return next((i for i, m in enumerate(order) if m == path or m.startswith(path + ".")),
+                len(order))
+
+  for key in sorted(config.keys(), key=lambda k: (rank(k), k)):
+    value = config[key]
+    path = prefix + key
+    if isinstance(value, (Mapping, ml_collections.ConfigDict)) and path not in meanings:
+      yield from config_items(value, meanings, path + ".")
+    else:
+      yield path, value
 
 
 def _validate_compare(config) -> None:
@@ -274,6 +346,12 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   """Checks every field a run depends on; raises :class:`ConfigError` on the first bad one."""
   from fairjax import models  # the registry is the source of truth for model names
 
+  # NaN / inf pass most range checks below (every comparison with NaN is False) and would only
+  # surface as a diverged or nonsensical run.
+  for key, value in config_items(config):
+    numbers = value if isinstance(value, (tuple, list)) else (value,)
+    if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+      _fail(key, value, "must be finite (no nan or inf)")
   if config.fairness_convention not in CONVENTIONS:
     _fail("fairness_convention", config.fairness_convention, f"must be one of {CONVENTIONS}")
   if config.undefined_rates not in ("skip", "zero"):
@@ -289,8 +367,10 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   if d.name != "demo" and not d.manual_dir and not d.data_dir:
     _fail("data.manual_dir", d.manual_dir,
           f"must point to your {d.name} files (see README, 'Bring real data')")
-  if len(d.split_fractions) != 3 or abs(sum(d.split_fractions) - 1.0) > 1e-6 or min(
-      d.split_fractions) <= 0:
+  if (isinstance(d.split_fractions, str) or len(d.split_fractions) != 3
+      or not all(isinstance(f, (int, float)) and not isinstance(f, bool)
+                 for f in d.split_fractions)
+      or abs(sum(d.split_fractions) - 1.0) > 1e-6 or min(d.split_fractions) <= 0):
     _fail("data.split_fractions", tuple(d.split_fractions),
           "must be three positive numbers (train, validation, test) summing to 1")
   if d.name == "isic2019" and d.sensitive_attribute not in ("sex", "age"):
@@ -391,6 +471,10 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
     _fail("prune.curvature_chunk_size", chunk,
           "must be an integer >= 0 (samples per curvature call; 0 = the whole batch)")
+  excluded = p.exclude_layers
+  if isinstance(excluded, str) or not all(isinstance(x, str) and x for x in excluded):
+    _fail("prune.exclude_layers", excluded,
+          "must be a tuple of module paths such as ('conv0', 'fc1'), or () to prune every layer")
   if p.finetune_epochs < 0:
     _fail("prune.finetune_epochs", p.finetune_epochs, "must be >= 0")
   layers = p.snnl_layers
@@ -434,3 +518,41 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   if (isinstance(r.confidence, bool) or not isinstance(r.confidence, (int, float))
       or not 0.0 < r.confidence < 1.0):
     _fail("report.confidence", r.confidence, "must be in (0, 1), e.g. 0.95")
+
+
+def validate_data(config, data) -> None:
+  """Checks the config against the loaded dataset (a :class:`fairjax.data.DatasetSplits`)
+  before any training: what would otherwise fail only after the dense model was trained.
+
+  Raises:
+    ConfigError: naming the field, the split sizes and how to fix it.
+  """
+  n_train = len(data.labels["train"])
+  demo = data.name == "demo"
+  batch = config.train.batch_size
+  if batch > n_train:
+    _fail("train.batch_size", batch,
+          f"must be at most the training split's size ({n_train} samples of {data.name}), or "
+          "an epoch has no full batch" + (" (or raise config.data.num_train)" if demo else ""))
+  names = tuple(data.group_names)
+  if config.prune.privileged_group and config.prune.privileged_group not in names:
+    _fail("prune.privileged_group", config.prune.privileged_group,
+          f"must be a group of {data.name}, one of {names}, or '' for the group with the "
+          "higher dense validation accuracy")
+  if config.prune.batch_size % len(names):
+    _fail("prune.batch_size", config.prune.batch_size,
+          f"must be a multiple of the number of groups ({len(names)}: {names}); the "
+          "group-balanced scoring batches hold as many samples of each group")
+  # Group-balanced batches draw from every group of the training split, and the group metrics
+  # of every evaluation need every group: an absent group would end the run after training.
+  for split in ("train", "validation", "test"):
+    counts = [int((data.groups[split] == g).sum()) for g in range(len(names))]
+    for name, count in zip(names, counts):
+      if count == 0:
+        hint = (f"raise config.data.num_{split} or the group's share "
+                "(config.data.minority_fraction, config.data.eval_minority_fraction)" if demo else
+                "change config.data.split_fractions or config.data.split_seed, or add samples "
+                "of that group to the data")
+        raise ConfigError(f"the {split} split of {data.name} has no sample of group {name!r} "
+                          f"(group counts {dict(zip(names, counts))}); every group needs "
+                          f"samples in every split: {hint}")

@@ -34,7 +34,7 @@ from absl import logging
 
 from fairjax import (bootstrap, checkpoint, masks, metrics, models, parallel, references, report,
                      slimming, snnl, train)
-from fairjax.config import ConfigError, imagenet_normalization, validate_config
+from fairjax.config import ConfigError, imagenet_normalization, validate_config, validate_data
 from fairjax.data import DatasetSplits, load_dataset
 from fairjax.data import pipeline as input_pipeline
 from fairjax.models import pretrained
@@ -157,7 +157,18 @@ def evaluate_split(state: train.TrainState, data: DatasetSplits, split: str, con
   """Metrics of ``state`` on one split (metrics.evaluate + the mask's sparsity)."""
   out = split_metrics(config, data, *predict_split(state, data, split, config))
   out["sparsity"] = _sparsity(state.mask)
+  if split == "test":  # once per reported model
+    _warn_incomplete_metrics(data, out)
   return out
+
+
+def _warn_incomplete_metrics(data: DatasetSplits, test_metrics: Mapping[str, Any]) -> None:
+  """Warns when the test metrics skip classes or hold samples of unknown group, with counts."""
+  if max(test_metrics["skipped_classes"].values(), default=0) or test_metrics["num_unknown_group"]:
+    logging.warning("%s test metrics: fairness gaps skip classes absent from a group %s (of %d); "
+                    "%d samples of unknown group count in the overall metrics only", data.name,
+                    test_metrics["skipped_classes"], data.num_classes,
+                    test_metrics["num_unknown_group"])
 
 
 def _sparsity(mask: PyTree | None) -> float:
@@ -212,13 +223,13 @@ def train_dense(config, model, data: DatasetSplits, workdir: str) -> train.Train
     items = store.restore(latest, like)
     best = {"params": items["best_params"], "batch_stats": items["best_batch_stats"]}
     if meta.get("done"):
-      logging.info("dense model: restored the finished run (epoch %d)", meta["epoch"])
+      logging.info("dense model: restored the finished run (epoch %d)", meta["epoch"] + 1)
       store.close()
       return state.replace(**best)
     state = state.replace(params=items["params"], batch_stats=items["batch_stats"],
                           opt_state=items["opt_state"], step=jnp.asarray(meta["step"], jnp.int32))
     best_score, bad_epochs, start = meta["best_score"], meta["bad_epochs"], meta["epoch"] + 1
-    logging.info("dense model: resuming after epoch %d", meta["epoch"])
+    logging.info("dense model: resuming after epoch %d", meta["epoch"] + 1)  # 1-based, as logs
 
   batches = _epoch_batches(config, data, config.seed)
   rng = jax.random.key(config.seed + 1, impl="rbg")
@@ -239,6 +250,9 @@ def train_dense(config, model, data: DatasetSplits, workdir: str) -> train.Train
                  "eodd %.4f%s", epoch + 1, t.epochs, history[-1]["loss"],
                  history[-1]["accuracy"], val["accuracy"], val["macro_f1"], _num(val["eodd"]),
                  " (best)" if improved else "")
+    if done and epoch < t.epochs - 1:
+      logging.info("dense training: early stopping after epoch %d/%d (validation accuracy not "
+                   "improved for %d epochs, train.patience)", epoch + 1, t.epochs, bad_epochs)
     store.save(epoch, {**_state_items(state), "best_params": best["params"],
                        "best_batch_stats": best["batch_stats"]},
                metadata={"epoch": epoch, "step": int(state.step), "best_score": best_score,
@@ -850,6 +864,7 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> tuple[DatasetSplits
   logging.info("loading data: %s", config.data.name)
   data = load_dataset(config.data, workdir=workdir)
   logging.info("data: %s", data.describe()["split_sizes"])
+  validate_data(config, data)  # before any training: batch size, groups per split, roles
   return data, _make_model(config, data)
 
 
@@ -869,11 +884,12 @@ def dense_stage(config: ml_collections.ConfigDict, model, data: DatasetSplits, w
   dense_val = evaluate_split(dense, data, "validation", config)
   test_predictions = predict_split(dense, data, "test", config)
   dense_test = {**split_metrics(config, data, *test_predictions), "sparsity": _sparsity(dense.mask)}
-  _compare_with_published(config, data, test_predictions, dense_test, workdir)
+  _warn_incomplete_metrics(data, dense_test)
   unpriv, priv = resolve_roles(config, data, dense_val)
   logging.info("dense test: acc %.4f macro-F1 %.4f eodd %.4f; unprivileged group: %s",
                dense_test["accuracy"], dense_test["macro_f1"], _num(dense_test["eodd"]),
                data.group_names[unpriv])
+  _compare_with_published(config, data, test_predictions, dense_test, workdir)
   return dense, dense_val, dense_test, (unpriv, priv), test_predictions
 
 
@@ -940,6 +956,7 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
     raise RuntimeError("the dense and pruned test predictions are not of the same samples")
   pruned_test = {**split_metrics(config, data, labels, pruned_pred, groups),
                  "sparsity": _sparsity(final.mask)}
+  _warn_incomplete_metrics(data, pruned_test)  # as evaluate_split does for a test split
   predictions = {"dense": dense_predictions[1], "pruned": pruned_pred}
   boot = paired_bootstrap(config, data, labels, groups, predictions)
   privileged_name = (data.group_names[priv[0]] if len(priv) == 1 else
@@ -1152,7 +1169,7 @@ def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, 
                           opt_state=items["opt_state"], mask=items["mask"],
                           step=jnp.asarray(meta["step"], jnp.int32))
     history, start = meta["history"], meta["epoch"] + 1
-    logging.info("fairgrape final fine-tune: resuming after epoch %d", meta["epoch"])
+    logging.info("fairgrape final fine-tune: resuming after epoch %d", meta["epoch"] + 1)
   # Data order and dropout keys are functions of (seed, epoch): a resumed run trains exactly as
   # an uninterrupted one.
   batches = _epoch_batches(config, data, config.seed * 53 + 17)

@@ -499,7 +499,7 @@ def fit(
         loss = float(metrics["loss"])
         if not math.isfinite(loss):
             raise FloatingPointError(
-                f"Non-finite training loss ({loss}) at step {step} (epoch {epoch}); "
+                f"Non-finite training loss ({loss}) at step {step} (epoch {epoch + 1}); "
                 f"gradient norm {float(metrics['grad_norm'])}. Lower the learning rate (or add "
                 f"warmup / gradient clipping) and check the inputs for NaN/inf."
             )
@@ -520,7 +520,7 @@ def fit(
             n_images += size
             n_steps += 1
             if log_every and n_steps % log_every == 0:
-                logging.info("epoch %d step %d: loss %.4f acc %.4f", epoch, step,
+                logging.info("epoch %d step %d: loss %.4f acc %.4f", epoch + 1, step,
                              loss_sum / n_images, acc_sum / n_images)
 
         for batch in train_batches_fn(epoch):
@@ -540,7 +540,7 @@ def fit(
         if val_score is not None:
             if math.isnan(val_score):
                 logging.warning("epoch %d: validation score is NaN; counted as no improvement.",
-                                epoch)
+                                epoch + 1)
             elif val_score > best_score + min_delta or best_host is None:
                 improved = True
         if improved:
@@ -560,7 +560,8 @@ def fit(
         }
         history.append(record)
         logging.info(
-            "epoch %d: loss %.4f acc %.4f val %s%s, %.1f img/s", epoch, record["loss"],
+            # 1-based for humans, as every log line (the history keeps 0-based epochs).
+            "epoch %d: loss %.4f acc %.4f val %s%s, %.1f img/s", epoch + 1, record["loss"],
             record["accuracy"], "-" if val_score is None else f"{val_score:.4f}",
             " (best)" if improved else "", record["images_per_sec"],
         )
@@ -568,7 +569,7 @@ def fit(
             on_epoch_end(epoch, state, record)
         if patience is not None and bad_epochs >= patience:
             logging.info("Early stopping after epoch %d: no improvement for %d epochs "
-                         "(best %.4f).", epoch, bad_epochs, best_score)
+                         "(best %.4f).", epoch + 1, bad_epochs, best_score)
             break
 
     if best_host is None:

@@ -22,6 +22,13 @@ def test_every_config_file_loads_and_validates(path, tmp_path):
     with pytest.raises(ConfigError, match="config.data.manual_dir=''"):
       validate_config(config)
     config.data.manual_dir = str(tmp_path)
+  if config.model.require_pretrained:
+    # Protocol configs start from ImageNet weights: the weights file is the other field.
+    with pytest.raises(ConfigError, match="config.model.pretrained=''"):
+      validate_config(config)
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"")
+    config.model.pretrained = str(weights)
   validate_config(config)
 
 

@@ -72,7 +72,7 @@ def test_killed_during_final_finetune_resumes_identically(finished, tmp_path):
   reference, _ = finished
   workdir = str(tmp_path / "killed")
   res = kill_then_resume(workdir, ("checkpoints/finetune/0",), *TINY, *GRAPE)
-  assert "fairgrape final fine-tune: resuming after epoch 0" in res.stderr
+  assert "fairgrape final fine-tune: resuming after epoch 1" in res.stderr  # 1-based in logs
   assert_same_results(load_json(reference), load_json(workdir),
                       ("dense", "pruned", "steps", "summary", "chosen_step", "final_finetune"))
 

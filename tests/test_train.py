@@ -196,8 +196,9 @@ def test_nan_image_raises_with_step() -> None:
     bad["image"] = bad["image"].copy()
     bad["image"][0, 0, 0, 0] = np.nan
     bs[1] = bad
-    # Global steps 0, 1 in epoch 0; the NaN batch is step 3, the last of epoch 1.
-    with pytest.raises(FloatingPointError, match=r"step 3 .*epoch 1.*[Ll]ower the learning rate"):
+    # Global steps 0, 1 in epoch 0; the NaN batch is step 3, the last of epoch 1 (logged and
+    # reported 1-based: "epoch 2").
+    with pytest.raises(FloatingPointError, match=r"step 3 .*epoch 2\).*[Ll]ower the learning rate"):
         train.fit(new_state(), lambda epoch: bs if epoch == 1 else batches(data), epochs=3)
 
 

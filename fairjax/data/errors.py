@@ -6,8 +6,10 @@ The CLI turns each into a one-line message; :mod:`fairjax.data.tfds_common` rais
 from __future__ import annotations
 
 import os
+import tempfile
 
-__all__ = ["BadImageError", "CsvFormatError", "DatasetNotFoundError"]
+__all__ = ["BadImageError", "CsvFormatError", "DataDirError", "DatasetNotFoundError",
+           "unwritable_directory"]
 
 
 class DatasetNotFoundError(ValueError):
@@ -26,3 +28,31 @@ class CsvFormatError(ValueError):
 
 class BadImageError(ValueError):
   """An image file is missing or cannot be decoded (raised when ``on_bad_image='error'``)."""
+
+
+class DataDirError(ValueError):
+  """The TFDS ``data_dir`` cannot hold the build (a file, or not writable)."""
+
+
+def unwritable_directory(path: str | os.PathLike[str]) -> str | None:
+  """Why ``path`` cannot be used as a directory to write into, or None when it can.
+
+  Creates ``path`` (and its parents) if missing, then writes and deletes a probe file: permission
+  bits alone do not tell (root ignores them, a read-only mount does not show in them).
+  """
+  path = os.fspath(path)
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if existing == os.path.abspath(path) and not os.path.isdir(existing):
+    return "is a file, not a directory"
+  if not os.path.isdir(existing):
+    return f"cannot be created: {existing} is a file"
+  try:
+    os.makedirs(path, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".fairjax_write_probe_", dir=path)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    return f"is not writable ({e.strerror or e})"
+  return None

@@ -50,7 +50,8 @@ JPEG_QUALITY: int = 95
 
 
 # Defined without tfds so that the CLI can catch them without importing tfds (demo runs).
-from fairjax.data.errors import BadImageError, CsvFormatError, DatasetNotFoundError  # noqa: E402,F401
+from fairjax.data.errors import (  # noqa: E402,F401
+    BadImageError, CsvFormatError, DataDirError, DatasetNotFoundError, unwritable_directory)
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def check_manual_dir(
   shown = "<manual_dir>" if manual_dir is None else os.fspath(manual_dir)
   expected_list = "\n".join(f"  {shown}/{e}" for e in expected)
   if manual_dir is None:
-    problem = "no manual_dir was given"
+    problem = "it is not built yet and no manual_dir was given to build it from"
   elif not os.path.isdir(manual_dir):
     problem = f"manual_dir {os.fspath(manual_dir)!r} does not exist or is not a directory"
   elif not any(os.scandir(manual_dir)):
@@ -527,6 +528,7 @@ def load_source(
 
   Raises:
     DatasetNotFoundError: the dataset is not built and ``manual_dir`` is missing / incomplete.
+    DataDirError: the dataset is not built and ``data_dir`` cannot be written.
     CsvFormatError: a malformed metadata row (file, line, field).
     BadImageError: with ``on_bad_image="error"``.
   """
@@ -535,6 +537,11 @@ def load_source(
   )
   if not builder.is_prepared():
     builder.check_manual_dir(manual_dir)
+    # Before TFDS starts writing: it would fail deep inside the build with a bare OSError.
+    problem = unwritable_directory(data_dir)
+    if problem:
+      raise DataDirError(f"{name}: data_dir {os.fspath(data_dir)!r} {problem}; the build "
+                         f"(array_record files) is written there")
     try:
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
