@@ -1089,10 +1089,14 @@ def story(results: Mapping[str, Any], reason: str | None, files: list[str],
     lines.append("reported model: the dense model (step 0, nothing pruned); no step stayed "
                  f"within max_accuracy_drop={limit}.")
   else:
+    worse = (cfg.get("target_sparsity") is None and chosen not in better
+             and steps[chosen]["validation"]["eodd"] is not None)
     lines.append(f"reported model: step {chosen}, sparsity {pruned['sparsity']:.4f}"
                  + (", then fine-tuned" if "final_finetune" in results else "")
                  + (" (the last step, on the target)" if cfg.get("target_sparsity") is not None
-                    else " (lowest validation Eodd within the accuracy limit)") + ".")
+                    else " (lowest validation Eodd within the accuracy limit)")
+                 + (f"; its validation Eodd ({steps[chosen]['validation']['eodd']:.4f}) is not "
+                    "below the dense model's" if worse else "") + ".")
   s, boot = results["summary"], results["bootstrap"]
   groups = s["group_accuracy_difference"]
   lines.append(
