@@ -38,7 +38,8 @@ Outputs (each written atomically; a killed comparison resumes: finished runs, th
 
 :func:`aggregate` turns the ``compare.json`` of several seeds into mean ± std rows
 (``bench/compare_table.py``), with the number of seeds whose difference interval excludes 0
-and the mechanism labels counted over seeds. This module sits above the pipeline; kernels never import it.
+and the mechanism labels counted over seeds. This module sits above the pipeline; kernels never
+import it.
 """
 
 from __future__ import annotations
