@@ -8,7 +8,9 @@ in ``<root>/seed<k>``, so finished runs are reused and a killed seed resumes. Ar
 ``--`` are passed to every seed's command (config overrides). Aggregates the seeds'
 ``compare.json`` with ``fairjax.compare.aggregate`` (population std, ddof 0) and writes
 ``<out>.json``, ``<out>.md`` and ``<out>_pareto.png`` atomically. All figures are on the TEST
-split; the seed changes model init, data order and pruning batches, not the demo data.
+split; the seed changes model init, data order and pruning batches, not the demo data. Beside
+each mean ± std of a pruned − dense difference the table counts the seeds whose paired bootstrap
+interval excludes 0 (below / above), and it counts the seeds' mechanism labels.
 """
 
 from __future__ import annotations
@@ -45,7 +47,13 @@ def main(argv: list[str]) -> None:
   groups = first["dataset"]["group_names"]
   title = (f"Pruning methods on {first['dataset']['name']}, test split, mean ± std over seeds "
            f"{', '.join(_SEEDS.value)} (population std); Eodd/Eopp in the "
-           f"{first['fairness_convention']} convention. Command: python -m bench.compare_table "
+           f"{first['fairness_convention']} convention. Δ columns: pruned − dense on the same "
+           "test samples, mean ± std over seeds, then (↓a ↑b): the seeds whose paired, "
+           "group-stratified bootstrap interval ("
+           f"{100 * first.get('bootstrap', {}).get('confidence', 0.95):g}%, "
+           f"{first.get('bootstrap', {}).get('num_samples', 'n/a')} resamples) lies wholly below "
+           "/ above 0; mechanism: the levelling label of each seed, counted. "
+           "Command: python -m bench.compare_table "
            f"--config={_CONFIG.value} --seeds={','.join(_SEEDS.value)}"
            + (" -- " + " ".join(overrides) if overrides else ""))
   table = report.markdown_table(rows, compare.aggregate_columns(groups))

@@ -28,13 +28,18 @@ Outputs (each written atomically; a killed comparison resumes: finished runs, th
 - ``<workdir>/runs/<name>/results.json`` (the schema of :mod:`fairjax.report`, plus
   ``dense_fingerprint``, a SHA-256 of the dense weights the run started from) and
   ``config.json`` (the run's config; a rerun with a different config is refused);
-- ``<workdir>/compare.json`` (rows, dense metrics, fingerprint), ``compare.csv``,
-  ``compare.md`` (test split: method, target and achieved sparsity, accuracy, macro-F1, Eodd,
-  Eopp0/1, per-group accuracy, disparity of degradation) and ``pareto.png`` (accuracy against
-  Eodd, one series per method, the dense model as a reference point).
+- ``<workdir>/compare.json`` (rows, dense metrics, fingerprint, bootstrap settings),
+  ``compare.csv``, ``compare.md`` (test split: method, target and achieved sparsity, accuracy,
+  macro-F1, Eodd, Eopp0/1, per-group accuracy; the paired pruned − dense differences of
+  accuracy, Eodd and each group's accuracy with their bootstrap intervals, from each run's
+  ``results["summary"]`` (design.md section 5); the levelling ``mechanism`` label; disparity of
+  degradation) and ``pareto.png`` (accuracy against Eodd, one series per method, the dense model
+  as a reference point). The CSV holds each interval as three numbers (estimate, low, high).
 
 :func:`aggregate` turns the ``compare.json`` of several seeds into mean ± std rows
-(``bench/compare_table.py``). This module sits above the pipeline; kernels never import it.
+(``bench/compare_table.py``), with the number of seeds whose difference interval excludes 0
+and the mechanism labels counted over seeds. This module sits above the pipeline; kernels never
+import it.
 """
 
 from __future__ import annotations
@@ -150,6 +155,24 @@ def _train_epochs(results: Mapping[str, Any]) -> int:
   return int(per_step * (len(results["steps"]) - 1) + final)
 
 
+def _difference_keys(group_names: Sequence[str]) -> list[tuple[str, str]]:
+  """``(row key, header)`` of the paired pruned − dense differences with intervals (test
+  split, ``results["summary"]``): accuracy, Eodd and each group's accuracy."""
+  return ([("accuracy_difference", "Δacc"), ("eodd_difference", "ΔEodd")]
+          + [(f"accuracy_difference_{g}", f"Δacc {g}") for g in group_names])
+
+
+def _leaves(summary: Mapping[str, Any], group_names: Sequence[str]) -> dict[str, Any]:
+  """The difference LEAFs of ``summary`` by :func:`_difference_keys` key (None if absent)."""
+  if "accuracy_difference" not in summary:  # the dense row, or a run without a bootstrap
+    return {k: None for k, _ in _difference_keys(group_names)}
+  out = {"accuracy_difference": summary["accuracy_difference"],
+         "eodd_difference": summary["eodd_difference"]}
+  for g in group_names:
+    out[f"accuracy_difference_{g}"] = summary["group_accuracy_difference"][g]
+  return out
+
+
 def _row(method: str, target: float, results: Mapping[str, Any], metrics: Mapping[str, Any],
          summary: Mapping[str, Any], group_names: Sequence[str]) -> dict[str, Any]:
   row = {"method": method, "target_sparsity": float(target),
@@ -159,18 +182,35 @@ def _row(method: str, target: float, results: Mapping[str, Any], metrics: Mappin
          "eodd_reduction": summary["eodd_reduction"]}
   for g in group_names:
     row[f"accuracy_{g}"] = metrics["group_accuracy"][g]
+  # Paired bootstrap intervals of pruned − dense: numbers for the CSV and the seed aggregate,
+  # "estimate [low, high]" text for the markdown table.
+  for key, leaf in _leaves(summary, group_names).items():
+    for part in ("estimate", "low", "high"):
+      row[key if part == "estimate" else f"{key}_{part}"] = None if leaf is None else leaf[part]
+    row[f"{key}_ci"] = "" if leaf is None else report.format_interval(leaf)
+  row["mechanism"] = summary.get("mechanism", "")
+  row["mechanism_macro_f1"] = summary.get("mechanism_macro_f1", "")
   row["channels"] = _channels(results) if results else ""
   row["steps"] = (len(results["steps"]) - 1) if results else 0
   row["train_epochs"] = _train_epochs(results) if results else 0
   return row
 
 
-def columns(group_names: Sequence[str]) -> list[tuple[str, str]]:
-  """``(key, header)`` of the table and CSV columns, per-group accuracies in dataset order."""
+def columns(group_names: Sequence[str], *, csv: bool = False) -> list[tuple[str, str]]:
+  """``(key, header)`` of the table's columns (per-group accuracies in dataset order); with
+  ``csv``, the CSV's: each interval as three numeric columns instead of one text cell."""
   cols = [("method", "method"), ("target_sparsity", "target sparsity"),
           ("sparsity", "achieved sparsity"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
           ("eodd", "Eodd"), ("eopp0", "Eopp0"), ("eopp1", "Eopp1")]
   cols += [(f"accuracy_{g}", f"acc {g}") for g in group_names]
+  for key, header in _difference_keys(group_names):
+    if csv:
+      cols += [(key, header), (f"{key}_low", f"{header} low"), (f"{key}_high", f"{header} high")]
+    else:
+      cols.append((f"{key}_ci", f"{header} [CI]"))
+  cols += [("mechanism", "mechanism")]
+  if csv:
+    cols += [("mechanism_macro_f1", "mechanism macro-F1")]
   cols += [("disparity_of_degradation", "disparity of degradation"), ("channels", "channels"),
            ("steps", "steps"), ("train_epochs", "epochs trained after pruning")]
   return cols
@@ -182,13 +222,19 @@ def write_outputs(workdir: str, comparison: Mapping[str, Any]) -> None:
   groups = comparison["dataset"]["group_names"]
   cols = columns(groups)
   checkpoint.write_json_atomic(os.path.join(workdir, COMPARE_JSON), comparison)
-  report.write_csv(os.path.join(workdir, COMPARE_CSV), rows, cols)
+  report.write_csv(os.path.join(workdir, COMPARE_CSV), rows, columns(groups, csv=True))
   convention = comparison["fairness_convention"]
+  boot = comparison.get("bootstrap") or {}
   header = (f"# Pruning methods on {comparison['dataset']['name']}, seed {comparison['seed']}\n\n"
             f"Test split; Eodd/Eopp in the {convention} convention; every run starts from the "
             f"same dense model (SHA-256 {comparison['dense_fingerprint'][:16]}...). Target "
             "sparsity: share of prunable weights (snnl_channels: share of the chosen layers' "
-            "channels); achieved sparsity: share of all prunable weights pruned.\n\n")
+            "channels); achieved sparsity: share of all prunable weights pruned. Δ columns: "
+            "pruned − dense on the same test samples, with the paired, group-stratified "
+            f"bootstrap percentile interval ({100 * boot.get('confidence', 0.95):g}%, "
+            f"{boot.get('num_samples', 'n/a')} resamples); mechanism: how the dense model's "
+            "worst and best groups moved (levelled_down: the better-off group lost "
+            "significantly, the worse-off did not gain).\n\n")
   text = header + report.markdown_table(rows, cols) + "\n"
   checkpoint.write_atomic(os.path.join(workdir, COMPARE_MD), lambda f: f.write(text))
   plot_rows = [{"method": r["method"], "accuracy": r["accuracy"], "eodd": r["eodd"],
@@ -250,6 +296,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   comparison = {
       "schema_version": 1,
       "seed": config.seed,
+      "bootstrap": {"num_samples": int(config.report.bootstrap_samples),
+                    "seed": int(config.report.bootstrap_seed),
+                    "confidence": float(config.report.confidence)},
       "config": _plain(config.to_dict()),
       "dataset": data.describe(),
       "fairness_convention": config.fairness_convention,
@@ -307,8 +356,9 @@ def aggregate(comparisons: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     if c["dataset"]["group_names"] != first["dataset"]["group_names"]:
       raise ValueError(f"comparisons[{i}] has other groups than comparisons[0]")
   groups = first["dataset"]["group_names"]
-  numeric = [k for k, _ in columns(groups)
-             if k not in ("method", "target_sparsity", "channels", "steps", "train_epochs")]
+  numeric = [k for k, _ in columns(groups, csv=True)
+             if k not in ("method", "target_sparsity", "channels", "steps", "train_epochs",
+                          "mechanism", "mechanism_macro_f1")]
   out = []
   for j, row in enumerate(first["rows"]):
     rows = [c["rows"][j] for c in comparisons]
@@ -318,13 +368,58 @@ def aggregate(comparisons: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     agg = {"method": row["method"], "target_sparsity": row["target_sparsity"],
            "num_seeds": len(rows)}
     agg.update({k: _mean_std([r.get(k) for r in rows]) for k in numeric})
+    for key, _ in _difference_keys(groups):
+      agg[f"{key}_seeds"] = significance(rows, key)
+      agg[f"{key}_text"] = difference_text(agg[key], agg[f"{key}_seeds"])
+    for key in ("mechanism", "mechanism_macro_f1"):
+      agg[key] = label_counts([r.get(key) for r in rows])
     out.append(agg)
   return out
 
 
+def significance(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, int]:
+  """Seeds whose interval of ``key`` lies wholly below 0, wholly above, covers 0, or is null."""
+  out = {"below_zero": 0, "above_zero": 0, "covers_zero": 0, "no_interval": 0}
+  for r in rows:
+    low, high = r.get(f"{key}_low"), r.get(f"{key}_high")
+    if low is None or high is None:
+      out["no_interval"] += 1
+    elif high < 0:
+      out["below_zero"] += 1
+    elif low > 0:
+      out["above_zero"] += 1
+    else:
+      out["covers_zero"] += 1
+  return out
+
+
+def difference_text(stats: Mapping[str, Any], seeds: Mapping[str, int]) -> str:
+  """``"-0.095 ± 0.049 (↓3 ↑0)"``: mean ± std over seeds, then how many seeds' intervals lie
+  wholly below / above 0 (significant decreases / increases); "" without intervals."""
+  if seeds["no_interval"] == sum(seeds.values()) or stats["mean"] is None:
+    return ""
+  return (f"{stats['mean']:+.3f} ± {stats['std']:.3f}"
+          f" (↓{seeds['below_zero']} ↑{seeds['above_zero']})")
+
+
+def label_counts(labels: Sequence[Any]) -> str:
+  """``"levelled_down ×2, no_significant_change ×1"`` (most frequent first), "" if none."""
+  counts: dict[str, int] = {}
+  for label in labels:
+    if label:
+      counts[label] = counts.get(label, 0) + 1
+  return ", ".join(f"{k} ×{n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def aggregate_columns(group_names: Sequence[str]) -> list[tuple[str, str]]:
-  """Columns of :func:`aggregate`'s markdown table."""
-  return [c for c in columns(group_names) if c[0] not in ("channels", "steps", "train_epochs")]
+  """Columns of :func:`aggregate`'s markdown table: the test metrics (mean ± std), the paired
+  differences (mean ± std, and the seeds whose interval excludes 0) and the labels."""
+  cols = [c for c in columns(group_names)
+          if c[0] not in ("channels", "steps", "train_epochs", "mechanism")
+          and not c[0].endswith("_ci")]
+  cols[-1:-1] = [(f"{k}_text", f"{h} (sig. seeds)") for k, h in _difference_keys(group_names)]
+  cols.insert(-1, ("mechanism", "mechanism (seeds)"))
+  return cols
 
 
 def pareto_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -337,4 +432,5 @@ def pareto_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 __all__ = ["run", "run_config", "run_name", "dense_fingerprint", "columns", "write_outputs",
-           "aggregate", "aggregate_columns", "pareto_rows"]
+           "aggregate", "aggregate_columns", "pareto_rows", "significance", "difference_text",
+           "label_counts"]

@@ -170,6 +170,13 @@ def base_config() -> ml_collections.ConfigDict:
   # prune.curvature_chunk_size must be divisible by the total device count.
   c.parallel = ml_collections.ConfigDict()
   c.parallel.num_devices = 0  # local devices per process (0 = all)
+
+  # Paired bootstrap of the test split (fairjax.bootstrap, design.md section 5): intervals of
+  # every metric of the dense and pruned models and of their differences in results.json.
+  c.report = ml_collections.ConfigDict()
+  c.report.bootstrap_samples = 1000  # resamples (group-stratified, the same for both models)
+  c.report.bootstrap_seed = 0  # resampling seed: a rerun or resumed run gives the same intervals
+  c.report.confidence = 0.95  # percentile interval level
   return c
 
 
@@ -506,6 +513,17 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   n = config.parallel.num_devices
   if isinstance(n, bool) or not isinstance(n, int) or n < 0:
     _fail("parallel.num_devices", n, "must be an integer >= 0 (devices per process; 0 = all)")
+
+  r = config.report
+  if (isinstance(r.bootstrap_samples, bool) or not isinstance(r.bootstrap_samples, int)
+      or r.bootstrap_samples < 1):
+    _fail("report.bootstrap_samples", r.bootstrap_samples, "must be an integer >= 1")
+  if (isinstance(r.bootstrap_seed, bool) or not isinstance(r.bootstrap_seed, int)
+      or r.bootstrap_seed < 0):
+    _fail("report.bootstrap_seed", r.bootstrap_seed, "must be an integer >= 0")
+  if (isinstance(r.confidence, bool) or not isinstance(r.confidence, (int, float))
+      or not 0.0 < r.confidence < 1.0):
+    _fail("report.confidence", r.confidence, "must be in (0, 1), e.g. 0.95")
 
 
 def validate_data(config, data) -> None:

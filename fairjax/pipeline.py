@@ -7,7 +7,10 @@ the same command resumes where it stopped and ends with the same masks and metri
   optimizer state, early-stopping counters); the last one is marked ``done``.
 - ``<workdir>/checkpoints/prune``: one checkpoint per pruning step (params, BatchNorm
   statistics, mask, and the history of validation metrics and the stopping rule).
-- ``<workdir>/results.json`` (written atomically at the end; schema in the README) and plots.
+- ``<workdir>/results.json`` (written atomically at the end; schema in the README) and plots,
+  ``<workdir>/test_predictions.npz`` (the test-split predictions the paired bootstrap of
+  ``results["bootstrap"]`` resampled) and ``<workdir>/wall_time.json`` (the wall time of every
+  session of the run, so ``wall_seconds`` covers a killed and resumed run as a whole).
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from fairjax import (checkpoint, masks, metrics, models, parallel, references, report, slimming,
-                     snnl, train)
+from fairjax import (bootstrap, checkpoint, masks, metrics, models, parallel, references, report,
+                     slimming, snnl, train)
 from fairjax.config import ConfigError, imagenet_normalization, validate_config, validate_data
 from fairjax.data import DatasetSplits, load_dataset
 from fairjax.data import pipeline as input_pipeline
@@ -804,11 +807,59 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info("data parallel: %d devices (%s) in %d process(es)", dp.num_devices,
                  jax.default_backend(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
-  t_start = time.perf_counter()
+  clock = WallClock(workdir)
   data, model = load(config, workdir)
-  dense, dense_val, dense_test, roles = dense_model(config, model, data, workdir)
+  dense, dense_val, dense_test, roles, dense_predictions = dense_stage(config, model, data,
+                                                                       workdir)
   return prune_run(config, model, data, dense, dense_val, dense_test, roles, workdir,
-                   t_start=t_start, extra=dense_provenance(workdir))
+                   clock=clock, extra=dense_provenance(workdir),
+                   dense_predictions=dense_predictions)
+
+
+WALL_TIME_JSON = "wall_time.json"
+
+
+class WallClock:
+  """Wall time of a run across kills and resumes, kept in ``<workdir>/wall_time.json``.
+
+  Each session (one start of the command) records its start there atomically; :meth:`total`
+  closes it. A session that was killed never closed: the next one counts it up to the newest
+  file it left in the workdir (its last checkpoint), so work lost after that checkpoint and
+  redone by the resumed session is counted once, by the session that redid it.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, WALL_TIME_JSON)
+    self.start = time.time()
+    state = checkpoint.read_json(self.path) if os.path.exists(self.path) else {"sessions": []}
+    sessions = state["sessions"]
+    if sessions and sessions[-1]["seconds"] is None:  # killed before it could close
+      last = sessions[-1]
+      sessions[-1] = {**last, "seconds": max(0.0, _newest_mtime(workdir, self.path)
+                                             - last["started"]), "killed": True}
+    self.sessions = sessions + [{"started": self.start, "seconds": None}]
+    if parallel.is_main_process():
+      checkpoint.write_json_atomic(self.path, {"sessions": self.sessions})
+
+  def total(self) -> float:
+    """Seconds of every session so far, this one up to now; closes this session on disk."""
+    self.sessions[-1]["seconds"] = time.time() - self.start
+    if parallel.is_main_process():
+      checkpoint.write_json_atomic(self.path, {"sessions": self.sessions})
+    return float(sum(s["seconds"] for s in self.sessions))
+
+
+def _newest_mtime(workdir: str, exclude: str) -> float:
+  newest = 0.0
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      if path != exclude:
+        try:
+          newest = max(newest, os.path.getmtime(path))
+        except OSError:  # removed while walking (a checkpoint manager's temporary file)
+          pass
+  return newest
 
 
 def load(config: ml_collections.ConfigDict, workdir: str) -> tuple[DatasetSplits, Any]:
@@ -824,6 +875,14 @@ def dense_model(config: ml_collections.ConfigDict, model, data: DatasetSplits, w
                 ) -> tuple[train.TrainState, dict, dict, tuple[int, tuple[int, ...]]]:
   """Trains or restores the dense model of ``workdir``; returns it, its validation and test
   metrics and the group roles ``(unprivileged id, privileged ids)`` (:func:`resolve_roles`)."""
+  return dense_stage(config, model, data, workdir)[:4]
+
+
+def dense_stage(config: ml_collections.ConfigDict, model, data: DatasetSplits, workdir: str
+                ) -> tuple[train.TrainState, dict, dict, tuple[int, tuple[int, ...]],
+                           tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """:func:`dense_model` plus the dense model's test ``(labels, predictions, groups)``, which
+  :func:`prune_run` pairs with the pruned model's in the bootstrap (no second test pass)."""
   dense = train_dense(config, model, data, workdir)
   dense_val = evaluate_split(dense, data, "validation", config)
   test_predictions = predict_split(dense, data, "test", config)
@@ -834,7 +893,7 @@ def dense_model(config: ml_collections.ConfigDict, model, data: DatasetSplits, w
                dense_test["accuracy"], dense_test["macro_f1"], _num(dense_test["eodd"]),
                data.group_names[unpriv])
   _compare_with_published(config, data, test_predictions, dense_test, workdir)
-  return dense, dense_val, dense_test, (unpriv, priv)
+  return dense, dense_val, dense_test, (unpriv, priv), test_predictions
 
 
 PRETRAINED_JSON = "pretrained.json"
@@ -872,18 +931,37 @@ def dense_provenance(workdir: str) -> dict[str, Any]:
 def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
               dense: train.TrainState, dense_val: dict, dense_test: dict, roles, workdir: str, *,
               plots: bool = True, extra: Mapping[str, Any] | None = None,
-              t_start: float | None = None) -> dict[str, Any]:
+              clock: WallClock | None = None,
+              dense_predictions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+              ) -> dict[str, Any]:
   """Prunes ``dense`` with ``config.prune.method`` in ``workdir`` (resuming its checkpoints),
-  fine-tunes FairGRAPE's result (:func:`finetune_final`), evaluates on the test split and writes
-  ``<workdir>/results.json`` (plus ``extra`` keys) and, with ``plots``, the run's figures.
+  fine-tunes FairGRAPE's result (:func:`finetune_final`), evaluates on the test split, draws the
+  paired bootstrap of pruned against dense (:func:`paired_bootstrap`) and writes
+  ``<workdir>/results.json`` (plus ``extra`` keys), ``test_predictions.npz`` and, with
+  ``plots``, the run's figures; the last log lines tell what happened (:func:`story`).
+
+  Args:
+    clock: the run's :class:`WallClock` (None: one starting now, in ``workdir``).
+    dense_predictions: the dense model's test ``(labels, predictions, groups)`` from
+      :func:`dense_stage`; None computes them here (one more test-split pass).
 
   Returns the results dict (schema: :mod:`fairjax.report`, README).
   """
-  t_start = time.perf_counter() if t_start is None else t_start
+  clock = WallClock(workdir) if clock is None else clock
   unpriv, priv = roles
   final, steps, chosen = prune_iterative(config, model, dense, data, workdir, dense_val, roles)
   final, finetune = finetune_final(config, model, final, data, workdir, steps, chosen)
-  pruned_test = evaluate_split(final, data, "test", config)
+  if dense_predictions is None:
+    dense_predictions = predict_split(dense, data, "test", config)
+  labels, pruned_pred, groups = predict_split(final, data, "test", config)
+  if not (np.array_equal(labels, dense_predictions[0])
+          and np.array_equal(groups, dense_predictions[2])):
+    raise RuntimeError("the dense and pruned test predictions are not of the same samples")
+  pruned_test = {**split_metrics(config, data, labels, pruned_pred, groups),
+                 "sparsity": _sparsity(final.mask)}
+  _warn_incomplete_metrics(data, pruned_test)  # as evaluate_split does for a test split
+  predictions = {"dense": dense_predictions[1], "pruned": pruned_pred}
+  boot = paired_bootstrap(config, data, labels, groups, predictions)
   privileged_name = (data.group_names[priv[0]] if len(priv) == 1 else
                      "mean of " + ", ".join(data.group_names[g] for g in priv))
   results = {
@@ -898,22 +976,144 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
       "pruned": pruned_test,
       "chosen_step": chosen,
       "steps": steps,
-      "summary": report.summarize(dense_test, pruned_test),
-      "wall_seconds": time.perf_counter() - t_start,
+      "summary": {**report.summarize(dense_test, pruned_test),
+                  **report.summarize_bootstrap(boot)},
+      "bootstrap": boot,
+      # The README promises the key for every method: null unless snnl_channels slims.
+      "slimming": (_slimming_summary(config, model, final)
+                   if config.prune.method == "snnl_channels" else None),
   }
   if finetune is not None:
     results["final_finetune"] = finetune
-  if config.prune.method == "snnl_channels":
-    results["slimming"] = _slimming_summary(config, model, final)
   results.update(extra or {})
+  written = []
+  if parallel.is_main_process():
+    written.append(_write_predictions(workdir, labels, groups, predictions))
   # Every process computes (the plots' curvature pass is collective); only process 0 writes.
-  path = report.write_results(workdir, results) if parallel.is_main_process() else workdir
   if plots:
-    _plots(config, model, dense, data, steps, unpriv, priv, workdir)
+    written += _plots(config, model, dense, data, steps, chosen, unpriv, priv, workdir)
+  results["wall_seconds"] = clock.total()
+  path = report.write_results(workdir, results) if parallel.is_main_process() else workdir
   logging.info("pruned test (step %d%s): acc %.4f macro-F1 %.4f eodd %.4f sparsity %.3f -> %s",
                chosen, ", fine-tuned" if finetune is not None else "", pruned_test["accuracy"],
                pruned_test["macro_f1"], _num(pruned_test["eodd"]), pruned_test["sparsity"], path)
+  files = [os.path.abspath(f) for f in (path, *written, clock.path)] + [
+      os.path.abspath(os.path.join(workdir, n)) for n in (PRETRAINED_JSON, REFERENCE_JSON)
+      if os.path.exists(os.path.join(workdir, n))]
+  checkpoints = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  for line in story(results, stop_reason(workdir, config), files, checkpoints):
+    logging.info("%s", line)
   return results
+
+
+TEST_PREDICTIONS = "test_predictions.npz"
+
+
+def _write_predictions(workdir: str, labels: np.ndarray, groups: np.ndarray,
+                       predictions: Mapping[str, np.ndarray]) -> str:
+  """``<workdir>/test_predictions.npz`` (labels, groups and one int array per model, in test
+  order): what the bootstrap resampled, so its intervals can be recomputed without a model."""
+  arrays = {"labels": np.asarray(labels), "groups": np.asarray(groups),
+            **{name: np.asarray(p) for name, p in predictions.items()}}
+  return checkpoint.write_atomic(os.path.join(workdir, TEST_PREDICTIONS),
+                                 lambda f: np.savez(f, **arrays), binary=True)
+
+
+def paired_bootstrap(config, data: DatasetSplits, labels: np.ndarray, groups: np.ndarray,
+                     predictions: Mapping[str, np.ndarray],
+                     pairs: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+  """:func:`fairjax.bootstrap.bootstrap` of test predictions with the run's settings
+  (``report.bootstrap_samples`` / ``bootstrap_seed`` / ``confidence``, the fairness convention
+  and undefined-rate rule of design.md section 5); default pairs ``("pruned", "dense")``.
+  Seeded, so a rerun or resumed run with the same predictions gets the same intervals."""
+  r = config.report
+  return bootstrap.bootstrap(
+      labels, groups, predictions, num_classes=data.num_classes, num_groups=data.num_groups,
+      group_names=list(data.group_names), convention=config.fairness_convention,
+      undefined=config.undefined_rates, num_samples=int(r.bootstrap_samples),
+      seed=int(r.bootstrap_seed), confidence=float(r.confidence),
+      pairs=pairs or [("pruned", "dense")])
+
+
+def stop_reason(workdir: str, config) -> str | None:
+  """Why the pruning loop of ``workdir`` ended, from its last checkpoint (None: no step)."""
+  store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, checkpoint.PRUNE_STORE))
+  try:
+    latest = store.latest_step()
+    if latest is None:
+      return None
+    stop = store.restore_metadata(latest)["stop"]
+  finally:
+    store.close()
+  # prune_iterative sets the max_steps reason after its loop, without saving it.
+  return stop["reason"] if stop["stopped"] else f"max_steps={config.prune.max_steps} reached"
+
+
+def _points(leaf: Mapping[str, Any]) -> str:
+  """A difference LEAF in accuracy points: ``-2.4 points [-3.9, -1.0]``."""
+  if leaf["estimate"] is None:
+    return "n/a"
+  text = f"{100 * leaf['estimate']:+.1f} points"
+  if leaf["low"] is not None and leaf["high"] is not None:
+    text += f" [{100 * leaf['low']:+.1f}, {100 * leaf['high']:+.1f}]"
+  return text
+
+
+def story(results: Mapping[str, Any], reason: str | None, files: list[str],
+          checkpoints: str) -> list[str]:
+  """The run's last log lines, in words: what was pruned, whether any step lowered validation
+  Eodd within ``max_accuracy_drop``, which model is reported, the levelling label with the
+  paired intervals (design.md section 8.1), and every file written."""
+  cfg = results["config"]["prune"]
+  steps, chosen = results["steps"], results["chosen_step"]
+  method, pruned = results["method"], results["pruned"]
+  dense_val = steps[0]["validation"]
+  limit = cfg["max_accuracy_drop"]
+  lines = [f"what was pruned: {method}, {len(steps) - 1} step(s) up to sparsity "
+           f"{steps[-1]['sparsity']:.4f} of the prunable weights"
+           + (f"; the loop stopped because {reason}" if reason else "") + "."]
+  better = [s["step"] for s in steps[1:]
+            if dense_val["accuracy"] - s["validation"]["accuracy"] <= limit
+            and s["validation"]["eodd"] is not None and dense_val["eodd"] is not None
+            and s["validation"]["eodd"] < dense_val["eodd"]]
+  if cfg.get("target_sparsity") is not None:
+    lines.append(f"target-sparsity mode: the last step is reported whatever its metrics; "
+                 f"{len(better)} step(s) had a lower validation Eodd than dense within "
+                 f"max_accuracy_drop={limit}.")
+  elif not better:
+    lines.append(f"No pruning step lowered validation Eodd below the dense model's "
+                 f"({_num(dense_val['eodd']):.4f}) while staying within max_accuracy_drop="
+                 f"{limit} of its validation accuracy.")
+  else:
+    lines.append(f"{len(better)} of {len(steps) - 1} step(s) lowered validation Eodd below the "
+                 f"dense model's ({_num(dense_val['eodd']):.4f}) within max_accuracy_drop={limit}"
+                 f": step(s) {', '.join(map(str, better))}.")
+  if chosen == 0:
+    lines.append("reported model: the dense model (step 0, nothing pruned); no step stayed "
+                 f"within max_accuracy_drop={limit}.")
+  else:
+    worse = (cfg.get("target_sparsity") is None and chosen not in better
+             and steps[chosen]["validation"]["eodd"] is not None)
+    lines.append(f"reported model: step {chosen}, sparsity {pruned['sparsity']:.4f}"
+                 + (", then fine-tuned" if "final_finetune" in results else "")
+                 + (" (the last step, on the target)" if cfg.get("target_sparsity") is not None
+                    else " (lowest validation Eodd within the accuracy limit)")
+                 + (f"; its validation Eodd ({steps[chosen]['validation']['eodd']:.4f}) is not "
+                    "below the dense model's" if worse else "") + ".")
+  s, boot = results["summary"], results["bootstrap"]
+  groups = s["group_accuracy_difference"]
+  lines.append(
+      f"mechanism (test split, pruned − dense, {100 * boot['confidence']:g}% paired bootstrap "
+      f"intervals, {boot['num_samples']} resamples): {s['mechanism']} by group accuracy "
+      f"(macro-F1: {s['mechanism_macro_f1']}); worse-off {s['worse_off_group']} "
+      f"{_points(groups[s['worse_off_group']])}, better-off {s['better_off_group']} "
+      f"{_points(groups[s['better_off_group']])}; accuracy {_points(s['accuracy_difference'])}; "
+      f"Eodd {report.format_interval(s['eodd_difference'])} ({results['fairness_convention']} "
+      "convention). An interval that excludes 0 is a significant change"
+      + ("; the reported model is the dense one, so every difference is 0." if chosen == 0
+         else "."))
+  lines.append("files written: " + ", ".join(files) + f"; checkpoints under {checkpoints}")
+  return lines
 
 
 # -- FairGRAPE's final fine-tune -----------------------------------------------------------------
@@ -1071,21 +1271,40 @@ def _slimming_summary(config, model, final: train.TrainState) -> dict[str, Any] 
   return out
 
 
-def _plots(config, model, dense, data: DatasetSplits, steps, unpriv, priv, workdir) -> None:
-  diag = _group_diag(config, model, dense, data, 0)  # collective: every process runs it
+# Methods whose saliency is built from the per-group curvature the histograms show; for the
+# others the figure would cost a curvature pass that the run never used.
+_CURVATURE_PRUNE_METHODS = ("fairprune", "obd")
+
+
+def _plots(config, model, dense, data: DatasetSplits, steps, chosen: int, unpriv, priv,
+           workdir) -> list[str]:
+  """``tradeoff.png`` and, for curvature methods, ``saliency_histograms.png`` (paths written)."""
+  curvature = config.prune.method in _CURVATURE_PRUNE_METHODS
+  diag = _group_diag(config, model, dense, data, 0) if curvature else None  # collective
   if not parallel.is_main_process():
-    return
-  report.plot_tradeoff(steps, os.path.join(workdir, "tradeoff.png"),
-                       title=f"{config.prune.method} on {data.name}",
-                       convention=config.fairness_convention)
+    return []
+  written = [report.plot_tradeoff(
+      steps, os.path.join(workdir, "tradeoff.png"),
+      title=f"{config.prune.method} on {data.name} (validation split)",
+      convention=config.fairness_convention, chosen_step=chosen,
+      max_accuracy_drop=(None if config.prune.target_sparsity is not None
+                         else config.prune.max_accuracy_drop))]
+  if not curvature:
+    logging.info("%s: no saliency_histograms.png (it shows FairPrune's per-group curvature, "
+                 "which only fairprune and obd compute)", config.prune.method)
+    return written
   terms = fairprune.group_terms(dense.params, diag)
   per_layer: dict[str, dict[str, np.ndarray]] = {}
   shown = (unpriv, priv[0])
+  prunable = _prunable(config)
   for path, leaf in masks.flatten_with_paths(terms):
     if path[-1] != "kernel":
       continue
     name = "/".join(path)
+    if not prunable(tuple(path), np.asarray(leaf[0])):  # shown, but say that it is never pruned
+      name += " (not pruned)"
     per_layer[name] = {data.group_names[g]: np.asarray(leaf[g]).ravel() for g in shown}
-  report.plot_saliency_histograms(
+  written.append(report.plot_saliency_histograms(
       per_layer, os.path.join(workdir, "saliency_histograms.png"),
-      group_names=(data.group_names[shown[0]], data.group_names[shown[1]]))
+      group_names=(data.group_names[shown[0]], data.group_names[shown[1]])))
+  return written

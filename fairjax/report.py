@@ -20,8 +20,23 @@ The results file ``<workdir>/results.json`` is a public contract::
       "pruned": <split metrics>,            # test split, final pruned model
       "steps": [{"step": int, "sparsity": float, "validation": <split metrics>}, ...],
       "summary": {"eodd_reduction": float | null, "accuracy_drop": float,
-                  "fate": float | null, "disparity_of_degradation": float | null}
+                  "fate": float | null, "disparity_of_degradation": float | null,
+                  # from "bootstrap" (summarize_bootstrap), pruned − dense on the test split:
+                  "mechanism": LABEL, "mechanism_macro_f1": LABEL,
+                  "worse_off_group": str, "better_off_group": str,
+                  "accuracy_difference": LEAF, "eodd_difference": LEAF,
+                  "group_accuracy_difference": {group name: LEAF}},
+      "bootstrap": <fairjax.bootstrap.bootstrap output>   # models "dense" and "pruned",
+                                            # differences "pruned - dense"
     }
+
+``LEAF`` is ``{"estimate", "low", "high"}`` (a full-test-set value and its paired, group-stratified
+percentile interval, each a number or null) and ``LABEL`` one of
+:data:`fairjax.bootstrap.MECHANISM_LABELS` (levelled_up, levelled_down, ...; design.md section
+8.1 for why the label matters). The bootstrap keys came after ``schema_version`` 1 was
+published; they are additions (extra keys are allowed), so the version stays 1, and
+:func:`validate_results` checks them whenever they are present (every run of the pipeline
+writes them).
 
 ``<split metrics>`` is the dict of :func:`fairjax.metrics.evaluate` plus ``"sparsity"`` (global
 sparsity of the prunable weights, a fraction in [0, 1]). :func:`validate_results` documents
@@ -48,8 +63,10 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
-from fairjax import checkpoint, metrics
+from fairjax import bootstrap, checkpoint, metrics
 
 SCHEMA_VERSION = 1
 RESULTS_FILENAME = "results.json"
@@ -80,12 +97,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "SEED_STD_DDOF",
     "aggregate_seeds",
+    "format_interval",
     "format_mean_std",
     "markdown_table",
     "plot_pareto",
     "plot_saliency_histograms",
     "plot_tradeoff",
     "summarize",
+    "summarize_bootstrap",
     "validate_results",
     "write_csv",
     "write_results",
@@ -178,6 +197,79 @@ def _validate_split_metrics(m: Any, path: str, group_names: Sequence[str], conve
         )
 
 
+_BOOTSTRAP_PAIR = "pruned - dense"
+# summary keys derived from results["bootstrap"] (summarize_bootstrap); all or none.
+_SUMMARY_BOOTSTRAP_KEYS = ("mechanism", "mechanism_macro_f1", "worse_off_group",
+                           "better_off_group", "accuracy_difference", "eodd_difference",
+                           "group_accuracy_difference")
+
+
+def _validate_leaf(leaf: Any, path: str) -> None:
+    if not isinstance(leaf, Mapping):
+        raise ValueError(f"{path} must be a dict {{estimate, low, high}}, got {_describe(leaf)}")
+    values = [_number(leaf, k, path, nullable=True) for k in ("estimate", "low", "high")]
+    if values[1] is not None and values[2] is not None and values[1] > values[2]:
+        raise ValueError(f"{path}.low {values[1]!r} exceeds {path}.high {values[2]!r}")
+
+
+def _validate_leaves(obj: Mapping[str, Any], path: str, group_names: Sequence[str]) -> None:
+    for key in bootstrap.SCALAR_METRICS:
+        _validate_leaf(_get(obj, key, path), f"{path}.{key}")
+    for key in bootstrap.GROUP_METRICS:
+        groups = _dict(obj, key, path)
+        if sorted(groups) != sorted(group_names):
+            raise ValueError(f"{path}.{key} has groups {list(groups)!r}, expected "
+                             f"{list(group_names)!r}")
+        for g in group_names:
+            _validate_leaf(groups[g], f"{path}.{key}.{g}")
+
+
+def _validate_mechanism(entry: Any, path: str, group_names: Sequence[str]) -> None:
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{path} must be a dict, got {_describe(entry)}")
+    label = _get(entry, "label", path)
+    if label not in bootstrap.MECHANISM_LABELS:
+        raise ValueError(f"{path}.label must be one of {bootstrap.MECHANISM_LABELS}, got "
+                         f"{_describe(label)}")
+    for key in ("worse_off", "better_off"):
+        if _str(entry, key, path) not in group_names:
+            raise ValueError(f"{path}.{key} {entry[key]!r} is not one of {list(group_names)!r}")
+
+
+def _validate_bootstrap(obj: Mapping[str, Any], group_names: Sequence[str]) -> None:
+    """``results.bootstrap`` and the summary keys derived from it (module docstring)."""
+    root = "results.bootstrap"
+    boot = _dict(obj, "bootstrap", "results")
+    _int(boot, "num_samples", root, minimum=1)
+    confidence = _number(boot, "confidence", root)
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"{root}.confidence must lie in (0, 1), got {confidence!r}")
+    models = _dict(boot, "models", root)
+    for name in ("dense", "pruned"):
+        _validate_leaves(_dict(models, name, f"{root}.models"), f"{root}.models.{name}",
+                         group_names)
+    diffs = _dict(boot, "differences", root)
+    diff = _dict(diffs, _BOOTSTRAP_PAIR, f"{root}.differences")
+    d_path = f"{root}.differences[{_BOOTSTRAP_PAIR!r}]"
+    _validate_leaves(diff, d_path, group_names)
+    mech = _dict(diff, "mechanism", d_path)
+    for m in bootstrap.GROUP_METRICS:
+        _validate_mechanism(_get(mech, m, f"{d_path}.mechanism"), f"{d_path}.mechanism.{m}",
+                            group_names)
+
+    s_path = "results.summary"
+    summary = obj["summary"]
+    missing = [k for k in _SUMMARY_BOOTSTRAP_KEYS if k not in summary]
+    if missing:
+        raise ValueError(f"{s_path}.{missing[0]} missing (results.bootstrap is present)")
+    # The summary repeats the bootstrap's headline; a mismatch means one of them is stale.
+    expected = summarize_bootstrap(boot)
+    for key in _SUMMARY_BOOTSTRAP_KEYS:
+        if summary[key] != expected[key]:
+            raise ValueError(f"{s_path}.{key} is {_describe(summary[key])}, but "
+                             f"{root} gives {_describe(expected[key])}")
+
+
 def validate_results(obj: dict) -> None:
     """Checks a results dict against the schema of this module's docstring.
 
@@ -197,6 +289,16 @@ def validate_results(obj: dict) -> None:
       the dense model); ``sparsity`` finite in [0, 1].
     - ``summary``: ``accuracy_drop`` finite; ``eodd_reduction``, ``fate`` and
       ``disparity_of_degradation`` finite or null (see :func:`summarize`).
+    - ``bootstrap`` (checked when present; the pipeline always writes it): ``num_samples`` int
+      >= 1, ``confidence`` in (0, 1); ``models.dense``, ``models.pruned`` and
+      ``differences["pruned - dense"]`` each with a LEAF for every metric of
+      :data:`fairjax.bootstrap.SCALAR_METRICS` and ``{group name: LEAF}`` for
+      ``group_accuracy`` and ``group_macro_f1`` (exactly the dataset's groups); a LEAF is
+      ``{"estimate", "low", "high"}``, each finite or null, ``low <= high``; the difference's
+      ``mechanism.group_accuracy`` / ``.group_macro_f1`` hold a ``label`` from
+      :data:`fairjax.bootstrap.MECHANISM_LABELS` and ``worse_off`` / ``better_off`` group names.
+      Then ``summary`` must also hold every key of :func:`summarize_bootstrap`, equal to what
+      it gives for ``bootstrap``.
 
     Numbers may be Python or numpy scalars, but never bool and never NaN / inf.
 
@@ -286,6 +388,8 @@ def validate_results(obj: dict) -> None:
     _number(summary, "accuracy_drop", s_path)
     _number(summary, "fate", s_path, nullable=True)
     _number(summary, "disparity_of_degradation", s_path, nullable=True)
+    if "bootstrap" in obj:
+        _validate_bootstrap(obj, group_names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,6 +468,37 @@ def summarize(dense: dict, pruned: dict) -> dict:
     }
 
 
+def summarize_bootstrap(boot: Mapping[str, Any], pair: str = _BOOTSTRAP_PAIR) -> dict:
+    """The headline of a paired bootstrap (:func:`fairjax.bootstrap.bootstrap`) for ``summary``.
+
+    Args:
+      boot: the bootstrap dict, with the difference ``pair`` (default ``"pruned - dense"``).
+      pair: the difference to summarise.
+
+    Returns:
+      ``{"mechanism": label from the group accuracies, "mechanism_macro_f1": label from the
+      group macro-F1s, "worse_off_group" / "better_off_group": the reference (dense) model's
+      lowest / highest group by accuracy, "accuracy_difference", "eodd_difference": LEAF,
+      "group_accuracy_difference": {group name: LEAF}}`` (LEAF: module docstring; copies, so
+      the result can be stored next to ``boot``).
+    """
+    diff = boot["differences"][pair]
+    mech = diff["mechanism"]
+
+    def leaf(x: Mapping[str, Any]) -> dict:
+        return {k: x[k] for k in ("estimate", "low", "high")}
+
+    return {
+        "mechanism": mech["group_accuracy"]["label"],
+        "mechanism_macro_f1": mech["group_macro_f1"]["label"],
+        "worse_off_group": mech["group_accuracy"]["worse_off"],
+        "better_off_group": mech["group_accuracy"]["better_off"],
+        "accuracy_difference": leaf(diff["accuracy"]),
+        "eodd_difference": leaf(diff["eodd"]),
+        "group_accuracy_difference": {g: leaf(v) for g, v in diff["group_accuracy"].items()},
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Atomic writers
 # --------------------------------------------------------------------------------------------
@@ -412,20 +547,32 @@ def _nan_if_none(x: Any) -> float:
 
 
 def plot_tradeoff(
-    steps: list[dict], path: str, *, title: str = "", convention: str = "sum"
+    steps: list[dict],
+    path: str,
+    *,
+    title: str = "",
+    convention: str = "sum",
+    chosen_step: int | None = None,
+    max_accuracy_drop: float | None = None,
 ) -> str:
-    """Validation accuracy (top) and Eodd (bottom) against sparsity over the pruning steps.
+    """Validation accuracy, overall and per group (top), and Eodd (bottom) against sparsity.
 
-    Step 0 (the dense model) is drawn as a star and labelled; a null Eodd leaves a gap. The
-    Eodd axis label names the fairness convention (design.md section 5: the convention is printed
-    with every figure).
+    The figure says what the run did: the per-group curves show which group a step costs
+    (levelling down, design.md section 8.1), the dotted line is the accuracy floor of the
+    stopping rule (dense validation accuracy minus ``max_accuracy_drop``), the dense Eodd is a
+    dotted reference, and the reported step is ringed in both panels. Step 0 (the dense model)
+    is a star. A null Eodd leaves a gap; the Eodd axis names the convention (design.md section
+    5.2). Legends sit outside the axes, so no curve is hidden.
 
     Args:
       steps: ``results["steps"]``: dicts with ``step`` (int), ``sparsity`` (fraction in [0, 1])
-        and ``validation`` (split metrics with ``accuracy`` and ``eodd``). Plotted in step order.
+        and ``validation`` (split metrics with ``accuracy``, ``eodd`` and, when present,
+        ``group_accuracy``). Plotted in step order.
       path: output file; the format follows the extension (``.png`` if none).
       title: figure title.
       convention: ``"sum"`` or ``"mean"``, the convention the Eodd values were computed with.
+      chosen_step: the reported step (``results["chosen_step"]``), ringed; None draws no ring.
+      max_accuracy_drop: ``prune.max_accuracy_drop``; None draws no floor.
 
     Returns:
       ``path``.
@@ -438,21 +585,42 @@ def plot_tradeoff(
     acc = np.array([_nan_if_none(s["validation"]["accuracy"]) for s in ordered])
     eodd = np.array([_nan_if_none(s["validation"]["eodd"]) for s in ordered])
     is_dense = np.array([s["step"] == 0 for s in ordered])
+    chosen = np.array([s["step"] == chosen_step for s in ordered])
+    # Sorted: the same colour per group whether the steps come from the run or from JSON.
+    groups = sorted(ordered[0]["validation"].get("group_accuracy") or {})
 
-    fig = Figure(figsize=(6.0, 6.0), layout="constrained")
+    fig = Figure(figsize=(8.0, 6.4), layout="constrained")
     ax_acc, ax_eodd = fig.subplots(2, 1, sharex=True)
-    for ax, y, label, color in (
-        (ax_acc, acc, "validation accuracy", "tab:blue"),
-        (ax_eodd, eodd, f"validation Eodd ({convention} convention)", "tab:red"),
-    ):
-        ax.plot(sparsity, y, marker="o", color=color, lw=1.5, ms=4)
+    ax_acc.plot(sparsity, acc, marker="o", color="black", lw=2.0, ms=4, label="overall")
+    for k, g in enumerate(groups):
+        y = np.array([_nan_if_none(s["validation"]["group_accuracy"].get(g)) for s in ordered])
+        ax_acc.plot(sparsity, y, marker="o", color=f"C{k % 10}", lw=1.3, ms=3, label=g)
+    ax_eodd.plot(sparsity, eodd, marker="o", color="tab:red", lw=1.5, ms=4, label="Eodd")
+    if is_dense.any():
+        ax_eodd.axhline(float(eodd[is_dense][0]), color="tab:red", ls=":", lw=1,
+                        label="dense Eodd")
+        if max_accuracy_drop is not None:
+            floor = float(acc[is_dense][0]) - float(max_accuracy_drop)
+            lo, hi = ax_acc.get_ylim()
+            # An accuracy below 0 cannot happen: a floor there is drawn at the axis' bottom.
+            ax_acc.set_ylim(max(min(lo, floor - 0.02 * (hi - lo)), -0.02), hi)
+            ax_acc.axhline(max(floor, 0.0), color="black", ls=":", lw=1.2,
+                           label=f"dense − max_accuracy_drop ({max_accuracy_drop:g})"
+                           + (" < 0" if floor < 0 else ""))
+    for ax, y in ((ax_acc, acc), (ax_eodd, eodd)):
         if is_dense.any():
             ax.plot(sparsity[is_dense], y[is_dense], marker="*", ms=14, ls="none",
                     color="black", label="dense (step 0)")
-        ax.set_ylabel(label)
+        if chosen.any():
+            ax.plot(sparsity[chosen], y[chosen], marker="o", ms=15, ls="none", mfc="none",
+                    mec="tab:green", mew=2.0, label=f"reported (step {chosen_step})")
         ax.grid(alpha=0.3)
-    ax_acc.legend(loc="best", fontsize="small")
-    ax_eodd.set_xlabel("sparsity of prunable weights (%)")
+        ax.tick_params(labelsize="medium")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="medium",
+                  frameon=False)
+    ax_acc.set_ylabel("validation accuracy", fontsize="medium")
+    ax_eodd.set_ylabel(f"validation Eodd\n({convention} convention)", fontsize="medium")
+    ax_eodd.set_xlabel("sparsity of prunable weights (%)", fontsize="medium")
     fig.suptitle(title or "accuracy / fairness trade-off over pruning steps")
     return _save_figure(fig, path)
 
@@ -462,7 +630,7 @@ def plot_saliency_histograms(
     path: str,
     *,
     group_names: tuple[str, str],
-    max_layers: int = 8,
+    max_layers: int = 16,
 ) -> str:
     """Overlaid per-group histograms of per-parameter curvature terms ½θ²h_g, one panel per layer.
 
@@ -470,8 +638,11 @@ def plot_saliency_histograms(
     difference of its two groups' terms, so a parameter sitting far right for the privileged group
     and far left for the unprivileged one is what FairPrune removes first. The terms span many
     decades, so the x axis is log10 of the positive values; zeros (already pruned weights, dead
-    units) and negatives cannot be shown on it and are counted in the legend instead. Both groups
-    share the bins within a panel so their bars are comparable; dashed lines mark group medians.
+    units) and negatives cannot be shown on it and are counted under each panel's title instead.
+    Both groups share the bins within a panel so their bars are comparable; dashed lines mark
+    group medians. One legend below the panels names the groups and the dashed lines, so no
+    legend covers a histogram. Every layer is drawn up to ``max_layers`` (classifier layers
+    included; VGG-11 has 11).
 
     Args:
       per_layer: ``{layer name: {group name: float array of the layer's terms}}``; arrays of any
@@ -502,7 +673,7 @@ def plot_saliency_histograms(
 
     ncols = min(len(layers), 4)
     nrows = math.ceil(len(layers) / ncols)
-    fig = Figure(figsize=(3.6 * ncols, 2.8 * nrows), layout="constrained")
+    fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows + 0.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     colors = ("tab:blue", "tab:orange")
     for ax, layer in zip(axes, layers):
@@ -522,22 +693,29 @@ def plot_saliency_histograms(
             if hi - lo < 1e-9:  # all equal: give the single bar a visible width
                 lo, hi = lo - 0.5, hi + 0.5
             bins = np.linspace(lo, hi, 41)
-            for g, lg, nz, color in zip(group_names, logs, n_nonpos, colors):
-                label = f"{g} (n={lg.size}" + (f", {nz} ≤ 0 not shown)" if nz else ")")
-                ax.hist(lg, bins=bins, alpha=0.5, color=color, label=label)
+            for lg, color in zip(logs, colors):
+                ax.hist(lg, bins=bins, alpha=0.5, color=color)
                 if lg.size:
-                    ax.axvline(float(np.median(lg)), color=color, ls="--", lw=1)
-            ax.legend(fontsize="x-small", loc="upper left")
-        ax.set_title(layer, fontsize="small")
-        ax.set_xlabel("log10(½ θ² h_g)", fontsize="small")
-        ax.set_ylabel("parameters", fontsize="small")
-        ax.tick_params(labelsize="x-small")
+                    ax.axvline(float(np.median(lg)), color=color, ls="--", lw=1.5)
+        counts = ", ".join(f"{g}: {lg.size}" + (f" (+{nz} ≤ 0)" if nz else "")
+                           for g, lg, nz in zip(group_names, logs, n_nonpos))
+        ax.set_title(f"{layer}\n{counts}", fontsize="medium")
+        ax.set_xlabel("log10(½ θ² h_g)", fontsize="medium")
+        ax.set_ylabel("parameters", fontsize="medium")
+        ax.tick_params(labelsize="small")
     for ax in axes[len(layers):]:
         ax.set_visible(False)
+    handles = [Patch(color=c, alpha=0.5, label=f"{g}: histogram")
+               for g, c in zip(group_names, colors)]
+    handles += [Line2D([], [], color=c, ls="--", lw=1.5, label=f"{g}: median")
+                for g, c in zip(group_names, colors)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize="medium",
+               frameon=False)
     left_out = len(per_layer) - len(layers)
-    title = "per-group curvature terms ½θ²h_g per layer"
+    title = ("per-group curvature terms ½θ²h_g per layer (positive values, log scale; "
+             "counts: parameters shown, + those ≤ 0)")
     if left_out:
-        title += f" (first {len(layers)} of {len(per_layer)} layers)"
+        title += f"; first {len(layers)} of {len(per_layer)} layers"
     fig.suptitle(title)
     return _save_figure(fig, path)
 
@@ -702,6 +880,18 @@ def format_mean_std(mean: float | None, std: float | None, fmt: str = ".3f") -> 
     if std is None:
         return format(float(mean), fmt)
     return f"{format(float(mean), fmt)} ± {format(float(std), fmt)}"
+
+
+def format_interval(leaf: Mapping[str, Any] | None, fmt: str = "+.3f") -> str:
+    """``"-0.021 [-0.035, -0.008]"``: a LEAF's estimate and interval (signed by default, for
+    differences); ``"n/a"`` for a null leaf or estimate, the estimate alone without an interval.
+    """
+    if leaf is None or leaf.get("estimate") is None:
+        return _MISSING_TEXT
+    text = format(float(leaf["estimate"]), fmt)
+    if leaf.get("low") is None or leaf.get("high") is None:
+        return text
+    return f"{text} [{format(float(leaf['low']), fmt)}, {format(float(leaf['high']), fmt)}]"
 
 
 _ABSENT = object()

@@ -77,6 +77,21 @@ def test_comparison_writes_table_csv_and_plot(comparison):
     md = f.read()
   assert md.count("\n| magnitude |") == 2 and md.count("\n| dense |") == 1
   assert "sum convention" in md
+  # Paired intervals and the levelling label of every run, from its results.json.
+  header = next(line for line in md.splitlines() if line.startswith("| method |"))
+  cells = [c.strip() for c in header.strip("|").split("|")]
+  for col in ("Δacc [CI]", "ΔEodd [CI]", "Δacc light [CI]", "Δacc dark [CI]", "mechanism"):
+    assert col in cells, col
+  from fairjax import report as rep
+  lines = md.strip().splitlines()[-len(_names()):]
+  for name, row, csv_row, line in zip(_names(), rows[1:], table[1:], lines):
+    summary = load_json(os.path.join(workdir, "runs", name))["summary"]
+    values = dict(zip(cells, (c.strip() for c in line.strip("|").split("|"))))
+    assert values["mechanism"] == summary["mechanism"] == row["mechanism"]
+    assert values["ΔEodd [CI]"] == rep.format_interval(summary["eodd_difference"])
+    assert float(csv_row["ΔEodd high"]) == summary["eodd_difference"]["high"]
+    assert csv_row["mechanism macro-F1"] == summary["mechanism_macro_f1"]
+  assert table[0]["mechanism"] == "" and table[0]["Δacc"] == ""  # dense: nothing to pair with
   with open(os.path.join(workdir, "pareto.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   # No leftover temporary files of the atomic writers.

@@ -37,6 +37,55 @@ def test_demo_runs_end_to_end(finished_run):
     with open(os.path.join(workdir, name), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert "fairprune step 3" in res.stderr  # progress is shown
+  assert results["slimming"] is None  # the README's promise for every method but snnl_channels
+
+
+def test_results_carry_paired_intervals_and_the_mechanism(finished_run):
+  import numpy as np
+
+  from fairjax import bootstrap, metrics
+
+  workdir, res = finished_run
+  results = load_json(workdir)
+  boot, summary = results["bootstrap"], results["summary"]
+  assert boot["num_samples"] == 1000 and boot["confidence"] == 0.95 and boot["seed"] == 0
+  # The intervals are of the reported models: their estimates are results' own test metrics.
+  for name in ("dense", "pruned"):
+    for key in ("accuracy", "eodd"):
+      assert boot["models"][name][key]["estimate"] == pytest.approx(results[name][key])
+  diff = boot["differences"]["pruned - dense"]
+  assert summary["accuracy_difference"]["estimate"] == pytest.approx(
+      results["pruned"]["accuracy"] - results["dense"]["accuracy"])
+  assert summary["mechanism"] == diff["mechanism"]["group_accuracy"]["label"]
+  assert summary["mechanism_macro_f1"] == diff["mechanism"]["group_macro_f1"]["label"]
+  assert summary["mechanism"] in bootstrap.MECHANISM_LABELS
+  # The dense model's worst group on the test split (the kernel's reference for the label).
+  dense_acc = results["dense"]["group_accuracy"]
+  assert dense_acc[summary["worse_off_group"]] == min(dense_acc.values())
+  # test_predictions.npz holds exactly what was resampled: the same bootstrap, recomputed from
+  # it without any model, gives the stored intervals.
+  stored = np.load(os.path.join(workdir, "test_predictions.npz"))
+  shape = {"num_classes": results["dataset"]["num_classes"], "num_groups": 2,
+           "group_names": results["dataset"]["group_names"]}
+  for name in ("dense", "pruned"):
+    m = metrics.evaluate(stored["labels"], stored[name], stored["groups"], **shape)
+    assert m["accuracy"] == results[name]["accuracy"] and m["eodd"] == results[name]["eodd"]
+  again = bootstrap.bootstrap(stored["labels"], stored["groups"],
+                              {"dense": stored["dense"], "pruned": stored["pruned"]},
+                              **shape, num_samples=1000, seed=0, pairs=[("pruned", "dense")])
+  assert again["differences"] == json_roundtrip(boot["differences"])
+  # The last lines say it in words, with the paths of the files written.
+  tail = res.stderr[res.stderr.index("what was pruned: fairprune"):]
+  assert "mechanism (test split, pruned − dense, 95% paired bootstrap" in tail
+  assert summary["mechanism"] in tail and "reported model:" in tail
+  for name in ("results.json", "test_predictions.npz", "tradeoff.png",
+               "saliency_histograms.png", "wall_time.json"):
+    assert os.path.join(workdir, name) in tail, name
+
+
+def json_roundtrip(obj):
+  import json
+  return json.loads(json.dumps(obj))
 
 
 def test_killed_run_resumes_to_identical_results(finished_run, tmp_path):
@@ -49,7 +98,13 @@ def test_killed_run_resumes_to_identical_results(finished_run, tmp_path):
   assert "resuming after step 1" in res.stderr
 
   a, b = load_json(reference), load_json(workdir)
-  assert_same_results(a, b, ("dense", "pruned", "steps", "summary", "chosen_step"))
+  assert_same_results(a, b, ("dense", "pruned", "steps", "summary", "chosen_step", "bootstrap"))
+  # wall_seconds covers the two killed sessions too (each counted up to its last file).
+  sessions = load_json(workdir, "wall_time.json")["sessions"]
+  assert [s.get("killed", False) for s in sessions] == [True, True, False]
+  assert all(s["seconds"] > 0 for s in sessions)
+  assert b["wall_seconds"] == pytest.approx(sum(s["seconds"] for s in sessions))
+  assert b["wall_seconds"] > sessions[-1]["seconds"]
   for wd in (reference, workdir):
     assert os.path.isdir(checkpoint.store_directory(wd, "prune"))
   assert_trees_equal(*(restore_step(wd, "prune", a["chosen_step"]) for wd in (reference, workdir)))
@@ -67,6 +122,9 @@ def test_killed_run_resumes_to_identical_results(finished_run, tmp_path):
     ("--config.prune.fairgrape_retrain_epochs=-1", "config.prune.fairgrape_retrain_epochs=-1"),
     ("--config.prune.snnl_channels_per_step=2.5", "config.prune.snnl_channels_per_step=2.5"),
     ("--config.prune.snnl_scope=network", "config.prune.snnl_scope='network'"),
+    ("--config.report.bootstrap_samples=0", "config.report.bootstrap_samples=0"),
+    ("--config.report.bootstrap_seed=-1", "config.report.bootstrap_seed=-1"),
+    ("--config.report.confidence=1.0", "config.report.confidence=1.0"),
     ("--config.prune.snnl_temperature=0", "config.prune.snnl_temperature=0"),
     ("--config.prune.speedup_repeats=-1", "config.prune.speedup_repeats=-1"),
     ("--config.prune.speedup_batch_size=0", "config.prune.speedup_batch_size=0"),
@@ -121,3 +179,25 @@ def test_demo_generator_knobs_are_validated(key, value):
   config.data[key] = value
   with pytest.raises(ConfigError, match=f"config.data.{key}={value}"):
     validate_config(config)
+
+
+def test_story_says_when_no_step_lowered_eodd(finished_run):
+  import copy
+
+  from fairjax import pipeline
+
+  workdir, _ = finished_run
+  results = copy.deepcopy(load_json(workdir))
+  dense_val = results["steps"][0]["validation"]
+  for s in results["steps"][1:]:  # every step now worse than dense on validation Eodd
+    s["validation"]["eodd"] = dense_val["eodd"] + 0.1
+  results["chosen_step"] = 0
+  lines = pipeline.story(results, "validation Eodd did not improve for 5 steps", ["x/results.json"],
+                         "x/checkpoints")
+  text = "\n".join(lines)
+  assert ("No pruning step lowered validation Eodd below the dense model's "
+          f"({dense_val['eodd']:.4f}) while staying within max_accuracy_drop=1.0") in text
+  assert "reported model: the dense model (step 0, nothing pruned)" in text
+  assert "the loop stopped because validation Eodd did not improve for 5 steps" in text
+  assert lines[-1] == "files written: x/results.json; checkpoints under x/checkpoints"
+  assert "No pruning step" not in "\n".join(pipeline.story(load_json(workdir), None, [], "c"))

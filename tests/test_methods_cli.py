@@ -4,6 +4,8 @@ Subprocesses (tests/cli_helpers.py; absl flags are global). Two dense epochs and
 method keep the file around a minute on 2 CPU cores.
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -59,6 +61,13 @@ def test_method_runs_and_reports(method, runs):
   assert results["pruned"]["sparsity"] == steps[chosen]["sparsity"]
   if chosen > 0:
     assert steps[chosen]["sparsity"] > 0
+
+  # Figures: the trade-off always; the curvature histograms only for a curvature method (no
+  # curvature pass is run for the others); intervals and no slimming key value.
+  assert os.path.exists(os.path.join(workdir, "tradeoff.png"))
+  assert os.path.exists(os.path.join(workdir, "saliency_histograms.png")) == (method == "obd")
+  assert results["slimming"] is None
+  assert "pruned - dense" in results["bootstrap"]["differences"]
 
   assert latest_step(workdir, "prune") == 2
   items = restore_step(workdir, "prune", max(chosen, 1))

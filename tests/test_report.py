@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -257,6 +258,9 @@ def test_plot_tradeoff_png(tmp_path):
     out = str(tmp_path / "tradeoff.png")
     assert report.plot_tradeoff(r["steps"], out, title="synthetic", convention="mean") == out
     _assert_png(out)
+    # The reported step and the accuracy floor (here below 0: drawn at the axis' bottom).
+    assert report.plot_tradeoff(r["steps"], out, chosen_step=1, max_accuracy_drop=0.9) == out
+    _assert_png(out)
     with pytest.raises(ValueError, match="convention"):
         report.plot_tradeoff(r["steps"], out, convention="max")
 
@@ -398,3 +402,67 @@ def test_write_csv_round_trip(tmp_path):
         report.write_csv(str(tmp_path / "bad.csv"), rows, [("pruned.accuracy", "acc")])
     assert not os.path.exists(tmp_path / "bad.csv")
     assert math.isfinite(agg["pruned"]["accuracy"]["std"])
+
+
+# --------------------------------------------------------------------------------------------
+# Bootstrap keys (results.bootstrap and the summary's headline of it)
+# --------------------------------------------------------------------------------------------
+
+
+def _with_bootstrap():
+    from fairjax import bootstrap
+
+    r = _results()
+    boot = bootstrap.bootstrap(Y_TRUE, GROUP_IDS, {"dense": PRED_DENSE, "pruned": PRED_PRUNED},
+                               num_classes=3, num_groups=2, group_names=GROUPS, num_samples=200,
+                               seed=1)
+    r["bootstrap"] = boot
+    r["summary"].update(report.summarize_bootstrap(boot))
+    return json.loads(json.dumps(r))  # as read back from results.json
+
+
+def test_bootstrap_keys_validate_and_summarize():
+    r = _with_bootstrap()
+    report.validate_results(r)
+    s, diff = r["summary"], r["bootstrap"]["differences"]["pruned - dense"]
+    assert s["mechanism"] == diff["mechanism"]["group_accuracy"]["label"]
+    assert s["group_accuracy_difference"]["male"] == diff["group_accuracy"]["male"]
+    dense_male = r["dense"]["group_accuracy"]["male"]
+    pruned_male = r["pruned"]["group_accuracy"]["male"]
+    assert s["group_accuracy_difference"]["male"]["estimate"] == pytest.approx(
+        pruned_male - dense_male)
+    assert s["worse_off_group"] == min(GROUPS, key=lambda g: r["dense"]["group_accuracy"][g])
+    report.validate_results(_results())  # the keys are optional (schema_version 1 files)
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda r: r["bootstrap"]["differences"]["pruned - dense"]["mechanism"]["group_accuracy"]
+     .update(label="levelled_sideways"), "label must be one of"),
+    (lambda r: r["bootstrap"]["differences"]["pruned - dense"]["mechanism"].pop("group_macro_f1"),
+     "mechanism.group_macro_f1 missing"),
+    (lambda r: r["bootstrap"]["models"]["pruned"]["eodd"].update(low=2.0, high=1.0),
+     "models.pruned.eodd.low 2.0 exceeds"),
+    (lambda r: r["bootstrap"]["models"]["dense"]["group_accuracy"].pop("male"),
+     "models.dense.group_accuracy has groups"),
+    (lambda r: r["bootstrap"]["differences"].pop("pruned - dense"),
+     "differences.pruned - dense missing"),
+    (lambda r: r["bootstrap"].update(confidence=1.5), "confidence must lie in (0, 1)"),
+    (lambda r: r["summary"].pop("mechanism_macro_f1"), "summary.mechanism_macro_f1 missing"),
+    (lambda r: r["summary"].update(mechanism="levelled_up" if r["summary"]["mechanism"]
+                                   != "levelled_up" else "levelled_down"),
+     "summary.mechanism is"),
+    (lambda r: r["summary"]["eodd_difference"].update(low=-9.0), "summary.eodd_difference is"),
+])
+def test_bootstrap_keys_are_checked(mutate, message):
+    r = _with_bootstrap()
+    mutate(r)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        report.validate_results(r)
+
+
+def test_format_interval():
+    assert report.format_interval({"estimate": -0.0213, "low": -0.035, "high": -0.008}) == (
+        "-0.021 [-0.035, -0.008]")
+    assert report.format_interval({"estimate": 0.5, "low": None, "high": None}) == "+0.500"
+    assert report.format_interval(None) == "n/a"
+    assert report.format_interval({"estimate": None, "low": 0.1, "high": 0.2}) == "n/a"
