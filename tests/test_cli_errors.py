@@ -14,7 +14,6 @@ proving the end-to-end contract (exit code, last stderr line, no traceback).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import pathlib
@@ -29,6 +28,7 @@ from absl import flags
 from PIL import Image
 
 from fairjax import main as cli
+from tests.csv_helpers import read_csv, write_csv
 from tests.cli_helpers import REPO, TINY, assert_cli_error, cli_cmd
 
 # $FAIRJAX_SHARED_DATA, else ../shared/data next to the checkout (or next to the folder holding
@@ -53,17 +53,6 @@ NO_WEIGHTS = "--config.model.require_pretrained=False"
 # -- synthesised dataset folders ------------------------------------------------------------------
 
 
-def _read_csv(path) -> tuple[list[str], list[dict[str, str]]]:
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    return list(reader.fieldnames), list(reader)
-
-
-def _write_csv(path, header, rows) -> None:
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=header)
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 def _jpeg(path: pathlib.Path) -> None:
@@ -74,23 +63,23 @@ def _jpeg(path: pathlib.Path) -> None:
 def _isic_tree(root: pathlib.Path, *, sexes=("female", "male"), rows: int = 30) -> pathlib.Path:
   """An ISIC 2019 manual_dir: the first ``rows`` real metadata rows of the given sexes (no
   lesion id, so they spread over the splits), their ground-truth rows, generated JPEGs."""
-  gt_header, gt = _read_csv(ISIC_DIR / ISIC_GT)
-  meta_header, meta = _read_csv(ISIC_DIR / ISIC_META)
+  gt_header, gt = read_csv(ISIC_DIR / ISIC_GT)
+  meta_header, meta = read_csv(ISIC_DIR / ISIC_META)
   pick = [i for i, m in enumerate(meta) if m["sex"] in sexes and not m["lesion_id"]
           and gt[i]["UNK"] != "1.0"][:rows]
   root.mkdir(parents=True)
-  _write_csv(root / ISIC_GT, gt_header, [gt[i] for i in pick])
-  _write_csv(root / ISIC_META, meta_header, [meta[i] for i in pick])
+  write_csv(root / ISIC_GT, gt_header, [gt[i] for i in pick])
+  write_csv(root / ISIC_META, meta_header, [meta[i] for i in pick])
   for i in pick:
     _jpeg(root / ISIC_IMAGES / f"{meta[i]['image']}.jpg")
   return root
 
 
 def _fitz_tree(root: pathlib.Path, rows: int = 30) -> pathlib.Path:
-  header, data = _read_csv(FITZ_CSV)
+  header, data = read_csv(FITZ_CSV)
   pick = [r for r in data if r["fitzpatrick_scale"] != "-1"][:rows]
   root.mkdir(parents=True)
-  _write_csv(root / FITZ_NAME, header, pick)
+  write_csv(root / FITZ_NAME, header, pick)
   for r in pick:
     _jpeg(root / "images" / f"{r['md5hash']}.jpg")
   return root
@@ -117,9 +106,9 @@ def _append_line(path: pathlib.Path, line: str) -> None:
 
 
 def _edit_first_row(path: pathlib.Path, column: str, value: str) -> None:
-  header, rows = _read_csv(path)
+  header, rows = read_csv(path)
   rows[0][column] = value
-  _write_csv(path, header, rows)
+  write_csv(path, header, rows)
 
 
 def _isic(trees, tmp, breaker: Callable[[pathlib.Path], None] | None = None,

@@ -8,7 +8,6 @@ redistributable. TensorFlow is blocked during the builds, so they prove no TF is
 from __future__ import annotations
 
 import collections
-import csv
 import hashlib
 import importlib.abc
 import importlib.machinery
@@ -22,6 +21,7 @@ from PIL import Image
 
 import tensorflow_datasets as tfds
 
+from tests.csv_helpers import read_csv, write_csv
 from fairjax.data import fitzpatrick17k as fitz
 from fairjax.data import isic2019 as isic
 from fairjax.data import tfds_common
@@ -55,17 +55,6 @@ def _write_jpeg(path: pathlib.Path, key: str, size=(48, 36)) -> None:
   Image.new("RGB", size, _colour(key)).save(path, format="JPEG", quality=95)
 
 
-def _read_csv(path) -> tuple[list[str], list[dict[str, str]]]:
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    return list(reader.fieldnames), list(reader)
-
-
-def _write_csv(path, header, rows) -> None:
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=header)
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 class _BlockTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -155,7 +144,7 @@ def test_isic_split_assignment_real(isic_rows):
   # Deterministic for a seed, different for another, and usable on raw CSV rows (no labels).
   assert isic.isic_split_assignment(isic_rows, seed=0) == split
   assert isic.isic_split_assignment(isic_rows, seed=1) != split
-  _, raw = _read_csv(ISIC_DIR / isic.METADATA_CSV)
+  _, raw = read_csv(ISIC_DIR / isic.METADATA_CSV)
   raw_split = isic.isic_split_assignment(raw, (0.7, 0.1, 0.2), seed=3)
   assert abs(collections.Counter(raw_split.values())["validation"] / len(raw) - 0.1) < 0.01
 
@@ -163,7 +152,7 @@ def test_isic_split_assignment_real(isic_rows):
 def test_fitzpatrick_real_csv(fitz_rows):
   assert len(fitz_rows) == 16_577
   assert sum(r.fitzpatrick_scale == -1 for r in fitz_rows) == 565
-  _, raw = _read_csv(FITZ_CSV)
+  _, raw = read_csv(FITZ_CSV)
   for granularity, (column, names) in fitz.GRANULARITIES.items():
     assert len(names) == granularity
     assert list(names) == sorted({row[column] for row in raw})
@@ -204,8 +193,8 @@ def test_assign_splits_weights_units_and_validates():
 
 
 def _isic_subset_manual_dir(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
-  gt_header, gt = _read_csv(ISIC_DIR / isic.GROUND_TRUTH_CSV)
-  meta_header, meta = _read_csv(ISIC_DIR / isic.METADATA_CSV)
+  gt_header, gt = read_csv(ISIC_DIR / isic.GROUND_TRUTH_CSV)
+  meta_header, meta = read_csv(ISIC_DIR / isic.METADATA_CSV)
   pick = set(range(12))
   pick |= set([i for i, m in enumerate(meta) if not m["sex"]][:4])
   by_lesion = collections.defaultdict(list)
@@ -219,8 +208,8 @@ def _isic_subset_manual_dir(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
   pick = sorted(pick)
   manual = root / "isic_manual"
   manual.mkdir()
-  _write_csv(manual / isic.GROUND_TRUTH_CSV, gt_header, [gt[i] for i in pick])
-  _write_csv(manual / isic.METADATA_CSV, meta_header, [meta[i] for i in pick])
+  write_csv(manual / isic.GROUND_TRUTH_CSV, gt_header, [gt[i] for i in pick])
+  write_csv(manual / isic.METADATA_CSV, meta_header, [meta[i] for i in pick])
   images = [meta[i]["image"] for i in pick]
   corrupt, missing = images[0], images[1]
   for image in images[2:]:
@@ -294,7 +283,7 @@ _GT_CACHE: dict = {}
 
 def _gt_value(manual, image_id, column) -> bool:
   if manual not in _GT_CACHE:
-    _, rows = _read_csv(manual / isic.GROUND_TRUTH_CSV)
+    _, rows = read_csv(manual / isic.GROUND_TRUTH_CSV)
     _GT_CACHE[manual] = {r["image"]: r for r in rows}
   return _GT_CACHE[manual][image_id][column] == "1.0"
 
@@ -317,12 +306,12 @@ def test_isic_on_bad_image_error(isic_build, tmp_path):
 
 
 def _fitz_manual_dir(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
-  header, rows = _read_csv(FITZ_CSV)
+  header, rows = read_csv(FITZ_CSV)
   pick = [r for r in rows[:30] if r["fitzpatrick_scale"] != "-1"][:14]
   pick += [r for r in rows if r["fitzpatrick_scale"] == "-1"][:4]
   manual = root / "fitz_manual"
   manual.mkdir()
-  _write_csv(manual / fitz.CSV_NAME, header, pick)
+  write_csv(manual / fitz.CSV_NAME, header, pick)
   hashes = [r["md5hash"] for r in pick]
   corrupt, missing, in_root = hashes[0], hashes[1], hashes[2:4]
   for h in hashes[2:]:
@@ -432,9 +421,9 @@ def test_malformed_isic_row_names_file_line_field(isic_build, tmp_path):
   manual.mkdir()
   (manual / isic.IMAGE_DIR).mkdir()
   (manual / isic.METADATA_CSV).write_bytes((isic_build["manual"] / isic.METADATA_CSV).read_bytes())
-  header, rows = _read_csv(isic_build["manual"] / isic.GROUND_TRUTH_CSV)
+  header, rows = read_csv(isic_build["manual"] / isic.GROUND_TRUTH_CSV)
   rows[3]["NV"] = "yes"  # Data row 4 = line 5 of the file.
-  _write_csv(manual / isic.GROUND_TRUTH_CSV, header, rows)
+  write_csv(manual / isic.GROUND_TRUTH_CSV, header, rows)
   with pytest.raises(CsvFormatError) as err:
     tfds_common.load_source("isic2019", "train", manual_dir=manual, data_dir=tmp_path / "d",
                             image_size=16)

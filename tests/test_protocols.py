@@ -8,7 +8,6 @@ would be. The ISIC tree uses real metadata rows (../shared/data) with synthesise
 
 from __future__ import annotations
 
-import csv
 import os
 import pathlib
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.csv_helpers import read_csv, write_csv
 from tests.cli_helpers import (assert_cli_error, config_error, load_json, parse_config,
                                run_cli, run_cli_ok)
 
@@ -55,17 +55,6 @@ def vgg11_safetensors(tmp_path_factory) -> pathlib.Path:
   return path
 
 
-def _read_csv(path) -> tuple[list[str], list[dict[str, str]]]:
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    return list(reader.fieldnames), list(reader)
-
-
-def _write_csv(path, header, rows) -> None:
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=header)
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +62,13 @@ def isic_manual_dir(tmp_path_factory) -> pathlib.Path:
   """80 real ISIC 2019 metadata rows with a known sex and synthesised 40x30 JPEGs."""
   if not (ISIC_DIR / "ISIC_2019_Training_GroundTruth.csv").exists():
     pytest.skip("real metadata CSVs not found (set FAIRJAX_SHARED_DATA)")
-  gt_header, gt = _read_csv(ISIC_DIR / "ISIC_2019_Training_GroundTruth.csv")
-  meta_header, meta = _read_csv(ISIC_DIR / "ISIC_2019_Training_Metadata.csv")
+  gt_header, gt = read_csv(ISIC_DIR / "ISIC_2019_Training_GroundTruth.csv")
+  meta_header, meta = read_csv(ISIC_DIR / "ISIC_2019_Training_Metadata.csv")
   pick = [i for i, m in enumerate(meta) if m["sex"]][:80]
   manual = tmp_path_factory.mktemp("isic") / "manual"
   (manual / "ISIC_2019_Training_Input").mkdir(parents=True)
-  _write_csv(manual / "ISIC_2019_Training_GroundTruth.csv", gt_header, [gt[i] for i in pick])
-  _write_csv(manual / "ISIC_2019_Training_Metadata.csv", meta_header, [meta[i] for i in pick])
+  write_csv(manual / "ISIC_2019_Training_GroundTruth.csv", gt_header, [gt[i] for i in pick])
+  write_csv(manual / "ISIC_2019_Training_Metadata.csv", meta_header, [meta[i] for i in pick])
   rng = np.random.default_rng(0)
   for i in pick:
     pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
