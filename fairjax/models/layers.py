@@ -91,3 +91,34 @@ def conv_bn_relu(x: jax.Array, features: int, index: int, *, use_bn: bool, train
         x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                          dtype=dtype, name=f"bn{index}")(x)
     return nn.relu(x)
+
+
+def torch_conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
+               groups: int = 1) -> nn.Conv:
+    """Bias-free ``kernel x kernel`` conv (odd ``kernel``) with PyTorch's symmetric padding
+    ``kernel // 2``, so that stride-2 convs sample the same pixels as their torchvision
+    counterparts (Flax's ``"SAME"`` pads them asymmetrically). ``groups`` > 1 gives a grouped
+    (``groups`` = input channels: depthwise) conv."""
+    pad = kernel // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        feature_group_count=groups,
+        use_bias=False,
+        kernel_init=conv_kernel_init,
+        dtype=dtype,
+        name=name,
+    )
+
+
+def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+    """BatchNorm with torchvision's momentum and epsilon; batch statistics when ``train``."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=dtype,
+        name=name,
+    )

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from fairjax.models import register_model
-from fairjax.models.layers import BN_EPSILON, BN_MOMENTUM, conv_kernel_init
+from fairjax.models.layers import batch_norm, torch_conv
 
 # Inverted residual stages: (expansion t, output channels c, blocks n, stride of the first s).
 MOBILENET_V2_STAGES: tuple[tuple[int, int, int, int], ...] = (
@@ -59,31 +59,6 @@ def round_channels(channels: float, divisor: int) -> int:
     return rounded
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
-          groups: int = 1) -> nn.Conv:
-    """Bias-free conv with PyTorch padding ``(kernel - 1) // 2`` on every side."""
-    pad = (kernel - 1) // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        feature_group_count=groups,
-        use_bias=False,
-        kernel_init=conv_kernel_init,
-        dtype=dtype,
-        name=name,
-    )
-
-
-def _bn(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
-        dtype=dtype,
-        name=name,
-    )
 
 
 class InvertedResidual(nn.Module):
@@ -108,12 +83,12 @@ class InvertedResidual(nn.Module):
         hidden = int(round(in_channels * self.expansion))
         y = x
         if self.expansion != 1:
-            y = _conv(hidden, 1, 1, self.dtype, "expand_conv")(y)
-            y = nn.relu6(_bn(train, self.dtype, "expand_bn")(y))
-        y = _conv(hidden, 3, self.stride, self.dtype, "dw_conv", groups=hidden)(y)
-        y = nn.relu6(_bn(train, self.dtype, "dw_bn")(y))
-        y = _conv(self.features, 1, 1, self.dtype, "project_conv")(y)
-        y = _bn(train, self.dtype, "project_bn")(y)
+            y = torch_conv(hidden, 1, 1, self.dtype, "expand_conv")(y)
+            y = nn.relu6(batch_norm(train, self.dtype, "expand_bn")(y))
+        y = torch_conv(hidden, 3, self.stride, self.dtype, "dw_conv", groups=hidden)(y)
+        y = nn.relu6(batch_norm(train, self.dtype, "dw_bn")(y))
+        y = torch_conv(self.features, 1, 1, self.dtype, "project_conv")(y)
+        y = batch_norm(train, self.dtype, "project_bn")(y)
         if self.stride == 1 and in_channels == self.features:
             y = y + x
         return y
@@ -144,8 +119,8 @@ class MobileNetV2(nn.Module):
         """Maps images ``x [B, H, W, 3]`` (any H, W >= 1) to float32 logits ``[B, num_classes]``."""
         x = jnp.asarray(x, self.dtype)
         stem = round_channels(STEM_CHANNELS * self.width_multiplier, self.round_nearest)
-        x = _conv(stem, 3, 2, self.dtype, "stem_conv")(x)
-        x = nn.relu6(_bn(train, self.dtype, "stem_bn")(x))
+        x = torch_conv(stem, 3, 2, self.dtype, "stem_conv")(x)
+        x = nn.relu6(batch_norm(train, self.dtype, "stem_bn")(x))
 
         index = 1
         for expansion, channels, num_blocks, first_stride in MOBILENET_V2_STAGES:
@@ -158,8 +133,8 @@ class MobileNetV2(nn.Module):
 
         last = round_channels(LAST_CHANNELS * max(1.0, self.width_multiplier),
                               self.round_nearest)
-        x = _conv(last, 1, 1, self.dtype, "last_conv")(x)
-        x = nn.relu6(_bn(train, self.dtype, "last_bn")(x))
+        x = torch_conv(last, 1, 1, self.dtype, "last_conv")(x)
+        x = nn.relu6(batch_norm(train, self.dtype, "last_bn")(x))
 
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -28,32 +28,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from fairjax.models import register_model
-from fairjax.models.layers import BN_EPSILON, BN_MOMENTUM, conv_kernel_init, max_pool_3x3_s2
+from fairjax.models.layers import batch_norm, max_pool_3x3_s2, torch_conv
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
-    """Bias-free conv with PyTorch padding ``kernel // 2``."""
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        kernel_init=conv_kernel_init,
-        dtype=dtype,
-        name=name,
-    )
-
-
-def _bn(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
-        dtype=dtype,
-        name=name,
-    )
 
 
 class BasicBlock(nn.Module):
@@ -72,13 +49,13 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Maps ``x [B, H, W, C_in]`` to ``[B, ceil(H / stride), ceil(W / stride), features]``."""
-        y = _conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
-        y = nn.relu(_bn(train, self.dtype, "bn1")(y))
-        y = _conv(self.features, 3, 1, self.dtype, "conv2")(y)
-        y = _bn(train, self.dtype, "bn2")(y)
+        y = torch_conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
+        y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
+        y = torch_conv(self.features, 3, 1, self.dtype, "conv2")(y)
+        y = batch_norm(train, self.dtype, "bn2")(y)
         if self.stride != 1 or x.shape[-1] != self.features:
-            x = _conv(self.features, 1, self.stride, self.dtype, "proj_conv")(x)
-            x = _bn(train, self.dtype, "proj_bn")(x)
+            x = torch_conv(self.features, 1, self.stride, self.dtype, "proj_conv")(x)
+            x = batch_norm(train, self.dtype, "proj_bn")(x)
         return nn.relu(y + x)
 
 
@@ -109,10 +86,10 @@ class ResNet(nn.Module):
             raise ValueError(f"stage_sizes must have 4 entries, got {tuple(self.stage_sizes)}")
         x = jnp.asarray(x, self.dtype)
         if self.small_input:
-            x = _conv(self.width, 3, 1, self.dtype, "conv_init")(x)
+            x = torch_conv(self.width, 3, 1, self.dtype, "conv_init")(x)
         else:
-            x = _conv(self.width, 7, 2, self.dtype, "conv_init")(x)
-        x = nn.relu(_bn(train, self.dtype, "bn_init")(x))
+            x = torch_conv(self.width, 7, 2, self.dtype, "conv_init")(x)
+        x = nn.relu(batch_norm(train, self.dtype, "bn_init")(x))
         if not self.small_input:
             x = max_pool_3x3_s2(x)
 
