@@ -194,6 +194,12 @@ class CheckpointStore:
             preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # orbax removes those leftovers on a background thread. Wait for it here: a run that
+        # fails right after opening its store (a bad weights file) would otherwise exit while
+        # the thread still schedules work, and print orbax's traceback after the one-line error.
+        await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+        if await_cleanup is not None:
+            await_cleanup()
 
     # -- saving -------------------------------------------------------------------------------
 

@@ -216,7 +216,11 @@ def train_dense(config, model, data: DatasetSplits, workdir: str) -> train.Train
                                      max_to_keep=2)
   latest = store.latest_step()
   if config.model.pretrained and latest is None:  # a resumed run restores its own weights
-    state = _load_pretrained(config, state, data, workdir)
+    try:
+      state = _load_pretrained(config, state, data, workdir)
+    except BaseException:
+      store.close()  # a bad weights file ends the run; leave no orbax work behind
+      raise
   state = data_parallel(config).replicate(state)  # identity on one device
   like = {**_state_items(state), "best_params": state.params, "best_batch_stats": state.batch_stats}
   best_score, bad_epochs, start = -math.inf, 0, 0
