@@ -45,7 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.undefined_rates = "skip"  # class absent from a group: "skip" it or count the rate as "zero"
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "demo"  # dataset: "demo" (synthetic, no download), "isic2019", "fitzpatrick17k"
+  # dataset: "demo" (synthetic, no download), "isic2019", "fitzpatrick17k", "fairface",
+  # "utkface" or "celeba"
+  c.data.name = "demo"
   c.data.image_size = 32  # side of the images fed to the model
   c.data.manual_dir = ""  # real datasets: folder with the files you downloaded (README)
   c.data.data_dir = ""  # TFDS build directory ("" = <workdir>/tfds)
@@ -55,6 +57,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.sensitive_attribute = "sex"  # ISIC 2019: "sex" or "age"
   c.data.label_granularity = 114  # Fitzpatrick-17k: 114, 9 or 3 classes
   c.data.unknown_skin = "exclude"  # Fitzpatrick-17k skin type -1: "exclude" or "dark"
+  # Face datasets (design.md section 6.5), the label: FairFace "race", "gender" or "age";
+  # UTKFace "race" or "gender"; CelebA "attribute" ("" = the first of these)
+  c.data.task = ""
+  # Face datasets, the sensitive attribute: "" = the task's default (FairFace: gender for race
+  # and age, race for gender; UTKFace: the attribute that is not the task; CelebA: Male)
+  c.data.face_group = ""
+  c.data.fairface_validation_fraction = 0.1  # FairFace: share of train held out (test = val)
+  c.data.utkface_races = 4  # UTKFace races: 4 (files of "Others" left out) or 5
+  c.data.celeba_attribute = "Smiling"  # CelebA: the attribute learnt as a binary task
   c.data.on_bad_image = "skip"  # corrupt / missing image: "skip" (counted) or "error"
   c.data.sampling = "uniform"  # training sampler: uniform, group_balanced, class_balanced
   # Training-time augmentation (train batches only): "none", "flip" (random left-right) or
@@ -335,6 +346,21 @@ def _validate_pretrained(config) -> None:
           "ImageNet-pretrained weights expect ImageNet-normalised inputs; leave it None or True")
 
 
+def _validate_faces(d) -> None:
+  """``data.task`` / ``face_group`` / the per-dataset keys of a face dataset (design.md 6.5)."""
+  from fairjax.data import faces
+
+  problem = faces.check_face_options(d.name, d.task, d.face_group, d.celeba_attribute)
+  if problem:
+    key, why = problem
+    _fail(f"data.{key}", d[key], why)
+  if d.name == "fairface" and not 0.0 < d.fairface_validation_fraction < 1.0:
+    _fail("data.fairface_validation_fraction", d.fairface_validation_fraction,
+          "must be in (0, 1)")
+  if d.name == "utkface" and d.utkface_races not in faces.UTKFACE_RACE_COUNTS:
+    _fail("data.utkface_races", d.utkface_races, "must be 4 (without 'Others') or 5")
+
+
 def imagenet_normalization(config) -> bool:
   """The resolved ``data.imagenet_normalization`` (None means True)."""
   value = config.data.imagenet_normalization
@@ -362,8 +388,9 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
     _fail("undefined_rates", config.undefined_rates, "must be 'skip' or 'zero'")
 
   d = config.data
-  if d.name not in ("demo", "isic2019", "fitzpatrick17k"):
-    _fail("data.name", d.name, "must be one of ('demo', 'isic2019', 'fitzpatrick17k')")
+  datasets = ("demo", "isic2019", "fitzpatrick17k", "fairface", "utkface", "celeba")
+  if d.name not in datasets:
+    _fail("data.name", d.name, f"must be one of {datasets}")
   if not isinstance(d.image_size, int) or d.image_size < 8:
     _fail("data.image_size", d.image_size, "must be an integer >= 8")
   if d.sampling not in SAMPLINGS:
@@ -385,6 +412,8 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
     _fail("data.label_granularity", d.label_granularity, "must be 114, 9 or 3")
   if d.unknown_skin not in ("exclude", "dark"):
     _fail("data.unknown_skin", d.unknown_skin, "must be 'exclude' or 'dark'")
+  if d.name in ("fairface", "utkface", "celeba"):
+    _validate_faces(d)
   if d.on_bad_image not in ("skip", "error"):
     _fail("data.on_bad_image", d.on_bad_image, "must be 'skip' or 'error'")
   if d.name == "demo":

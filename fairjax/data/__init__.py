@@ -1,4 +1,5 @@
-"""Datasets: the synthetic demo, ISIC 2019 and Fitzpatrick-17k behind one loader (design.md 6).
+"""Datasets: the synthetic demo, ISIC 2019, Fitzpatrick-17k and the face datasets FairFace,
+UTKFace and CelebA behind one loader (design.md 6).
 
 :func:`load_dataset` turns the ``data`` part of a run config into three random-access sources
 (``train`` / ``validation`` / ``test``) whose records are ``{"image": uint8[S, S, 3],
@@ -17,7 +18,7 @@ import numpy as np
 
 from fairjax.data import pipeline, synthetic
 
-DATASETS = ("demo", "isic2019", "fitzpatrick17k")
+DATASETS = ("demo", "isic2019", "fitzpatrick17k", "fairface", "utkface", "celeba")
 SPLITS = ("train", "validation", "test")
 
 
@@ -87,6 +88,27 @@ def _demo(cfg: Mapping[str, Any]) -> DatasetSplits:
       labels={s: arrays[s]["label"] for s in SPLITS}, groups={s: arrays[s]["group"] for s in SPLITS})
 
 
+def _face_kwargs(name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """Builder options of a face dataset from the ``data`` keys of design.md section 6.5."""
+  from fairjax.data import faces
+
+  task, group = cfg.get("task", ""), cfg.get("face_group", "")
+  problem = faces.check_face_options(
+      name, task, group, cfg.get("celeba_attribute", faces.CELEBA_DEFAULT_ATTRIBUTE))
+  if problem:
+    raise ValueError(f"config.data.{problem[0]}: {problem[1]}")
+  if name == "fairface":
+    return {"task": faces.resolve_task(name, task), "group": group,
+            "validation_fraction": float(cfg.get("fairface_validation_fraction",
+                                                 faces.FAIRFACE_VALIDATION_FRACTION)),
+            "seed": int(cfg["split_seed"])}
+  if name == "utkface":
+    return {"task": faces.resolve_task(name, task), "num_races": int(cfg.get("utkface_races", 4)),
+            "fractions": tuple(cfg["split_fractions"]), "seed": int(cfg["split_seed"])}
+  return {"attribute": cfg.get("celeba_attribute", faces.CELEBA_DEFAULT_ATTRIBUTE),
+          "task": faces.resolve_task(name, task)}
+
+
 def _tfds(name: str, cfg: Mapping[str, Any], workdir: str) -> DatasetSplits:
   from fairjax.data import tfds_common  # tfds is only imported for real datasets
 
@@ -94,9 +116,11 @@ def _tfds(name: str, cfg: Mapping[str, Any], workdir: str) -> DatasetSplits:
   kwargs: dict[str, Any] = {"fractions": tuple(cfg["split_fractions"]), "seed": int(cfg["split_seed"])}
   if name == "isic2019":
     kwargs["attribute"] = cfg["sensitive_attribute"]
-  else:
+  elif name == "fitzpatrick17k":
     kwargs["label_granularity"] = int(cfg["label_granularity"])
     kwargs["unknown_skin"] = cfg["unknown_skin"]
+  else:
+    kwargs = _face_kwargs(name, cfg)
   sources = {
       s: tfds_common.load_source(
           name, s, manual_dir=cfg.get("manual_dir") or None, data_dir=data_dir,
@@ -128,6 +152,6 @@ def load_dataset(cfg: Mapping[str, Any], *, workdir: str) -> DatasetSplits:
   name = cfg["name"]
   if name == "demo":
     return _demo(cfg)
-  if name in ("isic2019", "fitzpatrick17k"):
+  if name in DATASETS:
     return _tfds(name, cfg, workdir)
   raise ValueError(f"config.data.name={name!r} is not one of {DATASETS}")

@@ -1,7 +1,8 @@
-"""Shared pieces of the ISIC 2019 and Fitzpatrick-17k TFDS builders (design.md section 6).
+"""Shared pieces of the manual-download TFDS builders (design.md section 6).
 
-Both builders write ``array_record`` files and read them back with ``tfds.data_source``, so
-neither building nor reading needs TensorFlow: images are decoded and resized with PIL and handed
+The builders (ISIC 2019, Fitzpatrick-17k, FairFace, UTKFace, CelebA) write ``array_record``
+files and read them back with ``tfds.data_source``, so neither building nor reading needs
+TensorFlow: images are decoded and resized with PIL and handed
 to ``tfds.features.Image`` as already-encoded JPEG bytes (encoding a NumPy array would call
 ``tf.image.encode_*``).
 
@@ -312,6 +313,7 @@ def check_image_size(image_size: int) -> int:
 
 STAT_KEYS: tuple[str, ...] = (
     "rows", "examples", "missing_image", "corrupt_image", "skipped_label", "unknown_group",
+    "skipped_row",
 )
 
 
@@ -322,7 +324,10 @@ class BuildStats:
   ``rows``: CSV rows assigned to the split; ``examples``: records written; ``missing_image`` /
   ``corrupt_image``: rows skipped for their image; ``unknown_group``: records written with
   ``group == -1``. ``skipped_label`` (rows without a usable label, e.g. ISIC UNK) is counted
-  under the pseudo-split ``"unassigned"`` because such rows are dropped before splitting.
+  under the pseudo-split ``"unassigned"`` because such rows are dropped before splitting, and
+  so is ``skipped_row``: entries whose metadata cannot be read without guessing (a UTKFace file
+  name that lacks a field), whose names the builder logs and keeps in
+  ``info.metadata["skipped"]``.
   """
 
   counts: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
@@ -411,6 +416,15 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         "missing" if missing else "corrupt", split, err,
     )
 
+  def _skip_row(self, name: str, reason: str) -> None:
+    """Counts (``skipped_row``, split ``"unassigned"``) and logs an entry that is left out
+    because its metadata cannot be read without guessing; ``name`` and ``reason`` are also kept
+    in ``info.metadata["skipped"]`` (a list of ``[name, reason]``)."""
+    self._stats.add("unassigned", "skipped_row")
+    skipped = self.info.metadata.setdefault("skipped", [])
+    skipped.append([name, reason])
+    logging.warning("%s: skipping %s: %s", self.name, name, reason)
+
   def _splits_from_pending(
       self, pending: Mapping[str, Sequence[PendingExample]]
   ) -> dict[str, Iterable[tuple[str, dict[str, Any]]]]:
@@ -461,6 +475,9 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 _BUILDER_MODULES = {
     "isic2019": "fairjax.data.isic2019",
     "fitzpatrick17k": "fairjax.data.fitzpatrick17k",
+    "fairface": "fairjax.data.fairface",
+    "utkface": "fairjax.data.utkface",
+    "celeba": "fairjax.data.celeba",
 }
 
 
@@ -472,10 +489,12 @@ def make_builder(
     on_bad_image: str = "skip",
     **config_kwargs: Any,
 ) -> tfds.core.GeneratorBasedBuilder:
-  """Instantiates the builder of ``name`` ("isic2019" or "fitzpatrick17k") for these options.
+  """Instantiates the builder of ``name`` (a key of ``_BUILDER_MODULES``) for these options.
 
   ``config_kwargs`` are the builder's config options (ISIC: ``attribute``; Fitzpatrick:
-  ``label_granularity``, ``unknown_skin``; both: ``fractions``, ``seed``). A predefined config is
+  ``label_granularity``, ``unknown_skin``; both and UTKFace: ``fractions``, ``seed``; FairFace:
+  ``task``, ``group``, ``validation_fraction``, ``seed``; UTKFace: ``task``, ``num_races``;
+  CelebA: ``attribute``). A predefined config is
   used when the options match one, otherwise a custom config with a descriptive name.
   """
   if name not in _BUILDER_MODULES:
@@ -510,7 +529,7 @@ def load_source(
   """Builds ``name`` into ``data_dir`` if needed, then returns a random-access source of ``split``.
 
   Args:
-    name: "isic2019" or "fitzpatrick17k".
+    name: "isic2019", "fitzpatrick17k", "fairface", "utkface" or "celeba".
     split: "train", "validation" or "test" (TFDS slicing such as "train[:10%]" also works).
     manual_dir: folder with the manually downloaded files (design.md section 6); only read when
       the dataset is not built yet.
