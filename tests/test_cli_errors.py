@@ -143,6 +143,12 @@ def _config_without_get_config(tmp: pathlib.Path) -> list[str]:
   return [f"--config={path}"]
 
 
+def _empty_dir(tmp: pathlib.Path) -> pathlib.Path:
+  path = tmp / "empty"
+  path.mkdir()
+  return path
+
+
 def _file(tmp: pathlib.Path, name: str = "a_file") -> pathlib.Path:
   path = tmp / name
   path.write_text("not a directory\n")
@@ -238,6 +244,16 @@ CASES = [
     Case("manual_dir_missing",
          _a("--config=configs/isic.py", "--config.data.manual_dir={tmp}/nope", NO_WEIGHTS),
          ("nope", "does not exist", "--config.data.manual_dir="), cli=True),
+    Case("face_manual_dir_missing",
+         _a("--config.data.name=fairface", "--config.data.manual_dir={tmp}/nope"),
+         ("fairface", "nope", "does not exist", "--config.data.manual_dir=")),
+    Case("face_manual_dir_empty", lambda tmp, trees: [
+        "--config.data.name=utkface", f"--config.data.manual_dir={_empty_dir(tmp)}"],
+         ("utkface", "is empty", "--config.data.manual_dir=")),
+    Case("celeba_multilabel_not_implemented",
+         _a("--config.data.name=celeba", "--config.data.manual_dir={tmp}",
+            "--config.data.task=multilabel"),
+         ("config.data.task='multilabel'", "not implemented yet")),
     Case("manual_dir_empty", lambda tmp, trees: _isic(trees, tmp, lambda m: [
         shutil.rmtree(p) if p.is_dir() else p.unlink() for p in m.iterdir()]),
          ("is empty", "--config.data.manual_dir=")),

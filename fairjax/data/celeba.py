@@ -159,6 +159,8 @@ def make_config(
 class CelebA(tfds_common.ManualImageBuilder):
   """CelebA aligned faces: one binary attribute, groups from ``Male`` (design.md section 6.5)."""
 
+  name = "celeba"  # not TFDS's derived "celeb_a", the name of its own CelebA builder
+
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release: official splits, all 40 attributes kept."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS

@@ -174,6 +174,8 @@ def make_config(
 class FairFace(tfds_common.ManualImageBuilder):
   """FairFace face images: race / gender / age tasks and groups (design.md section 6.5)."""
 
+  name = "fairface"  # the data.name spelling, not TFDS's derived "fair_face"
+
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release: official val as test, seeded validation split."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS

@@ -175,6 +175,8 @@ def make_config(
 class UtkFace(tfds_common.ManualImageBuilder):
   """UTKFace aligned and cropped faces: race / gender tasks and groups (design.md section 6.5)."""
 
+  name = "utkface"  # the data.name spelling, not TFDS's derived "utk_face"
+
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release: stratified 60/20/20 splits, array_record."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
