@@ -250,6 +250,7 @@ def test_fairface_split_assignment_is_seeded():
     ("train/9.jpg,20-29,male,White,False", "gender", "unknown gender"),
     ("train/9.jpg,20-29,Male,White", "service_test", "expected 5 fields, found 4"),
     ("train/1.jpg,20-29,Male,White,False", "file", "duplicate"),
+    ("../secret.jpg,20-29,Male,White,False", "file", "not a path inside the image root"),
 ])
 def test_fairface_bad_row_names_file_line_field(tmp_path, line, field, problem):
   path = tmp_path / fairface.TRAIN_CSV
@@ -277,12 +278,12 @@ def test_utkface_race_task_four_races(built):
     for rec in records[split]:
       parsed = utkface.parse_utkface_name(rec["image_id"].decode())
       assert (rec["label"], rec["group"], rec["age"]) == (parsed.race, parsed.gender, parsed.age)
-  stats = tfds_common.build_stats(data.sources["train"])
+  stats = tfds_common.build_stats(data.sources["test"])  # Read back from the build's files.
   assert stats.total("skipped_row") == 2  # The two names that lack or misstate a field.
   assert stats.total("skipped_label") == 8  # The 8 files of race 4 ("Others").
   assert stats.total("corrupt_image") == 1
   assert stats.total("examples") == len(kept) - 1
-  info = data.sources["train"].dataset_info
+  info = data.sources["test"].dataset_info
   assert sorted(name for name, _ in info.metadata["skipped"]) == sorted(tree["bad_names"])
   # The skipped names are in the build log too, with the reason.
   for name in tree["bad_names"]:

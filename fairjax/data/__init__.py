@@ -144,8 +144,13 @@ def load_dataset(cfg: Mapping[str, Any], *, workdir: str) -> DatasetSplits:
     cfg: ``config.data`` (see ``configs/*.py``); ``cfg["name"]`` selects the dataset.
     workdir: run directory; TFDS files go to ``<workdir>/tfds`` unless ``data_dir`` is set.
 
+  Face datasets (``fairface``, ``utkface``, ``celeba``) read ``task``, ``face_group``,
+  ``fairface_validation_fraction``, ``utkface_races`` and ``celeba_attribute`` (design.md
+  section 6.5); :func:`fairjax.config.validate_config` checks them first.
+
   Raises:
-    ValueError: unknown dataset name.
+    ValueError: unknown dataset name, or face options that cannot work (e.g. CelebA's
+      not-yet-implemented ``task="multilabel"``).
     fairjax.data.tfds_common.DatasetNotFoundError: a real dataset is not built and its
       ``manual_dir`` is missing or incomplete (the message says where to get the files).
   """

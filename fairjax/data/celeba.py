@@ -7,7 +7,7 @@ Layout of the manual download directory (the dataset's own file names, from its 
                                             names; then "<image>.jpg" and 40 values of +1 / -1,
                                             separated by runs of spaces
     <manual_dir>/list_eval_partition.txt    "<image>.jpg <0|1|2>" (0 train, 1 validation, 2 test)
-    <manual_dir>/img_align_celeba/<image>.jpg
+    <manual_dir>/img_align_celeba/<image>.jpg   (or img_align_celeba/img_align_celeba/)
 
 Records (``tfds.data_source(...)[i]``):
 
@@ -125,6 +125,14 @@ def read_partition_file(path: str | os.PathLike[str]) -> dict[str, tuple[str, in
   return out
 
 
+def image_folder(manual_dir: str) -> str:
+  """``<manual_dir>/img_align_celeba``, or the same name nested once more inside it (the zip
+  unpacked into a folder of its own name) when only that holds the images."""
+  folder = os.path.join(manual_dir, IMAGE_DIR)
+  nested = os.path.join(folder, IMAGE_DIR)
+  return nested if os.path.isdir(nested) else folder
+
+
 @dataclasses.dataclass(eq=False)
 class CelebAConfig(tfds_common.ImageBuilderConfig):
   """Adds ``attribute``: the CelebA attribute that is the binary label."""
@@ -214,6 +222,7 @@ class CelebA(tfds_common.ManualImageBuilder):
         raise CsvFormatError(attr_path, line, "image",
                              f"{image!r} has no row in {PARTITION_FILE}; download both files "
                              "again")
+    images = image_folder(manual_dir)
     label_col = faces.CELEBA_ATTRIBUTES.index(config.attribute)
     male_col = faces.CELEBA_ATTRIBUTES.index(faces.CELEBA_SENSITIVE_ATTRIBUTE)
     pending: dict[str, list[PendingExample]] = {}
@@ -221,7 +230,7 @@ class CelebA(tfds_common.ManualImageBuilder):
       values = attributes[image][0]
       pending.setdefault(split, []).append(PendingExample(
           key=image,
-          image_path=os.path.join(manual_dir, IMAGE_DIR, image),
+          image_path=os.path.join(images, image),
           features={"label": int(values[label_col] == 1),
                     "group": 0 if values[male_col] == 1 else 1,
                     "image_id": image, "attributes": values},

@@ -83,7 +83,7 @@ def read_fairface_csv(path: str | os.PathLike[str]) -> list[FairFaceRow]:
 
   Raises:
     CsvFormatError: naming the file, line and field of a malformed row (missing column, wrong
-      field count, empty or duplicate ``file``, unknown race / gender / age, ``service_test``
+      field count, empty, duplicate or absolute ``file`` or one with ``..``, unknown race / gender / age, ``service_test``
       other than True / False).
   """
   rows: list[FairFaceRow] = []
@@ -94,6 +94,10 @@ def read_fairface_csv(path: str | os.PathLike[str]) -> list[FairFaceRow]:
       raise CsvFormatError(path, line, "file", "empty file name")
     if file in seen:
       raise CsvFormatError(path, line, "file", f"duplicate file {file!r}")
+    parts = file.split("/")
+    if file.startswith("/") or "\\" in file or ".." in parts:
+      raise CsvFormatError(path, line, "file",
+                           f"{file!r} is not a path inside the image root such as 'train/1.jpg'")
     seen.add(file)
     ids = {}
     for attribute, names in NAMES.items():
