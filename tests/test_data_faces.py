@@ -18,7 +18,7 @@ from PIL import Image
 
 from fairjax import config as fj_config
 from fairjax.data import DatasetSplits, celeba, faces, fairface, load_dataset, tfds_common, utkface
-from fairjax.data.tfds_common import CsvFormatError, DatasetNotFoundError
+from fairjax.data.tfds_common import BadImageError, CsvFormatError, DatasetNotFoundError
 from tests.csv_helpers import write_csv
 
 SPLITS = tfds_common.SPLITS
@@ -460,3 +460,10 @@ def test_config_accepts_face_datasets():
   for key in ("task", "face_group", "fairface_validation_fraction", "utkface_races",
               "celeba_attribute"):
     assert len(meanings[f"data.{key}"]) > 20, key
+
+
+def test_on_bad_image_error_names_the_file(built, tmp_path):
+  corrupt = built["trees"]["utkface"]["corrupt"]
+  with pytest.raises(BadImageError, match=f"cannot decode image file .*{corrupt}"):
+    tfds_common.load_source("utkface", "train", manual_dir=built["root"] / "utkface",
+                            data_dir=tmp_path, image_size=8, on_bad_image="error")
