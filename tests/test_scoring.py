@@ -309,3 +309,17 @@ def test_curvature_reuses_the_shared_pieces(setup):
   np.testing.assert_array_equal(acc["x"], [[2.0, 4.0], [0.0, 0.0]])
   np.testing.assert_array_equal(curvature.divide_by_counts(acc, [c])["x"],
                                 _scoring.divide_by_counts(acc, [c])["x"])
+
+
+def test_scoring_is_kernel_level():
+  # design.md section 0: no fairjax import (curvature and snnl import it), no module state.
+  import ast
+  import inspect
+  tree = ast.parse(inspect.getsource(_scoring))
+  imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+  imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+  assert not [m for m in imported if m.split(".")[0] == "fairjax"], imported
+  for node in tree.body:
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+      value = node.value
+      assert not isinstance(value, (ast.List, ast.Dict, ast.Set, ast.Call)), ast.dump(node)
