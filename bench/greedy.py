@@ -30,6 +30,7 @@ ratio, not the absolute times, across runs. JSON written atomically, markdown ta
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -91,13 +92,14 @@ def summary(pairs: list[tuple[float, float]]) -> dict[str, Any]:
 
 
 def bench_groups(num_groups: int, impls: list[str], repeats: int, ref_n: int,
-                 seed: int) -> dict[str, Any]:
+                 seed: int, threads: int | None = None) -> dict[str, Any]:
   rng = np.random.default_rng(seed)
   imp = rng.lognormal(size=(num_groups, FULL_N))
   keep = int(KEEP_FRACTION * FULL_N)
-  selects = {"new": fairgrape.greedy_select, "old": greedy_old.greedy_select}
+  selects = {"new": functools.partial(fairgrape.greedy_select, threads=threads),
+             "old": greedy_old.greedy_select}
   out: dict[str, Any] = {"num_groups": num_groups, "n": FULL_N, "keep": keep,
-                         "threads_new": fairgrape._workers()}
+                         "threads_new": fairgrape._workers(threads)}
   kept = {}
   for impl in impls:
     out[f"compile_loop_{impl}_s"] = compile_seconds(impl, num_groups, FULL_N)
@@ -139,7 +141,7 @@ def bench_groups(num_groups: int, impls: list[str], repeats: int, ref_n: int,
   out["reference_small"] = {
       "n": ref_n, "keep": small_keep, "seconds": ref_s, "seconds_per_kept_weight": per_kept,
       "same_kept_set_as_new": bool(np.array_equal(
-          kept["ref"], fairgrape.greedy_select(small, small_keep)))}
+          kept["ref"], selects["new"](small, small_keep)))}
   out["reference_extrapolated_full_s"] = per_kept * keep
   log(f"G={num_groups}: reference {ref_s:.2f}s on n={ref_n}, same set as new: "
       f"{out['reference_small']['same_kept_set_as_new']}")
@@ -184,7 +186,6 @@ def main(argv: list[str] | None = None) -> None:
   if args.threads is not None:
     if args.threads < 1:
       parser.error(f"--threads must be >= 1, got {args.threads}")
-    fairgrape._THREADS = args.threads
   impls = ["old", "new"] if args.impl == "both" else [args.impl]
   results: dict[str, Any] = {
       "benchmark": "FairGRAPE greedy selection: fairjax new vs old vs the plain Python loop",
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
   }
   for num_groups in (int(g) for g in args.groups.split(",")):
     results["results"].append(bench_groups(num_groups, impls, args.repeats, args.ref_n,
-                                           args.seed))
+                                           args.seed, args.threads))
     results["environment"]["loadavg_at_end"] = list(os.getloadavg())
     write_json_atomic(args.out, results)
   results["markdown"] = markdown(results)

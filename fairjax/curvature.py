@@ -76,6 +76,8 @@ import jax.numpy as jnp
 from flax import traverse_util
 from flax.linen import linear as _flax_linear
 
+from fairjax.pruning import _scoring
+
 PyTree = Any
 Path = tuple[str, ...]
 
@@ -301,14 +303,6 @@ def _columns(logits: jax.Array, labels: jax.Array, method: str, rng: jax.Array |
     onehot = jax.nn.one_hot(sampled, num_classes, dtype=p.dtype)  # [N, K, C]
     return jnp.swapaxes(p[:, None, :] - onehot, 1, 2) / math.sqrt(num_samples)
   raise ValueError(f"method={method!r} has no column factor")
-
-
-def _group_weights(groups: jax.Array, num_groups: int, dtype) -> tuple[jax.Array, jax.Array]:
-  """One-hot group weights ``1/N_g`` as ``float[N, G]`` and counts ``int32[G]``."""
-  onehot = jax.nn.one_hot(groups, num_groups, dtype=dtype)  # out-of-range ids -> zero row
-  counts = jnp.sum(onehot, axis=0)
-  weights = onehot / jnp.maximum(counts, 1.0)[None, :]
-  return weights, counts.astype(jnp.int32)
 
 
 def _patches(spec: LayerSpec, x: jax.Array) -> tuple[jax.Array, bool]:
@@ -590,14 +584,13 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
   """exact / mc / empirical_fisher: one vmapped forward + K-column VJP per sample chunk."""
   specs = discover_layers(model, variables, images.shape[1:], apply_kwargs,
                           grouped_convs=grouped_convs)
-  params = variables["params"]
-  others = {k: v for k, v in variables.items() if k != "params"}
+  params, others = _scoring.split_variables(variables)
   fixed, generic = _split_params(params, specs)
   by_key = {s.key: s for s in specs}
   depthwise = {s.key for s in specs if _is_depthwise(s)}
   n = images.shape[0]
-  dtype = jax.tree.leaves(params)[0].dtype
-  weights, counts = _group_weights(groups, num_groups, dtype)
+  dtype = _scoring.params_dtype(params)
+  weights, counts = _scoring.group_weights(groups, num_groups, dtype)
 
   def sample_logits(generic_flat, probes, image):
     acts = {}
@@ -665,18 +658,12 @@ def _hutchinson_diag(model: nn.Module, variables: PyTree, images: jax.Array, lab
                      groups: jax.Array, rng: jax.Array, *, num_groups: int, num_samples: int,
                      apply_kwargs: Mapping[str, Any]) -> tuple[PyTree, jax.Array]:
   """Hutchinson estimate of each group's Hessian diagonal, ``mean_v v * (H_g v)``."""
-  params = variables["params"]
-  others = {k: v for k, v in variables.items() if k != "params"}
-  dtype = jax.tree.leaves(params)[0].dtype
-  weights, counts = _group_weights(groups, num_groups, dtype)
-
-  def per_sample_loss(p):
-    logits = model.apply({"params": p, **others}, images, **apply_kwargs)
-    logp = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
-    return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+  params, others = _scoring.split_variables(variables)
+  weights, counts = _scoring.group_weights(groups, num_groups, _scoring.params_dtype(params))
 
   def group_grads(p):
-    _, vjp_fn = jax.vjp(per_sample_loss, p)
+    _, vjp_fn = jax.vjp(
+        lambda q: _scoring.per_sample_ce(model, q, others, images, labels, apply_kwargs), p)
     # A Python loop over groups re-uses one forward; vmapping the VJP over groups would batch
     # the conv weight gradients into slow grouped convolutions on XLA:CPU (design.md section 1).
     return [vjp_fn(weights[:, g])[0] for g in range(num_groups)]
@@ -771,10 +758,9 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
   if images.shape[0] != labels.shape[0] or labels.shape != groups.shape:
     raise ValueError(f"images {images.shape}, labels {labels.shape} and groups {groups.shape} "
                      "must share the leading batch dimension")
-  frozen_kwargs = tuple(sorted((apply_kwargs or {}).items()))
   kwargs = dict(num_groups=num_groups, method=method,
                 num_samples=num_samples if method in ("mc", "hutchinson") else 1,
-                apply_kwargs=frozen_kwargs, max_block=max_block_elements,
+                apply_kwargs=_scoring.freeze(apply_kwargs), max_block=max_block_elements,
                 grouped_convs=bool(_FAST_GROUPED_CONVS))
   n = images.shape[0]
   traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, groups))
@@ -805,34 +791,28 @@ def _eager_chunks(model, variables, images, labels, groups, rng, chunk_size, kwa
   """One compiled call per chunk of ``chunk_size`` samples: peak memory is one chunk's.
 
   The last chunk is padded with group ``-1`` rows (they count nowhere) so every call has the
-  same shape and compiles once; per-chunk results are combined by their group counts, which
-  gives exactly the full batch's per-group mean. The count-weighted sum is accumulated as the
-  chunks come (same additions, in the same order, as :func:`weighted_group_mean`), so only ONE
+  same shape and compiles once (``_scoring.split_batch``); per-chunk results are combined by
+  their group counts, which gives exactly the full batch's per-group mean. The count-weighted
+  sum is accumulated as the chunks come (``_scoring.accumulate``: same additions, in the same
+  order, as :func:`weighted_group_mean`), so only ONE
   chunk result lives beside the accumulator: keeping all of them would cost ``n / chunk_size``
   copies of ``G x params`` (2.8 GiB for ResNet-18 with 2 groups and 32 chunks).
   """
-  n = images.shape[0]
-  acc, counts = None, []
-  for index, start in enumerate(range(0, n, chunk_size)):
-    stop = min(start + chunk_size, n)
-    pad = chunk_size - (stop - start)
-    x, y, g = images[start:stop], labels[start:stop], groups[start:stop]
-    if pad:
-      x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
-      y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
-      g = jnp.concatenate([g, jnp.full((pad,), -1, g.dtype)])
+  batch = {"image": images, "label": labels, "group": groups}
+
+  def chunk_diag(index, chunk):
     key = None if rng is None else jax.random.fold_in(rng, index)
-    diag, count = _per_group_diag(model, variables, x, y, g, key, chunk_size=None, **kwargs)
-    acc = add_weighted(acc, diag, count)
-    del diag
-    counts.append(count)
-  total = jnp.sum(jnp.stack(counts), axis=0)
-  return divide_by_counts(acc, counts), total
+    return _per_group_diag(model, variables, chunk["image"], chunk["label"], chunk["group"], key,
+                           chunk_size=None, **kwargs)
+
+  diag, counts = _scoring.accumulate(chunk_diag, _scoring.split_batch(batch, chunk_size),
+                                     caller="per_group_diag", weighted=True, mean=True)
+  return diag, jnp.sum(jnp.stack(counts), axis=0)
 
 
 def group_counts(groups: jax.Array, num_groups: int) -> jax.Array:
   """Samples per group, ``int32[G]``; ids outside ``[0, G)`` are not counted."""
-  return _group_weights(groups, num_groups, jnp.float32)[1]
+  return _scoring.group_weights(groups, num_groups, jnp.float32)[1]
 
 
 def weighted_group_mean(diags: Sequence[PyTree], counts: Sequence[jax.Array]) -> PyTree:
@@ -854,15 +834,9 @@ def add_weighted(acc: PyTree | None, diag: PyTree, counts: jax.Array) -> PyTree:
   with :func:`divide_by_counts`; the result equals ``weighted_group_mean`` of the same batches
   exactly (same additions in the same order). ``acc=None`` starts the sum.
   """
-  counts = jnp.asarray(counts)
-  weighted = jax.tree.map(
-      lambda leaf: counts.reshape((-1,) + (1,) * (leaf.ndim - 1)).astype(leaf.dtype) * leaf, diag)
-  return weighted if acc is None else jax.tree.map(jnp.add, acc, weighted)
+  return _scoring.add_weighted(acc, diag, counts)
 
 
 def divide_by_counts(acc: PyTree, counts: Sequence[jax.Array]) -> PyTree:
   """``acc[g] / sum_b counts_b[g]`` (zero where a group never appeared): the per-group mean."""
-  total = jnp.sum(jnp.stack([jnp.asarray(c) for c in counts]), axis=0).astype(jnp.float32)
-  denom = jnp.maximum(total, 1.0)
-  return jax.tree.map(
-      lambda a: a / denom.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype), acc)
+  return _scoring.divide_by_counts(acc, counts)

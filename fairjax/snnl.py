@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from fairjax.pruning import _scoring
+
 PyTree = Any
 
 # Norm floor for the cosine: x / max(||x||, eps). A channel that is exactly zero for a sample (a
@@ -302,8 +304,7 @@ def score_channels(model: nn.Module, variables: PyTree, batches: Iterable[Mappin
     layers = (layers,) if isinstance(layers, str) else tuple(layers)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    apply_items = tuple(sorted(dict(apply_kwargs or {}).items()))
-    key = (model, layers, bool(include_self), apply_items)
+    key = (model, layers, bool(include_self), _scoring.freeze(apply_kwargs))
     try:
         hash(key)
     except TypeError:  # e.g. mutable=[...] or a model with list fields: no reuse across calls
@@ -312,39 +313,20 @@ def score_channels(model: nn.Module, variables: PyTree, batches: Iterable[Mappin
         scorer = _batch_scorer(*key)
     temp = jnp.asarray(temperature, jnp.float32)
 
-    totals: dict[str, np.ndarray] | None = None
-    total_count = 0
-    pending = None
+    def step(_, batch):
+        # Padding rows (valid False) become group -1, which the scorer excludes.
+        groups = jnp.asarray(_scoring.unknown_padding(batch), jnp.int32)
+        return scorer(variables, jnp.asarray(batch["image"]), groups,
+                      jnp.ones(groups.shape, jnp.bool_), temp)
 
-    def absorb(result):
-        nonlocal totals, total_count
-        sums, count = jax.device_get(result)
-        if totals is None:
-            totals = {name: np.zeros(np.shape(sums[name]), np.float64) for name in layers}
-        for name in layers:
-            totals[name] += np.asarray(sums[name], np.float64)
-        total_count += int(count)
-
-    for batch in batches:
-        images = jnp.asarray(batch["image"])
-        groups = jnp.asarray(batch["group"], jnp.int32)
-        valid = batch.get("valid")
-        valid = (jnp.ones(groups.shape, jnp.bool_) if valid is None
-                 else jnp.asarray(valid, jnp.bool_))
-        result = scorer(variables, images, groups, valid, temp)
-        # Read the previous batch back only after dispatching this one, so the host transfer
-        # overlaps the device computation.
-        if pending is not None:
-            absorb(pending)
-        pending = result
-    if pending is not None:
-        absorb(pending)
-    if totals is None:
-        raise ValueError("score_channels got no batches")
-    if total_count == 0:
+    # Float64 sums on the host; each batch is read back after the next one is dispatched, so the
+    # transfer overlaps the device computation (_scoring.accumulate with on_host).
+    means, counts = _scoring.accumulate(step, batches, caller="score_channels", mean=True,
+                                        on_host=True)
+    if int(np.sum(counts)) == 0:
         raise ValueError("no anchors in any batch: every group had a single valid member "
                          "(or no valid rows); SNNL is undefined")
-    return {name: totals[name] / total_count for name in layers}
+    return {name: means[name] for name in layers}
 
 
 def _round_half_up(x: float) -> int:

@@ -88,8 +88,8 @@ def test_accumulate_importance_sums_batches_and_drops_padding(setup):
     fg.accumulate_importance(model, variables, [], mask, num_groups=2)
 
 
-def check_same(imp, keep):
-  got = fg.greedy_select(imp, keep)
+def check_same(imp, keep, threads=None):
+  got = fg.greedy_select(imp, keep, threads=threads)
   want = fg.greedy_select_reference(imp, keep)
   assert got.dtype == bool and got.shape == (imp.shape[1],)
   assert int(got.sum()) == keep
@@ -219,7 +219,6 @@ def test_greedy_matches_reference_across_chunks(monkeypatch, chunk, threads):
   # entries cross chunk boundaries, and stream tails are padded with the sentinel.
   monkeypatch.setattr(fg, "_CHUNK", chunk)
   monkeypatch.setattr(fg, "_BLOCK", 32)
-  monkeypatch.setattr(fg, "_THREADS", threads)
   rng = np.random.default_rng(chunk)
   for num_groups in (2, 3, 5, 8):
     for n in (7, 100, 333):
@@ -229,7 +228,7 @@ def test_greedy_matches_reference_across_chunks(monkeypatch, chunk, threads):
       for imp in (rng.lognormal(size=(num_groups, n)) * rng.lognormal(size=(num_groups, 1)),
                   correlated, ties):
         for keep in sorted({1, n // 2, int(0.9 * n), n - 1}):
-          check_same(imp, keep)
+          check_same(imp, keep, threads=threads)
 
 
 def test_greedy_edge_cases():

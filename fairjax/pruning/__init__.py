@@ -5,6 +5,8 @@
   selection and its cumulative schedule (design.md section 4).
 - :mod:`fairjax.pruning.baselines`: group-unaware reference scores (magnitude, random, SNIP, OBD;
   design.md section 4).
+- ``fairjax.pruning._scoring`` (private): the plumbing all scorers share, also used by the
+  kernels :mod:`fairjax.curvature` and :mod:`fairjax.snnl` (design.md section 0).
 
 Scores follow one convention across methods: higher = more important = kept; selection is the
 shared :func:`fairjax.masks.prune_lowest` unless a method needs its own (FairGRAPE's greedy).

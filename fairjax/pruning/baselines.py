@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fairjax import curvature, masks
+from fairjax.pruning import _scoring, fairprune
 
 PyTree = Any
 
@@ -42,22 +43,13 @@ def random_scores(params: PyTree, mask: masks.Mask, rng: jax.Array) -> PyTree:
   return jax.tree.unflatten(treedef, out)
 
 
-def _mean_ce(model, params, others, images, labels, apply_kwargs):
-  logits = model.apply({"params": params, **others}, images, **dict(apply_kwargs))
-  logp = jax.nn.log_softmax(logits.astype(jax.tree.leaves(params)[0].dtype), axis=-1)
-  return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
-
-
 @functools.partial(jax.jit, static_argnames=("model", "apply_kwargs"))
 def _snip(model, variables, images, labels, mask, *, apply_kwargs):
-  params = masks.apply_mask(variables["params"], mask)
-  others = {k: v for k, v in variables.items() if k != "params"}
-  grads = jax.grad(_mean_ce, argnums=1)(model, params, others, images, labels, apply_kwargs)
+  params, others = _scoring.split_variables(variables)
+  params = masks.apply_mask(params, mask)
+  grads = jax.grad(lambda p: jnp.mean(
+      _scoring.per_sample_ce(model, p, others, images, labels, apply_kwargs)))(params)
   return _only_prunable(jax.tree.map(lambda w, g: jnp.abs(w * g), params, grads), mask)
-
-
-def _frozen(apply_kwargs: Mapping[str, Any] | None) -> tuple:
-  return tuple(sorted((apply_kwargs or {}).items()))
 
 
 def snip_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
@@ -69,7 +61,7 @@ def snip_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: 
   :func:`accumulate_scores`.
   """
   return _snip(model, variables, jnp.asarray(images), jnp.asarray(labels, jnp.int32), mask,
-               apply_kwargs=_frozen(apply_kwargs))
+               apply_kwargs=_scoring.freeze(apply_kwargs))
 
 
 def obd_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
@@ -77,17 +69,21 @@ def obd_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: j
                chunk_size: int | None = None) -> PyTree:
   """Optimal Brain Damage saliency ``1/2 w**2 h`` of one batch, group-unaware.
 
-  ``h`` is the exact diagonal GGN of the batch's mean cross-entropy, from
-  :func:`fairjax.curvature.per_group_diag` with every sample in one group (design.md section 1;
-  equal to the Hessian diagonal for piecewise-linear networks), at the masked params.
-  ``chunk_size`` (samples per compiled call, ``None`` = the whole batch) bounds its memory.
+  FairPrune's per-group term with one group (design.md section 4.7): every sample of
+  ``images float[N, ...]`` / ``labels int[N]`` is put in group 0, ``h float[1, ...]`` is the
+  exact diagonal GGN of the batch's mean cross-entropy from
+  :func:`fairjax.curvature.per_group_diag` at the masked params (design.md section 1; equal to
+  the Hessian diagonal for piecewise-linear networks), and the score is
+  :func:`fairjax.pruning.fairprune.group_terms` of that group (params dtype, ``None`` on
+  unprunable leaves). ``chunk_size`` (samples per compiled call, ``None`` = the whole batch)
+  bounds its memory. Sum batches with :func:`accumulate_scores`.
   """
-  variables = {**variables, "params": masks.apply_mask(variables["params"], mask)}
+  params = masks.apply_mask(variables["params"], mask)
   labels = jnp.asarray(labels, jnp.int32)
-  diag = curvature.per_group_diag(model, variables, jnp.asarray(images), labels,
-                                  jnp.zeros_like(labels), num_groups=1,
+  diag = curvature.per_group_diag(model, {**variables, "params": params}, jnp.asarray(images),
+                                  labels, jnp.zeros_like(labels), num_groups=1,
                                   apply_kwargs=apply_kwargs, chunk_size=chunk_size)
-  scores = jax.tree.map(lambda w, h: 0.5 * w * w * h[0], variables["params"], diag)
+  scores = jax.tree.map(lambda t: t[0], fairprune.group_terms(params, diag))
   return _only_prunable(scores, mask)
 
 
@@ -95,20 +91,20 @@ def accumulate_scores(fn: Callable[[jax.Array, jax.Array], PyTree],
                       batches: Iterable[Mapping[str, Any]]) -> PyTree:
   """Sums ``fn(images, labels)`` over batches (dicts ``image``, ``label``[, ``valid``]).
 
-  Padding rows (``valid == False``) are dropped first. Example::
+  Padding rows (``valid == False``) are dropped first and batches left empty are skipped (the
+  scores are means over a batch's samples, so padding rows cannot stay in as group ``-1``).
+  The loop is ``_scoring.accumulate``'s plain sum. Example::
 
     accumulate_scores(lambda x, y: snip_scores(model, variables, x, y, mask), batches)
   """
-  total = None
-  for batch in batches:
+  def step(_, batch):
     images, labels = batch["image"], batch["label"]  # may be sharded over devices: kept so
     if "valid" in batch:
       valid = np.asarray(batch["valid"], bool)
       images, labels = np.asarray(images)[valid], np.asarray(labels, np.int32)[valid]
     if labels.shape[0] == 0:
-      continue
-    scores = fn(jnp.asarray(images), jnp.asarray(labels, jnp.int32))
-    total = scores if total is None else jax.tree.map(jnp.add, total, scores)
-  if total is None:
-    raise ValueError("accumulate_scores got no (non-empty) batches")
-  return total
+      return None
+    return fn(jnp.asarray(images), jnp.asarray(labels, jnp.int32)), None
+
+  return _scoring.accumulate(step, batches, caller="accumulate_scores",
+                             what="(non-empty) batches")[0]

@@ -67,6 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fairjax import masks
+from fairjax.pruning import _scoring
 
 PyTree = Any
 
@@ -74,18 +75,12 @@ PyTree = Any
 @functools.partial(jax.jit, static_argnames=("model", "num_groups", "apply_kwargs"))
 def _group_importance(model, variables, images, labels, groups, mask, *, num_groups,
                       apply_kwargs):
-  params = masks.apply_mask(variables["params"], mask)
-  others = {k: v for k, v in variables.items() if k != "params"}
-  dtype = jax.tree.leaves(params)[0].dtype
-
-  def per_sample_loss(p):
-    logits = model.apply({"params": p, **others}, images, **dict(apply_kwargs))
-    logp = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
-    return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
-
-  onehot = jax.nn.one_hot(groups, num_groups, dtype=dtype)  # id -1 (unknown) -> zero row
-  weights = onehot / jnp.maximum(jnp.sum(onehot, axis=0), 1.0)  # mean over the group; 0 if absent
-  _, vjp_fn = jax.vjp(per_sample_loss, params)
+  params, others = _scoring.split_variables(variables)
+  params = masks.apply_mask(params, mask)
+  # Mean over each group (id -1, unknown: a zero row; a group absent from the batch: 0).
+  weights, _ = _scoring.group_weights(groups, num_groups, _scoring.params_dtype(params))
+  _, vjp_fn = jax.vjp(
+      lambda p: _scoring.per_sample_ce(model, p, others, images, labels, apply_kwargs), params)
   # One forward, G pullbacks of the same VJP. A Python loop rather than a vmap: vmapping conv
   # weight gradients lowers to slow grouped convolutions on XLA:CPU (design.md section 1).
   grads = [vjp_fn(weights[:, g])[0] for g in range(num_groups)]
@@ -117,7 +112,7 @@ def group_importance(model: nn.Module, variables: PyTree, images: jax.Array, lab
     raise ValueError(f"num_groups must be >= 1, got {num_groups}")
   return _group_importance(model, variables, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
                            jnp.asarray(groups, jnp.int32), mask, num_groups=num_groups,
-                           apply_kwargs=tuple(sorted((apply_kwargs or {}).items())))
+                           apply_kwargs=_scoring.freeze(apply_kwargs))
 
 
 def accumulate_importance(model: nn.Module, variables: PyTree,
@@ -128,19 +123,15 @@ def accumulate_importance(model: nn.Module, variables: PyTree,
 
   ``batches`` yield dicts with ``image``, ``label`` and ``group`` (the fairjax batch format);
   rows with ``valid == False`` (padding of a last eval batch) are treated as group ``-1``.
-  Returns the pytree ``[G, ...]`` of :func:`group_importance`, summed.
+  Returns the pytree ``[G, ...]`` of :func:`group_importance`, summed (params dtype); the loop
+  is ``_scoring.accumulate``'s plain sum.
   """
-  total = None
-  for batch in batches:
-    groups = batch["group"]  # left as it is (e.g. sharded over devices) unless rows are padding
-    if "valid" in batch:
-      groups = np.where(np.asarray(batch["valid"], bool), np.asarray(groups, np.int32), -1)
-    imp = group_importance(model, variables, batch["image"], batch["label"], groups, mask,
-                           num_groups=num_groups, apply_kwargs=apply_kwargs)
-    total = imp if total is None else jax.tree.map(jnp.add, total, imp)
-  if total is None:
-    raise ValueError("accumulate_importance got no batches")
-  return total
+  def step(_, batch):
+    return group_importance(model, variables, batch["image"], batch["label"],
+                            _scoring.unknown_padding(batch), mask, num_groups=num_groups,
+                            apply_kwargs=apply_kwargs), None
+
+  return _scoring.accumulate(step, batches, caller="accumulate_importance")[0]
 
 
 _WINDOW = 8  # stream entries one loop iteration looks at (a run of already-kept ones is skipped)
@@ -248,13 +239,12 @@ def _check_importance(importance: Any, keep: int) -> np.ndarray:
   return imp
 
 
-_THREADS: int | None = None  # threads for the sorts and gathers; None: the usable CPU cores
-
-
-def _workers() -> int:
-  """Threads for the sorts and gathers: ``_THREADS``, else the CPU cores this process may use."""
-  if _THREADS is not None:
-    return _THREADS
+def _workers(threads: int | None = None) -> int:
+  """Threads for the sorts and gathers: ``threads``, else the CPU cores this process may use."""
+  if threads is not None:
+    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+      raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+    return int(threads)
   try:
     return max(1, len(os.sched_getaffinity(0)))
   except AttributeError:  # not on Linux
@@ -357,13 +347,15 @@ def _run_greedy(order: np.ndarray, table: np.ndarray, first: int, keep: int,
   return ptr
 
 
-def greedy_select(importance: Any, keep: int) -> np.ndarray:
+def greedy_select(importance: Any, keep: int, *, threads: int | None = None) -> np.ndarray:
   """FairGRAPE's greedy selection for one layer (design.md section 4; module docstring).
 
   Args:
     importance: ``float [G, n]`` non-negative per-group importance of the layer's candidate
       weights (flattened).
     keep: number of weights to keep, ``0 <= keep <= n``.
+    threads: worker threads for the per-group sorts and the record gathers (at most ``G`` are
+      used); ``None``: the CPU cores this process may use. The result does not depend on it.
 
   Returns:
     ``bool [n]`` numpy array with exactly ``keep`` True entries: the set the step-by-step
@@ -378,7 +370,7 @@ def greedy_select(importance: Any, keep: int) -> np.ndarray:
   if keep == 0 or keep == n:
     return np.full(n, keep == n)
   kept = np.zeros(n, bool)
-  with concurrent.futures.ThreadPoolExecutor(min(num_groups, _workers())) as pool:
+  with concurrent.futures.ThreadPoolExecutor(min(num_groups, _workers(threads))) as pool:
     order, positions = _stream_orders(imp, pool)
     if num_groups == 1:  # no other stream: the top `keep` (the deficit is always 0)
       kept[order[0, :keep]] = True
@@ -420,7 +412,7 @@ def greedy_select_reference(importance: Any, keep: int) -> np.ndarray:
 
 
 def fairgrape_mask(importance: PyTree, mask: masks.Mask, ratio: float, *,
-                   scope: str = "layer") -> masks.Mask:
+                   scope: str = "layer", threads: int | None = None) -> masks.Mask:
   """Prunes to the cumulative ratio with the greedy (design.md section 4).
 
   Args:
@@ -432,6 +424,7 @@ def fairgrape_mask(importance: PyTree, mask: masks.Mask, ratio: float, *,
       kept ones if fewer), targets and greedy per layer, as in the paper. ``"global"``: one greedy
       over all prunable weights together, ``K = floor(N (1 - r))``, targets over all of them
       (importance of different layers compared directly).
+    threads: worker threads of :func:`greedy_select` (``None``: the usable CPU cores).
 
   Returns:
     The new mask (same structure; prunable leaves ``bool``).
@@ -461,14 +454,15 @@ def fairgrape_mask(importance: PyTree, mask: masks.Mask, ratio: float, *,
     for i in idx:
       where, imp = cands[i]
       keep = min(budget(flat_masks[i].size), where.size)
-      new[i] = _scatter(where[greedy_select(imp[:, where], keep)], mask_leaves[i])
+      new[i] = _scatter(where[greedy_select(imp[:, where], keep, threads=threads)],
+                        mask_leaves[i])
   elif idx:
     sizes = [flat_masks[i].size for i in idx]
     offsets = np.cumsum([0] + sizes)
     where = np.concatenate([cands[i][0] + off for i, off in zip(idx, offsets)])
     imp = np.concatenate([cands[i][1] for i in idx], axis=1)
     keep = min(budget(int(offsets[-1])), where.size)
-    chosen = where[greedy_select(imp[:, where], keep)]
+    chosen = where[greedy_select(imp[:, where], keep, threads=threads)]
     for k, i in enumerate(idx):
       part = chosen[(chosen >= offsets[k]) & (chosen < offsets[k + 1])] - offsets[k]
       new[i] = _scatter(part, mask_leaves[i])

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fairjax import curvature, parallel
+from fairjax.pruning import _scoring
 
 PyTree = Any
 
@@ -82,14 +83,25 @@ def saliency(params: PyTree, group_diag: PyTree, *, unprivileged: int,
 
   def one(theta, h):
     h_priv = jnp.mean(h[priv], axis=0)
-    return 0.5 * theta * theta * (h[unprivileged] - beta * h_priv)
+    return _obd(theta, h[unprivileged] - beta * h_priv)
 
   return jax.tree.map(one, params, group_diag)
 
 
+def _obd(theta: jax.Array, h: jax.Array) -> jax.Array:
+  """``1/2 theta^2 h`` (design.md section 2.1), broadcast: the one copy of the formula, used by
+  :func:`saliency`, :func:`group_terms` and OBD (``baselines.obd_scores``, one group)."""
+  return 0.5 * theta * theta * h
+
+
 def group_terms(params: PyTree, group_diag: PyTree) -> PyTree:
-  """Per-group OBD terms ``1/2 theta^2 h_g``, leaves ``[G, *leaf.shape]`` (for the histograms)."""
-  return jax.tree.map(lambda theta, h: 0.5 * theta[None] * theta[None] * h, params, group_diag)
+  """Per-group OBD terms ``1/2 theta^2 h_g``, leaves ``[G, *leaf.shape]`` (for the histograms).
+
+  ``params`` leaves ``float[*shape]``, ``group_diag`` leaves ``float[G, *shape]`` (e.g. from
+  :func:`average_group_diag`); with ``G = 1`` and every sample in group 0 this is OBD
+  (``fairjax.pruning.baselines.obd_scores``, design.md section 4.7).
+  """
+  return jax.tree.map(lambda theta, h: _obd(theta[None], h), params, group_diag)
 
 
 def average_group_diag(model: nn.Module, variables: PyTree, batches: Iterable[Mapping[str, Any]],
@@ -111,26 +123,21 @@ def average_group_diag(model: nn.Module, variables: PyTree, batches: Iterable[Ma
   Raises:
     ValueError: if a group received no sample at all (its curvature would be meaningless).
   """
-  # Folded in batch by batch (curvature.add_weighted): one [G, params] result alive at a time.
-  acc, counts = None, []
-  for i, batch in enumerate(batches):
-    groups = batch["group"]  # left as it is (e.g. sharded over devices) unless rows are padding
-    if "valid" in batch:
-      groups = np.where(np.asarray(batch["valid"], bool), np.asarray(groups, np.int32), -1)
+  # Folded in batch by batch (_scoring.accumulate, count-weighted): one [G, params] result alive
+  # at a time beside the running sum.
+  def step(i, batch):
     key = None if rng is None else jax.random.fold_in(rng, i)
-    diag, count = curvature.per_group_diag(
+    return curvature.per_group_diag(
         model, variables, jnp.asarray(batch["image"]), jnp.asarray(batch["label"], jnp.int32),
-        jnp.asarray(groups, jnp.int32), num_groups=num_groups, method=method, rng=key,
-        num_samples=num_samples, chunk_size=chunk_size, apply_kwargs=apply_kwargs,
-        return_counts=True)
-    acc = curvature.add_weighted(acc, diag, count)
-    del diag
-    counts.append(count)
-  if acc is None:
-    raise ValueError("average_group_diag got no batches")
+        jnp.asarray(_scoring.unknown_padding(batch), jnp.int32), num_groups=num_groups,
+        method=method, rng=key, num_samples=num_samples, chunk_size=chunk_size,
+        apply_kwargs=apply_kwargs, return_counts=True)
+
+  diag, counts = _scoring.accumulate(step, batches, caller="average_group_diag", weighted=True,
+                                     mean=True)
   total = np.sum(np.stack([parallel.to_host(c) for c in counts]), axis=0)
   empty = [g for g in range(num_groups) if total[g] == 0]
   if empty:
     raise ValueError(f"group(s) {empty} had no samples in the scoring batches; FairPrune needs "
                      "every group (check the sensitive attribute and the split)")
-  return curvature.divide_by_counts(acc, counts), total
+  return diag, total
