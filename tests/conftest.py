@@ -1,8 +1,33 @@
-"""Shared fixtures: scoped float64, and a check that no test module leaves float64 switched on."""
+"""Shared test set-up: one JAX compilation cache for the session, scoped float64, and a check
+that no test module leaves float64 switched on."""
+
+import atexit
+import os
+import shutil
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import pytest
+
+# One persistent compilation cache for the whole test session, in a fresh temporary folder
+# (removed at exit), shared by this process and every CLI / multi-device subprocess a test starts
+# (they inherit the environment). Most of a tiny CLI run is compiling the same train, eval and
+# scoring steps as the run before it; with the cache, later runs load them instead. Results do
+# not change: an entry is XLA's executable for the same program and options. A developer's own
+# JAX_COMPILATION_CACHE_DIR is kept.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  _CACHE = tempfile.mkdtemp(prefix="fairjax-tests-jax-cache-")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  # Everything is cached: the tiny test programs compile in well under JAX's 1 s default.
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1.0)))
+jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                  int(os.environ.get("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", 0)))
 
 
 def _x64_on():
