@@ -10,7 +10,7 @@ import pytest
 from fairjax import masks
 from fairjax.pruning import baselines
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.usefixtures("float64")  # scoped float64 (tests/conftest.py)
 
 NUM_CLASSES = 3
 

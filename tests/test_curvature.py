@@ -15,7 +15,7 @@ import pytest
 
 from fairjax import curvature
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.usefixtures("float64")  # scoped float64 (tests/conftest.py)
 
 NUM_CLASSES = 4
 

@@ -94,6 +94,11 @@ def _flat(tree):
 
 def _brute_force_ggn(model, v, x, g):
   """diag(J^T H J) per sample from an explicit Jacobian, averaged per group: ``[G, P]``."""
+  return np.asarray(_brute_force_ggn_jit(model, v, x, g))
+
+
+@functools.partial(jax.jit, static_argnums=0)  # one program, not op-by-op dispatch
+def _brute_force_ggn_jit(model, v, x, g):
   flat, unravel = jax.flatten_util.ravel_pytree(v["params"])
 
   def logits(theta, xi):
@@ -104,7 +109,7 @@ def _brute_force_ggn(model, v, x, g):
   hess = jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]
   per_sample = jnp.einsum("nci,ncd,ndi->ni", jac, hess, jac)
   onehot = jax.nn.one_hot(g, NUM_GROUPS, dtype=per_sample.dtype)
-  return np.asarray((onehot / jnp.maximum(onehot.sum(0), 1)).T @ per_sample)
+  return (onehot / jnp.maximum(onehot.sum(0), 1)).T @ per_sample
 
 
 def _grouped_conv_paths(model, v, x):

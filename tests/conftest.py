@@ -1,0 +1,56 @@
+"""Shared test set-up: one JAX compilation cache for the session, scoped float64, and a check
+that no test module leaves float64 switched on."""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+# One persistent compilation cache for the whole test session, in a fresh temporary folder
+# (removed at exit), shared by this process and every CLI / multi-device subprocess a test starts
+# (they inherit the environment). Most of a tiny CLI run is compiling the same train, eval and
+# scoring steps as the run before it; with the cache, later runs load them instead. Results do
+# not change: an entry is XLA's executable for the same program and options. A developer's own
+# JAX_COMPILATION_CACHE_DIR is kept.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  _CACHE = tempfile.mkdtemp(prefix="fairjax-tests-jax-cache-")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  # Everything is cached: the tiny test programs compile in well under JAX's 1 s default.
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1.0)))
+jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                  int(os.environ.get("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", 0)))
+
+
+def _x64_on():
+  return bool(jax.config.jax_enable_x64) or jnp.asarray(1.0).dtype == jnp.float64
+
+
+@pytest.fixture(scope="module")
+def float64():
+  """float64 for one test module, restored afterwards (``pytestmark = pytest.mark.usefixtures(
+  "float64")``). Module scope so that module-scoped fixtures of the module build float64 arrays
+  too; it is set up before them because usefixtures names come first among a scope's fixtures."""
+  with jax.enable_x64(True):
+    yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_module_leaves_float64_on(request):
+  """Every module starts and ends in the default float32 mode: a module that switches
+  ``jax_enable_x64`` at import time (collection imports every module first) fails at its first
+  test, and one that leaves it on fails at its last (as a teardown error)."""
+  assert not _x64_on(), (
+      f"float64 is switched on at the start of {request.module.__name__}: a test module switched "
+      "jax_enable_x64 process-wide (import time or a test); use the float64 fixture instead")
+  yield
+  assert not _x64_on(), (
+      f"{request.module.__name__} left jax_enable_x64 switched on; use the float64 fixture")
