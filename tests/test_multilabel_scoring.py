@@ -63,7 +63,9 @@ def _flat(tree):
 
 
 def _flat_groups(tree, num_groups=NUM_GROUPS):
-  return np.stack([_flat(jax.tree.map(lambda a: a[i], tree)) for i in range(num_groups)])
+  """Leaves [G, ...] -> float[G, P], parameters in ravel_pytree order."""
+  return np.concatenate([np.asarray(a).reshape(num_groups, -1) for a in jax.tree.leaves(tree)],
+                        axis=1)
 
 
 def _group_weights(g, num_groups=NUM_GROUPS):
@@ -97,31 +99,29 @@ def _hessian_diag(model, v, x, y, w):
 def test_per_sample_bce_is_summed_stable_and_in_the_params_dtype():
   model, v, x, y, _ = _setup()
   params, others = _scoring.split_variables(v)
-  z = model.apply(v, x)
-  got = _scoring.per_sample_bce(model, params, others, x, y)
-  np.testing.assert_allclose(got, _bce(z, y), rtol=1e-13)
+  bce = jax.jit(_scoring.per_sample_bce, static_argnums=0)
+  got = bce(model, params, others, x, y)
+  np.testing.assert_allclose(got, _bce(model.apply(v, x), y), rtol=1e-13)
   np.testing.assert_array_equal(
       got, _scoring.per_sample_loss(model, params, others, x, y, loss=SIGMOID))
+  # float64 labels of {0, 1} give the same as int labels.
+  np.testing.assert_array_equal(got, bce(model, params, others, x, y.astype(jnp.float64)))
   # The default loss is the softmax cross-entropy, bit for bit.
   np.testing.assert_array_equal(_scoring.per_sample_loss(model, params, others, x, y[:, 0]),
                                 _scoring.per_sample_ce(model, params, others, x, y[:, 0]))
-  # Large logits: finite, and exactly the linear tail softplus(z) - y z.
-  big = jnp.array([[200.0, -200.0, 0.0]])
 
   class Const(nn.Module):
     @nn.compact
     def __call__(self, x, train=False):
-      return big + 0.0 * self.param("b", nn.initializers.zeros, (1,))
+      return jnp.array([[200.0, -200.0, 0.0]]) + 0.0 * self.param("b", nn.initializers.zeros, (1,))
 
+  # Large logits: finite, and exactly the linear tail softplus(z) - y z.
   lab = jnp.array([[0, 1, 1]])
   loss = _scoring.per_sample_bce(Const(), {"b": jnp.zeros(1)}, {}, x[:1], lab)
   np.testing.assert_allclose(loss, [400.0 + np.log(2.0)], rtol=1e-14)
   # float32 params: the float64 logits are cast to float32, the params dtype.
   assert _scoring.per_sample_bce(Const(), {"b": jnp.zeros(1, jnp.float32)}, {}, x[:1],
                                  lab).dtype == jnp.float32
-  # float64 labels of {0, 1} give the same as int labels.
-  np.testing.assert_array_equal(got, _scoring.per_sample_bce(model, params, others, x,
-                                                             y.astype(jnp.float64)))
   with pytest.raises(ValueError, match="shape of the logits"):
     _scoring.per_sample_bce(model, params, others, x, y[:, :2])
   with pytest.raises(ValueError, match="loss="):
@@ -180,19 +180,22 @@ def test_estimators_are_unbiased(method):
   w = _group_weights(g)
   exact = (w.T @ np.asarray(_per_sample_ggn(model, v, x)) if method == "mc"
            else np.asarray(_hessian_diag(model, v, x, y, jnp.asarray(w))))
-  num = 300 if method == "mc" else 200
-  keys = jax.random.split(jax.random.key(5), num)
-  est = jax.vmap(lambda k: curvature.per_group_diag(
-      model, v, x, y, g, num_groups=NUM_GROUPS, method=method, rng=k, loss=SIGMOID))(keys)
-  draws = np.stack([_flat_groups(jax.tree.map(lambda a: a[i], est)) for i in range(num)])
+  # A loop of calls, not a vmap over keys: one small compiled program, 2-3x faster here.
+  draws = np.stack([_flat_groups(curvature.per_group_diag(
+      model, v, x, y, g, num_groups=NUM_GROUPS, method=method, rng=jax.random.key(i),
+      loss=SIGMOID)) for i in range(300)])
   mean = draws.mean(0)
   stderr = draws.std(0, ddof=1) / np.sqrt(draws.shape[0])
   varying = stderr > 1e-10
   z = (mean - exact) / np.maximum(stderr, 1e-12)
-  # Unbiased: standardised errors look like N(0, 1) (a biased estimator fails this).
+  # Unbiased: standardised errors look like N(0, 1) (a biased estimator fails this). They are
+  # strongly correlated across parameters (all share the same few draws), so their mean is not
+  # tested; each group's total over the parameters is, with its own standard error.
   assert varying.sum() > 20
   assert np.mean(np.abs(z[varying]) < 3) > 0.97
-  assert abs(np.mean(z[varying])) < 0.3
+  totals = draws.sum(axis=2)  # [draws, G]
+  z_total = (totals.mean(0) - exact.sum(1)) / (totals.std(0, ddof=1) / np.sqrt(len(draws)))
+  assert np.all(np.abs(z_total) < 3.5), z_total
   np.testing.assert_allclose(mean[~varying], exact[~varying], atol=1e-10)
 
 
