@@ -1,5 +1,8 @@
 """Per-group diagonal curvature of the softmax cross-entropy, all groups in one pass.
 
+(Or of the multi-label sigmoid binary cross-entropy, ``loss="sigmoid_binary_cross_entropy"``: see
+the end of this docstring.)
+
 The public entry point is :func:`per_group_diag`. For every group ``g`` it returns the diagonal
 generalised Gauss-Newton matrix of that group's mean loss (design.md section 1)::
 

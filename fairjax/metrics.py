@@ -766,7 +766,8 @@ def multilabel_evaluate(
     :func:`binary_rate_differences`), per attribute, averaged the same way.
 
     Args:
-      y_true, y_pred: ``{0, 1}[N, A]``.
+      y_true, y_pred: ``{0, 1}[N, A]``; predictions are labels, thresholded by the caller (for
+        logits trained with the sigmoid loss, ``logits > 0``).
       groups: int[N] group ids in [0, G), -1 = unknown (counted in overall metrics only).
       num_groups: G (>= 2).
       group_names: G unique names, default ``"group0" .. "group{G-1}"``.
