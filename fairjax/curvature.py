@@ -1,5 +1,8 @@
 """Per-group diagonal curvature of the softmax cross-entropy, all groups in one pass.
 
+(Or of the multi-label sigmoid binary cross-entropy, ``loss="sigmoid_binary_cross_entropy"``: see
+the end of this docstring.)
+
 The public entry point is :func:`per_group_diag`. For every group ``g`` it returns the diagonal
 generalised Gauss-Newton matrix of that group's mean loss (design.md section 1)::
 
@@ -59,6 +62,14 @@ figures on another small CNN.
 
 Samples whose group id is outside ``[0, num_groups)`` (e.g. ``-1`` for an unknown sensitive
 attribute) contribute to no group.
+
+Multi-label tasks (``loss="sigmoid_binary_cross_entropy"``, design.md section 1.10): the loss of a
+sample is the SUM over its ``A`` attributes of the sigmoid binary cross-entropy, whose Hessian
+w.r.t. the logits is ``diag(p (1 - p))``, ``p = sigmoid(z)``. ``"exact"`` then takes ``K = A``
+columns ``sqrt(p_a (1 - p_a)) e_a``; ``"mc"`` samples ``y~_a ~ Bernoulli(p_a)`` independently per
+attribute and takes ``(p - y~)/sqrt(K)`` (the gradient of the sampled loss; unbiased, since
+``E[(p - y~)(p - y~)^T] = diag(p (1 - p))``); ``"empirical_fisher"`` takes ``p - y`` at the true
+labels; ``"hutchinson"`` differentiates the summed loss itself.
 """
 
 from __future__ import annotations
@@ -82,6 +93,7 @@ PyTree = Any
 Path = tuple[str, ...]
 
 METHODS = ("exact", "mc", "hutchinson", "empirical_fisher")
+LOSSES = _scoring.LOSSES  # ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
 
 # Per-sample conv weight-gradient blocks [samples, columns, K_in, C_out] are materialised in
 # chunks of at most this many elements (64 Mi floats = 256 MiB in float32).
@@ -254,8 +266,11 @@ def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[i
   return tuple(specs)
 
 
-def loss_hessian_factor(logits: jax.Array) -> jax.Array:
+def loss_hessian_factor(logits: jax.Array, loss: str = _scoring.SOFTMAX) -> jax.Array:
   """Rank ``C-1`` factor ``F`` of the softmax cross-entropy Hessian w.r.t. the logits.
+
+  With ``loss="sigmoid_binary_cross_entropy"`` (logits ``float[N, A]``, ``A >= 1``) it returns
+  :func:`sigmoid_loss_hessian_factor` instead: ``float[N, A, A]``, ``diag(sqrt(p (1 - p)))``.
 
   ``H = diag(p) - p p^T`` has the symmetric square root ``S = diag(sqrt p) - p sqrt(p)^T``
   (design.md section 1), whose null vector is ``sqrt(p)`` (unit norm). A Householder reflection
@@ -269,6 +284,8 @@ def loss_hessian_factor(logits: jax.Array) -> jax.Array:
   Returns:
     ``float[N, C, C-1]`` with ``F[n] @ F[n].T == H_n``.
   """
+  if _scoring.check_loss(loss) == _scoring.SIGMOID:
+    return sigmoid_loss_hessian_factor(logits)
   num_classes = logits.shape[-1]
   p = jax.nn.softmax(logits, axis=-1)
   sqrt_p = jnp.sqrt(p)
@@ -286,10 +303,47 @@ def loss_hessian_factor(logits: jax.Array) -> jax.Array:
   return jnp.take_along_axis(s_q, keep[:, None, :], axis=-1)
 
 
+def sigmoid_loss_hessian_factor(logits: jax.Array) -> jax.Array:
+  """Factor of the Hessian of the attribute-summed sigmoid binary cross-entropy (design.md
+  section 1.10).
+
+  The attributes are independent binary problems, so ``H = diag(p (1 - p))`` with
+  ``p = sigmoid(z)``; its square root ``F = diag(sqrt(p (1 - p)))`` has one column per attribute
+  (no column can be dropped: ``H`` has full rank ``A`` for finite logits).
+
+  Args:
+    logits: ``float[N, A]``, ``A >= 1``.
+
+  Returns:
+    ``float[N, A, A]`` (diagonal) with ``F[n] @ F[n].T == H_n``.
+  """
+  variance = jax.nn.sigmoid(logits) * jax.nn.sigmoid(-logits)  # p (1 - p), stable for large |z|
+  eye = jnp.eye(logits.shape[-1], dtype=variance.dtype)
+  return jnp.sqrt(variance)[:, :, None] * eye[None]
+
+
+def _sigmoid_columns(logits: jax.Array, labels: jax.Array, method: str, rng: jax.Array | None,
+                     num_samples: int) -> jax.Array:
+  """:func:`_columns` of the attribute-summed sigmoid BCE: ``float[N, A, K]``."""
+  p = jax.nn.sigmoid(logits)
+  if method == "exact":
+    return sigmoid_loss_hessian_factor(logits)
+  if method == "empirical_fisher":
+    return (p - labels.astype(p.dtype))[:, :, None]
+  if method == "mc":
+    keys = jax.random.split(rng, logits.shape[0])
+    draw = jax.vmap(lambda key, pn: jax.random.bernoulli(key, pn, (num_samples,) + pn.shape))
+    sampled = draw(keys, p).astype(p.dtype)  # [N, K, A], y~ ~ Bernoulli(p) per attribute
+    return jnp.swapaxes(p[:, None, :] - sampled, 1, 2) / math.sqrt(num_samples)
+  raise ValueError(f"method={method!r} has no column factor")
+
+
 def _columns(logits: jax.Array, labels: jax.Array, method: str, rng: jax.Array | None,
-             num_samples: int) -> jax.Array:
+             num_samples: int, loss: str = _scoring.SOFTMAX) -> jax.Array:
   """Per-sample loss-Hessian factors ``float[N, C, K]`` for the backward columns."""
   logits = jax.lax.stop_gradient(logits)
+  if loss == _scoring.SIGMOID:
+    return _sigmoid_columns(logits, labels, method, rng, num_samples)
   num_classes = logits.shape[-1]
   p = jax.nn.softmax(logits, axis=-1)
   if method == "exact":
@@ -580,7 +634,8 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
                       labels: jax.Array, groups: jax.Array, rng: jax.Array | None, *,
                       num_groups: int, method: str, num_samples: int, chunk_size: int | None,
                       apply_kwargs: Mapping[str, Any], max_block: int,
-                      grouped_convs: bool = True) -> tuple[PyTree, jax.Array]:
+                      grouped_convs: bool = True,
+                      loss: str = _scoring.SOFTMAX) -> tuple[PyTree, jax.Array]:
   """exact / mc / empirical_fisher: one vmapped forward + K-column VJP per sample chunk."""
   specs = discover_layers(model, variables, images.shape[1:], apply_kwargs,
                           grouped_convs=grouped_convs)
@@ -615,7 +670,7 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
     probes = {s.key: jnp.zeros(s.out_shape, dtype) for s in specs}
     logits, vjp_fn, acts = jax.vjp(
         lambda g, pr: sample_logits(g, pr, image), generic, probes, has_aux=True)
-    cols = _columns(logits[None], label[None], method, key, num_samples)[0]  # [C, K]
+    cols = _columns(logits[None], label[None], method, key, num_samples, loss)[0]  # [C, K]
     generic_cot, probe_cot = jax.vmap(vjp_fn, in_axes=1)(cols)
     return acts, generic_cot, probe_cot
 
@@ -656,14 +711,16 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
 
 def _hutchinson_diag(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
                      groups: jax.Array, rng: jax.Array, *, num_groups: int, num_samples: int,
-                     apply_kwargs: Mapping[str, Any]) -> tuple[PyTree, jax.Array]:
+                     apply_kwargs: Mapping[str, Any],
+                     loss: str = _scoring.SOFTMAX) -> tuple[PyTree, jax.Array]:
   """Hutchinson estimate of each group's Hessian diagonal, ``mean_v v * (H_g v)``."""
   params, others = _scoring.split_variables(variables)
   weights, counts = _scoring.group_weights(groups, num_groups, _scoring.params_dtype(params))
 
   def group_grads(p):
     _, vjp_fn = jax.vjp(
-        lambda q: _scoring.per_sample_ce(model, q, others, images, labels, apply_kwargs), p)
+        lambda q: _scoring.per_sample_loss(model, q, others, images, labels, apply_kwargs,
+                                           loss=loss), p)
     # A Python loop over groups re-uses one forward; vmapping the VJP over groups would batch
     # the conv weight gradients into slow grouped convolutions on XLA:CPU (design.md section 1).
     return [vjp_fn(weights[:, g])[0] for g in range(num_groups)]
@@ -684,18 +741,19 @@ def _hutchinson_diag(model: nn.Module, variables: PyTree, images: jax.Array, lab
 
 @functools.partial(jax.jit, static_argnames=("model", "num_groups", "method", "num_samples",
                                              "chunk_size", "apply_kwargs", "max_block",
-                                             "grouped_convs"))
+                                             "grouped_convs", "loss"))
 def _per_group_diag(model, variables, images, labels, groups, rng, *, num_groups, method,
-                    num_samples, chunk_size, apply_kwargs, max_block, grouped_convs=True):
+                    num_samples, chunk_size, apply_kwargs, max_block, grouped_convs=True,
+                    loss=_scoring.SOFTMAX):
   apply_kwargs = dict(apply_kwargs)
   if method == "hutchinson":
     return _hutchinson_diag(model, variables, images, labels, groups, rng,
                             num_groups=num_groups, num_samples=num_samples,
-                            apply_kwargs=apply_kwargs)
+                            apply_kwargs=apply_kwargs, loss=loss)
   return _ggn_columns_diag(model, variables, images, labels, groups, rng,
                            num_groups=num_groups, method=method, num_samples=num_samples,
                            chunk_size=chunk_size, apply_kwargs=apply_kwargs,
-                           max_block=max_block, grouped_convs=grouped_convs)
+                           max_block=max_block, grouped_convs=grouped_convs, loss=loss)
 
 
 def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
@@ -703,7 +761,8 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
                    rng: jax.Array | None = None, num_samples: int = 1,
                    chunk_size: int | None = None, apply_kwargs: Mapping[str, Any] | None = None,
                    return_counts: bool = False,
-                   max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS) -> PyTree:
+                   max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+                   loss: str = _scoring.SOFTMAX) -> PyTree:
   """Diagonal GGN (or Hessian estimate) of every group's mean cross-entropy, in one pass.
 
   See the module docstring and design.md section 1 for the definition and the algorithm.
@@ -715,7 +774,8 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
     variables: the model's variables; ``variables["params"]`` is differentiated, the other
       collections (``batch_stats``...) are constants.
     images: ``float[N, ...]`` (NHWC for image models). May be sharded over devices.
-    labels: ``int[N]`` class ids in ``[0, C)``.
+    labels: ``int[N]`` class ids in ``[0, C)``; with ``loss="sigmoid_binary_cross_entropy"``
+      ``[N, A]`` in ``{0, 1}`` (int or float), one column per logit.
     groups: ``int[N]`` group ids in ``[0, num_groups)``; other ids (e.g. ``-1``) are ignored.
     num_groups: number of groups ``G`` (static).
     method: ``"exact"`` | ``"mc"`` | ``"hutchinson"`` | ``"empirical_fisher"`` (static).
@@ -740,6 +800,10 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
     return_counts: also return the per-group sample counts ``int32[G]``; to average over
       batches weight each batch's result by its counts (see :func:`weighted_group_mean`).
     max_block_elements: bound on the elements of one per-sample weight-gradient block.
+    loss: ``"softmax_cross_entropy"`` (default; ``C - 1`` exact columns) or
+      ``"sigmoid_binary_cross_entropy"``: the multi-label loss, summed over the ``A`` attributes
+      (``A`` exact columns ``sqrt(p_a (1 - p_a)) e_a``; ``mc`` draws ``y~ ~ Bernoulli(p)`` per
+      attribute), design.md section 1.10 (static).
 
   Returns:
     A pytree shaped like ``variables["params"]`` whose leaves have a leading axis ``G``:
@@ -755,13 +819,17 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
       raise ValueError(f"method={method!r} needs rng=jax.random.key(...)")
     if num_samples < 1:
       raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-  if images.shape[0] != labels.shape[0] or labels.shape != groups.shape:
+  _scoring.check_loss(loss)
+  label_ndim = 2 if loss == _scoring.SIGMOID else 1
+  if (images.shape[0] != labels.shape[0] or labels.shape[:1] != groups.shape
+      or labels.ndim != label_ndim):
     raise ValueError(f"images {images.shape}, labels {labels.shape} and groups {groups.shape} "
-                     "must share the leading batch dimension")
+                     "must share the leading batch dimension (labels [N] for "
+                     f"{_scoring.SOFTMAX!r}, [N, A] for {_scoring.SIGMOID!r})")
   kwargs = dict(num_groups=num_groups, method=method,
                 num_samples=num_samples if method in ("mc", "hutchinson") else 1,
                 apply_kwargs=_scoring.freeze(apply_kwargs), max_block=max_block_elements,
-                grouped_convs=bool(_FAST_GROUPED_CONVS))
+                grouped_convs=bool(_FAST_GROUPED_CONVS), loss=loss)
   n = images.shape[0]
   traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, groups))
   if method == "hutchinson" and num_samples > _PROBES_PER_CALL and not traced:
@@ -771,7 +839,7 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
     parts = [per_group_diag(model, variables, images, labels, groups, num_groups=num_groups,
                             method=method, rng=jax.random.fold_in(rng, b), num_samples=k,
                             chunk_size=chunk_size, apply_kwargs=apply_kwargs, return_counts=True,
-                            max_block_elements=max_block_elements)
+                            max_block_elements=max_block_elements, loss=loss)
              for b, k in enumerate(blocks)]
     diag = jax.tree.map(lambda *leaves: sum(k * leaf for k, leaf in zip(blocks, leaves)) /
                         num_samples, *[d for d, _ in parts])

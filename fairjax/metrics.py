@@ -27,6 +27,11 @@ Rules for degenerate cases, applied consistently:
   :func:`accuracy_gap`, :func:`evaluate`, :func:`binary_rate_differences`) raise ``ValueError``
   naming the empty group: a gap to a group without data is meaningless, and silently dropping the
   group would turn a two-group metric into a vacuous 0.
+
+Multi-label tasks (several binary attributes per sample, e.g. CelebA's 39): ``y_true`` and
+``y_pred`` are ``{0, 1}[N, A]``. :func:`multilabel_evaluate` treats every attribute as a binary
+(two-class) task, applies the functions above to it, and averages over the attributes with equal
+weight (design.md section 5.7).
 """
 
 from __future__ import annotations
@@ -52,12 +57,15 @@ __all__ = [
     "binary_rate_differences",
     "confusion_matrix",
     "disparity_of_degradation",
+    "attribute_accuracy",
     "equalized_odds",
     "evaluate",
     "fate",
     "group_accuracy",
     "group_rates",
     "macro_precision_recall_f1",
+    "multilabel_evaluate",
+    "multilabel_group_accuracy",
 ]
 
 
@@ -600,7 +608,8 @@ def evaluate(
       ``macro_recall``, ``macro_f1`` (all N samples); ``eopp0``, ``eopp1``, ``eodd``,
       ``fairness_convention``, ``fairness_undefined``, ``fairness_pair`` ({metric: [a, b]}),
       ``skipped_classes`` ({metric: int}); ``group_accuracy``, ``group_macro_f1``,
-      ``group_counts`` ({name: value}); ``accuracy_gap``; ``num_samples``;
+      ``group_counts`` ({name: value}); ``accuracy_gap``; ``worst_group_accuracy`` (min over
+      groups of ``group_accuracy``, any number of groups); ``num_samples``;
       ``num_unknown_group``. Per-group macro-F1 uses the classes present in that group.
 
     Raises:
@@ -639,7 +648,216 @@ def evaluate(
         "group_accuracy": {n: _json_float(a) for n, a in zip(names, g_acc)},
         "group_macro_f1": {n: _json_float(v) for n, v in zip(names, g_f1)},
         "accuracy_gap": _json_float(g_acc.max() - g_acc.min()),
+        "worst_group_accuracy": _json_float(g_acc.min()),
         "num_samples": int(yt.size),
         "num_unknown_group": int(np.sum(g == UNKNOWN_GROUP)),
         "group_counts": {n: int(k) for n, k in zip(names, counts)},
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-label tasks: every attribute a binary task, averaged over attributes (design.md 5.7)
+# --------------------------------------------------------------------------------------------
+
+
+def _multilabel_labels(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """int64[N, A] twice, each entry checked to be 0 or 1."""
+    arrays = []
+    for name, x in (("y_true", y_true), ("y_pred", y_pred)):
+        arr = np.asarray(x)
+        if arr.ndim != 2:
+            raise ValueError(f"{name} must be 2-D [N, A] (samples x attributes), got shape "
+                             f"{arr.shape}.")
+        arrays.append(arr)
+    if arrays[0].shape != arrays[1].shape:
+        raise ValueError(f"Shape mismatch: y_true {arrays[0].shape}, y_pred {arrays[1].shape}.")
+    n, num_attrs = arrays[0].shape
+    if n == 0 or num_attrs == 0:
+        raise ValueError("Metrics need at least one sample and one attribute, got shape "
+                         f"{(n, num_attrs)}.")
+    out = []
+    for name, arr in zip(("y_true", "y_pred"), arrays):
+        flat = _as_int_array(arr.reshape(-1), name)
+        _check_range(flat, name, 0, 2, "binary labels")
+        out.append(flat.reshape(n, num_attrs))
+    return out[0], out[1]
+
+
+def _multilabel_inputs(y_true, y_pred, groups, num_groups: int):
+    yt, yp = _multilabel_labels(y_true, y_pred)
+    g = _as_int_array(groups, "groups")
+    if g.shape != yt.shape[:1]:
+        raise ValueError(f"Length mismatch: y_true has {yt.shape[0]} samples, groups has "
+                         f"{g.size}.")
+    _check_range(g, "groups", UNKNOWN_GROUP, num_groups, "group ids (-1 = unknown)")
+    return yt, yp, g
+
+
+def attribute_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
+    """Accuracy of every attribute of a multi-label task, over all N samples (design.md 5.7).
+
+    Args:
+      y_true, y_pred: ``{0, 1}[N, A]`` (int, bool or integral floats).
+
+    Returns:
+      float64[A]. Its mean is the macro-averaged multi-label accuracy, which equals the fraction
+      of correct (sample, attribute) entries, since every attribute has the same N samples.
+    """
+    yt, yp = _multilabel_labels(y_true, y_pred)
+    return np.mean(yt == yp, axis=0, dtype=np.float64)
+
+
+def multilabel_group_accuracy(
+    y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, num_groups: int
+) -> np.ndarray:
+    """Accuracy of every attribute within every group: :func:`group_accuracy` per attribute.
+
+    Args:
+      y_true, y_pred: ``{0, 1}[N, A]``.
+      groups: int[N] group ids in [0, G), -1 = unknown (excluded).
+      num_groups: G.
+
+    Returns:
+      float64[A, G]; NaN for a group with no samples. ``mean(axis=0)`` is the per-group accuracy
+      averaged over attributes (design.md section 5.7).
+    """
+    ng = _check_count(num_groups, "num_groups")
+    yt, yp, g = _multilabel_inputs(y_true, y_pred, groups, ng)
+    return np.stack([group_accuracy(yt[:, a], yp[:, a], g, ng) for a in range(yt.shape[1])])
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, np.float64)
+    keep = ~np.isnan(arr)
+    return float(arr[keep].mean()) if keep.any() else math.nan
+
+
+def _binary_differences(rates: dict[str, np.ndarray]) -> tuple[float, float]:
+    """fairlearn's between-groups TPR / FPR differences of class 1, NaN where a rate of some
+    group is undefined (:func:`binary_rate_differences` raises there instead)."""
+    tpr, fpr = rates["tpr"][:, 1], rates["fpr"][:, 1]
+    d_tpr = float(tpr.max() - tpr.min()) if rates["has_positives"][:, 1].all() else math.nan
+    d_fpr = float(fpr.max() - fpr.min()) if rates["has_negatives"][:, 1].all() else math.nan
+    return d_tpr, d_fpr
+
+
+def multilabel_evaluate(
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    groups: ArrayLike,
+    *,
+    num_groups: int,
+    group_names: Sequence[str] | None = None,
+    attribute_names: Sequence[str] | None = None,
+    convention: Convention = "sum",
+    undefined: Undefined = "skip",
+) -> dict[str, Any]:
+    """Multi-label metrics as a JSON-serialisable dict: each attribute a binary task, averaged.
+
+    Conventions (design.md section 5.7): attribute ``a`` is the two-class task
+    ``(y_true[:, a], y_pred[:, a])``, scored by the single-label functions of this module with
+    ``num_classes=2``; every summary is the unweighted mean over attributes of the per-attribute
+    values. So ``eopp0`` / ``eopp1`` / ``eodd`` are, per attribute, :func:`equalized_odds` of
+    the two-class task (one-vs-rest over BOTH classes, in ``convention``; with more than two
+    groups the max over pairs of groups, each attribute taking its own worst pair), then averaged
+    over the attributes where the gap is defined (NaN ones are left out and counted in
+    ``undefined_attributes``). ``equal_opportunity_difference`` / ``equalized_odds_difference``
+    are fairlearn's binary ``between_groups`` differences of class 1 (as in
+    :func:`binary_rate_differences`), per attribute, averaged the same way.
+
+    Args:
+      y_true, y_pred: ``{0, 1}[N, A]``; predictions are labels, thresholded by the caller (for
+        logits trained with the sigmoid loss, ``logits > 0``).
+      groups: int[N] group ids in [0, G), -1 = unknown (counted in overall metrics only).
+      num_groups: G (>= 2).
+      group_names: G unique names, default ``"group0" .. "group{G-1}"``.
+      attribute_names: A unique names, default ``"attr0" .. "attr{A-1}"``.
+      convention, undefined: see :func:`equalized_odds`.
+
+    Returns:
+      dict of plain Python values (NaN -> None): ``accuracy`` (mean over attributes of
+      ``attribute_accuracy``), ``macro_f1`` (mean over attributes of the two-class macro-F1);
+      ``eopp0``, ``eopp1``, ``eodd``, ``equal_opportunity_difference``,
+      ``equalized_odds_difference`` (means over attributes), ``undefined_attributes``
+      ({metric: number of attributes left out of that mean}); ``group_accuracy`` ({group: mean
+      over attributes of the group's accuracy}), ``worst_group_accuracy`` and ``accuracy_gap``
+      (min, and max − min, of that dict's values); ``attribute_accuracy`` ({attribute: value});
+      ``attributes`` ({attribute: {"accuracy", "macro_f1", "eopp0", "eopp1", "eodd",
+      "fairness_pair", "tpr_difference", "fpr_difference", "group_accuracy": {group: value}}});
+      ``fairness_convention``, ``fairness_undefined``, ``num_samples``, ``num_attributes``,
+      ``num_unknown_group``, ``group_counts``.
+
+    Raises:
+      ValueError: bad inputs or names, fewer than two groups, or a group with no samples.
+    """
+    if convention not in ("sum", "mean"):
+        raise ValueError(f"convention must be 'sum' or 'mean', got {convention!r}.")
+    _check_undefined(undefined)
+    ng = _check_count(num_groups, "num_groups")
+    if ng < 2:
+        raise ValueError(f"Fairness gaps need at least two groups, got num_groups={ng}.")
+    yt, yp, g = _multilabel_inputs(y_true, y_pred, groups, ng)
+    num_attrs = yt.shape[1]
+    names = {}
+    for what, given, count, prefix in (("group_names", group_names, ng, "group"),
+                                       ("attribute_names", attribute_names, num_attrs, "attr")):
+        if given is None:
+            names[what] = [f"{prefix}{i}" for i in range(count)]
+        else:
+            names[what] = [str(n) for n in given]
+            if len(names[what]) != count or len(set(names[what])) != count:
+                raise ValueError(f"{what} must be {count} unique names, got {list(given)!r}.")
+    gnames, anames = names["group_names"], names["attribute_names"]
+    counts = np.bincount(g[g >= 0], minlength=ng)
+    _require_nonempty(counts, "multilabel_evaluate", gnames)
+
+    per_attr, g_acc = {}, np.empty((num_attrs, ng))
+    for a, name in enumerate(anames):
+        t, p = yt[:, a], yp[:, a]
+        eo = equalized_odds(t, p, g, num_classes=2, num_groups=ng, convention=convention,
+                            undefined=undefined)
+        d_tpr, d_fpr = _binary_differences(
+            _rates_from_confusions(_group_confusions(t, p, g, 2, ng), "skip"))
+        g_acc[a] = group_accuracy(t, p, g, ng)
+        per_attr[name] = {
+            "accuracy": float(np.mean(t == p)),
+            "macro_f1": _macro_prf_from_cm(confusion_matrix(t, p, 2))[2],
+            **{m: eo[m] for m in _METRICS},
+            "fairness_pair": {k: [int(i), int(j)] for k, (i, j) in eo["pair"].items()},
+            "tpr_difference": d_tpr,
+            "fpr_difference": d_fpr,
+            "equalized_odds_difference": (math.nan if math.isnan(d_tpr) or math.isnan(d_fpr)
+                                          else max(d_tpr, d_fpr)),
+            "group_accuracy": g_acc[a],
+        }
+
+    def mean_of(key):
+        return _nanmean([per_attr[n][key] for n in anames])
+
+    group_mean = g_acc.mean(axis=0)  # every group is non-empty: no NaN
+    averaged = {"eopp0": "eopp0", "eopp1": "eopp1", "eodd": "eodd",
+                "equal_opportunity_difference": "tpr_difference",
+                "equalized_odds_difference": "equalized_odds_difference"}
+    out: dict[str, Any] = {
+        "accuracy": _json_float(mean_of("accuracy")),
+        "macro_f1": _json_float(mean_of("macro_f1")),
+        **{k: _json_float(mean_of(v)) for k, v in averaged.items()},
+        "undefined_attributes": {
+            k: int(sum(math.isnan(per_attr[n][v]) for n in anames)) for k, v in averaged.items()},
+        "fairness_convention": convention,
+        "fairness_undefined": undefined,
+        "group_accuracy": {n: _json_float(v) for n, v in zip(gnames, group_mean)},
+        "worst_group_accuracy": _json_float(group_mean.min()),
+        "accuracy_gap": _json_float(group_mean.max() - group_mean.min()),
+        "attribute_accuracy": {n: _json_float(per_attr[n]["accuracy"]) for n in anames},
+        "attributes": {
+            n: {k: ({gn: _json_float(v) for gn, v in zip(gnames, val)} if k == "group_accuracy"
+                    else val if k == "fairness_pair" else _json_float(val))
+                for k, val in per_attr[n].items()}
+            for n in anames},
+        "num_samples": int(yt.shape[0]),
+        "num_attributes": int(num_attrs),
+        "num_unknown_group": int(np.sum(g == UNKNOWN_GROUP)),
+        "group_counts": {n: int(k) for n, k in zip(gnames, counts)},
+    }
+    return out

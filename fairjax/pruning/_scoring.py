@@ -4,7 +4,9 @@ Used by :mod:`fairjax.curvature`, :mod:`fairjax.snnl` and the methods of
 :mod:`fairjax.pruning` (SNIP/OBD, FairPrune, FairGRAPE), so each of these is written once:
 
 - :func:`per_sample_ce`: the softmax cross-entropy of every sample, logits cast to the params
-  dtype (design.md section 1.1 for the loss; section 4.1 for the per-group means built on it).
+  dtype (design.md section 1.1 for the loss; section 4.1 for the per-group means built on it);
+  :func:`per_sample_bce`, its multi-label (sigmoid) counterpart (design.md section 1.10), and
+  :func:`per_sample_loss`, which picks one of the two by name (:data:`LOSSES`).
 - :func:`freeze` / :func:`split_variables`: ``model.apply`` keyword arguments as a hashable
   tuple (a static argument of ``jax.jit``), and params vs the constant collections.
 - :func:`group_weights`: ``1/N_g`` one-hot weights, the per-group mean of section 1.2.
@@ -31,6 +33,18 @@ import numpy as np
 
 PyTree = Any
 Frozen = tuple[tuple[str, Any], ...]  # hashable model.apply kwargs, sorted by name
+
+SOFTMAX = "softmax_cross_entropy"
+SIGMOID = "sigmoid_binary_cross_entropy"
+# Losses every scorer accepts as ``loss=`` (design.md section 1.10); softmax is the default.
+LOSSES = (SOFTMAX, SIGMOID)
+
+
+def check_loss(loss: str) -> str:
+  """``loss`` if it is one of :data:`LOSSES`, else ``ValueError`` naming the choices."""
+  if loss not in LOSSES:
+    raise ValueError(f"loss={loss!r} is not one of {LOSSES}")
+  return loss
 
 
 def freeze(apply_kwargs: Mapping[str, Any] | Frozen | None) -> Frozen:
@@ -76,6 +90,47 @@ def per_sample_ce(model: nn.Module, params: PyTree, others: Mapping[str, PyTree]
   logits = model.apply({"params": params, **others}, images, **dict(freeze(apply_kwargs)))
   logp = jax.nn.log_softmax(logits.astype(params_dtype(params)), axis=-1)
   return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+
+
+def per_sample_bce(model: nn.Module, params: PyTree, others: Mapping[str, PyTree],
+                   images: jax.Array, labels: jax.Array,
+                   apply_kwargs: Mapping[str, Any] | Frozen | None = None) -> jax.Array:
+  """Sigmoid binary cross-entropy of every sample, SUMMED over its attributes (multi-label).
+
+  ``l_n = sum_a [softplus(z_na) - y_na z_na]``, computed stably as ``-(y log sigmoid(z) + (1 - y)
+  log sigmoid(-z))``: a sum (not a mean) over the ``A`` attributes, so its Hessian w.r.t. the
+  logits is exactly ``diag(p (1 - p))``, the loss the sigmoid GGN of
+  :func:`fairjax.curvature.per_group_diag` is built on (design.md section 1.10). The mean over
+  attributes is this divided by ``A``: one uniform factor, which changes no ranking or mask.
+
+  Args:
+    model: a Linen module mapping ``images`` to logits ``[N, A]``, one per binary attribute.
+    params, others, apply_kwargs: as for :func:`per_sample_ce`.
+    images: ``float[N, ...]``; labels: ``[N, A]`` in ``{0, 1}`` (any int or float dtype).
+
+  Returns:
+    ``[N]`` losses in the params dtype (logits and labels are cast to it first, as in
+    :func:`per_sample_ce`).
+  """
+  logits = model.apply({"params": params, **others}, images, **dict(freeze(apply_kwargs)))
+  z = logits.astype(params_dtype(params))
+  if labels.shape != z.shape:
+    raise ValueError(f"labels {labels.shape} must have the shape of the logits {z.shape} for "
+                     f"loss={SIGMOID!r}")
+  y = labels.astype(z.dtype)
+  return -jnp.sum(y * jax.nn.log_sigmoid(z) + (1 - y) * jax.nn.log_sigmoid(-z), axis=-1)
+
+
+def per_sample_loss(model: nn.Module, params: PyTree, others: Mapping[str, PyTree],
+                    images: jax.Array, labels: jax.Array,
+                    apply_kwargs: Mapping[str, Any] | Frozen | None = None, *,
+                    loss: str = SOFTMAX) -> jax.Array:
+  """:func:`per_sample_ce` (``loss="softmax_cross_entropy"``, labels ``int[N]``) or
+  :func:`per_sample_bce` (``loss="sigmoid_binary_cross_entropy"``, labels ``[N, A]``): ``[N]``
+  per-sample losses in the params dtype (design.md section 1.10)."""
+  if check_loss(loss) == SOFTMAX:
+    return per_sample_ce(model, params, others, images, labels, apply_kwargs)
+  return per_sample_bce(model, params, others, images, labels, apply_kwargs)
 
 
 def group_weights(groups: jax.Array, num_groups: int, dtype: Any) -> tuple[jax.Array, jax.Array]:

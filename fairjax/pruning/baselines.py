@@ -43,30 +43,33 @@ def random_scores(params: PyTree, mask: masks.Mask, rng: jax.Array) -> PyTree:
   return jax.tree.unflatten(treedef, out)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "apply_kwargs"))
-def _snip(model, variables, images, labels, mask, *, apply_kwargs):
+@functools.partial(jax.jit, static_argnames=("model", "apply_kwargs", "loss"))
+def _snip(model, variables, images, labels, mask, *, apply_kwargs, loss=_scoring.SOFTMAX):
   params, others = _scoring.split_variables(variables)
   params = masks.apply_mask(params, mask)
   grads = jax.grad(lambda p: jnp.mean(
-      _scoring.per_sample_ce(model, p, others, images, labels, apply_kwargs)))(params)
+      _scoring.per_sample_loss(model, p, others, images, labels, apply_kwargs, loss=loss)))(params)
   return _only_prunable(jax.tree.map(lambda w, g: jnp.abs(w * g), params, grads), mask)
 
 
 def snip_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
-                mask: masks.Mask, *, apply_kwargs: Mapping[str, Any] | None = None) -> PyTree:
+                mask: masks.Mask, *, apply_kwargs: Mapping[str, Any] | None = None,
+                loss: str = _scoring.SOFTMAX) -> PyTree:
   """SNIP connection sensitivity ``|w * dL/dw|`` of one batch.
 
   ``L`` is the mean cross-entropy over all samples of ``images float[N, ...]`` /
   ``labels int[N]`` (groups ignored), through the masked model. Sum batches with
-  :func:`accumulate_scores`.
+  :func:`accumulate_scores`. ``loss="sigmoid_binary_cross_entropy"`` takes multi-label
+  ``labels [N, A]`` in ``{0, 1}`` and the per-sample BCE summed over attributes
+  (``_scoring.per_sample_bce``, design.md section 1.10).
   """
   return _snip(model, variables, jnp.asarray(images), jnp.asarray(labels, jnp.int32), mask,
-               apply_kwargs=_scoring.freeze(apply_kwargs))
+               apply_kwargs=_scoring.freeze(apply_kwargs), loss=_scoring.check_loss(loss))
 
 
 def obd_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
                mask: masks.Mask, *, apply_kwargs: Mapping[str, Any] | None = None,
-               chunk_size: int | None = None) -> PyTree:
+               chunk_size: int | None = None, loss: str = _scoring.SOFTMAX) -> PyTree:
   """Optimal Brain Damage saliency ``1/2 w**2 h`` of one batch, group-unaware.
 
   FairPrune's per-group term with one group (design.md section 4.7): every sample of
@@ -76,13 +79,15 @@ def obd_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: j
   the Hessian diagonal for piecewise-linear networks), and the score is
   :func:`fairjax.pruning.fairprune.group_terms` of that group (params dtype, ``None`` on
   unprunable leaves). ``chunk_size`` (samples per compiled call, ``None`` = the whole batch)
-  bounds its memory. Sum batches with :func:`accumulate_scores`.
+  bounds its memory. Sum batches with :func:`accumulate_scores`. ``loss`` is that of
+  :func:`fairjax.curvature.per_group_diag` (multi-label: ``labels [N, A]``, design.md
+  section 1.10).
   """
   params = masks.apply_mask(variables["params"], mask)
   labels = jnp.asarray(labels, jnp.int32)
   diag = curvature.per_group_diag(model, {**variables, "params": params}, jnp.asarray(images),
-                                  labels, jnp.zeros_like(labels), num_groups=1,
-                                  apply_kwargs=apply_kwargs, chunk_size=chunk_size)
+                                  labels, jnp.zeros(labels.shape[:1], jnp.int32), num_groups=1,
+                                  apply_kwargs=apply_kwargs, chunk_size=chunk_size, loss=loss)
   scores = jax.tree.map(lambda t: t[0], fairprune.group_terms(params, diag))
   return _only_prunable(scores, mask)
 

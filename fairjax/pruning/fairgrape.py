@@ -72,15 +72,16 @@ from fairjax.pruning import _scoring
 PyTree = Any
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_groups", "apply_kwargs"))
+@functools.partial(jax.jit, static_argnames=("model", "num_groups", "apply_kwargs", "loss"))
 def _group_importance(model, variables, images, labels, groups, mask, *, num_groups,
-                      apply_kwargs):
+                      apply_kwargs, loss=_scoring.SOFTMAX):
   params, others = _scoring.split_variables(variables)
   params = masks.apply_mask(params, mask)
   # Mean over each group (id -1, unknown: a zero row; a group absent from the batch: 0).
   weights, _ = _scoring.group_weights(groups, num_groups, _scoring.params_dtype(params))
   _, vjp_fn = jax.vjp(
-      lambda p: _scoring.per_sample_ce(model, p, others, images, labels, apply_kwargs), params)
+      lambda p: _scoring.per_sample_loss(model, p, others, images, labels, apply_kwargs,
+                                         loss=loss), params)
   # One forward, G pullbacks of the same VJP. A Python loop rather than a vmap: vmapping conv
   # weight gradients lowers to slow grouped convolutions on XLA:CPU (design.md section 1).
   grads = [vjp_fn(weights[:, g])[0] for g in range(num_groups)]
@@ -89,7 +90,8 @@ def _group_importance(model, variables, images, labels, groups, mask, *, num_gro
 
 def group_importance(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
                      groups: jax.Array, mask: masks.Mask, *, num_groups: int,
-                     apply_kwargs: Mapping[str, Any] | None = None) -> PyTree:
+                     apply_kwargs: Mapping[str, Any] | None = None,
+                     loss: str = _scoring.SOFTMAX) -> PyTree:
   """Per-group importance ``(w * dL_g/dw)**2`` of one mini-batch (design.md section 4).
 
   Args:
@@ -102,6 +104,9 @@ def group_importance(model: nn.Module, variables: PyTree, images: jax.Array, lab
     num_groups: ``G`` (static).
     apply_kwargs: keyword arguments of ``model.apply`` (e.g. ``{"train": False}``; BatchNorm must
       be in inference mode, mutable collections are not supported).
+    loss: ``"softmax_cross_entropy"`` (default) or ``"sigmoid_binary_cross_entropy"``: then
+      ``labels`` are ``[N, A]`` in ``{0, 1}`` for logits ``[N, A]`` and a sample's loss is the
+      BCE summed over its attributes (``_scoring.per_sample_bce``, design.md section 1.10).
 
   Returns:
     Pytree like ``variables["params"]``, leaves ``[G, *leaf.shape]`` in the params dtype. ``L_g``
@@ -112,24 +117,26 @@ def group_importance(model: nn.Module, variables: PyTree, images: jax.Array, lab
     raise ValueError(f"num_groups must be >= 1, got {num_groups}")
   return _group_importance(model, variables, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
                            jnp.asarray(groups, jnp.int32), mask, num_groups=num_groups,
-                           apply_kwargs=_scoring.freeze(apply_kwargs))
+                           apply_kwargs=_scoring.freeze(apply_kwargs),
+                           loss=_scoring.check_loss(loss))
 
 
 def accumulate_importance(model: nn.Module, variables: PyTree,
                           batches: Iterable[Mapping[str, Any]], mask: masks.Mask, *,
                           num_groups: int,
-                          apply_kwargs: Mapping[str, Any] | None = None) -> PyTree:
+                          apply_kwargs: Mapping[str, Any] | None = None,
+                          loss: str = _scoring.SOFTMAX) -> PyTree:
   """``I_g(w)`` summed over mini-batches (design.md section 4).
 
   ``batches`` yield dicts with ``image``, ``label`` and ``group`` (the fairjax batch format);
   rows with ``valid == False`` (padding of a last eval batch) are treated as group ``-1``.
   Returns the pytree ``[G, ...]`` of :func:`group_importance`, summed (params dtype); the loop
-  is ``_scoring.accumulate``'s plain sum.
+  is ``_scoring.accumulate``'s plain sum. ``loss`` as in :func:`group_importance`.
   """
   def step(_, batch):
     return group_importance(model, variables, batch["image"], batch["label"],
                             _scoring.unknown_padding(batch), mask, num_groups=num_groups,
-                            apply_kwargs=apply_kwargs), None
+                            apply_kwargs=apply_kwargs, loss=loss), None
 
   return _scoring.accumulate(step, batches, caller="accumulate_importance")[0]
 
