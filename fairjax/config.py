@@ -22,15 +22,26 @@ from typing import Any
 
 import ml_collections
 
-# "fairprune": design.md section 2; "fairgrape": section 4; the rest are the group-unaware
-# references of section 4 (fairjax.pruning.baselines), selected like FairPrune; "snnl_channels":
-# sensitive channel pruning with the Soft Nearest Neighbour Loss (section 3, fairjax.snnl).
-PRUNE_METHODS = ("fairprune", "magnitude", "random", "snip", "obd", "fairgrape", "snnl_channels")
+# PRUNE_METHODS (read lazily, see __getattr__) is the registry's list of method names
+# (fairjax.pruning.method_names): the built-in "fairprune" (design.md section 2), "magnitude",
+# "random", "snip", "obd" (section 4.7), "fairgrape" (section 4), "snnl_channels" (section 3),
+# then every method registered with fairjax.pruning.register_method.
 CURVATURE_METHODS = ("exact", "mc", "hutchinson", "empirical_fisher")
 CONVENTIONS = ("sum", "mean")
 SAMPLINGS = ("uniform", "group_balanced", "class_balanced")
 AUGMENTS = ("none", "flip", "flip_crop")  # == fairjax.data.pipeline.AUGMENTS (tested)
 OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def _prune_methods() -> tuple[str, ...]:
+  from fairjax.pruning import api  # lazy: importing the methods pulls in jax
+  return api.method_names()
+
+
+def __getattr__(name: str) -> Any:
+  if name == "PRUNE_METHODS":  # evaluated on access: methods registered later are included
+    return _prune_methods()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ConfigError(ValueError):
@@ -104,7 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.patience = 3  # early stopping on validation accuracy (epochs)
 
   c.prune = ml_collections.ConfigDict()
-  c.prune.method = "fairprune"  # one of PRUNE_METHODS (above)
+  c.prune.method = "fairprune"  # a registered pruning method (fairjax.pruning.method_names())
   c.prune.beta = 0.5  # weight of the privileged group's curvature, (0, 1]
   c.prune.privileged_group = ""  # group name; "" = the group with higher dense val. accuracy
   c.prune.curvature = "exact"  # per_group_diag method
@@ -200,7 +211,7 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
-def compare_section(methods: tuple[str, ...] = PRUNE_METHODS,
+def compare_section(methods: tuple[str, ...] | None = None,
                     sparsities: tuple[float, ...] = (0.5, 0.8, 0.9)) -> ml_collections.ConfigDict:
   """The ``config.compare`` section of a comparison config (``configs/compare.py``).
 
@@ -208,6 +219,8 @@ def compare_section(methods: tuple[str, ...] = PRUNE_METHODS,
   ``methods`` at every target weight sparsity in ``sparsities``, from ONE dense model) instead
   of the single-method pipeline.
   """
+  if methods is None:  # every registered method
+    methods = _prune_methods()
   c = ml_collections.ConfigDict()
   c.methods = tuple(methods)  # pruning methods compared (each from the same dense model)
   c.sparsities = tuple(float(s) for s in sparsities)  # target weight sparsities in (0, 1)
@@ -284,6 +297,7 @@ def config_items(config, meanings: Mapping[str, str] | None = None,
 def _validate_compare(config) -> None:
   cmp = config.compare
   methods = cmp.methods
+  PRUNE_METHODS = _prune_methods()
   if isinstance(methods, str) or not methods:
     _fail("compare.methods", methods, f"must be a non-empty tuple of methods from {PRUNE_METHODS}")
   for m in methods:
@@ -431,8 +445,8 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
     _fail("train.patience", t.patience, "must be >= 1 (or None to disable early stopping)")
 
   p = config.prune
-  if p.method not in PRUNE_METHODS:
-    _fail("prune.method", p.method, f"must be one of {PRUNE_METHODS}")
+  from fairjax.pruning import api as methods_api  # lazy: importing the methods pulls in jax
+  method = methods_api.get_method(p.method)  # ConfigError naming prune.method if unknown
   if not 0.0 < p.fairgrape_keep_per_iter < 1.0:
     _fail("prune.fairgrape_keep_per_iter", p.fairgrape_keep_per_iter,
           "must be in (0, 1) (FairGRAPE keeps this share of the weights per iteration)")
@@ -507,6 +521,7 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   if not isinstance(p.speedup_repeats, int) or p.speedup_repeats < 0:
     _fail("prune.speedup_repeats", p.speedup_repeats,
           "must be an integer >= 0 (0 = do not time the slimmed network)")
+  method.validate(config)
   if "compare" in config:
     _validate_compare(config)
 
@@ -541,6 +556,8 @@ def validate_data(config, data) -> None:
           f"must be at most the training split's size ({n_train} samples of {data.name}), or "
           "an epoch has no full batch" + (" (or raise config.data.num_train)" if demo else ""))
   names = tuple(data.group_names)
+  from fairjax.pruning import api as methods_api
+  methods_api.get_method(config.prune.method).validate(config, data)
   if config.prune.privileged_group and config.prune.privileged_group not in names:
     _fail("prune.privileged_group", config.prune.privileged_group,
           f"must be a group of {data.name}, one of {names}, or '' for the group with the "

@@ -15,14 +15,12 @@ the same command resumes where it stopped and ends with the same masks and metri
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import math
 import os
-import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -33,12 +31,13 @@ import optax
 from absl import logging
 
 from fairjax import (bootstrap, checkpoint, masks, metrics, models, parallel, references, report,
-                     slimming, snnl, train)
+                     schedules, train)
 from fairjax.config import ConfigError, imagenet_normalization, validate_config, validate_data
 from fairjax.data import DatasetSplits, load_dataset
 from fairjax.data import pipeline as input_pipeline
 from fairjax.models import pretrained
-from fairjax.pruning import baselines, fairgrape, fairprune
+from fairjax.pruning import api as methods_api
+from fairjax.pruning import builtin, fairprune, snnl_channels
 
 PyTree = Any
 
@@ -47,13 +46,18 @@ def _to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
-def _make_model(config, data: DatasetSplits):
+def make_model(config, data: DatasetSplits):
+  """The (uninitialised) ``flax.linen`` model of ``config.model`` for ``data``'s classes (with
+  the fields ``model.pretrained``'s checkpoint needs)."""
   kwargs = dict(config.model.kwargs) if config.model.kwargs else {}
   if config.model.pretrained:
     # The fields the checkpoint's shapes need (VGG: classifier_width=4096); a contradicting
     # model.kwargs entry is reported by pretrained.load with the field's name.
     kwargs = {**pretrained.model_fields(config.model.name), **kwargs}
   return models.get_model(config.model.name, num_classes=data.num_classes, **kwargs)
+
+
+_make_model = make_model
 
 
 def _load_pretrained(config, state: train.TrainState, data: DatasetSplits,
@@ -181,7 +185,10 @@ def _sparsity(mask: PyTree | None) -> float:
   return float(masks.sparsity_report(mask, kernels_only=True)["global"]["sparsity"])
 
 
-def _epoch_batches(config, data: DatasetSplits, seed: int):
+def epoch_batches(config, data: DatasetSplits, seed: int):
+  """``epoch -> train batches`` of one training epoch (``train.batch_size``, ``data.sampling``,
+  ``data.augment``; split over the devices), a pure function of ``(seed, epoch)`` so that a
+  resumed run trains exactly as an uninterrupted one."""
   dp = data_parallel(config)
 
   # .get: configs read back from results.json of runs that predate data.augment trained without.
@@ -194,6 +201,9 @@ def _epoch_batches(config, data: DatasetSplits, seed: int):
         augment=augment, imagenet_normalization=imagenet_normalization(config)),
         "train.batch_size")
   return batches
+
+
+_epoch_batches = epoch_batches
 
 
 def _state_items(state: train.TrainState) -> dict[str, PyTree]:
@@ -307,35 +317,15 @@ def _host_chunks(batches, chunk_size: int):
       yield chunk
 
 
-def _chunk_size(config) -> int | None:
-  """``prune.curvature_chunk_size`` as ``per_group_diag``'s ``chunk_size`` (0 -> None)."""
-  return config.prune.curvature_chunk_size or None
-
-
 def _group_diag(config, model, state: train.TrainState, data: DatasetSplits, step: int):
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  if not state.batch_stats:
-    variables = {"params": state.params}
-  rng = jax.random.key(config.seed * 7919 + step)
-  # prune.curvature_chunk_size bounds memory: the batches are cut into chunks on the host (every
-  # chunk split evenly over the devices); averaging by group counts makes the result that of
-  # the whole batches.
-  diag, _ = fairprune.average_group_diag(
-      model, variables, _scoring_batches(config, data, step, _chunk_size(config)),
-      num_groups=data.num_groups, method=config.prune.curvature, rng=rng,
-      num_samples=config.prune.curvature_samples, apply_kwargs={"train": False})
-  return diag
+  """Per-group curvature of ``state`` on the scoring batches of ``step``
+  (:func:`fairjax.pruning.builtin.group_diag`)."""
+  return builtin.group_diag(context(config, model, data), state, step)
 
 
 def _prunable(config):
   """Conv/dense kernels (design.md section 2 scope) minus ``config.prune.exclude_layers``."""
-  excluded = tuple(tuple(e.split("/")) for e in config.prune.exclude_layers)
-
-  def prunable(path, leaf) -> bool:
-    return masks.default_prunable(path, leaf) and not any(
-        tuple(path[:len(e)]) == e for e in excluded)
-
-  return prunable
+  return methods_api.prunable(config.prune.exclude_layers)
 
 
 def resolve_roles(config, data: DatasetSplits, dense_val: Mapping[str, Any]):
@@ -350,39 +340,7 @@ def resolve_roles(config, data: DatasetSplits, dense_val: Mapping[str, Any]):
   return fairprune.group_roles(acc, privileged=privileged)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Method:
-  """What the iterative loop (:func:`prune_iterative`) needs from one pruning method.
-
-  Attributes:
-    name: ``config.prune.method`` (log prefix and results.json ``method``).
-    next_mask: ``(state, step) -> mask`` of pruning step ``step >= 1`` from the state after the
-      previous step; already-pruned weights must stay pruned.
-    retrain_epochs: epochs of training after each step (0: prune only).
-    tx: optimizer of that training (``dense.tx`` when there is none).
-    schedule_end: ``step -> reason or None``; a reason ends the loop after ``step`` (FairGRAPE's
-      cumulative ratio reaching the prune rate), checked after the shared stopping rule.
-    prepare_mask: ``(params, init_mask) -> mask`` before step 1. The mask's tree structure must
-      not change between steps (checkpoints are restored against the initial mask), so a method
-      that masks leaves outside ``init_mask`` (SNNL: conv bias, BN scale/shift) makes them
-      all-True arrays here.
-    step_info: ``state -> extra keys`` of every step record (SNNL: ``channels_kept``).
-  """
-
-  name: str
-  next_mask: Callable[[train.TrainState, int], masks.Mask]
-  retrain_epochs: int
-  tx: optax.GradientTransformation
-  schedule_end: Callable[[int], str | None] = lambda step: None
-  prepare_mask: Callable[[PyTree, masks.Mask], masks.Mask] = lambda params, mask: mask
-  step_info: Callable[[train.TrainState], dict[str, Any]] = lambda state: {}
-
-
-def _variables(state: train.TrainState) -> dict[str, PyTree]:
-  """Model variables for scoring; ``batch_stats`` only when the model has BatchNorm."""
-  if not state.batch_stats:
-    return {"params": state.params}
-  return {"params": state.params, "batch_stats": state.batch_stats}
+_variables = methods_api.variables_of
 
 
 def _uniform_train_batches(config, data: DatasetSplits, step: int):
@@ -400,283 +358,27 @@ def _uniform_train_batches(config, data: DatasetSplits, step: int):
                                              "prune.batch_size", uneven="replicate")
 
 
-def _score_fn(config, model, data: DatasetSplits,
-              roles) -> Callable[[train.TrainState, int], PyTree]:
-  """``score(state, step) -> scores`` (higher = keep) of a score-and-prune-lowest method.
-
-  FairPrune (design.md section 2) uses the privileged roles; the baselines of section 4
-  (magnitude, random, SNIP, OBD) are group-unaware references and ignore them.
-  """
-  p = config.prune
-  if p.method == "fairprune":
-    unpriv, priv = roles
-
-    def fairprune_score(state, step):
-      diag = _group_diag(config, model, state, data, step)
-      return fairprune.saliency(state.params, diag, unprivileged=unpriv, privileged=priv,
-                                beta=p.beta)
-    return fairprune_score
-  if p.method == "magnitude":
-    return lambda state, step: baselines.magnitude_scores(state.params, state.mask)
-  if p.method == "random":
-    # Key from (seed, step): a resumed run draws the same scores as an uninterrupted one.
-    return lambda state, step: baselines.random_scores(
-        state.params, state.mask, jax.random.fold_in(jax.random.key(config.seed), step))
-  if p.method in ("snip", "obd"):
-    fn = (baselines.snip_scores if p.method == "snip" else
-          functools.partial(baselines.obd_scores, chunk_size=_chunk_size(config)))
-
-    def gradient_score(state, step):
-      variables = _variables(state)
-      # BatchNorm in inference mode: scoring must not depend on (or update) batch statistics.
-      return baselines.accumulate_scores(
-          lambda x, y: fn(model, variables, x, y, state.mask, apply_kwargs={"train": False}),
-          _uniform_train_batches(config, data, step))
-    return gradient_score
-  raise ValueError(f"{p.method!r} is not a score-and-prune-lowest method")
+# Moved to fairjax.pruning.snnl_channels / fairjax.schedules; the old names stay importable.
+snnl_layers = snnl_channels.snnl_layers
+_snnl_plan = snnl_channels.snnl_plan
+_snnl_target_plan = snnl_channels.snnl_target_plan
+_kernel_channels = snnl_channels.kernel_channels
+_channel_counts = snnl_channels.channel_counts
+target_ratio = schedules.target_ratio
 
 
-_CONV_NAME = re.compile(r"^conv(\d+)$")
-
-
-def snnl_layers(config, params: PyTree) -> tuple[tuple[str, ...], dict[str, str | None]]:
-  """The conv layers scored by ``"snnl_channels"`` and the BatchNorm paired with each.
-
-  ``config.prune.snnl_layers`` when given; ``()`` means the last conv layer of the model, i.e.
-  the top-level ``conv{i}`` with the highest ``i`` (fairjax's VGG-11: ``conv7``, the layer the
-  official code prunes, design.md section 3; SmallCNN: ``conv1``). The BatchNorm of
-  ``.../conv{i}`` is ``.../bn{i}`` when the params hold it (fairjax's naming convention).
-
-  Raises:
-    ConfigError: no conv layer to default to, an unknown path, a non-conv module, or a layer
-      excluded from pruning by ``prune.exclude_layers``.
-  """
-  names = tuple(config.prune.snnl_layers)
-  if not names:
-    convs = [(int(m.group(1)), key) for key in params
-             if (m := _CONV_NAME.match(str(key))) and isinstance(params[key], Mapping)]
-    if not convs:
-      raise ConfigError(f"config.prune.snnl_layers=(): the model {config.model.name!r} has no "
-                        "top-level conv{i} layer to default to; name the conv layers to prune "
-                        "(fix it with --config.prune.snnl_layers=...)")
-    names = (max(convs)[1],)
-  prunable = _prunable(config)
-  norms: dict[str, str | None] = {}
-  for name in names:
-    parts = tuple(name.split("/"))
-    node = params
-    for part in parts:
-      node = node.get(part) if isinstance(node, Mapping) else None
-    kernel = node.get("kernel") if isinstance(node, Mapping) else None
-    if kernel is None or np.ndim(kernel) != 4:
-      raise ConfigError(f"config.prune.snnl_layers={tuple(config.prune.snnl_layers)!r}: {name!r} "
-                        f"is not a 2-D conv layer of {config.model.name!r} (fix it with "
-                        "--config.prune.snnl_layers=...)")
-    if not prunable(parts + ("kernel",), kernel):
-      raise ConfigError(f"config.prune.snnl_layers: {name!r} is excluded from pruning by "
-                        f"config.prune.exclude_layers={tuple(config.prune.exclude_layers)!r}")
-    m = _CONV_NAME.match(parts[-1])
-    bn = "/".join(parts[:-1] + (f"bn{m.group(1)}",)) if m else None
-    bn_node = params
-    for part in (bn.split("/") if bn else ()):
-      bn_node = bn_node.get(part) if isinstance(bn_node, Mapping) else None
-    norms[name] = bn if bn and isinstance(bn_node, Mapping) and "scale" in bn_node else None
-  return names, norms
-
-
-def _snnl_count(amount: float, kept: int) -> int:
-  """Channels to prune out of ``kept``: ``amount >= 1`` is a count, else a fraction of ``kept``
-  rounded half up (as ``snnl.select_channels`` and ``masks.prune_lowest`` round)."""
-  if amount >= 1:
-    return int(amount)
-  return int(math.floor(amount * kept + 0.5))
-
-
-def _snnl_plan(amount: float, kept: Mapping[str, int], scope: str) -> dict[str, int] | int:
-  """Per-layer counts (``scope="layer"``) or one total (``"global"``) for the next step, capped
-  so that every layer keeps at least one channel (an empty layer disconnects the network)."""
-  if scope == "layer":
-    return {name: min(_snnl_count(amount, k), k - 1) for name, k in kept.items()}
-  total = sum(kept.values())
-  return min(_snnl_count(amount, total), total - len(kept))
-
-
-def target_ratio(step: int, target: float, steps: int) -> float:
-  """Cumulative pruned share after ``step`` of ``steps`` when pruning to ``target`` exactly.
-
-  ``r_i = 1 - (1 - target)**(i / steps)``: every step prunes the same fraction of the weights
-  still kept (FairGRAPE's geometric schedule, design.md section 4, with ``keep_per_iter =
-  (1 - target)**(1 / steps)``), and ``r_steps`` is exactly ``target`` (no floating-point
-  shortfall that would need one more step). ``prune.target_sparsity`` mode.
-  """
-  if step >= steps:
-    return float(target)
-  return 1.0 - (1.0 - float(target)) ** (step / steps)
-
-
-def _snnl_target_plan(ratio: float, kept: Mapping[str, int], totals: Mapping[str, int],
-                      scope: str) -> dict[str, int] | int:
-  """Channels to prune now so that ``round_half_up(ratio * K)`` channels are pruned in total
-  (per layer of ``K`` channels, or over all chosen layers for ``"global"``), never below one
-  kept channel per layer (``prune.target_sparsity`` mode of ``snnl_channels``)."""
-  if scope == "layer":
-    return {name: max(0, min(_snnl_count(ratio, totals[name]), totals[name] - 1)
-                      - (totals[name] - k)) for name, k in kept.items()}
-  total = sum(totals.values())
-  want = min(_snnl_count(ratio, total), total - len(totals))
-  return max(0, want - (total - sum(kept.values())))
-
-
-def _kernel_channels(params: PyTree, layer: str) -> int:
-  """Output channels ``K`` of ``layer``'s kernel ``[..., K]``."""
-  node = params
-  for part in layer.split("/"):
-    node = node[part]
-  return int(np.shape(node["kernel"])[-1])
-
-
-def _channel_counts(kept: Mapping[str, int], totals: Mapping[str, int]) -> dict[str, Any]:
-  """Step-record keys of ``snnl_channels``: ``channels_kept`` and ``channels_removed``, each
-  ``{layer: int}`` (removed = the layer's output channels minus the kept ones)."""
-  return {"channels_kept": dict(kept),
-          "channels_removed": {name: int(totals[name]) - int(k) for name, k in kept.items()}}
-
-
-def _snnl_method(config, model, dense: train.TrainState, data: DatasetSplits,
-                 ft_steps: int) -> _Method:
-  """Sensitive channel pruning with the Soft Nearest Neighbour Loss (design.md section 3).
-
-  Each step scores every kept channel of the chosen layers by its SNNL w.r.t. the sensitive
-  attribute, averaged over ``prune.num_batches`` group-balanced train batches with BatchNorm in
-  inference mode, through the MASKED model (the current params are zero at pruned positions);
-  prunes the lowest-SNNL (most group-separating) kept channels; masks their kernel slice, bias
-  and BN scale/shift so they output exactly zero (unlike the official code, which leaves
-  ``ReLU(b)``); then fine-tunes for ``snnl_finetune_epochs`` with the dense-training optimizer
-  settings and a fresh optimizer state (:func:`prune_iterative`).
-  """
-  p = config.prune
-  layers, norms = snnl_layers(config, dense.params)
-  epochs = p.snnl_finetune_epochs
-  # As FairGRAPE: the dense-training optimizer settings, the schedule spanning one step's
-  # fine-tuning (prune_iterative gives every step a fresh optimizer state).
-  tx = _train_tx(config, ft_steps, max(1, epochs)) if epochs else dense.tx
-  # Set by next_mask(step) and read by schedule_end(step), which the loop always calls after
-  # next_mask of the same step (also when resuming), so no state needs checkpointing.
-  exhausted = {"value": False}
-  totals = {name: _kernel_channels(dense.params, name) for name in layers}
-
-  totals = {name: _kernel_channels(dense.params, name) for name in layers}
-
-  def kept_channels(mask: masks.Mask) -> dict[str, int]:
-    return {name: int(np.sum(np.asarray(masks.channel_keep_from_mask(mask, name))))
-            for name in layers}
-
-  def prepare(params: PyTree, mask: masks.Mask) -> masks.Mask:
-    for name in layers:
-      k = _kernel_channels(params, name)
-      mask = masks.channel_mask(params, mask, name, jnp.ones((k,), jnp.bool_),
-                                norm_layer=norms[name])
-    return mask
-
-  def snnl_next(state: train.TrainState, step: int) -> masks.Mask:
-    scores = snnl.score_channels(
-        model, _variables(state), _scoring_batches(config, data, step), layers,
-        temperature=float(p.snnl_temperature), include_self=bool(p.snnl_include_self),
-        apply_kwargs={"train": False})
-    pruned = {name: ~np.asarray(masks.channel_keep_from_mask(state.mask, name))
-              for name in layers}
-    kept = {name: int((~pruned[name]).sum()) for name in layers}
-    if p.target_sparsity is not None:
-      plan = _snnl_target_plan(target_ratio(step, p.target_sparsity, p.max_steps), kept,
-                               totals, p.snnl_scope)
-    else:
-      plan = _snnl_plan(float(p.snnl_channels_per_step), kept, p.snnl_scope)
-    if p.snnl_scope == "layer":
-      keeps = {}
-      for name in layers:
-        keeps.update(snnl.select_channels({name: scores[name]}, amount=plan[name], scope="layer",
-                                          already_pruned={name: pruned[name]}))
-    else:
-      keeps = snnl.select_channels(scores, amount=plan, scope="global", already_pruned=pruned)
-    mask = state.mask
-    for name in layers:
-      mask = masks.channel_mask(state.params, mask, name, jnp.asarray(keeps[name]),
-                                norm_layer=norms[name])
-    after = {name: int(keeps[name].sum()) for name in layers}
-    nxt = _snnl_plan(float(p.snnl_channels_per_step), after, p.snnl_scope)
-    exhausted["value"] = (sum(nxt.values()) if isinstance(nxt, dict) else nxt) == 0
-    return mask
-
-  def schedule_end(step: int) -> str | None:
-    if p.target_sparsity is not None:
-      return _target_end(config, step)
-    if exhausted["value"]:
-      return ("no SNNL channel left to prune (every layer keeps at least one channel, or "
-              "snnl_channels_per_step rounds to 0)")
-    return None
-
-  return _Method(p.method, snnl_next, epochs, tx, schedule_end, prepare_mask=prepare,
-                 step_info=lambda state: _channel_counts(kept_channels(state.mask), totals))
-
-
-def _target_end(config, step: int) -> str | None:
-  """``schedule_end`` of every method in ``prune.target_sparsity`` mode."""
-  p = config.prune
-  if step >= p.max_steps:
-    return f"target sparsity {p.target_sparsity} reached at step {p.max_steps}"
-  return None
-
-
-def _method(config, model, dense: train.TrainState, data: DatasetSplits, roles) -> _Method:
-  """The :class:`_Method` of ``config.prune.method`` (design.md sections 2, 3 and 4)."""
-  p = config.prune
-  ft_steps = max(1, len(data.labels["train"]) // config.train.batch_size)
-  if p.method == "snnl_channels":
-    return _snnl_method(config, model, dense, data, ft_steps)
-  if p.method == "fairgrape":
-    rate = p.max_sparsity if p.fairgrape_prune_rate is None else p.fairgrape_prune_rate
-    keep = p.fairgrape_keep_per_iter
-    epochs = p.fairgrape_retrain_epochs
-    # Retraining uses the dense-training optimizer settings, its schedule spanning one
-    # iteration's retraining (a fresh optimizer state per iteration, see prune_iterative).
-    tx = _train_tx(config, ft_steps, max(1, epochs)) if epochs else dense.tx
-
-    def fairgrape_next(state, step):
-      # Importance is recomputed at every iteration on group-balanced train batches, through the
-      # masked model; the cumulative ratio is over each layer's (or all) prunable weights.
-      importance = fairgrape.accumulate_importance(
-          model, _variables(state), _scoring_batches(config, data, step), state.mask,
-          num_groups=data.num_groups, apply_kwargs={"train": False})
-      if p.target_sparsity is not None:
-        ratio = target_ratio(step, p.target_sparsity, p.max_steps)
-      else:
-        ratio = fairgrape.cumulative_ratio(step, keep, rate)
-      return fairgrape.fairgrape_mask(importance, state.mask, ratio, scope=p.scope)
-
-    def schedule_end(step):
-      if p.target_sparsity is not None:
-        return _target_end(config, step)
-      if fairgrape.cumulative_ratio(step, keep, rate) >= rate:
-        return f"cumulative ratio reached prune rate {rate}"
-      return None
-    return _Method(p.method, fairgrape_next, epochs, tx, schedule_end)
-
-  score = _score_fn(config, model, data, roles)
-  tx = _train_tx(config, ft_steps, max(1, p.finetune_epochs)) if p.finetune_epochs else dense.tx
-  if p.target_sparsity is not None:
-    # Cumulative: step i prunes the lowest-scored kept weights up to r_i of each layer (or of
-    # all prunable weights), so the last step lands on the target, not one step_fraction past.
-    return _Method(
-        p.method,
-        lambda state, step: masks.prune_to_sparsity(
-            score(state, step), state.mask, target_ratio(step, p.target_sparsity, p.max_steps),
-            scope=p.scope),
-        p.finetune_epochs, tx, lambda step: _target_end(config, step))
-  return _Method(
-      p.method,
-      lambda state, step: masks.prune_lowest(score(state, step), state.mask, p.step_fraction,
-                                             scope=p.scope),
-      p.finetune_epochs, tx)
+def context(config, model, data: DatasetSplits, workdir: str = "",
+            roles: tuple[int, tuple[int, ...]] | None = None) -> methods_api.RunContext:
+  """The :class:`fairjax.pruning.api.RunContext` of a run: the config, model, data, workdir,
+  data-parallel mesh, group roles and the batch providers the pruning methods use."""
+  steps_per_epoch = max(1, len(data.labels["train"]) // config.train.batch_size)
+  return methods_api.RunContext(
+      config=config, model=model, data=data, workdir=workdir, dp=data_parallel(config),
+      roles=roles,
+      scoring_batches=functools.partial(_scoring_batches, config, data),
+      uniform_batches=functools.partial(_uniform_train_batches, config, data),
+      train_tx=lambda epochs: _train_tx(config, steps_per_epoch, max(1, epochs)),
+      steps_per_epoch=steps_per_epoch)
 
 
 def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits, workdir: str,
@@ -703,16 +405,19 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
     step's index.
   """
   p = config.prune
-  method = _method(config, model, dense, data, roles)
-  name = method.name
+  name = p.method
+  method = methods_api.get_method(name)
+  ctx = context(config, model, data, workdir, roles)
+  dp = ctx.dp
+  tx = method.optimizer(ctx, dense.tx)
+  retrain_epochs = method.retrain_epochs(ctx)
   store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, checkpoint.PRUNE_STORE))
-  dp = data_parallel(config)
-  state = dense.replace(tx=method.tx, opt_state=method.tx.init(dense.params))
+  state = dense.replace(tx=tx, opt_state=tx.init(dense.params))
   state = train.set_mask(state, dp.replicate(method.prepare_mask(
-      state.params, masks.init_mask(state.params, _prunable(config)))))
+      ctx, state.params, masks.init_mask(state.params, ctx.prunable))))
   # Replicated on the mesh (identity on one device): checkpoints restore onto this sharding.
   state = dp.replicate(state)
-  steps = [{"step": 0, "sparsity": 0.0, "validation": dense_val, **method.step_info(state)}]
+  steps = [{"step": 0, "sparsity": 0.0, "validation": dense_val, **method.step_info(ctx, state)}]
   stop = {"best": _num(dense_val["eodd"]), "bad_steps": 0, "stopped": False, "reason": ""}
   latest = store.latest_step()
   if latest is not None:
@@ -735,25 +440,24 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   while not stop["stopped"] and step < p.max_steps:
     step += 1
     t0 = time.perf_counter()
-    new_mask = dp.replicate(method.next_mask(state, step))
+    new_mask = dp.replicate(method.next_mask(ctx, state, step))
     # A fresh optimizer state per step: the fine-tuning schedule (e.g. cosine to 0) restarts,
     # instead of having already decayed to zero after the first step's fine-tuning.
-    state = dp.replicate(train.set_mask(state, new_mask,
-                                        reset_opt_state=bool(method.retrain_epochs)))
-    if method.retrain_epochs:
+    state = dp.replicate(train.set_mask(state, new_mask, reset_opt_state=bool(retrain_epochs)))
+    if retrain_epochs:
       state, _ = train.fit(state, _epoch_batches(config, data, config.seed * 31 + step),
-                           epochs=method.retrain_epochs, rng=dp.replicate(jax.random.key(step)),
+                           epochs=retrain_epochs, rng=dp.replicate(jax.random.key(step)),
                            log_every=0, donate=False, step_fn=_train_step_fn(config))
     val = evaluate_split(state, data, "validation", config)
     steps.append({"step": step, "sparsity": val["sparsity"], "validation": val,
-                  **method.step_info(state)})
+                  **method.step_info(ctx, state)})
     eodd = _num(val["eodd"])
     drop = dense_val["accuracy"] - val["accuracy"]
     if eodd < stop["best"]:
       stop["best"], stop["bad_steps"] = eodd, 0
     else:
       stop["bad_steps"] += 1
-    end = method.schedule_end(step)
+    end = method.schedule_end(ctx, state, step)
     if p.target_sparsity is not None:
       # Pruning to a fixed target (the comparison): only the schedule ends the run, so no rule
       # can stop it before the target (README, "Comparing methods").
@@ -872,7 +576,7 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> tuple[DatasetSplits
   data = load_dataset(config.data, workdir=workdir)
   logging.info("data: %s", data.describe()["split_sizes"])
   validate_data(config, data)  # before any training: batch size, groups per split, roles
-  return data, _make_model(config, data)
+  return data, make_model(config, data)
 
 
 def dense_model(config: ml_collections.ConfigDict, model, data: DatasetSplits, workdir: str
@@ -984,9 +688,10 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
                   **report.summarize_bootstrap(boot)},
       "bootstrap": boot,
       # The README promises the key for every method: null unless snnl_channels slims.
-      "slimming": (_slimming_summary(config, model, final)
-                   if config.prune.method == "snnl_channels" else None),
+      "slimming": None,
   }
+  results.update(methods_api.get_method(config.prune.method).report(
+      context(config, model, data, workdir, roles), final))
   if finetune is not None:
     results["final_finetune"] = finetune
   results.update(extra or {})
@@ -1125,14 +830,16 @@ def story(results: Mapping[str, Any], reason: str | None, files: list[str],
 FINETUNE_STORE = "finetune"
 
 
-def _finetune_tx(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The final fine-tune's optimizer: ``prune.fairgrape_finetune_optimizer`` at
-  ``fairgrape_finetune_learning_rate`` on ``train.schedule`` spanning the fine-tune, with the
-  dense run's momentum / Nesterov / weight decay (masked updates, train.make_optimizer)."""
-  t, p = config.train, config.prune
-  total = max(1, steps_per_epoch * p.fairgrape_finetune_epochs)
-  schedule = train.make_schedule(t.schedule, p.fairgrape_finetune_learning_rate, total)
-  return train.make_optimizer(p.fairgrape_finetune_optimizer, schedule, momentum=t.momentum,
+def _finetune_tx(config, steps_per_epoch: int, spec: Mapping[str, Any]
+                 ) -> optax.GradientTransformation:
+  """The final fine-tune's optimizer: ``spec["optimizer"]`` at ``spec["learning_rate"]`` on
+  ``train.schedule`` spanning ``spec["epochs"]``, with the dense run's momentum / Nesterov /
+  weight decay (masked updates, train.make_optimizer); FairGRAPE's spec is
+  ``prune.fairgrape_finetune_*``."""
+  t = config.train
+  total = max(1, steps_per_epoch * spec["epochs"])
+  schedule = train.make_schedule(t.schedule, spec["learning_rate"], total)
+  return train.make_optimizer(spec["optimizer"], schedule, momentum=t.momentum,
                               nesterov=t.nesterov, weight_decay=t.weight_decay)
 
 
@@ -1155,12 +862,12 @@ def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, 
     metrics after are ``results["pruned"]``), and ``history`` (per epoch: ``epoch``, ``loss``,
     ``train_accuracy``, ``validation``).
   """
-  p = config.prune
-  epochs = p.fairgrape_finetune_epochs
-  if p.method != "fairgrape" or epochs == 0 or chosen == 0 or state.mask is None:
+  spec = methods_api.get_method(config.prune.method).final_finetune(config)
+  if spec is None or spec["epochs"] == 0 or chosen == 0 or state.mask is None:
     return state, None
+  epochs = spec["epochs"]
   steps_per_epoch = max(1, len(data.labels["train"]) // config.train.batch_size)
-  tx = _finetune_tx(config, steps_per_epoch)
+  tx = _finetune_tx(config, steps_per_epoch, spec)
   test_before = evaluate_split(state, data, "test", config)
   state = state.replace(tx=tx, opt_state=tx.init(state.params), step=jnp.zeros((), jnp.int32))
   store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, FINETUNE_STORE),
@@ -1198,8 +905,8 @@ def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, 
                metadata={"epoch": epoch, "step": int(state.step), "chosen_step": chosen,
                          "history": history})
   store.close()
-  record = {"step": chosen, "epochs": epochs, "optimizer": p.fairgrape_finetune_optimizer,
-            "learning_rate": float(p.fairgrape_finetune_learning_rate),
+  record = {"step": chosen, "epochs": epochs, "optimizer": spec["optimizer"],
+            "learning_rate": float(spec["learning_rate"]),
             "schedule": config.train.schedule,
             "validation_before": steps[chosen]["validation"],
             "validation_after": history[-1]["validation"], "test_before": test_before,
@@ -1208,82 +915,15 @@ def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, 
 
 
 def _slimming_summary(config, model, final: train.TrainState) -> dict[str, Any] | None:
-  """What physically removing the SNNL-pruned channels of the chosen state buys (design.md
-  section 3: structured masks allow slimming): sizes, and a measured inference speedup.
-
-  Returns (``None`` for models :func:`fairjax.slimming.slim_sequential_cnn` does not handle,
-  i.e. other than fairjax's VGG-11 and SmallCNN, or for nested layer paths)::
-
-    {"params_dense", "params_slim",     # parameter counts (BN running stats not counted)
-     "flops_dense", "flops_slim",       # conv/dense multiply-adds per image
-     "channels": {layer: {"total", "kept", "removed", "removed_indices": [int, ...]}},
-     "speedup", "masked_median_s", "slim_median_s",   # measured; null when not timed
-     "speedup_batch_size", "speedup_repeats", "device",
-     "masked_compile_s", "slim_compile_s", "masked_times_s", "slim_times_s"}
-
-  The timing (measured fields null when ``prune.speedup_repeats`` is 0) covers the jitted
-  inference forward pass (``train=False``) of the masked model (the original architecture,
-  pruned channels zeroed) and of the slimmed one on the same batch of
-  ``prune.speedup_batch_size`` images (normal noise from a fixed key: the cost of a dense conv
-  net does not depend on pixel values), one warm-up call each, then ``speedup_repeats``
-  interleaved timed calls;
-  ``speedup = masked_median_s / slim_median_s`` (:func:`fairjax.slimming.measure_speedup`).
-  The times are wall-clock seconds on ``device`` and vary between runs (as ``wall_seconds``
-  does); everything else here is a pure function of the chosen state.
-  """
-  variables = _variables(final)
-  layers, _ = snnl_layers(config, final.params)
-  keep = {name: (np.ones(_kernel_channels(final.params, name), bool) if final.mask is None else
-                 np.asarray(masks.channel_keep_from_mask(final.mask, name)))
-          for name in layers}
-  try:
-    slim_model, slim_vars = slimming.slim_sequential_cnn(model, variables, keep)
-  except (TypeError, ValueError) as e:
-    logging.warning("snnl_channels: no slimming summary (%s)", e)
-    return None
-  shape = (config.data.image_size,) * 2 + (3,)
-  out: dict[str, Any] = {
-      "params_dense": slimming.count_params(variables),
-      "params_slim": slimming.count_params(slim_vars),
-      "flops_dense": slimming.conv_flops(model, variables, shape),
-      "flops_slim": slimming.conv_flops(slim_model, slim_vars, shape),
-      "channels": {name: {"total": int(k.size), "kept": int(k.sum()),
-                          "removed": int(k.size - k.sum()),
-                          "removed_indices": [int(i) for i in np.flatnonzero(~k)]}
-                   for name, k in keep.items()},
-  }
-  p = config.prune
-  device = jax.devices()[0]
-  out.update({"speedup": None, "masked_median_s": None, "slim_median_s": None,
-              "speedup_batch_size": p.speedup_batch_size, "speedup_repeats": p.speedup_repeats,
-              "device": f"{device.platform}: {getattr(device, 'device_kind', str(device))}",
-              "masked_compile_s": None, "slim_compile_s": None,
-              "masked_times_s": None, "slim_times_s": None})
-  if p.speedup_repeats:
-    images = jax.random.normal(jax.random.key(0), (p.speedup_batch_size, *shape), jnp.float32)
-    timed = slimming.measure_speedup(model, variables, slim_model, slim_vars, images,
-                                     repeats=p.speedup_repeats)
-    out.update({"speedup": timed["speedup"], "masked_median_s": timed["dense_s"],
-                "slim_median_s": timed["slim_s"],
-                "masked_compile_s": timed["dense_compile_s"],
-                "slim_compile_s": timed["slim_compile_s"],
-                "masked_times_s": timed["dense_times_s"], "slim_times_s": timed["slim_times_s"]})
-    logging.info("snnl_channels: slimmed forward %.2fx faster than masked (median %.4fs vs "
-                 "%.4fs, batch %d, %s); %d -> %d params", timed["speedup"], timed["slim_s"],
-                 timed["dense_s"], timed["batch"], out["device"], out["params_dense"],
-                 out["params_slim"])
-  return out
-
-
-# Methods whose saliency is built from the per-group curvature the histograms show; for the
-# others the figure would cost a curvature pass that the run never used.
-_CURVATURE_PRUNE_METHODS = ("fairprune", "obd")
+  """``results["slimming"]`` of ``snnl_channels``
+  (:func:`fairjax.pruning.snnl_channels.slimming_summary`, :func:`fairjax.slimming.summary`)."""
+  return snnl_channels.slimming_summary(config, model, final)
 
 
 def _plots(config, model, dense, data: DatasetSplits, steps, chosen: int, unpriv, priv,
            workdir) -> list[str]:
   """``tradeoff.png`` and, for curvature methods, ``saliency_histograms.png`` (paths written)."""
-  curvature = config.prune.method in _CURVATURE_PRUNE_METHODS
+  curvature = methods_api.get_method(config.prune.method).curvature_plot
   diag = _group_diag(config, model, dense, data, 0) if curvature else None  # collective
   if not parallel.is_main_process():
     return []
