@@ -31,7 +31,7 @@ import optax
 from absl import logging
 
 from fairjax import (bootstrap, checkpoint, masks, metrics, models, parallel, references, report,
-                     schedules, train)
+                     schedules, stopping, train)
 from fairjax.config import ConfigError, imagenet_normalization, validate_config, validate_data
 from fairjax.data import DatasetSplits, load_dataset
 from fairjax.data import pipeline as input_pipeline
@@ -418,7 +418,7 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   # Replicated on the mesh (identity on one device): checkpoints restore onto this sharding.
   state = dp.replicate(state)
   steps = [{"step": 0, "sparsity": 0.0, "validation": dense_val, **method.step_info(ctx, state)}]
-  stop = {"best": _num(dense_val["eodd"]), "bad_steps": 0, "stopped": False, "reason": ""}
+  stop = stopping.initial_stop(dense_val)
   latest = store.latest_step()
   if latest is not None:
     meta = store.restore_metadata(latest)
@@ -451,27 +451,9 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
     val = evaluate_split(state, data, "validation", config)
     steps.append({"step": step, "sparsity": val["sparsity"], "validation": val,
                   **method.step_info(ctx, state)})
-    eodd = _num(val["eodd"])
-    drop = dense_val["accuracy"] - val["accuracy"]
-    if eodd < stop["best"]:
-      stop["best"], stop["bad_steps"] = eodd, 0
-    else:
-      stop["bad_steps"] += 1
-    end = method.schedule_end(ctx, state, step)
-    if p.target_sparsity is not None:
-      # Pruning to a fixed target (the comparison): only the schedule ends the run, so no rule
-      # can stop it before the target (README, "Comparing methods").
-      if end is not None:
-        stop.update(stopped=True, reason=end)
-    elif stop["bad_steps"] >= p.patience:
-      stop.update(stopped=True, reason=f"validation Eodd did not improve for {p.patience} steps")
-    elif val["sparsity"] >= p.max_sparsity:
-      stop.update(stopped=True, reason=f"sparsity reached {p.max_sparsity}")
-    elif drop > p.max_accuracy_drop:
-      stop.update(stopped=True, reason=f"validation accuracy dropped by {drop:.3f} > "
-                                       f"{p.max_accuracy_drop}")
-    elif end is not None:
-      stop.update(stopped=True, reason=end)
+    stop = stopping.update_stop(stop, val, dense_val, p,
+                                end=method.schedule_end(ctx, state, step))
+    eodd, drop = _num(val["eodd"]), dense_val["accuracy"] - val["accuracy"]
     logging.info("%s step %d: sparsity %.3f | val acc %.4f (drop %+.4f) eodd %.4f "
                  "[%.1fs]%s", name, step, val["sparsity"], val["accuracy"], drop, eodd,
                  time.perf_counter() - t0, f" -> stop: {stop['reason']}" if stop["stopped"] else "")
@@ -482,17 +464,12 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   if not stop["stopped"]:
     stop.update(stopped=True, reason=f"max_steps={p.max_steps} reached")
 
-  eligible = [s for s in steps[1:]
-              if dense_val["accuracy"] - s["validation"]["accuracy"] <= p.max_accuracy_drop
-              and s["validation"]["eodd"] is not None]
-  if p.target_sparsity is not None:
-    eligible = steps[-1:] if len(steps) > 1 else []  # the step on the target, whatever its metrics
-  if not eligible:
+  chosen = stopping.choose_step(steps, dense_val, p)
+  if chosen == 0:
     logging.warning("%s: no pruning step stayed within max_accuracy_drop=%s; reporting "
                     "the dense model", name, p.max_accuracy_drop)
     store.close()
     return dense.replace(mask=None), steps, 0
-  chosen = min(eligible, key=lambda s: (s["validation"]["eodd"], s["step"]))["step"]
   items = store.restore(chosen, {"params": state.params, "batch_stats": state.batch_stats,
                                  "mask": state.mask})
   store.close()
