@@ -30,8 +30,6 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-import numpy as np
-
 from fairjax import masks, schedules
 from fairjax.config import ConfigError
 
