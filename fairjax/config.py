@@ -26,11 +26,20 @@ import ml_collections
 # (fairjax.pruning.method_names): the built-in "fairprune" (design.md section 2), "magnitude",
 # "random", "snip", "obd" (section 4.7), "fairgrape" (section 4), "snnl_channels" (section 3),
 # then every method registered with fairjax.pruning.register_method.
-CURVATURE_METHODS = ("exact", "mc", "hutchinson", "empirical_fisher")
-CONVENTIONS = ("sum", "mean")
-SAMPLINGS = ("uniform", "group_balanced", "class_balanced")
-AUGMENTS = ("none", "flip", "flip_crop")  # == fairjax.data.pipeline.AUGMENTS (tested)
-OPTIMIZERS = ("sgd", "adam", "adamw")
+# The value sets of some fields belong to the modules that implement them; these names are read
+# from there on first access (module __getattr__ below), so importing this module stays cheap.
+_OWNED = {
+    "CURVATURE_METHODS": ("fairjax.curvature", "METHODS"),  # prune.curvature
+    "CONVENTIONS": ("fairjax.report", "CONVENTIONS"),  # fairness_convention
+    "SAMPLINGS": ("fairjax.data.pipeline", "SAMPLINGS"),  # data.sampling
+    "AUGMENTS": ("fairjax.data.pipeline", "AUGMENTS"),  # data.augment
+    "OPTIMIZERS": ("fairjax.train", "OPTIMIZERS"),  # train.optimizer
+}
+
+
+def _owned(name: str) -> tuple[str, ...]:
+  module, attr = _OWNED[name]
+  return tuple(getattr(importlib.import_module(module), attr))
 
 
 def _prune_methods() -> tuple[str, ...]:
@@ -41,6 +50,8 @@ def _prune_methods() -> tuple[str, ...]:
 def __getattr__(name: str) -> Any:
   if name == "PRUNE_METHODS":  # evaluated on access: methods registered later are included
     return _prune_methods()
+  if name in _OWNED:
+    return _owned(name)
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -86,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.shortcut_strength = 0.0  # tanned light skin for one class: a learnable shortcut
   c.data.color_cue = 0.0  # class-specific lesion hue, visible on light skin only, in [0, 1]
   c.data.minority_color_noise = 0.0  # dark skin: lesion hue of a random class, in [0, 1]
+  # demo: share of each split relabelled from "light" to a third group "other" (same images), for
+  # runs with more than two groups; 0 = the two groups light and dark
+  c.data.third_group_fraction = 0.0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"  # a name of the fairjax.models registry
@@ -355,14 +369,22 @@ def imagenet_normalization(config) -> bool:
   return True if value is None else bool(value)
 
 
-def _fail(field: str, value: Any, requirement: str) -> None:
+def fail(field: str, value: Any, requirement: str) -> None:
+  """Raises the one-line :class:`ConfigError` of a bad field: ``config.<field>=<value>:
+  <requirement> (fix it in the config file or with --config.<field>=...)``."""
   raise ConfigError(f"config.{field}={value!r}: {requirement} "
                     f"(fix it in the config file or with --config.{field}=...)")
+
+
+_fail = fail
 
 
 def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> None:
   """Checks every field a run depends on; raises :class:`ConfigError` on the first bad one."""
   from fairjax import models  # the registry is the source of truth for model names
+  CONVENTIONS, SAMPLINGS, AUGMENTS, OPTIMIZERS, CURVATURE_METHODS = (
+      _owned(n) for n in ("CONVENTIONS", "SAMPLINGS", "AUGMENTS", "OPTIMIZERS",
+                          "CURVATURE_METHODS"))
 
   # NaN / inf pass most range checks below (every comparison with NaN is False) and would only
   # surface as a diverged or nonsensical run.
@@ -418,6 +440,9 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
       _fail("data.color_cue", d.color_cue, "must be in [0, 1]")
     if not 0.0 <= d.minority_color_noise <= 1.0:
       _fail("data.minority_color_noise", d.minority_color_noise, "must be in [0, 1]")
+    third = d.get("third_group_fraction", 0.0)
+    if isinstance(third, bool) or not isinstance(third, (int, float)) or not 0.0 <= third <= 0.5:
+      _fail("data.third_group_fraction", third, "must be in [0, 0.5] (0 = two groups)")
 
   if d.imagenet_normalization is not None and not isinstance(d.imagenet_normalization, bool):
     _fail("data.imagenet_normalization", d.imagenet_normalization,
@@ -446,33 +471,10 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
 
   p = config.prune
   from fairjax.pruning import api as methods_api  # lazy: importing the methods pulls in jax
-  method = methods_api.get_method(p.method)  # ConfigError naming prune.method if unknown
-  if not 0.0 < p.fairgrape_keep_per_iter < 1.0:
-    _fail("prune.fairgrape_keep_per_iter", p.fairgrape_keep_per_iter,
-          "must be in (0, 1) (FairGRAPE keeps this share of the weights per iteration)")
-  if p.fairgrape_prune_rate is not None and not 0.0 < p.fairgrape_prune_rate < 1.0:
-    _fail("prune.fairgrape_prune_rate", p.fairgrape_prune_rate,
-          "must be in (0, 1), or None to use prune.max_sparsity")
-  if not isinstance(p.fairgrape_retrain_epochs, int) or p.fairgrape_retrain_epochs < 0:
-    _fail("prune.fairgrape_retrain_epochs", p.fairgrape_retrain_epochs,
-          "must be an integer >= 0")
-  if (isinstance(p.fairgrape_finetune_epochs, bool)
-      or not isinstance(p.fairgrape_finetune_epochs, int) or p.fairgrape_finetune_epochs < 0):
-    _fail("prune.fairgrape_finetune_epochs", p.fairgrape_finetune_epochs,
-          "must be an integer >= 0 (0 = no final fine-tune)")
-  if p.fairgrape_finetune_optimizer not in OPTIMIZERS:
-    _fail("prune.fairgrape_finetune_optimizer", p.fairgrape_finetune_optimizer,
-          f"must be one of {OPTIMIZERS}")
-  if (isinstance(p.fairgrape_finetune_learning_rate, bool)
-      or not isinstance(p.fairgrape_finetune_learning_rate, (int, float))
-      or not p.fairgrape_finetune_learning_rate > 0):
-    _fail("prune.fairgrape_finetune_learning_rate", p.fairgrape_finetune_learning_rate,
-          "must be > 0")
+  methods_api.get_method(p.method)  # ConfigError naming prune.method if unknown
   if p.target_sparsity is not None and not 0.0 < p.target_sparsity < 1.0:
     _fail("prune.target_sparsity", p.target_sparsity,
           "must be in (0, 1), or None for the ordinary stopping rule")
-  if not 0.0 < p.beta <= 1.0:
-    _fail("prune.beta", p.beta, "must be in (0, 1] (FairPrune's privileged-group weight)")
   if p.curvature not in CURVATURE_METHODS:
     _fail("prune.curvature", p.curvature, f"must be one of {CURVATURE_METHODS}")
   if not 0.0 < p.step_fraction < 1.0:
@@ -497,31 +499,10 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
           "must be a tuple of module paths such as ('conv0', 'fc1'), or () to prune every layer")
   if p.finetune_epochs < 0:
     _fail("prune.finetune_epochs", p.finetune_epochs, "must be >= 0")
-  layers = p.snnl_layers
-  if isinstance(layers, str) or not all(isinstance(x, str) and x for x in layers):
-    _fail("prune.snnl_layers", layers,
-          "must be a tuple of conv module paths such as ('conv7',), or () for the last conv")
-  if len(set(layers)) != len(layers):
-    _fail("prune.snnl_layers", tuple(layers), "must not name a layer twice")
-  if not isinstance(p.snnl_temperature, (int, float)) or not p.snnl_temperature > 0:
-    _fail("prune.snnl_temperature", p.snnl_temperature, "must be > 0")
-  if not isinstance(p.snnl_include_self, bool):
-    _fail("prune.snnl_include_self", p.snnl_include_self, "must be True or False")
-  amount = p.snnl_channels_per_step
-  if (isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0
-      or (amount >= 1 and float(amount) != int(amount))):
-    _fail("prune.snnl_channels_per_step", amount,
-          "must be a fraction in (0, 1) of the kept channels or an integer count >= 1")
-  if p.snnl_scope not in ("layer", "global"):
-    _fail("prune.snnl_scope", p.snnl_scope, "must be 'layer' or 'global'")
-  if not isinstance(p.snnl_finetune_epochs, int) or p.snnl_finetune_epochs < 0:
-    _fail("prune.snnl_finetune_epochs", p.snnl_finetune_epochs, "must be an integer >= 0")
-  if not isinstance(p.speedup_batch_size, int) or p.speedup_batch_size < 1:
-    _fail("prune.speedup_batch_size", p.speedup_batch_size, "must be an integer >= 1")
-  if not isinstance(p.speedup_repeats, int) or p.speedup_repeats < 0:
-    _fail("prune.speedup_repeats", p.speedup_repeats,
-          "must be an integer >= 0 (0 = do not time the slimmed network)")
-  method.validate(config)
+  # Every registered method checks its own settings (fairjax.pruning.api.PruneMethod.validate),
+  # whichever method runs: a config file is checked whole.
+  for name in methods_api.method_names():
+    methods_api.get_method(name).validate(config)
   if "compare" in config:
     _validate_compare(config)
 

@@ -17,6 +17,8 @@ from typing import Any
 import jax
 
 from fairjax import schedules
+from fairjax.config import fail
+from fairjax.train import OPTIMIZERS
 from fairjax.pruning import baselines, fairgrape, fairprune
 from fairjax.pruning.api import PruneMethod, RunContext, target_end, variables_of
 
@@ -49,6 +51,11 @@ class FairPrune(PruneMethod):
   """FairPrune saliency (design.md section 2) with the run's group roles and ``prune.beta``."""
 
   curvature_plot = True
+
+  def validate(self, config, data: Any = None) -> None:
+    p = config.prune
+    if not 0.0 < p.beta <= 1.0:
+      fail("prune.beta", p.beta, "must be in (0, 1] (FairPrune's privileged-group weight)")
 
   def scores(self, ctx: RunContext, state: Any, step: int) -> PyTree:
     unpriv, priv = ctx.roles
@@ -95,6 +102,31 @@ class FairGRAPE(PruneMethod):
   group-balanced train batches through the masked model, the group-proportional greedy to the
   cumulative ratio :func:`fairjax.schedules.fairgrape` (or the target schedule), retraining
   after every iteration and a final fine-tune of the chosen model."""
+
+  def validate(self, config, data: Any = None) -> None:
+    """``prune.fairgrape_*`` (checked for every run: a config file is validated whole)."""
+    p = config.prune
+    if not 0.0 < p.fairgrape_keep_per_iter < 1.0:
+      fail("prune.fairgrape_keep_per_iter", p.fairgrape_keep_per_iter,
+           "must be in (0, 1) (FairGRAPE keeps this share of the weights per iteration)")
+    if p.fairgrape_prune_rate is not None and not 0.0 < p.fairgrape_prune_rate < 1.0:
+      fail("prune.fairgrape_prune_rate", p.fairgrape_prune_rate,
+           "must be in (0, 1), or None to use prune.max_sparsity")
+    if not isinstance(p.fairgrape_retrain_epochs, int) or p.fairgrape_retrain_epochs < 0:
+      fail("prune.fairgrape_retrain_epochs", p.fairgrape_retrain_epochs,
+           "must be an integer >= 0")
+    if (isinstance(p.fairgrape_finetune_epochs, bool)
+        or not isinstance(p.fairgrape_finetune_epochs, int) or p.fairgrape_finetune_epochs < 0):
+      fail("prune.fairgrape_finetune_epochs", p.fairgrape_finetune_epochs,
+           "must be an integer >= 0 (0 = no final fine-tune)")
+    if p.fairgrape_finetune_optimizer not in OPTIMIZERS:
+      fail("prune.fairgrape_finetune_optimizer", p.fairgrape_finetune_optimizer,
+           f"must be one of {OPTIMIZERS}")
+    if (isinstance(p.fairgrape_finetune_learning_rate, bool)
+        or not isinstance(p.fairgrape_finetune_learning_rate, (int, float))
+        or not p.fairgrape_finetune_learning_rate > 0):
+      fail("prune.fairgrape_finetune_learning_rate", p.fairgrape_finetune_learning_rate,
+           "must be > 0")
 
   @staticmethod
   def prune_rate(config) -> float:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fairjax import masks, schedules, slimming, snnl
-from fairjax.config import ConfigError
+from fairjax.config import ConfigError, fail
 from fairjax.pruning.api import PruneMethod, RunContext, prunable, target_end, variables_of
 
 PyTree = Any
@@ -136,6 +136,35 @@ def slimming_summary(config, model, final: Any) -> dict[str, Any] | None:
 
 class SNNLChannels(PruneMethod):
   """Sensitive channel pruning (module docstring; design.md section 3)."""
+
+  def validate(self, config, data: Any = None) -> None:
+    """``prune.snnl_*`` and ``prune.speedup_*`` (checked for every run: a config file is
+    validated whole)."""
+    p = config.prune
+    layers = p.snnl_layers
+    if isinstance(layers, str) or not all(isinstance(x, str) and x for x in layers):
+      fail("prune.snnl_layers", layers,
+           "must be a tuple of conv module paths such as ('conv7',), or () for the last conv")
+    if len(set(layers)) != len(layers):
+      fail("prune.snnl_layers", tuple(layers), "must not name a layer twice")
+    if not isinstance(p.snnl_temperature, (int, float)) or not p.snnl_temperature > 0:
+      fail("prune.snnl_temperature", p.snnl_temperature, "must be > 0")
+    if not isinstance(p.snnl_include_self, bool):
+      fail("prune.snnl_include_self", p.snnl_include_self, "must be True or False")
+    amount = p.snnl_channels_per_step
+    if (isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0
+        or (amount >= 1 and float(amount) != int(amount))):
+      fail("prune.snnl_channels_per_step", amount,
+           "must be a fraction in (0, 1) of the kept channels or an integer count >= 1")
+    if p.snnl_scope not in ("layer", "global"):
+      fail("prune.snnl_scope", p.snnl_scope, "must be 'layer' or 'global'")
+    if not isinstance(p.snnl_finetune_epochs, int) or p.snnl_finetune_epochs < 0:
+      fail("prune.snnl_finetune_epochs", p.snnl_finetune_epochs, "must be an integer >= 0")
+    if not isinstance(p.speedup_batch_size, int) or p.speedup_batch_size < 1:
+      fail("prune.speedup_batch_size", p.speedup_batch_size, "must be an integer >= 1")
+    if not isinstance(p.speedup_repeats, int) or p.speedup_repeats < 0:
+      fail("prune.speedup_repeats", p.speedup_repeats,
+           "must be an integer >= 0 (0 = do not time the slimmed network)")
 
   def _layers(self, ctx: RunContext, params: PyTree):
     return snnl_layers(ctx.config, params)
