@@ -100,6 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
   # demo: share of each split relabelled from "light" to a third group "other" (same images), for
   # runs with more than two groups; 0 = the two groups light and dark
   c.data.third_group_fraction = 0.0
+  # demo: share of each split relabelled from "light" to a third group "other" (same images), for
+  # runs with more than two groups; 0 = the two groups light and dark
+  c.data.third_group_fraction = 0.0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"  # a name of the fairjax.models registry
@@ -440,6 +443,9 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
       _fail("data.color_cue", d.color_cue, "must be in [0, 1]")
     if not 0.0 <= d.minority_color_noise <= 1.0:
       _fail("data.minority_color_noise", d.minority_color_noise, "must be in [0, 1]")
+    third = d.get("third_group_fraction", 0.0)
+    if isinstance(third, bool) or not isinstance(third, (int, float)) or not 0.0 <= third <= 0.5:
+      _fail("data.third_group_fraction", third, "must be in [0, 0.5] (0 = two groups)")
     third = d.get("third_group_fraction", 0.0)
     if isinstance(third, bool) or not isinstance(third, (int, float)) or not 0.0 <= third <= 0.5:
       _fail("data.third_group_fraction", third, "must be in [0, 0.5] (0 = two groups)")

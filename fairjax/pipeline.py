@@ -408,14 +408,17 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
   warn_incomplete_metrics(data, pruned_test)  # as evaluate_split does for a test split
   predictions = {"dense": dense_predictions[1], "pruned": pruned_pred}
   boot = paired_bootstrap(config, data, labels, groups, predictions)
-  privileged_name = (data.group_names[priv[0]] if len(priv) == 1 else
-                     "mean of " + ", ".join(data.group_names[g] for g in priv))
+  # One privileged group: its name. Several (FairPrune averages every group but the
+  # unprivileged one when there are more than two): null, and their names in privileged_groups.
+  privileged_name = data.group_names[priv[0]] if len(priv) == 1 else None
   results = {
       "schema_version": 1,
       "config": _to_dict(config),
       "dataset": data.describe(),
       "fairness_convention": config.fairness_convention,
       "privileged_group": privileged_name,
+      **({} if len(priv) == 1 else
+         {"privileged_groups": [data.group_names[g] for g in priv]}),
       "unprivileged_group": data.group_names[unpriv],
       "method": config.prune.method,
       "dense": dense_test,

@@ -19,10 +19,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairjax import masks, schedules, slimming, snnl
+from fairjax import masks, models, schedules, slimming, snnl
+from fairjax.models import pretrained
 from fairjax.config import ConfigError, fail
 from fairjax.pruning.api import PruneMethod, RunContext, prunable, target_end, variables_of
 
@@ -74,6 +76,18 @@ def snnl_layers(config, params: PyTree) -> tuple[tuple[str, ...], dict[str, str 
       bn_node = bn_node.get(part) if isinstance(bn_node, Mapping) else None
     norms[name] = bn if bn and isinstance(bn_node, Mapping) and "scale" in bn_node else None
   return names, norms
+
+
+def _param_shapes(config, num_classes: int) -> PyTree:
+  """The model's params as ``jax.ShapeDtypeStruct`` leaves (no compute, no weights read)."""
+  kwargs = dict(config.model.kwargs) if config.model.kwargs else {}
+  if config.model.pretrained:
+    kwargs = {**pretrained.model_fields(config.model.name), **kwargs}
+  model = models.get_model(config.model.name, num_classes=num_classes, **kwargs)
+  shape = (1,) + (config.data.image_size,) * 2 + (3,)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape),
+                                                train=False))
+  return variables["params"]
 
 
 def snnl_plan(amount: float, kept: Mapping[str, int], scope: str) -> dict[str, int] | int:
@@ -165,6 +179,8 @@ class SNNLChannels(PruneMethod):
     if not isinstance(p.speedup_repeats, int) or p.speedup_repeats < 0:
       fail("prune.speedup_repeats", p.speedup_repeats,
            "must be an integer >= 0 (0 = do not time the slimmed network)")
+    if data is not None:  # the layers against the model, before the dense model is trained
+      snnl_layers(config, _param_shapes(config, data.num_classes))
 
   def _layers(self, ctx: RunContext, params: PyTree):
     return snnl_layers(ctx.config, params)
