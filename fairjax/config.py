@@ -15,6 +15,7 @@ import inspect
 import io
 import math
 import os
+import re
 import textwrap
 import tokenize
 from collections.abc import Iterator, Mapping
@@ -152,45 +153,76 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.max_accuracy_drop = 0.03  # stop when validation accuracy fell by more than this
   c.prune.exclude_layers = ()  # module paths never pruned, e.g. ("conv0", "fc1")
   c.prune.finetune_epochs = 0  # FairPrune prunes without fine-tuning (paper); optional
-  # FairGRAPE schedule (design.md section 4): cumulative ratio r_i = min(1 - keep**i, rate),
-  # retraining (fresh optimizer, dense-training settings) after every iteration.
-  c.prune.fairgrape_keep_per_iter = 0.9
-  # None = prune.max_sparsity. A typed placeholder, so --config.prune.fairgrape_prune_rate=0.5
+  # FairGRAPE (design.md section 4), method "fairgrape"; validated by fairjax.pruning.builtin.
+  c.prune.fairgrape = ml_collections.ConfigDict()
+  # Schedule: cumulative ratio r_i = min(1 - keep**i, rate), retraining (fresh optimizer,
+  # dense-training settings) after every iteration.
+  c.prune.fairgrape.keep_per_iter = 0.9
+  # None = prune.max_sparsity. A typed placeholder, so --config.prune.fairgrape.prune_rate=0.5
   # can still override it from the command line.
-  c.prune.fairgrape_prune_rate = ml_collections.config_dict.placeholder(float)
-  c.prune.fairgrape_retrain_epochs = 1  # FairGRAPE: retraining epochs per iteration
+  c.prune.fairgrape.prune_rate = ml_collections.config_dict.placeholder(float)
+  c.prune.fairgrape.retrain_epochs = 1  # retraining epochs per iteration
   # FairGRAPE's full fine-tune of the reported pruned model after the last schedule iteration
   # (design.md section 4). The official code retrains with the dense recipe (Adam, lr 1e-4 ->
   # 1e-5 -> 1e-6 over 13 + 3 + 3 epochs on FairFace/UTKFace); scaled down here for the demo:
   # a fresh optimizer, train.schedule over these epochs, train.momentum/nesterov/weight_decay.
-  c.prune.fairgrape_finetune_epochs = 2  # 0 = no final fine-tune
-  c.prune.fairgrape_finetune_optimizer = "adam"  # optimizer of that final fine-tune
-  c.prune.fairgrape_finetune_learning_rate = 1e-4  # its learning rate
+  c.prune.fairgrape.finetune_epochs = 2  # 0 = no final fine-tune
+  c.prune.fairgrape.finetune_optimizer = "adam"  # optimizer of that final fine-tune
+  c.prune.fairgrape.finetune_learning_rate = 1e-4  # its learning rate
   # Prune to exactly this sparsity (None = the ordinary stopping rule). Used by the comparison
   # (fairjax.compare): every method follows the cumulative schedule
   # r_i = 1 - (1 - target)**(i / max_steps) and ends at step max_steps on the target; the Eodd
   # patience, max_sparsity and max_accuracy_drop rules are off and the last step is reported.
   # snnl_channels: the target is the fraction of the chosen layers' CHANNELS that is pruned.
   c.prune.target_sparsity = ml_collections.config_dict.placeholder(float)
-  # Sensitive channel pruning (design.md section 3, method "snnl_channels"): per step, the
-  # channels of these conv layers with the LOWEST SNNL w.r.t. the sensitive attribute are pruned
-  # (kernel slice, bias and BN scale/shift), then the model is fine-tuned.
-  c.prune.snnl_layers = ()  # conv module paths; () = the last conv{i} of the model (VGG: conv7)
-  c.prune.snnl_temperature = 1.0  # T of the SNNL (paper: 1)
-  c.prune.snnl_include_self = False  # count j = i in the numerator, as the official code does
+  # Sensitive channel pruning (design.md section 3, method "snnl_channels"; validated by
+  # fairjax.pruning.snnl_channels): per step, the channels of these conv layers with the LOWEST
+  # SNNL w.r.t. the sensitive attribute are pruned (kernel slice, bias and BN scale/shift), then
+  # the model is fine-tuned.
+  c.prune.snnl = ml_collections.ConfigDict()
+  c.prune.snnl.layers = ()  # conv module paths; () = the last conv{i} of the model (VGG: conv7)
+  c.prune.snnl.temperature = 1.0  # T of the SNNL (paper: 1)
+  c.prune.snnl.include_self = False  # count j = i in the numerator, as the official code does
   # Channels pruned per step: a value in (0, 1) is a fraction of the still-kept channels (per
   # layer, or of all chosen layers for scope "global"); an integer >= 1 is a channel count. (A
   # float field because ml_collections turns a command-line "2" into 2.0 for a float default.)
-  c.prune.snnl_channels_per_step = 0.1
-  c.prune.snnl_scope = "layer"  # rank channels within each layer ("layer") or together ("global")
+  c.prune.snnl.channels_per_step = 0.1
+  c.prune.snnl.scope = "layer"  # rank channels within each layer ("layer") or together ("global")
   # Fine-tuning epochs after each step (fresh optimizer state, the dense-training settings; the
   # official recipe uses SGD lr 0.01, momentum 0.9, Nesterov, wd 1e-5, class-balanced sampling).
-  c.prune.snnl_finetune_epochs = 1
+  c.prune.snnl.finetune_epochs = 1
   # Measured inference speedup of the physically slimmed network over the masked one, reported
   # in results["slimming"] for "snnl_channels": batch size of the timed forward pass, and timed
   # repeats of each network after one warm-up call (0 = do not time).
   c.prune.speedup_batch_size = 64  # images per timed forward pass
   c.prune.speedup_repeats = 10  # timed calls per network (0 = no timing)
+
+  # The names these keys had before the per-method sections, kept for one release: each is the
+  # same field as its new key (setting either sets both); the command line warns when one is used.
+
+  # FairGRAPE keep_per_iter (deprecated name of prune.fairgrape.keep_per_iter)
+  c.prune.fairgrape_keep_per_iter = c.prune.fairgrape.get_ref("keep_per_iter")
+  # FairGRAPE prune_rate (deprecated name of prune.fairgrape.prune_rate)
+  c.prune.fairgrape_prune_rate = c.prune.fairgrape.get_ref("prune_rate")
+  # FairGRAPE retraining epochs per iteration (deprecated name of prune.fairgrape.retrain_epochs)
+  c.prune.fairgrape_retrain_epochs = c.prune.fairgrape.get_ref("retrain_epochs")
+  # FairGRAPE's full fine-tune epochs (deprecated name of prune.fairgrape.finetune_epochs)
+  c.prune.fairgrape_finetune_epochs = c.prune.fairgrape.get_ref(
+      "finetune_epochs")  # 0 = no final fine-tune
+  # FairGRAPE's final fine-tune optimizer (deprecated name of prune.fairgrape.finetune_optimizer)
+  c.prune.fairgrape_finetune_optimizer = c.prune.fairgrape.get_ref("finetune_optimizer")
+  # its learning rate (deprecated name of prune.fairgrape.finetune_learning_rate)
+  c.prune.fairgrape_finetune_learning_rate = c.prune.fairgrape.get_ref("finetune_learning_rate")
+  c.prune.snnl_layers = c.prune.snnl.get_ref("layers")  # deprecated name of prune.snnl.layers
+  # deprecated name of prune.snnl.temperature
+  c.prune.snnl_temperature = c.prune.snnl.get_ref("temperature")
+  # deprecated name of prune.snnl.include_self
+  c.prune.snnl_include_self = c.prune.snnl.get_ref("include_self")
+  # deprecated name of prune.snnl.channels_per_step
+  c.prune.snnl_channels_per_step = c.prune.snnl.get_ref("channels_per_step")
+  c.prune.snnl_scope = c.prune.snnl.get_ref("scope")  # deprecated name of prune.snnl.scope
+  # deprecated name of prune.snnl.finetune_epochs
+  c.prune.snnl_finetune_epochs = c.prune.snnl.get_ref("finetune_epochs")
 
   # Data parallelism (fairjax.parallel): one mesh axis "data" over this many local devices per
   # process, 0 = all of them. Batches are split over the devices, params/optimizer state
@@ -372,10 +404,48 @@ def imagenet_normalization(config) -> bool:
   return True if value is None else bool(value)
 
 
+# Deprecated key -> its new key (the per-method sections); both names are one field in
+# base_config for one release, and the command line warns when an old name is used.
+DEPRECATED_KEYS = {
+    **{f"prune.fairgrape_{k}": f"prune.fairgrape.{k}"
+       for k in ("keep_per_iter", "prune_rate", "retrain_epochs", "finetune_epochs",
+                 "finetune_optimizer", "finetune_learning_rate")},
+    **{f"prune.snnl_{k}": f"prune.snnl.{k}"
+       for k in ("layers", "temperature", "include_self", "channels_per_step", "scope",
+                 "finetune_epochs")},
+}
+_OLD_NAME = {new: old for old, new in DEPRECATED_KEYS.items()}
+
+
+def deprecated_overrides(argv: Iterator[str] | list[str]) -> list[tuple[str, str]]:
+  """``(old, new)`` key pairs of the deprecated keys that command-line arguments
+  ``--config.<old>=...`` set, in argument order."""
+  found = []
+  for arg in argv:
+    key = arg.split("=", 1)[0].removeprefix("--config.")
+    if arg.startswith("--config.") and key in DEPRECATED_KEYS:
+      found.append((key, DEPRECATED_KEYS[key]))
+  return found
+
+
+def deprecated_in_file(path: str) -> list[tuple[str, str]]:
+  """``(old, new)`` key pairs of the deprecated keys that a config file assigns
+  (``config.prune.<old> = ...``, found in its text); none for a missing file or ``""``."""
+  if not path or not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    text = f.read()
+  return [(old, new) for old, new in DEPRECATED_KEYS.items()
+          if re.search(r"\." + re.escape(old) + r"\s*=[^=]", text)]
+
+
 def fail(field: str, value: Any, requirement: str) -> None:
   """Raises the one-line :class:`ConfigError` of a bad field: ``config.<field>=<value>:
-  <requirement> (fix it in the config file or with --config.<field>=...)``."""
-  raise ConfigError(f"config.{field}={value!r}: {requirement} "
+  <requirement> (fix it in the config file or with --config.<field>=...)``; a field with a
+  deprecated name also names that (``config.<old>=<value>``), which a user may have set."""
+  old = _OLD_NAME.get(field)
+  alias = f" (deprecated name: config.{old}={value!r})" if old else ""
+  raise ConfigError(f"config.{field}={value!r}{alias}: {requirement} "
                     f"(fix it in the config file or with --config.{field}=...)")
 
 

@@ -182,7 +182,7 @@ def finetune_tx(config, steps_per_epoch: int, spec: Mapping[str, Any]
   """The final fine-tune's optimizer: ``spec["optimizer"]`` at ``spec["learning_rate"]`` on
   ``train.schedule`` spanning ``spec["epochs"]``, with the dense run's momentum / Nesterov /
   weight decay (masked updates, train.make_optimizer); FairGRAPE's spec is
-  ``prune.fairgrape_finetune_*``."""
+  ``prune.fairgrape.finetune_*``."""
   t = config.train
   total = max(1, steps_per_epoch * spec["epochs"])
   schedule = train.make_schedule(t.schedule, spec["learning_rate"], total)
@@ -194,7 +194,7 @@ def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, 
                    steps: list[dict], chosen: int) -> tuple[train.TrainState, dict | None]:
   """The final fine-tune of the chosen pruned model, for methods whose ``final_finetune`` hook
   asks for one: FairGRAPE's full fine-tune after the last schedule iteration (design.md section
-  4), ``prune.fairgrape_finetune_*``.
+  4), ``prune.fairgrape.finetune_*``.
 
   Trains the chosen pruned state (the last iteration in ``prune.target_sparsity`` mode, as in
   the official code, which retrains its final model) for the hook's ``epochs`` with a fresh

@@ -385,6 +385,13 @@ def execute(inv: Invocation) -> None:
   from fairjax.models.pretrained import PretrainedError
 
   config = inv.config
+  from fairjax.config import deprecated_in_file, deprecated_overrides
+  for old, new in deprecated_overrides(inv.overrides):
+    logging.warning("--config.%s is deprecated and will be removed in the next release: use "
+                    "--config.%s (the same setting)", old, new)
+  for old, new in deprecated_in_file(inv.config_spec.partition(":")[0]):
+    logging.warning("%s sets config.%s, a deprecated name that will be removed in the next "
+                    "release: use config.%s (the same setting)", inv.config_spec, old, new)
   if inv.show_config:
     title = (f"{inv.config_spec or 'configs/demo.py (the default)'}"
              + (" with " + " ".join(inv.overrides) if inv.overrides else "")

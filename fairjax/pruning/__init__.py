@@ -20,7 +20,7 @@ The method names (``config.prune.method``, :func:`method_names`; run by
 :func:`fairjax.pipeline.prune_iterative`): ``"fairprune"``, ``"magnitude"``, ``"random"``,
 ``"snip"``, ``"obd"`` (score, then prune ``prune.step_fraction`` of the kept weights per step),
 ``"fairgrape"`` (greedy to the cumulative ratio, retraining after every iteration),
-``"snnl_channels"`` (prune the lowest-SNNL channels of ``prune.snnl_layers``, default the last
+``"snnl_channels"`` (prune the lowest-SNNL channels of ``prune.snnl.layers``, default the last
 conv, masking kernel slice, bias and BN scale/shift, then fine-tune), and any registered one.
 """
 

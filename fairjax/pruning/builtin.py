@@ -106,38 +106,38 @@ class FairGRAPE(PruneMethod):
   def validate(self, config, data: Any = None) -> None:
     """``prune.fairgrape_*`` (checked for every run: a config file is validated whole)."""
     p = config.prune
-    if not 0.0 < p.fairgrape_keep_per_iter < 1.0:
-      fail("prune.fairgrape_keep_per_iter", p.fairgrape_keep_per_iter,
+    if not 0.0 < p.fairgrape.keep_per_iter < 1.0:
+      fail("prune.fairgrape.keep_per_iter", p.fairgrape.keep_per_iter,
            "must be in (0, 1) (FairGRAPE keeps this share of the weights per iteration)")
-    if p.fairgrape_prune_rate is not None and not 0.0 < p.fairgrape_prune_rate < 1.0:
-      fail("prune.fairgrape_prune_rate", p.fairgrape_prune_rate,
+    if p.fairgrape.prune_rate is not None and not 0.0 < p.fairgrape.prune_rate < 1.0:
+      fail("prune.fairgrape.prune_rate", p.fairgrape.prune_rate,
            "must be in (0, 1), or None to use prune.max_sparsity")
-    if not isinstance(p.fairgrape_retrain_epochs, int) or p.fairgrape_retrain_epochs < 0:
-      fail("prune.fairgrape_retrain_epochs", p.fairgrape_retrain_epochs,
+    if not isinstance(p.fairgrape.retrain_epochs, int) or p.fairgrape.retrain_epochs < 0:
+      fail("prune.fairgrape.retrain_epochs", p.fairgrape.retrain_epochs,
            "must be an integer >= 0")
-    if (isinstance(p.fairgrape_finetune_epochs, bool)
-        or not isinstance(p.fairgrape_finetune_epochs, int) or p.fairgrape_finetune_epochs < 0):
-      fail("prune.fairgrape_finetune_epochs", p.fairgrape_finetune_epochs,
+    if (isinstance(p.fairgrape.finetune_epochs, bool)
+        or not isinstance(p.fairgrape.finetune_epochs, int) or p.fairgrape.finetune_epochs < 0):
+      fail("prune.fairgrape.finetune_epochs", p.fairgrape.finetune_epochs,
            "must be an integer >= 0 (0 = no final fine-tune)")
-    if p.fairgrape_finetune_optimizer not in OPTIMIZERS:
-      fail("prune.fairgrape_finetune_optimizer", p.fairgrape_finetune_optimizer,
+    if p.fairgrape.finetune_optimizer not in OPTIMIZERS:
+      fail("prune.fairgrape.finetune_optimizer", p.fairgrape.finetune_optimizer,
            f"must be one of {OPTIMIZERS}")
-    if (isinstance(p.fairgrape_finetune_learning_rate, bool)
-        or not isinstance(p.fairgrape_finetune_learning_rate, (int, float))
-        or not p.fairgrape_finetune_learning_rate > 0):
-      fail("prune.fairgrape_finetune_learning_rate", p.fairgrape_finetune_learning_rate,
+    if (isinstance(p.fairgrape.finetune_learning_rate, bool)
+        or not isinstance(p.fairgrape.finetune_learning_rate, (int, float))
+        or not p.fairgrape.finetune_learning_rate > 0):
+      fail("prune.fairgrape.finetune_learning_rate", p.fairgrape.finetune_learning_rate,
            "must be > 0")
 
   @staticmethod
   def prune_rate(config) -> float:
     p = config.prune
-    return p.max_sparsity if p.fairgrape_prune_rate is None else p.fairgrape_prune_rate
+    return p.max_sparsity if p.fairgrape.prune_rate is None else p.fairgrape.prune_rate
 
   def schedule(self, ctx: RunContext) -> schedules.Schedule:
     p = ctx.config.prune
     if p.target_sparsity is not None:
       return schedules.to_target(p.target_sparsity, p.max_steps)
-    return schedules.fairgrape(p.fairgrape_keep_per_iter, self.prune_rate(ctx.config))
+    return schedules.fairgrape(p.fairgrape.keep_per_iter, self.prune_rate(ctx.config))
 
   def next_mask(self, ctx: RunContext, state: Any, step: int):
     importance = fairgrape.accumulate_importance(
@@ -148,7 +148,7 @@ class FairGRAPE(PruneMethod):
                                     scope=ctx.config.prune.scope)
 
   def retrain_epochs(self, ctx: RunContext) -> int:
-    return int(ctx.config.prune.fairgrape_retrain_epochs)
+    return int(ctx.config.prune.fairgrape.retrain_epochs)
 
   def schedule_end(self, ctx: RunContext, state: Any, step: int) -> str | None:
     if ctx.config.prune.target_sparsity is not None:
@@ -160,9 +160,9 @@ class FairGRAPE(PruneMethod):
 
   def final_finetune(self, config) -> dict[str, Any] | None:
     p = config.prune
-    return {"epochs": int(p.fairgrape_finetune_epochs),
-            "optimizer": p.fairgrape_finetune_optimizer,
-            "learning_rate": float(p.fairgrape_finetune_learning_rate)}
+    return {"epochs": int(p.fairgrape.finetune_epochs),
+            "optimizer": p.fairgrape.finetune_optimizer,
+            "learning_rate": float(p.fairgrape.finetune_learning_rate)}
 
 
 # Registered by fairjax.pruning.api in this order (then snnl_channels), the order of

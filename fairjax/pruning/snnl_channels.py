@@ -7,7 +7,7 @@ w.r.t. the sensitive attribute (:func:`fairjax.snnl.score_channels`, averaged ov
 MASKED model), prunes the lowest-SNNL (most group-separating) kept channels
 (:func:`fairjax.snnl.select_channels`, counts from :func:`snnl_plan` / :func:`snnl_target_plan`),
 masks their kernel slice, bias and BN scale/shift so they output exactly zero (unlike the
-official code, which leaves ``ReLU(b)``), then fine-tunes for ``prune.snnl_finetune_epochs`` with
+official code, which leaves ``ReLU(b)``), then fine-tunes for ``prune.snnl.finetune_epochs`` with
 the dense-training optimizer settings and a fresh optimizer state. Step records hold
 ``channels_kept`` / ``channels_removed``; ``results["slimming"]`` what physically removing the
 channels buys (:func:`fairjax.slimming.summary`).
@@ -36,7 +36,7 @@ _CONV_NAME = re.compile(r"^conv(\d+)$")
 def snnl_layers(config, params: PyTree) -> tuple[tuple[str, ...], dict[str, str | None]]:
   """The conv layers scored by ``"snnl_channels"`` and the BatchNorm paired with each.
 
-  ``config.prune.snnl_layers`` when given; ``()`` means the last conv layer of the model, i.e.
+  ``config.prune.snnl.layers`` when given; ``()`` means the last conv layer of the model, i.e.
   the top-level ``conv{i}`` with the highest ``i`` (fairjax's VGG-11: ``conv7``, the layer the
   official code prunes, design.md section 3; SmallCNN: ``conv1``). The BatchNorm of
   ``.../conv{i}`` is ``.../bn{i}`` when the params hold it (fairjax's naming convention).
@@ -45,14 +45,14 @@ def snnl_layers(config, params: PyTree) -> tuple[tuple[str, ...], dict[str, str 
     ConfigError: no conv layer to default to, an unknown path, a non-conv module, or a layer
       excluded from pruning by ``prune.exclude_layers``.
   """
-  names = tuple(config.prune.snnl_layers)
+  names = tuple(config.prune.snnl.layers)
   if not names:
     convs = [(int(m.group(1)), key) for key in params
              if (m := _CONV_NAME.match(str(key))) and isinstance(params[key], Mapping)]
     if not convs:
-      raise ConfigError(f"config.prune.snnl_layers=(): the model {config.model.name!r} has no "
+      raise ConfigError(f"config.prune.snnl.layers=(): the model {config.model.name!r} has no "
                         "top-level conv{i} layer to default to; name the conv layers to prune "
-                        "(fix it with --config.prune.snnl_layers=...)")
+                        "(fix it with --config.prune.snnl.layers=...)")
     names = (max(convs)[1],)
   is_prunable = prunable(config.prune.exclude_layers)
   norms: dict[str, str | None] = {}
@@ -63,11 +63,11 @@ def snnl_layers(config, params: PyTree) -> tuple[tuple[str, ...], dict[str, str 
       node = node.get(part) if isinstance(node, Mapping) else None
     kernel = node.get("kernel") if isinstance(node, Mapping) else None
     if kernel is None or np.ndim(kernel) != 4:
-      raise ConfigError(f"config.prune.snnl_layers={tuple(config.prune.snnl_layers)!r}: {name!r} "
+      raise ConfigError(f"config.prune.snnl.layers={tuple(config.prune.snnl.layers)!r}: {name!r} "
                         f"is not a 2-D conv layer of {config.model.name!r} (fix it with "
-                        "--config.prune.snnl_layers=...)")
+                        "--config.prune.snnl.layers=...)")
     if not is_prunable(parts + ("kernel",), kernel):
-      raise ConfigError(f"config.prune.snnl_layers: {name!r} is excluded from pruning by "
+      raise ConfigError(f"config.prune.snnl.layers: {name!r} is excluded from pruning by "
                         f"config.prune.exclude_layers={tuple(config.prune.exclude_layers)!r}")
     m = _CONV_NAME.match(parts[-1])
     bn = "/".join(parts[:-1] + (f"bn{m.group(1)}",)) if m else None
@@ -155,25 +155,25 @@ class SNNLChannels(PruneMethod):
     """``prune.snnl_*`` and ``prune.speedup_*`` (checked for every run: a config file is
     validated whole)."""
     p = config.prune
-    layers = p.snnl_layers
+    layers = p.snnl.layers
     if isinstance(layers, str) or not all(isinstance(x, str) and x for x in layers):
-      fail("prune.snnl_layers", layers,
+      fail("prune.snnl.layers", layers,
            "must be a tuple of conv module paths such as ('conv7',), or () for the last conv")
     if len(set(layers)) != len(layers):
-      fail("prune.snnl_layers", tuple(layers), "must not name a layer twice")
-    if not isinstance(p.snnl_temperature, (int, float)) or not p.snnl_temperature > 0:
-      fail("prune.snnl_temperature", p.snnl_temperature, "must be > 0")
-    if not isinstance(p.snnl_include_self, bool):
-      fail("prune.snnl_include_self", p.snnl_include_self, "must be True or False")
-    amount = p.snnl_channels_per_step
+      fail("prune.snnl.layers", tuple(layers), "must not name a layer twice")
+    if not isinstance(p.snnl.temperature, (int, float)) or not p.snnl.temperature > 0:
+      fail("prune.snnl.temperature", p.snnl.temperature, "must be > 0")
+    if not isinstance(p.snnl.include_self, bool):
+      fail("prune.snnl.include_self", p.snnl.include_self, "must be True or False")
+    amount = p.snnl.channels_per_step
     if (isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0
         or (amount >= 1 and float(amount) != int(amount))):
-      fail("prune.snnl_channels_per_step", amount,
+      fail("prune.snnl.channels_per_step", amount,
            "must be a fraction in (0, 1) of the kept channels or an integer count >= 1")
-    if p.snnl_scope not in ("layer", "global"):
-      fail("prune.snnl_scope", p.snnl_scope, "must be 'layer' or 'global'")
-    if not isinstance(p.snnl_finetune_epochs, int) or p.snnl_finetune_epochs < 0:
-      fail("prune.snnl_finetune_epochs", p.snnl_finetune_epochs, "must be an integer >= 0")
+    if p.snnl.scope not in ("layer", "global"):
+      fail("prune.snnl.scope", p.snnl.scope, "must be 'layer' or 'global'")
+    if not isinstance(p.snnl.finetune_epochs, int) or p.snnl.finetune_epochs < 0:
+      fail("prune.snnl.finetune_epochs", p.snnl.finetune_epochs, "must be an integer >= 0")
     if not isinstance(p.speedup_batch_size, int) or p.speedup_batch_size < 1:
       fail("prune.speedup_batch_size", p.speedup_batch_size, "must be an integer >= 1")
     if not isinstance(p.speedup_repeats, int) or p.speedup_repeats < 0:
@@ -186,7 +186,7 @@ class SNNLChannels(PruneMethod):
     return snnl_layers(ctx.config, params)
 
   def retrain_epochs(self, ctx: RunContext) -> int:
-    return int(ctx.config.prune.snnl_finetune_epochs)
+    return int(ctx.config.prune.snnl.finetune_epochs)
 
   def prepare_mask(self, ctx: RunContext, params: PyTree, mask: masks.Mask) -> masks.Mask:
     layers, norms = self._layers(ctx, params)
@@ -202,17 +202,17 @@ class SNNLChannels(PruneMethod):
     totals = {name: kernel_channels(state.params, name) for name in layers}
     scores = snnl.score_channels(
         ctx.model, variables_of(state), ctx.scoring_batches(step), layers,
-        temperature=float(p.snnl_temperature), include_self=bool(p.snnl_include_self),
+        temperature=float(p.snnl.temperature), include_self=bool(p.snnl.include_self),
         apply_kwargs={"train": False})
     pruned = {name: ~keep for name, keep in channel_keep(state.mask, state.params,
                                                           layers).items()}
     kept = {name: int((~pruned[name]).sum()) for name in layers}
     if p.target_sparsity is not None:
       plan = snnl_target_plan(schedules.target_ratio(step, p.target_sparsity, p.max_steps), kept,
-                              totals, p.snnl_scope)
+                              totals, p.snnl.scope)
     else:
-      plan = snnl_plan(float(p.snnl_channels_per_step), kept, p.snnl_scope)
-    if p.snnl_scope == "layer":
+      plan = snnl_plan(float(p.snnl.channels_per_step), kept, p.snnl.scope)
+    if p.snnl.scope == "layer":
       keeps = {}
       for name in layers:
         keeps.update(snnl.select_channels({name: scores[name]}, amount=plan[name], scope="layer",
@@ -233,10 +233,10 @@ class SNNLChannels(PruneMethod):
     layers, _ = self._layers(ctx, state.params)
     kept = {name: int(k.sum()) for name, k in channel_keep(state.mask, state.params,
                                                            layers).items()}
-    nxt = snnl_plan(float(p.snnl_channels_per_step), kept, p.snnl_scope)
+    nxt = snnl_plan(float(p.snnl.channels_per_step), kept, p.snnl.scope)
     if (sum(nxt.values()) if isinstance(nxt, dict) else nxt) == 0:
       return ("no SNNL channel left to prune (every layer keeps at least one channel, or "
-              "snnl_channels_per_step rounds to 0)")
+              "prune.snnl.channels_per_step rounds to 0)")
     return None
 
   def step_info(self, ctx: RunContext, state: Any) -> dict[str, Any]:
