@@ -48,10 +48,10 @@ from fairjax.evaluation import (TEST_PREDICTIONS, evaluate_split, paired_bootstr
                                 sparsity, split_metrics, warn_incomplete_metrics,
                                 write_predictions)
 from fairjax.fit_loop import FINETUNE_STORE, PRETRAINED_JSON, finetune_final, train_dense
-from fairjax.run_report import story
 from fairjax.models import pretrained
 from fairjax.pruning import api as methods_api
 from fairjax.pruning import builtin, fairprune, snnl_channels
+from fairjax.run_report import story
 
 PyTree = Any
 
