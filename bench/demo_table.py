@@ -88,6 +88,7 @@ def finetune_control(results: dict, workdir: str) -> dict:
 
   from fairjax import masks, pipeline, train
   from fairjax.data import load_dataset
+  from fairjax.pruning import get_method
 
   config = ml_collections.ConfigDict(results["config"])
   p = config.prune
@@ -97,20 +98,21 @@ def finetune_control(results: dict, workdir: str) -> dict:
                      "snnl_channels, or one of " + ", ".join(_FINETUNING_SCORE_METHODS)
                      + " with --config.prune.finetune_epochs > 0")
   data = load_dataset(config.data, workdir=workdir)
-  model = pipeline._make_model(config, data)
+  model = pipeline.make_model(config, data)
   dense = pipeline.train_dense(config, model, data, workdir)  # restores the finished run
   dense_val = pipeline.evaluate_split(dense, data, "validation", config)
   roles = pipeline.resolve_roles(config, data, dense_val)
-  method = pipeline._method(config, model, dense, data, roles)  # only its training is used
-  state = dense.replace(tx=method.tx, opt_state=method.tx.init(dense.params))
-  mask = method.prepare_mask(state.params,
-                             masks.init_mask(state.params, pipeline._prunable(config)))
+  ctx = pipeline.context(config, model, data, workdir, roles)
+  method = get_method(p.method)  # only its training is used
+  tx = method.optimizer(ctx, dense.tx)
+  state = dense.replace(tx=tx, opt_state=tx.init(dense.params))
+  mask = method.prepare_mask(ctx, state.params, masks.init_mask(state.params, ctx.prunable))
   steps = []
   for step in range(1, len(results["steps"])):
     state = train.set_mask(state, mask, reset_opt_state=True)
-    state, _ = train.fit(state, pipeline._epoch_batches(config, data, config.seed * 31 + step),
-                         epochs=method.retrain_epochs, rng=jax.random.key(step), log_every=0,
-                         donate=False)
+    state, _ = train.fit(state, pipeline.epoch_batches(config, data, config.seed * 31 + step),
+                         epochs=method.retrain_epochs(ctx), rng=jax.random.key(step),
+                         log_every=0, donate=False)
     labels, pred, groups = pipeline.predict_split(state, data, "test", config)
     steps.append({"step": step,
                   "validation": pipeline.evaluate_split(state, data, "validation", config),

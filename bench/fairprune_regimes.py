@@ -134,7 +134,7 @@ def _check(name: str, seed: int) -> list[dict[str, Any]]:
   import jax.numpy as jnp
   import optax
   from fairjax import masks, pipeline
-  from fairjax.pruning import fairprune
+  from fairjax.pruning import builtin, fairprune
 
   config = _config(SETTINGS[name], seed)
   data, model, dense, _, _, roles = _dense(
@@ -156,10 +156,11 @@ def _check(name: str, seed: int) -> list[dict[str, Any]]:
     return float(jnp.mean((pred == y)[g == group]))
 
   # Exactly the pipeline's first step: saliency from step-1 group-balanced train batches.
-  diag = pipeline._group_diag(config, model, dense, data, 1)
+  ctx = pipeline.context(config, model, data)
+  diag = builtin.group_diag(ctx, dense, 1)
   sal = fairprune.saliency(params, diag, unprivileged=unpriv, privileged=priv,
                            beta=config.prune.beta)
-  mask0 = masks.init_mask(params, pipeline._prunable(config))
+  mask0 = masks.init_mask(params, ctx.prunable)
   groups = (priv[0], unpriv)
   leaves = jax.tree.leaves
 

@@ -16,7 +16,7 @@ call; compile time is reported apart):
   ``--curvature_chunk`` images, scaled to ``prune.num_batches * prune.batch_size`` samples, plus
   one pass over the validation split at the measured inference rate;
 - SNNL step (``configs/fitzpatrick17k.py``): ``snnl.score_channels`` on one batch of
-  ``prune.batch_size``, scaled to ``prune.num_batches``, plus ``prune.snnl_finetune_epochs``
+  ``prune.batch_size``, scaled to ``prune.num_batches``, plus ``prune.snnl.finetune_epochs``
   fine-tuning epochs and one validation pass.
 
 The model is the config's (VGG-11 with its 4096-wide classifier at 224x224) with random weights:
@@ -127,13 +127,13 @@ def time_config(name: str, args) -> dict[str, Any]:
   elif p.method == "snnl_channels":
     scoring = batch(p.batch_size)
     log(f"{name}: SNNL scoring, batch {p.batch_size}")
-    layers = tuple(p.snnl_layers)
+    layers = tuple(p.snnl.layers)
     first, med, times = _time(lambda: snnl.score_channels(
         model, variables, [{"image": scoring["image"], "group": np.asarray(scoring["group"])}],
         layers, apply_kwargs={"train": False}), args.repeats)
     out["snnl"] = {"batch": p.batch_size, "first_call_s": first, "median_s": med,
                    "times_s": times, "batches_per_step": p.num_batches}
-    out["estimates"]["prune_step_s"] = (med * p.num_batches + p.snnl_finetune_epochs * epoch_s
+    out["estimates"]["prune_step_s"] = (med * p.num_batches + p.snnl.finetune_epochs * epoch_s
                                         + val_s)
   return out
 

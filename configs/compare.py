@@ -25,7 +25,7 @@ def get_config():
   # (FairGRAPE's retraining and SNNL's fine-tuning default to one epoch too). FairPrune's paper
   # prunes without fine-tuning: --config.prune.finetune_epochs=0 gives that protocol (and the
   # baselines' one-shot-like collapse at high sparsity). FairGRAPE also keeps its final
-  # fine-tune (prune.fairgrape_finetune_epochs, 2 epochs).
+  # fine-tune (prune.fairgrape.finetune_epochs, 2 epochs).
   config.prune.finetune_epochs = 1
   config.compare = compare_section(methods=PRUNE_METHODS, sparsities=(0.5, 0.8, 0.9))
   return config

@@ -48,18 +48,18 @@ def get_config():
 
   config.fairness_convention = "mean"  # [code] fairness_metric.py averages over classes
   config.prune.method = "snnl_channels"  # [paper]
-  config.prune.snnl_layers = ("conv7",)  # [code] features[:19] = the last conv of VGG-11
-  config.prune.snnl_temperature = 1.0  # [paper]
+  config.prune.snnl.layers = ("conv7",)  # [code] features[:19] = the last conv of VGG-11
+  config.prune.snnl.temperature = 1.0  # [paper]
   # [paper] anchors exclude themselves; the code counts j = i in the numerator (set True to
   # reproduce it).
-  config.prune.snnl_include_self = False
+  config.prune.snnl.include_self = False
   config.prune.batch_size = 128  # [code] SNNL scored on batches of 128
   # [fairjax] fairjax scores group-balanced batches; 80 x 128 is about one pass over the
   # training split, which the code scores once, unbalanced.
   config.prune.num_batches = 80
-  config.prune.snnl_channels_per_step = 5  # [code] n = 5, 10, 15, ... channels
-  config.prune.snnl_scope = "layer"
-  config.prune.snnl_finetune_epochs = 3  # [fairjax] the code's epoch count is not stated
+  config.prune.snnl.channels_per_step = 5  # [code] n = 5, 10, 15, ... channels
+  config.prune.snnl.scope = "layer"
+  config.prune.snnl.finetune_epochs = 3  # [fairjax] the code's epoch count is not stated
   config.prune.max_steps = 20  # [fairjax] up to 100 of conv7's 512 channels
   config.prune.max_accuracy_drop = 0.03  # [fairjax]
   return config

@@ -16,7 +16,7 @@ protocol otherwise (design.md sections 2-4): FairPrune and the baselines prune w
 fine-tuning unless ``prune.finetune_epochs`` is set, FairGRAPE retrains after every iteration
 and fine-tunes at the end, SNNL fine-tunes after every step.
 
-``snnl_channels`` is structured and prunes only the chosen conv layers (``prune.snnl_layers``,
+``snnl_channels`` is structured and prunes only the chosen conv layers (``prune.snnl.layers``,
 default the last conv): its target is the share of those layers' CHANNELS that is pruned
 (``round_half_up(s * K)`` of ``K`` channels per layer, at least one kept). Its achieved sparsity
 in the table is, as for every method, the share of pruned weights among ALL prunable weights, so
@@ -148,9 +148,11 @@ def _train_epochs(results: Mapping[str, Any]) -> int:
   """Epochs trained after pruning began: per-step training times steps, plus FairGRAPE's final
   fine-tune (so the table shows each method's training budget)."""
   p = results["config"]["prune"]
-  per_step = {"fairgrape": p["fairgrape_retrain_epochs"],
-              "snnl_channels": p["snnl_finetune_epochs"]}.get(results["method"],
-                                                              p["finetune_epochs"])
+  # Section keys since the per-method sections; the flat names of older results files after.
+  fairgrape = p.get("fairgrape", {}).get("retrain_epochs", p.get("fairgrape_retrain_epochs"))
+  snnl = p.get("snnl", {}).get("finetune_epochs", p.get("snnl_finetune_epochs"))
+  per_step = {"fairgrape": fairgrape, "snnl_channels": snnl}.get(results["method"],
+                                                                  p["finetune_epochs"])
   final = results.get("final_finetune", {}).get("epochs", 0)
   return int(per_step * (len(results["steps"]) - 1) + final)
 

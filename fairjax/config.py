@@ -15,6 +15,7 @@ import inspect
 import io
 import math
 import os
+import re
 import textwrap
 import tokenize
 from collections.abc import Iterator, Mapping
@@ -22,15 +23,37 @@ from typing import Any
 
 import ml_collections
 
-# "fairprune": design.md section 2; "fairgrape": section 4; the rest are the group-unaware
-# references of section 4 (fairjax.pruning.baselines), selected like FairPrune; "snnl_channels":
-# sensitive channel pruning with the Soft Nearest Neighbour Loss (section 3, fairjax.snnl).
-PRUNE_METHODS = ("fairprune", "magnitude", "random", "snip", "obd", "fairgrape", "snnl_channels")
-CURVATURE_METHODS = ("exact", "mc", "hutchinson", "empirical_fisher")
-CONVENTIONS = ("sum", "mean")
-SAMPLINGS = ("uniform", "group_balanced", "class_balanced")
-AUGMENTS = ("none", "flip", "flip_crop")  # == fairjax.data.pipeline.AUGMENTS (tested)
-OPTIMIZERS = ("sgd", "adam", "adamw")
+# PRUNE_METHODS (read lazily, see __getattr__) is the registry's list of method names
+# (fairjax.pruning.method_names): the built-in "fairprune" (design.md section 2), "magnitude",
+# "random", "snip", "obd" (section 4.7), "fairgrape" (section 4), "snnl_channels" (section 3),
+# then every method registered with fairjax.pruning.register_method.
+# The value sets of some fields belong to the modules that implement them; these names are read
+# from there on first access (module __getattr__ below), so importing this module stays cheap.
+_OWNED = {
+    "CURVATURE_METHODS": ("fairjax.curvature", "METHODS"),  # prune.curvature
+    "CONVENTIONS": ("fairjax.report", "CONVENTIONS"),  # fairness_convention
+    "SAMPLINGS": ("fairjax.data.pipeline", "SAMPLINGS"),  # data.sampling
+    "AUGMENTS": ("fairjax.data.pipeline", "AUGMENTS"),  # data.augment
+    "OPTIMIZERS": ("fairjax.train", "OPTIMIZERS"),  # train.optimizer
+}
+
+
+def _owned(name: str) -> tuple[str, ...]:
+  module, attr = _OWNED[name]
+  return tuple(getattr(importlib.import_module(module), attr))
+
+
+def _prune_methods() -> tuple[str, ...]:
+  from fairjax.pruning import api  # lazy: importing the methods pulls in jax
+  return api.method_names()
+
+
+def __getattr__(name: str) -> Any:
+  if name == "PRUNE_METHODS":  # evaluated on access: methods registered later are included
+    return _prune_methods()
+  if name in _OWNED:
+    return _owned(name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ConfigError(ValueError):
@@ -86,6 +109,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.shortcut_strength = 0.0  # tanned light skin for one class: a learnable shortcut
   c.data.color_cue = 0.0  # class-specific lesion hue, visible on light skin only, in [0, 1]
   c.data.minority_color_noise = 0.0  # dark skin: lesion hue of a random class, in [0, 1]
+  # demo: share of each split relabelled from "light" to a third group "other" (same images), for
+  # runs with more than two groups; 0 = the two groups light and dark
+  c.data.third_group_fraction = 0.0
+  # demo: share of each split relabelled from "light" to a third group "other" (same images), for
+  # runs with more than two groups; 0 = the two groups light and dark
+  c.data.third_group_fraction = 0.0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"  # a name of the fairjax.models registry
@@ -115,7 +144,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.patience = 3  # early stopping on validation accuracy (epochs)
 
   c.prune = ml_collections.ConfigDict()
-  c.prune.method = "fairprune"  # one of PRUNE_METHODS (above)
+  c.prune.method = "fairprune"  # a registered pruning method (fairjax.pruning.method_names())
   c.prune.beta = 0.5  # weight of the privileged group's curvature, (0, 1]
   c.prune.privileged_group = ""  # group name; "" = the group with higher dense val. accuracy
   c.prune.curvature = "exact"  # per_group_diag method
@@ -135,45 +164,76 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.max_accuracy_drop = 0.03  # stop when validation accuracy fell by more than this
   c.prune.exclude_layers = ()  # module paths never pruned, e.g. ("conv0", "fc1")
   c.prune.finetune_epochs = 0  # FairPrune prunes without fine-tuning (paper); optional
-  # FairGRAPE schedule (design.md section 4): cumulative ratio r_i = min(1 - keep**i, rate),
-  # retraining (fresh optimizer, dense-training settings) after every iteration.
-  c.prune.fairgrape_keep_per_iter = 0.9
-  # None = prune.max_sparsity. A typed placeholder, so --config.prune.fairgrape_prune_rate=0.5
+  # FairGRAPE (design.md section 4), method "fairgrape"; validated by fairjax.pruning.builtin.
+  c.prune.fairgrape = ml_collections.ConfigDict()
+  # Schedule: cumulative ratio r_i = min(1 - keep**i, rate), retraining (fresh optimizer,
+  # dense-training settings) after every iteration.
+  c.prune.fairgrape.keep_per_iter = 0.9
+  # None = prune.max_sparsity. A typed placeholder, so --config.prune.fairgrape.prune_rate=0.5
   # can still override it from the command line.
-  c.prune.fairgrape_prune_rate = ml_collections.config_dict.placeholder(float)
-  c.prune.fairgrape_retrain_epochs = 1  # FairGRAPE: retraining epochs per iteration
+  c.prune.fairgrape.prune_rate = ml_collections.config_dict.placeholder(float)
+  c.prune.fairgrape.retrain_epochs = 1  # retraining epochs per iteration
   # FairGRAPE's full fine-tune of the reported pruned model after the last schedule iteration
   # (design.md section 4). The official code retrains with the dense recipe (Adam, lr 1e-4 ->
   # 1e-5 -> 1e-6 over 13 + 3 + 3 epochs on FairFace/UTKFace); scaled down here for the demo:
   # a fresh optimizer, train.schedule over these epochs, train.momentum/nesterov/weight_decay.
-  c.prune.fairgrape_finetune_epochs = 2  # 0 = no final fine-tune
-  c.prune.fairgrape_finetune_optimizer = "adam"  # optimizer of that final fine-tune
-  c.prune.fairgrape_finetune_learning_rate = 1e-4  # its learning rate
+  c.prune.fairgrape.finetune_epochs = 2  # 0 = no final fine-tune
+  c.prune.fairgrape.finetune_optimizer = "adam"  # optimizer of that final fine-tune
+  c.prune.fairgrape.finetune_learning_rate = 1e-4  # its learning rate
   # Prune to exactly this sparsity (None = the ordinary stopping rule). Used by the comparison
   # (fairjax.compare): every method follows the cumulative schedule
   # r_i = 1 - (1 - target)**(i / max_steps) and ends at step max_steps on the target; the Eodd
   # patience, max_sparsity and max_accuracy_drop rules are off and the last step is reported.
   # snnl_channels: the target is the fraction of the chosen layers' CHANNELS that is pruned.
   c.prune.target_sparsity = ml_collections.config_dict.placeholder(float)
-  # Sensitive channel pruning (design.md section 3, method "snnl_channels"): per step, the
-  # channels of these conv layers with the LOWEST SNNL w.r.t. the sensitive attribute are pruned
-  # (kernel slice, bias and BN scale/shift), then the model is fine-tuned.
-  c.prune.snnl_layers = ()  # conv module paths; () = the last conv{i} of the model (VGG: conv7)
-  c.prune.snnl_temperature = 1.0  # T of the SNNL (paper: 1)
-  c.prune.snnl_include_self = False  # count j = i in the numerator, as the official code does
+  # Sensitive channel pruning (design.md section 3, method "snnl_channels"; validated by
+  # fairjax.pruning.snnl_channels): per step, the channels of these conv layers with the LOWEST
+  # SNNL w.r.t. the sensitive attribute are pruned (kernel slice, bias and BN scale/shift), then
+  # the model is fine-tuned.
+  c.prune.snnl = ml_collections.ConfigDict()
+  c.prune.snnl.layers = ()  # conv module paths; () = the last conv{i} of the model (VGG: conv7)
+  c.prune.snnl.temperature = 1.0  # T of the SNNL (paper: 1)
+  c.prune.snnl.include_self = False  # count j = i in the numerator, as the official code does
   # Channels pruned per step: a value in (0, 1) is a fraction of the still-kept channels (per
   # layer, or of all chosen layers for scope "global"); an integer >= 1 is a channel count. (A
   # float field because ml_collections turns a command-line "2" into 2.0 for a float default.)
-  c.prune.snnl_channels_per_step = 0.1
-  c.prune.snnl_scope = "layer"  # rank channels within each layer ("layer") or together ("global")
+  c.prune.snnl.channels_per_step = 0.1
+  c.prune.snnl.scope = "layer"  # rank channels within each layer ("layer") or together ("global")
   # Fine-tuning epochs after each step (fresh optimizer state, the dense-training settings; the
   # official recipe uses SGD lr 0.01, momentum 0.9, Nesterov, wd 1e-5, class-balanced sampling).
-  c.prune.snnl_finetune_epochs = 1
+  c.prune.snnl.finetune_epochs = 1
   # Measured inference speedup of the physically slimmed network over the masked one, reported
   # in results["slimming"] for "snnl_channels": batch size of the timed forward pass, and timed
   # repeats of each network after one warm-up call (0 = do not time).
   c.prune.speedup_batch_size = 64  # images per timed forward pass
   c.prune.speedup_repeats = 10  # timed calls per network (0 = no timing)
+
+  # The names these keys had before the per-method sections, kept for one release: each is the
+  # same field as its new key (setting either sets both); the command line warns when one is used.
+
+  # FairGRAPE keep_per_iter (deprecated name of prune.fairgrape.keep_per_iter)
+  c.prune.fairgrape_keep_per_iter = c.prune.fairgrape.get_ref("keep_per_iter")
+  # FairGRAPE prune_rate (deprecated name of prune.fairgrape.prune_rate)
+  c.prune.fairgrape_prune_rate = c.prune.fairgrape.get_ref("prune_rate")
+  # FairGRAPE retraining epochs per iteration (deprecated name of prune.fairgrape.retrain_epochs)
+  c.prune.fairgrape_retrain_epochs = c.prune.fairgrape.get_ref("retrain_epochs")
+  # FairGRAPE's full fine-tune epochs (deprecated name of prune.fairgrape.finetune_epochs)
+  c.prune.fairgrape_finetune_epochs = c.prune.fairgrape.get_ref(
+      "finetune_epochs")  # 0 = no final fine-tune
+  # FairGRAPE's final fine-tune optimizer (deprecated name of prune.fairgrape.finetune_optimizer)
+  c.prune.fairgrape_finetune_optimizer = c.prune.fairgrape.get_ref("finetune_optimizer")
+  # its learning rate (deprecated name of prune.fairgrape.finetune_learning_rate)
+  c.prune.fairgrape_finetune_learning_rate = c.prune.fairgrape.get_ref("finetune_learning_rate")
+  c.prune.snnl_layers = c.prune.snnl.get_ref("layers")  # deprecated name of prune.snnl.layers
+  # deprecated name of prune.snnl.temperature
+  c.prune.snnl_temperature = c.prune.snnl.get_ref("temperature")
+  # deprecated name of prune.snnl.include_self
+  c.prune.snnl_include_self = c.prune.snnl.get_ref("include_self")
+  # deprecated name of prune.snnl.channels_per_step
+  c.prune.snnl_channels_per_step = c.prune.snnl.get_ref("channels_per_step")
+  c.prune.snnl_scope = c.prune.snnl.get_ref("scope")  # deprecated name of prune.snnl.scope
+  # deprecated name of prune.snnl.finetune_epochs
+  c.prune.snnl_finetune_epochs = c.prune.snnl.get_ref("finetune_epochs")
 
   # Data parallelism (fairjax.parallel): one mesh axis "data" over this many local devices per
   # process, 0 = all of them. Batches are split over the devices, params/optimizer state
@@ -211,7 +271,7 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
-def compare_section(methods: tuple[str, ...] = PRUNE_METHODS,
+def compare_section(methods: tuple[str, ...] | None = None,
                     sparsities: tuple[float, ...] = (0.5, 0.8, 0.9)) -> ml_collections.ConfigDict:
   """The ``config.compare`` section of a comparison config (``configs/compare.py``).
 
@@ -219,6 +279,8 @@ def compare_section(methods: tuple[str, ...] = PRUNE_METHODS,
   ``methods`` at every target weight sparsity in ``sparsities``, from ONE dense model) instead
   of the single-method pipeline.
   """
+  if methods is None:  # every registered method
+    methods = _prune_methods()
   c = ml_collections.ConfigDict()
   c.methods = tuple(methods)  # pruning methods compared (each from the same dense model)
   c.sparsities = tuple(float(s) for s in sparsities)  # target weight sparsities in (0, 1)
@@ -295,6 +357,7 @@ def config_items(config, meanings: Mapping[str, str] | None = None,
 def _validate_compare(config) -> None:
   cmp = config.compare
   methods = cmp.methods
+  PRUNE_METHODS = _prune_methods()
   if isinstance(methods, str) or not methods:
     _fail("compare.methods", methods, f"must be a non-empty tuple of methods from {PRUNE_METHODS}")
   for m in methods:
@@ -367,14 +430,60 @@ def imagenet_normalization(config) -> bool:
   return True if value is None else bool(value)
 
 
-def _fail(field: str, value: Any, requirement: str) -> None:
-  raise ConfigError(f"config.{field}={value!r}: {requirement} "
+# Deprecated key -> its new key (the per-method sections); both names are one field in
+# base_config for one release, and the command line warns when an old name is used.
+DEPRECATED_KEYS = {
+    **{f"prune.fairgrape_{k}": f"prune.fairgrape.{k}"
+       for k in ("keep_per_iter", "prune_rate", "retrain_epochs", "finetune_epochs",
+                 "finetune_optimizer", "finetune_learning_rate")},
+    **{f"prune.snnl_{k}": f"prune.snnl.{k}"
+       for k in ("layers", "temperature", "include_self", "channels_per_step", "scope",
+                 "finetune_epochs")},
+}
+_OLD_NAME = {new: old for old, new in DEPRECATED_KEYS.items()}
+
+
+def deprecated_overrides(argv: Iterator[str] | list[str]) -> list[tuple[str, str]]:
+  """``(old, new)`` key pairs of the deprecated keys that command-line arguments
+  ``--config.<old>=...`` set, in argument order."""
+  found = []
+  for arg in argv:
+    key = arg.split("=", 1)[0].removeprefix("--config.")
+    if arg.startswith("--config.") and key in DEPRECATED_KEYS:
+      found.append((key, DEPRECATED_KEYS[key]))
+  return found
+
+
+def deprecated_in_file(path: str) -> list[tuple[str, str]]:
+  """``(old, new)`` key pairs of the deprecated keys that a config file assigns
+  (``config.prune.<old> = ...``, found in its text); none for a missing file or ``""``."""
+  if not path or not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    text = f.read()
+  return [(old, new) for old, new in DEPRECATED_KEYS.items()
+          if re.search(r"\." + re.escape(old) + r"\s*=[^=]", text)]
+
+
+def fail(field: str, value: Any, requirement: str) -> None:
+  """Raises the one-line :class:`ConfigError` of a bad field: ``config.<field>=<value>:
+  <requirement> (fix it in the config file or with --config.<field>=...)``; a field with a
+  deprecated name also names that (``config.<old>=<value>``), which a user may have set."""
+  old = _OLD_NAME.get(field)
+  alias = f" (deprecated name: config.{old}={value!r})" if old else ""
+  raise ConfigError(f"config.{field}={value!r}{alias}: {requirement} "
                     f"(fix it in the config file or with --config.{field}=...)")
+
+
+_fail = fail
 
 
 def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> None:
   """Checks every field a run depends on; raises :class:`ConfigError` on the first bad one."""
   from fairjax import models  # the registry is the source of truth for model names
+  CONVENTIONS, SAMPLINGS, AUGMENTS, OPTIMIZERS, CURVATURE_METHODS = (
+      _owned(n) for n in ("CONVENTIONS", "SAMPLINGS", "AUGMENTS", "OPTIMIZERS",
+                          "CURVATURE_METHODS"))
 
   # NaN / inf pass most range checks below (every comparison with NaN is False) and would only
   # surface as a diverged or nonsensical run.
@@ -433,6 +542,12 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
       _fail("data.color_cue", d.color_cue, "must be in [0, 1]")
     if not 0.0 <= d.minority_color_noise <= 1.0:
       _fail("data.minority_color_noise", d.minority_color_noise, "must be in [0, 1]")
+    third = d.get("third_group_fraction", 0.0)
+    if isinstance(third, bool) or not isinstance(third, (int, float)) or not 0.0 <= third <= 0.5:
+      _fail("data.third_group_fraction", third, "must be in [0, 0.5] (0 = two groups)")
+    third = d.get("third_group_fraction", 0.0)
+    if isinstance(third, bool) or not isinstance(third, (int, float)) or not 0.0 <= third <= 0.5:
+      _fail("data.third_group_fraction", third, "must be in [0, 0.5] (0 = two groups)")
 
   if d.imagenet_normalization is not None and not isinstance(d.imagenet_normalization, bool):
     _fail("data.imagenet_normalization", d.imagenet_normalization,
@@ -460,34 +575,11 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
     _fail("train.patience", t.patience, "must be >= 1 (or None to disable early stopping)")
 
   p = config.prune
-  if p.method not in PRUNE_METHODS:
-    _fail("prune.method", p.method, f"must be one of {PRUNE_METHODS}")
-  if not 0.0 < p.fairgrape_keep_per_iter < 1.0:
-    _fail("prune.fairgrape_keep_per_iter", p.fairgrape_keep_per_iter,
-          "must be in (0, 1) (FairGRAPE keeps this share of the weights per iteration)")
-  if p.fairgrape_prune_rate is not None and not 0.0 < p.fairgrape_prune_rate < 1.0:
-    _fail("prune.fairgrape_prune_rate", p.fairgrape_prune_rate,
-          "must be in (0, 1), or None to use prune.max_sparsity")
-  if not isinstance(p.fairgrape_retrain_epochs, int) or p.fairgrape_retrain_epochs < 0:
-    _fail("prune.fairgrape_retrain_epochs", p.fairgrape_retrain_epochs,
-          "must be an integer >= 0")
-  if (isinstance(p.fairgrape_finetune_epochs, bool)
-      or not isinstance(p.fairgrape_finetune_epochs, int) or p.fairgrape_finetune_epochs < 0):
-    _fail("prune.fairgrape_finetune_epochs", p.fairgrape_finetune_epochs,
-          "must be an integer >= 0 (0 = no final fine-tune)")
-  if p.fairgrape_finetune_optimizer not in OPTIMIZERS:
-    _fail("prune.fairgrape_finetune_optimizer", p.fairgrape_finetune_optimizer,
-          f"must be one of {OPTIMIZERS}")
-  if (isinstance(p.fairgrape_finetune_learning_rate, bool)
-      or not isinstance(p.fairgrape_finetune_learning_rate, (int, float))
-      or not p.fairgrape_finetune_learning_rate > 0):
-    _fail("prune.fairgrape_finetune_learning_rate", p.fairgrape_finetune_learning_rate,
-          "must be > 0")
+  from fairjax.pruning import api as methods_api  # lazy: importing the methods pulls in jax
+  methods_api.get_method(p.method)  # ConfigError naming prune.method if unknown
   if p.target_sparsity is not None and not 0.0 < p.target_sparsity < 1.0:
     _fail("prune.target_sparsity", p.target_sparsity,
           "must be in (0, 1), or None for the ordinary stopping rule")
-  if not 0.0 < p.beta <= 1.0:
-    _fail("prune.beta", p.beta, "must be in (0, 1] (FairPrune's privileged-group weight)")
   if p.curvature not in CURVATURE_METHODS:
     _fail("prune.curvature", p.curvature, f"must be one of {CURVATURE_METHODS}")
   if not 0.0 < p.step_fraction < 1.0:
@@ -512,30 +604,10 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
           "must be a tuple of module paths such as ('conv0', 'fc1'), or () to prune every layer")
   if p.finetune_epochs < 0:
     _fail("prune.finetune_epochs", p.finetune_epochs, "must be >= 0")
-  layers = p.snnl_layers
-  if isinstance(layers, str) or not all(isinstance(x, str) and x for x in layers):
-    _fail("prune.snnl_layers", layers,
-          "must be a tuple of conv module paths such as ('conv7',), or () for the last conv")
-  if len(set(layers)) != len(layers):
-    _fail("prune.snnl_layers", tuple(layers), "must not name a layer twice")
-  if not isinstance(p.snnl_temperature, (int, float)) or not p.snnl_temperature > 0:
-    _fail("prune.snnl_temperature", p.snnl_temperature, "must be > 0")
-  if not isinstance(p.snnl_include_self, bool):
-    _fail("prune.snnl_include_self", p.snnl_include_self, "must be True or False")
-  amount = p.snnl_channels_per_step
-  if (isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0
-      or (amount >= 1 and float(amount) != int(amount))):
-    _fail("prune.snnl_channels_per_step", amount,
-          "must be a fraction in (0, 1) of the kept channels or an integer count >= 1")
-  if p.snnl_scope not in ("layer", "global"):
-    _fail("prune.snnl_scope", p.snnl_scope, "must be 'layer' or 'global'")
-  if not isinstance(p.snnl_finetune_epochs, int) or p.snnl_finetune_epochs < 0:
-    _fail("prune.snnl_finetune_epochs", p.snnl_finetune_epochs, "must be an integer >= 0")
-  if not isinstance(p.speedup_batch_size, int) or p.speedup_batch_size < 1:
-    _fail("prune.speedup_batch_size", p.speedup_batch_size, "must be an integer >= 1")
-  if not isinstance(p.speedup_repeats, int) or p.speedup_repeats < 0:
-    _fail("prune.speedup_repeats", p.speedup_repeats,
-          "must be an integer >= 0 (0 = do not time the slimmed network)")
+  # Every registered method checks its own settings (fairjax.pruning.api.PruneMethod.validate),
+  # whichever method runs: a config file is checked whole.
+  for name in methods_api.method_names():
+    methods_api.get_method(name).validate(config)
   if "compare" in config:
     _validate_compare(config)
 
@@ -570,6 +642,8 @@ def validate_data(config, data) -> None:
           f"must be at most the training split's size ({n_train} samples of {data.name}), or "
           "an epoch has no full batch" + (" (or raise config.data.num_train)" if demo else ""))
   names = tuple(data.group_names)
+  from fairjax.pruning import api as methods_api
+  methods_api.get_method(config.prune.method).validate(config, data)
   if config.prune.privileged_group and config.prune.privileged_group not in names:
     _fail("prune.privileged_group", config.prune.privileged_group,
           f"must be a group of {data.name}, one of {names}, or '' for the group with the "

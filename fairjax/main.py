@@ -379,12 +379,19 @@ def execute(inv: Invocation) -> None:
     CliError: bad input, caught before anything is computed wherever it can be (config
       values, the workdir and data_dir, the dataset against the config), else when found.
   """
-  from fairjax.config import ConfigError, validate_config
+  from fairjax.config import (ConfigError, deprecated_in_file, deprecated_overrides,
+                              validate_config)
   from fairjax.data.errors import (BadImageError, CsvFormatError, DataDirError,
                                    DatasetNotFoundError, unwritable_directory)
   from fairjax.models.pretrained import PretrainedError
 
   config = inv.config
+  for old, new in deprecated_overrides(inv.overrides):
+    logging.warning("--config.%s is deprecated and will be removed in the next release: use "
+                    "--config.%s (the same setting)", old, new)
+  for old, new in deprecated_in_file(inv.config_spec.partition(":")[0]):
+    logging.warning("%s sets config.%s, a deprecated name that will be removed in the next "
+                    "release: use config.%s (the same setting)", inv.config_spec, old, new)
   if inv.show_config:
     title = (f"{inv.config_spec or 'configs/demo.py (the default)'}"
              + (" with " + " ".join(inv.overrides) if inv.overrides else "")

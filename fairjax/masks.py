@@ -11,7 +11,6 @@ never hand-roll ``is_leaf``.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from fairjax import schedules
 
 PyTree = Any
 Mask = PyTree
@@ -144,9 +145,8 @@ def _drop_lowest(scores: jax.Array, keep: jax.Array, n: jax.Array) -> jax.Array:
     return keep & (rank >= n)
 
 
-def _round_half_up(x: float) -> int:
-    # Python's round() is half-to-even; half-up is easier to state and check by hand.
-    return int(math.floor(x + 0.5))
+# The one share-to-count rounding of pruning (fairjax.schedules): floor(x + 0.5).
+_round_half_up = schedules.round_half_up
 
 
 def _layers_for_selection(scores: PyTree, mask: Mask):

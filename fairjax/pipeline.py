@@ -1,5 +1,17 @@
 """The main job: train dense -> score -> prune steps -> evaluate -> report (design.md section 0).
 
+This module only orchestrates; the parts live beside it:
+
+- :mod:`fairjax.batches`: the data-parallel mesh, train / scoring batches, the train optimizer;
+- :mod:`fairjax.fit_loop`: the resumable epoch loop of dense training and the final fine-tune;
+- :mod:`fairjax.pruning` (:mod:`fairjax.pruning.api`): the pruning methods and their registry,
+  driven by :func:`prune_iterative` through a :class:`fairjax.pruning.api.RunContext`
+  (:func:`context`); :mod:`fairjax.schedules` and :mod:`fairjax.stopping` hold the schedules,
+  the stopping rule and the choice of the reported step;
+- :mod:`fairjax.evaluation`: predictions, metrics, the paired bootstrap;
+- :mod:`fairjax.run_report`: the closing log lines and the figures; :mod:`fairjax.report`: the
+  results schema.
+
 Every stage is checkpointed in the workdir, so a run killed at any point and started again with
 the same command resumes where it stopped and ends with the same masks and metrics:
 
@@ -15,39 +27,49 @@ the same command resumes where it stopped and ends with the same masks and metri
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import itertools
-import math
 import os
-import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
-from fairjax import (bootstrap, checkpoint, masks, metrics, models, parallel, references, report,
-                     slimming, snnl, train)
-from fairjax.config import ConfigError, imagenet_normalization, validate_config, validate_data
+from fairjax import (checkpoint, masks, models, parallel, references, report, run_report,
+                     schedules, stopping, train)
+from fairjax.batches import (data_parallel, epoch_batches, host_chunks, scoring_batches,
+                             train_step_fn, train_tx, uniform_train_batches)
+from fairjax.config import ConfigError, validate_config, validate_data
 from fairjax.data import DatasetSplits, load_dataset
-from fairjax.data import pipeline as input_pipeline
+from fairjax.evaluation import (TEST_PREDICTIONS, evaluate_split, paired_bootstrap, predict_split,
+                                sparsity, split_metrics, warn_incomplete_metrics,
+                                write_predictions)
+from fairjax.fit_loop import FINETUNE_STORE, PRETRAINED_JSON, finetune_final, train_dense
 from fairjax.models import pretrained
-from fairjax.pruning import baselines, fairgrape, fairprune
+from fairjax.pruning import api as methods_api
+from fairjax.pruning import builtin, fairprune, snnl_channels
+from fairjax.run_report import story
 
 PyTree = Any
+
+__all__ = ["FINETUNE_STORE", "PRETRAINED_JSON", "REFERENCE_JSON", "TEST_PREDICTIONS",
+           "WALL_TIME_JSON", "WallClock", "context", "data_parallel", "dense_model",
+           "dense_provenance", "dense_stage", "epoch_batches", "evaluate_split", "finetune_final",
+           "load", "make_model", "paired_bootstrap", "predict_split", "prune_iterative",
+           "prune_run", "resolve_roles", "run", "snnl_layers", "split_metrics", "stop_reason",
+           "story", "target_ratio", "train_dense"]
 
 
 def _to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
-def _make_model(config, data: DatasetSplits):
+def make_model(config, data: DatasetSplits):
+  """The (uninitialised) ``flax.linen`` model of ``config.model`` for ``data``'s classes (with
+  the fields ``model.pretrained``'s checkpoint needs)."""
   kwargs = dict(config.model.kwargs) if config.model.kwargs else {}
   if config.model.pretrained:
     # The fields the checkpoint's shapes need (VGG: classifier_width=4096); a contradicting
@@ -56,286 +78,8 @@ def _make_model(config, data: DatasetSplits):
   return models.get_model(config.model.name, num_classes=data.num_classes, **kwargs)
 
 
-def _load_pretrained(config, state: train.TrainState, data: DatasetSplits,
-                     workdir: str) -> train.TrainState:
-  """``state`` with the weights of ``model.pretrained`` (fresh optimizer state). Records which
-  leaves were loaded and which initialised in the log and in ``<workdir>/pretrained.json``."""
-  m = config.model
-  loaded = pretrained.load(m.name, m.pretrained, num_classes=data.num_classes,
-                           rng=jax.random.key(config.seed + 2), image_size=config.data.image_size,
-                           model_kwargs=dict(m.kwargs or {}))
-  variables = loaded.variables
-  ours = {"params": state.params, "batch_stats": state.batch_stats}
-  theirs = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-  # The loader checks every key and shape against the architecture; this guards the handover.
-  if jax.tree.structure(ours) != jax.tree.structure(theirs):
-    raise pretrained.PretrainedError(
-        f"{m.pretrained}: the loaded variables do not have the model's tree structure "
-        f"(model.kwargs {dict(m.kwargs or {})} may not match the checkpoint)")
-  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ours)[0], jax.tree.leaves(theirs)):
-    if np.shape(a) != np.shape(b):
-      raise pretrained.PretrainedError(
-          f"{m.pretrained}: {jax.tree_util.keystr(path)} has shape {np.shape(b)}, the model "
-          f"expects {np.shape(a)}")
-  params = jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), ours["params"], theirs["params"])
-  batch_stats = jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), ours["batch_stats"],
-                             theirs["batch_stats"])
-  summary = {"path": os.path.abspath(m.pretrained), "format": loaded.file_format,
-             "model": m.name, "loaded": list(loaded.loaded), "initialised": list(loaded.initialised)}
-  logging.info("pretrained: %d leaves loaded from %s (%s); initialised: %s", len(loaded.loaded),
-               m.pretrained, loaded.file_format, ", ".join(loaded.initialised) or "none")
-  if parallel.is_main_process():
-    checkpoint.write_json_atomic(os.path.join(workdir, PRETRAINED_JSON), summary)
-  return state.replace(params=params, batch_stats=batch_stats, opt_state=state.tx.init(params))
-
-
-def _train_tx(config, steps_per_epoch: int, epochs: int):
-  t = config.train
-  total = max(1, steps_per_epoch * epochs)
-  schedule = train.make_schedule(t.schedule, t.learning_rate, total,
-                                 warmup_steps=t.warmup_epochs * steps_per_epoch)
-  return train.make_optimizer(t.optimizer, schedule, momentum=t.momentum, nesterov=t.nesterov,
-                              weight_decay=t.weight_decay)
-
-
-def data_parallel(config) -> parallel.DataParallel:
-  """The data-parallel mesh of ``config.parallel`` (cached), after checking that every batch
-  size of the run splits evenly over its devices (ConfigError naming the field otherwise)."""
-  try:
-    dp = parallel.data_parallel(int(config.parallel.num_devices))
-    for field in ("train.batch_size", "train.eval_batch_size", "prune.batch_size",
-                  "prune.curvature_chunk_size"):
-      section, key = field.split(".")
-      dp.check_batch_size(int(config[section][key]), field)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  return dp
-
-
-def _train_step_fn(config):
-  """The train step for ``train.fit``: None (fit's own jit) on one device, else a jit that
-  keeps the state replicated and the batch split over the mesh."""
-  dp = data_parallel(config)
-  if not dp.active:
-    return None
-  return _sharded_train_step(dp)
-
-
-@functools.lru_cache(maxsize=4)
-def _sharded_train_step(dp: parallel.DataParallel):
-  return dp.jit(train.train_step, batch_argnums=(1,), num_args=3, out_batch=(False, False))
-
-
-def predict_split(state: train.TrainState, data: DatasetSplits, split: str, config
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Predicted classes of ``state`` on one split: ``(labels, predictions, groups)``, int [N]
-  each, in the split's order (padding rows dropped)."""
-  dp = data_parallel(config)
-  batches = input_pipeline.eval_batches(
-      data.sources[split], batch_size=config.train.eval_batch_size,
-      image_size=config.data.image_size, imagenet_normalization=imagenet_normalization(config))
-  # Only the images go to the devices; labels, groups and the padding flags stay on the host.
-  batches = dp.shard_batches(batches, "train.eval_batch_size", keys=("image",))
-  logits, labels, groups = train.predict(dp.replicate(state), batches)
-  if not np.all(np.isfinite(logits)):
-    raise FloatingPointError(f"non-finite logits on the {split} split; the model diverged")
-  return labels, np.argmax(logits, axis=-1), groups
-
-
-def split_metrics(config, data: DatasetSplits, labels: np.ndarray, predictions: np.ndarray,
-                  groups: np.ndarray, *, convention: str | None = None) -> dict:
-  """:func:`fairjax.metrics.evaluate` of stored predictions with the run's settings
-  (``convention`` overrides ``config.fairness_convention``)."""
-  return metrics.evaluate(labels, predictions, groups,
-                          num_classes=data.num_classes, num_groups=data.num_groups,
-                          group_names=list(data.group_names),
-                          convention=convention or config.fairness_convention,
-                          undefined=config.undefined_rates)
-
-
-def evaluate_split(state: train.TrainState, data: DatasetSplits, split: str, config) -> dict:
-  """Metrics of ``state`` on one split (metrics.evaluate + the mask's sparsity)."""
-  out = split_metrics(config, data, *predict_split(state, data, split, config))
-  out["sparsity"] = _sparsity(state.mask)
-  if split == "test":  # once per reported model
-    _warn_incomplete_metrics(data, out)
-  return out
-
-
-def _warn_incomplete_metrics(data: DatasetSplits, test_metrics: Mapping[str, Any]) -> None:
-  """Warns when the test metrics skip classes or hold samples of unknown group, with counts."""
-  if max(test_metrics["skipped_classes"].values(), default=0) or test_metrics["num_unknown_group"]:
-    logging.warning("%s test metrics: fairness gaps skip classes absent from a group %s (of %d); "
-                    "%d samples of unknown group count in the overall metrics only", data.name,
-                    test_metrics["skipped_classes"], data.num_classes,
-                    test_metrics["num_unknown_group"])
-
-
-def _sparsity(mask: PyTree | None) -> float:
-  """Reported ``"sparsity"``: the fraction of the prunable conv/dense KERNEL weights (the
-  method's scope minus ``prune.exclude_layers``) that the mask removes. Bias and BatchNorm
-  entries that ``snnl_channels`` masks with a channel are not counted, so the figure means the
-  same for every method (channels are reported separately, ``channels_kept`` / ``"slimming"``)."""
-  if mask is None:
-    return 0.0
-  return float(masks.sparsity_report(mask, kernels_only=True)["global"]["sparsity"])
-
-
-def _epoch_batches(config, data: DatasetSplits, seed: int):
-  dp = data_parallel(config)
-
-  # .get: configs read back from results.json of runs that predate data.augment trained without.
-  augment = config.data.get("augment", "none")
-
-  def batches(epoch: int):
-    return dp.shard_batches(input_pipeline.train_batches(
-        data.sources["train"], batch_size=config.train.batch_size,
-        image_size=config.data.image_size, seed=seed, sampling=config.data.sampling, epoch=epoch,
-        augment=augment, imagenet_normalization=imagenet_normalization(config)),
-        "train.batch_size")
-  return batches
-
-
-def _state_items(state: train.TrainState) -> dict[str, PyTree]:
-  return {"params": state.params, "batch_stats": state.batch_stats,
-          "opt_state": state.opt_state}
-
-
-# -- dense training ----------------------------------------------------------------------------
-
-
-def train_dense(config, model, data: DatasetSplits, workdir: str) -> train.TrainState:
-  """Trains (or resumes training of) the dense model; returns the best state by val accuracy."""
-  t = config.train
-  n_train = len(data.labels["train"])
-  steps_per_epoch = max(1, n_train // t.batch_size)
-  tx = _train_tx(config, steps_per_epoch, t.epochs)
-  init_key = jax.random.key(config.seed, impl="rbg")  # rbg: much faster init compile on CPU
-  state = train.create_train_state(model, init_key, (config.data.image_size,) * 2 + (3,), tx)
-  store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, checkpoint.DENSE_STORE),
-                                     max_to_keep=2)
-  latest = store.latest_step()
-  if config.model.pretrained and latest is None:  # a resumed run restores its own weights
-    try:
-      state = _load_pretrained(config, state, data, workdir)
-    except BaseException:
-      store.close()  # a bad weights file ends the run; leave no orbax work behind
-      raise
-  state = data_parallel(config).replicate(state)  # identity on one device
-  like = {**_state_items(state), "best_params": state.params, "best_batch_stats": state.batch_stats}
-  best_score, bad_epochs, start = -math.inf, 0, 0
-  best = {"params": state.params, "batch_stats": state.batch_stats}
-  if latest is not None:
-    meta = store.restore_metadata(latest)
-    items = store.restore(latest, like)
-    best = {"params": items["best_params"], "batch_stats": items["best_batch_stats"]}
-    if meta.get("done"):
-      logging.info("dense model: restored the finished run (epoch %d)", meta["epoch"] + 1)
-      store.close()
-      return state.replace(**best)
-    state = state.replace(params=items["params"], batch_stats=items["batch_stats"],
-                          opt_state=items["opt_state"], step=jnp.asarray(meta["step"], jnp.int32))
-    best_score, bad_epochs, start = meta["best_score"], meta["bad_epochs"], meta["epoch"] + 1
-    logging.info("dense model: resuming after epoch %d", meta["epoch"] + 1)  # 1-based, as logs
-
-  batches = _epoch_batches(config, data, config.seed)
-  rng = jax.random.key(config.seed + 1, impl="rbg")
-  done = False
-  for epoch in range(start, t.epochs):
-    state, history = train.fit(state, batches, epochs=epoch + 1, start_epoch=epoch,
-                               rng=data_parallel(config).replicate(rng),
-                               log_every=0, donate=False, step_fn=_train_step_fn(config))
-    val = evaluate_split(state, data, "validation", config)
-    improved = val["accuracy"] > best_score
-    if improved:
-      best_score, bad_epochs = val["accuracy"], 0
-      best = {"params": state.params, "batch_stats": state.batch_stats}
-    else:
-      bad_epochs += 1
-    done = epoch == t.epochs - 1 or (t.patience is not None and bad_epochs >= t.patience)
-    logging.info("dense epoch %d/%d: loss %.4f train acc %.4f | val acc %.4f macro-F1 %.4f "
-                 "eodd %.4f%s", epoch + 1, t.epochs, history[-1]["loss"],
-                 history[-1]["accuracy"], val["accuracy"], val["macro_f1"], _num(val["eodd"]),
-                 " (best)" if improved else "")
-    if done and epoch < t.epochs - 1:
-      logging.info("dense training: early stopping after epoch %d/%d (validation accuracy not "
-                   "improved for %d epochs, train.patience)", epoch + 1, t.epochs, bad_epochs)
-    store.save(epoch, {**_state_items(state), "best_params": best["params"],
-                       "best_batch_stats": best["batch_stats"]},
-               metadata={"epoch": epoch, "step": int(state.step), "best_score": best_score,
-                         "bad_epochs": bad_epochs, "done": done})
-    if done:
-      break
-  if not done:  # epochs were already complete when resuming (cannot happen unless edited)
-    raise RuntimeError("dense training ended without a final checkpoint")
-  store.close()
-  return state.replace(**best)
-
-
 def _num(x: Any) -> float:
   return float("nan") if x is None else float(x)
-
-
-# -- pruning ------------------------------------------------------------------------------------
-
-
-def _scoring_batches(config, data: DatasetSplits, step: int, chunk_size: int | None = None):
-  """Group-balanced train batches, split over the devices. With ``chunk_size``, each host
-  batch is first cut into chunks of that many rows (the last one padded with group -1 rows, which
-  count nowhere): one device call per chunk, each chunk split evenly over all devices."""
-  p = config.prune
-  batches = input_pipeline.group_balanced_batches(
-      data.sources["train"], batch_size=p.batch_size, image_size=config.data.image_size,
-      seed=config.seed * 1000 + step, num_groups=data.num_groups, num_batches=p.num_batches,
-      imagenet_normalization=imagenet_normalization(config))
-  field = "prune.batch_size"
-  if chunk_size and chunk_size < p.batch_size:
-    batches, field = _host_chunks(batches, chunk_size), "prune.curvature_chunk_size"
-  return data_parallel(config).shard_batches(batches, field)
-
-
-def _host_chunks(batches, chunk_size: int):
-  for batch in batches:
-    n = len(batch["group"])
-    for start in range(0, n, chunk_size):
-      chunk = {k: np.asarray(v[start:start + chunk_size]) for k, v in batch.items()}
-      pad = chunk_size - len(chunk["group"])
-      if pad:
-        chunk = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-                 for k, v in chunk.items()}
-        chunk["group"][-pad:] = -1
-      yield chunk
-
-
-def _chunk_size(config) -> int | None:
-  """``prune.curvature_chunk_size`` as ``per_group_diag``'s ``chunk_size`` (0 -> None)."""
-  return config.prune.curvature_chunk_size or None
-
-
-def _group_diag(config, model, state: train.TrainState, data: DatasetSplits, step: int):
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  if not state.batch_stats:
-    variables = {"params": state.params}
-  rng = jax.random.key(config.seed * 7919 + step)
-  # prune.curvature_chunk_size bounds memory: the batches are cut into chunks on the host (every
-  # chunk split evenly over the devices); averaging by group counts makes the result that of
-  # the whole batches.
-  diag, _ = fairprune.average_group_diag(
-      model, variables, _scoring_batches(config, data, step, _chunk_size(config)),
-      num_groups=data.num_groups, method=config.prune.curvature, rng=rng,
-      num_samples=config.prune.curvature_samples, apply_kwargs={"train": False})
-  return diag
-
-
-def _prunable(config):
-  """Conv/dense kernels (design.md section 2 scope) minus ``config.prune.exclude_layers``."""
-  excluded = tuple(tuple(e.split("/")) for e in config.prune.exclude_layers)
-
-  def prunable(path, leaf) -> bool:
-    return masks.default_prunable(path, leaf) and not any(
-        tuple(path[:len(e)]) == e for e in excluded)
-
-  return prunable
 
 
 def resolve_roles(config, data: DatasetSplits, dense_val: Mapping[str, Any]):
@@ -350,333 +94,52 @@ def resolve_roles(config, data: DatasetSplits, dense_val: Mapping[str, Any]):
   return fairprune.group_roles(acc, privileged=privileged)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Method:
-  """What the iterative loop (:func:`prune_iterative`) needs from one pruning method.
-
-  Attributes:
-    name: ``config.prune.method`` (log prefix and results.json ``method``).
-    next_mask: ``(state, step) -> mask`` of pruning step ``step >= 1`` from the state after the
-      previous step; already-pruned weights must stay pruned.
-    retrain_epochs: epochs of training after each step (0: prune only).
-    tx: optimizer of that training (``dense.tx`` when there is none).
-    schedule_end: ``step -> reason or None``; a reason ends the loop after ``step`` (FairGRAPE's
-      cumulative ratio reaching the prune rate), checked after the shared stopping rule.
-    prepare_mask: ``(params, init_mask) -> mask`` before step 1. The mask's tree structure must
-      not change between steps (checkpoints are restored against the initial mask), so a method
-      that masks leaves outside ``init_mask`` (SNNL: conv bias, BN scale/shift) makes them
-      all-True arrays here.
-    step_info: ``state -> extra keys`` of every step record (SNNL: ``channels_kept``).
-  """
-
-  name: str
-  next_mask: Callable[[train.TrainState, int], masks.Mask]
-  retrain_epochs: int
-  tx: optax.GradientTransformation
-  schedule_end: Callable[[int], str | None] = lambda step: None
-  prepare_mask: Callable[[PyTree, masks.Mask], masks.Mask] = lambda params, mask: mask
-  step_info: Callable[[train.TrainState], dict[str, Any]] = lambda state: {}
+def _group_diag(config, model, state: train.TrainState, data: DatasetSplits, step: int):
+  """Per-group curvature of ``state`` on the scoring batches of ``step``
+  (:func:`fairjax.pruning.builtin.group_diag`)."""
+  return builtin.group_diag(context(config, model, data), state, step)
 
 
-def _variables(state: train.TrainState) -> dict[str, PyTree]:
-  """Model variables for scoring; ``batch_stats`` only when the model has BatchNorm."""
-  if not state.batch_stats:
-    return {"params": state.params}
-  return {"params": state.params, "batch_stats": state.batch_stats}
+def _prunable(config):
+  """Conv/dense kernels (design.md section 2 scope) minus ``config.prune.exclude_layers``."""
+  return methods_api.prunable(config.prune.exclude_layers)
 
 
-def _uniform_train_batches(config, data: DatasetSplits, step: int):
-  """``num_batches`` uniformly sampled TRAIN batches of ``prune.batch_size`` for the
-  group-unaware gradient scores (SNIP, OBD); a pure function of (seed, step), so a resumed run
-  scores exactly as an uninterrupted one."""
-  p = config.prune
-  batches = input_pipeline.train_batches(
-      data.sources["train"], batch_size=p.batch_size, image_size=config.data.image_size,
-      seed=config.seed * 1000 + step, sampling="uniform", epoch=0, drop_remainder=False,
-      imagenet_normalization=imagenet_normalization(config))
-  # A last partial batch (fewer train images than num_batches * batch_size) need not split
-  # evenly over the devices: it is replicated instead (same scores, just not data-parallel).
-  return data_parallel(config).shard_batches(itertools.islice(batches, p.num_batches),
-                                             "prune.batch_size", uneven="replicate")
+# The names this module had before its parts moved (fairjax.batches, fairjax.evaluation,
+# fairjax.fit_loop, fairjax.run_report, fairjax.pruning.snnl_channels, fairjax.schedules); tests,
+# notebooks and older scripts import them from here.
+_make_model = make_model
+_epoch_batches = epoch_batches
+_train_tx = train_tx
+_train_step_fn = train_step_fn
+_scoring_batches = scoring_batches
+_host_chunks = host_chunks
+_uniform_train_batches = uniform_train_batches
+_sparsity = sparsity
+_warn_incomplete_metrics = warn_incomplete_metrics
+_write_predictions = write_predictions
+_variables = methods_api.variables_of
+snnl_layers = snnl_channels.snnl_layers
+_snnl_plan = snnl_channels.snnl_plan
+_snnl_target_plan = snnl_channels.snnl_target_plan
+_kernel_channels = snnl_channels.kernel_channels
+_channel_counts = snnl_channels.channel_counts
+_slimming_summary = snnl_channels.slimming_summary
+target_ratio = schedules.target_ratio
 
 
-def _score_fn(config, model, data: DatasetSplits,
-              roles) -> Callable[[train.TrainState, int], PyTree]:
-  """``score(state, step) -> scores`` (higher = keep) of a score-and-prune-lowest method.
-
-  FairPrune (design.md section 2) uses the privileged roles; the baselines of section 4
-  (magnitude, random, SNIP, OBD) are group-unaware references and ignore them.
-  """
-  p = config.prune
-  if p.method == "fairprune":
-    unpriv, priv = roles
-
-    def fairprune_score(state, step):
-      diag = _group_diag(config, model, state, data, step)
-      return fairprune.saliency(state.params, diag, unprivileged=unpriv, privileged=priv,
-                                beta=p.beta)
-    return fairprune_score
-  if p.method == "magnitude":
-    return lambda state, step: baselines.magnitude_scores(state.params, state.mask)
-  if p.method == "random":
-    # Key from (seed, step): a resumed run draws the same scores as an uninterrupted one.
-    return lambda state, step: baselines.random_scores(
-        state.params, state.mask, jax.random.fold_in(jax.random.key(config.seed), step))
-  if p.method in ("snip", "obd"):
-    fn = (baselines.snip_scores if p.method == "snip" else
-          functools.partial(baselines.obd_scores, chunk_size=_chunk_size(config)))
-
-    def gradient_score(state, step):
-      variables = _variables(state)
-      # BatchNorm in inference mode: scoring must not depend on (or update) batch statistics.
-      return baselines.accumulate_scores(
-          lambda x, y: fn(model, variables, x, y, state.mask, apply_kwargs={"train": False}),
-          _uniform_train_batches(config, data, step))
-    return gradient_score
-  raise ValueError(f"{p.method!r} is not a score-and-prune-lowest method")
-
-
-_CONV_NAME = re.compile(r"^conv(\d+)$")
-
-
-def snnl_layers(config, params: PyTree) -> tuple[tuple[str, ...], dict[str, str | None]]:
-  """The conv layers scored by ``"snnl_channels"`` and the BatchNorm paired with each.
-
-  ``config.prune.snnl_layers`` when given; ``()`` means the last conv layer of the model, i.e.
-  the top-level ``conv{i}`` with the highest ``i`` (fairjax's VGG-11: ``conv7``, the layer the
-  official code prunes, design.md section 3; SmallCNN: ``conv1``). The BatchNorm of
-  ``.../conv{i}`` is ``.../bn{i}`` when the params hold it (fairjax's naming convention).
-
-  Raises:
-    ConfigError: no conv layer to default to, an unknown path, a non-conv module, or a layer
-      excluded from pruning by ``prune.exclude_layers``.
-  """
-  names = tuple(config.prune.snnl_layers)
-  if not names:
-    convs = [(int(m.group(1)), key) for key in params
-             if (m := _CONV_NAME.match(str(key))) and isinstance(params[key], Mapping)]
-    if not convs:
-      raise ConfigError(f"config.prune.snnl_layers=(): the model {config.model.name!r} has no "
-                        "top-level conv{i} layer to default to; name the conv layers to prune "
-                        "(fix it with --config.prune.snnl_layers=...)")
-    names = (max(convs)[1],)
-  prunable = _prunable(config)
-  norms: dict[str, str | None] = {}
-  for name in names:
-    parts = tuple(name.split("/"))
-    node = params
-    for part in parts:
-      node = node.get(part) if isinstance(node, Mapping) else None
-    kernel = node.get("kernel") if isinstance(node, Mapping) else None
-    if kernel is None or np.ndim(kernel) != 4:
-      raise ConfigError(f"config.prune.snnl_layers={tuple(config.prune.snnl_layers)!r}: {name!r} "
-                        f"is not a 2-D conv layer of {config.model.name!r} (fix it with "
-                        "--config.prune.snnl_layers=...)")
-    if not prunable(parts + ("kernel",), kernel):
-      raise ConfigError(f"config.prune.snnl_layers: {name!r} is excluded from pruning by "
-                        f"config.prune.exclude_layers={tuple(config.prune.exclude_layers)!r}")
-    m = _CONV_NAME.match(parts[-1])
-    bn = "/".join(parts[:-1] + (f"bn{m.group(1)}",)) if m else None
-    bn_node = params
-    for part in (bn.split("/") if bn else ()):
-      bn_node = bn_node.get(part) if isinstance(bn_node, Mapping) else None
-    norms[name] = bn if bn and isinstance(bn_node, Mapping) and "scale" in bn_node else None
-  return names, norms
-
-
-def _snnl_count(amount: float, kept: int) -> int:
-  """Channels to prune out of ``kept``: ``amount >= 1`` is a count, else a fraction of ``kept``
-  rounded half up (as ``snnl.select_channels`` and ``masks.prune_lowest`` round)."""
-  if amount >= 1:
-    return int(amount)
-  return int(math.floor(amount * kept + 0.5))
-
-
-def _snnl_plan(amount: float, kept: Mapping[str, int], scope: str) -> dict[str, int] | int:
-  """Per-layer counts (``scope="layer"``) or one total (``"global"``) for the next step, capped
-  so that every layer keeps at least one channel (an empty layer disconnects the network)."""
-  if scope == "layer":
-    return {name: min(_snnl_count(amount, k), k - 1) for name, k in kept.items()}
-  total = sum(kept.values())
-  return min(_snnl_count(amount, total), total - len(kept))
-
-
-def target_ratio(step: int, target: float, steps: int) -> float:
-  """Cumulative pruned share after ``step`` of ``steps`` when pruning to ``target`` exactly.
-
-  ``r_i = 1 - (1 - target)**(i / steps)``: every step prunes the same fraction of the weights
-  still kept (FairGRAPE's geometric schedule, design.md section 4, with ``keep_per_iter =
-  (1 - target)**(1 / steps)``), and ``r_steps`` is exactly ``target`` (no floating-point
-  shortfall that would need one more step). ``prune.target_sparsity`` mode.
-  """
-  if step >= steps:
-    return float(target)
-  return 1.0 - (1.0 - float(target)) ** (step / steps)
-
-
-def _snnl_target_plan(ratio: float, kept: Mapping[str, int], totals: Mapping[str, int],
-                      scope: str) -> dict[str, int] | int:
-  """Channels to prune now so that ``round_half_up(ratio * K)`` channels are pruned in total
-  (per layer of ``K`` channels, or over all chosen layers for ``"global"``), never below one
-  kept channel per layer (``prune.target_sparsity`` mode of ``snnl_channels``)."""
-  if scope == "layer":
-    return {name: max(0, min(_snnl_count(ratio, totals[name]), totals[name] - 1)
-                      - (totals[name] - k)) for name, k in kept.items()}
-  total = sum(totals.values())
-  want = min(_snnl_count(ratio, total), total - len(totals))
-  return max(0, want - (total - sum(kept.values())))
-
-
-def _kernel_channels(params: PyTree, layer: str) -> int:
-  """Output channels ``K`` of ``layer``'s kernel ``[..., K]``."""
-  node = params
-  for part in layer.split("/"):
-    node = node[part]
-  return int(np.shape(node["kernel"])[-1])
-
-
-def _channel_counts(kept: Mapping[str, int], totals: Mapping[str, int]) -> dict[str, Any]:
-  """Step-record keys of ``snnl_channels``: ``channels_kept`` and ``channels_removed``, each
-  ``{layer: int}`` (removed = the layer's output channels minus the kept ones)."""
-  return {"channels_kept": dict(kept),
-          "channels_removed": {name: int(totals[name]) - int(k) for name, k in kept.items()}}
-
-
-def _snnl_method(config, model, dense: train.TrainState, data: DatasetSplits,
-                 ft_steps: int) -> _Method:
-  """Sensitive channel pruning with the Soft Nearest Neighbour Loss (design.md section 3).
-
-  Each step scores every kept channel of the chosen layers by its SNNL w.r.t. the sensitive
-  attribute, averaged over ``prune.num_batches`` group-balanced train batches with BatchNorm in
-  inference mode, through the MASKED model (the current params are zero at pruned positions);
-  prunes the lowest-SNNL (most group-separating) kept channels; masks their kernel slice, bias
-  and BN scale/shift so they output exactly zero (unlike the official code, which leaves
-  ``ReLU(b)``); then fine-tunes for ``snnl_finetune_epochs`` with the dense-training optimizer
-  settings and a fresh optimizer state (:func:`prune_iterative`).
-  """
-  p = config.prune
-  layers, norms = snnl_layers(config, dense.params)
-  epochs = p.snnl_finetune_epochs
-  # As FairGRAPE: the dense-training optimizer settings, the schedule spanning one step's
-  # fine-tuning (prune_iterative gives every step a fresh optimizer state).
-  tx = _train_tx(config, ft_steps, max(1, epochs)) if epochs else dense.tx
-  # Set by next_mask(step) and read by schedule_end(step), which the loop always calls after
-  # next_mask of the same step (also when resuming), so no state needs checkpointing.
-  exhausted = {"value": False}
-  totals = {name: _kernel_channels(dense.params, name) for name in layers}
-
-  totals = {name: _kernel_channels(dense.params, name) for name in layers}
-
-  def kept_channels(mask: masks.Mask) -> dict[str, int]:
-    return {name: int(np.sum(np.asarray(masks.channel_keep_from_mask(mask, name))))
-            for name in layers}
-
-  def prepare(params: PyTree, mask: masks.Mask) -> masks.Mask:
-    for name in layers:
-      k = _kernel_channels(params, name)
-      mask = masks.channel_mask(params, mask, name, jnp.ones((k,), jnp.bool_),
-                                norm_layer=norms[name])
-    return mask
-
-  def snnl_next(state: train.TrainState, step: int) -> masks.Mask:
-    scores = snnl.score_channels(
-        model, _variables(state), _scoring_batches(config, data, step), layers,
-        temperature=float(p.snnl_temperature), include_self=bool(p.snnl_include_self),
-        apply_kwargs={"train": False})
-    pruned = {name: ~np.asarray(masks.channel_keep_from_mask(state.mask, name))
-              for name in layers}
-    kept = {name: int((~pruned[name]).sum()) for name in layers}
-    if p.target_sparsity is not None:
-      plan = _snnl_target_plan(target_ratio(step, p.target_sparsity, p.max_steps), kept,
-                               totals, p.snnl_scope)
-    else:
-      plan = _snnl_plan(float(p.snnl_channels_per_step), kept, p.snnl_scope)
-    if p.snnl_scope == "layer":
-      keeps = {}
-      for name in layers:
-        keeps.update(snnl.select_channels({name: scores[name]}, amount=plan[name], scope="layer",
-                                          already_pruned={name: pruned[name]}))
-    else:
-      keeps = snnl.select_channels(scores, amount=plan, scope="global", already_pruned=pruned)
-    mask = state.mask
-    for name in layers:
-      mask = masks.channel_mask(state.params, mask, name, jnp.asarray(keeps[name]),
-                                norm_layer=norms[name])
-    after = {name: int(keeps[name].sum()) for name in layers}
-    nxt = _snnl_plan(float(p.snnl_channels_per_step), after, p.snnl_scope)
-    exhausted["value"] = (sum(nxt.values()) if isinstance(nxt, dict) else nxt) == 0
-    return mask
-
-  def schedule_end(step: int) -> str | None:
-    if p.target_sparsity is not None:
-      return _target_end(config, step)
-    if exhausted["value"]:
-      return ("no SNNL channel left to prune (every layer keeps at least one channel, or "
-              "snnl_channels_per_step rounds to 0)")
-    return None
-
-  return _Method(p.method, snnl_next, epochs, tx, schedule_end, prepare_mask=prepare,
-                 step_info=lambda state: _channel_counts(kept_channels(state.mask), totals))
-
-
-def _target_end(config, step: int) -> str | None:
-  """``schedule_end`` of every method in ``prune.target_sparsity`` mode."""
-  p = config.prune
-  if step >= p.max_steps:
-    return f"target sparsity {p.target_sparsity} reached at step {p.max_steps}"
-  return None
-
-
-def _method(config, model, dense: train.TrainState, data: DatasetSplits, roles) -> _Method:
-  """The :class:`_Method` of ``config.prune.method`` (design.md sections 2, 3 and 4)."""
-  p = config.prune
-  ft_steps = max(1, len(data.labels["train"]) // config.train.batch_size)
-  if p.method == "snnl_channels":
-    return _snnl_method(config, model, dense, data, ft_steps)
-  if p.method == "fairgrape":
-    rate = p.max_sparsity if p.fairgrape_prune_rate is None else p.fairgrape_prune_rate
-    keep = p.fairgrape_keep_per_iter
-    epochs = p.fairgrape_retrain_epochs
-    # Retraining uses the dense-training optimizer settings, its schedule spanning one
-    # iteration's retraining (a fresh optimizer state per iteration, see prune_iterative).
-    tx = _train_tx(config, ft_steps, max(1, epochs)) if epochs else dense.tx
-
-    def fairgrape_next(state, step):
-      # Importance is recomputed at every iteration on group-balanced train batches, through the
-      # masked model; the cumulative ratio is over each layer's (or all) prunable weights.
-      importance = fairgrape.accumulate_importance(
-          model, _variables(state), _scoring_batches(config, data, step), state.mask,
-          num_groups=data.num_groups, apply_kwargs={"train": False})
-      if p.target_sparsity is not None:
-        ratio = target_ratio(step, p.target_sparsity, p.max_steps)
-      else:
-        ratio = fairgrape.cumulative_ratio(step, keep, rate)
-      return fairgrape.fairgrape_mask(importance, state.mask, ratio, scope=p.scope)
-
-    def schedule_end(step):
-      if p.target_sparsity is not None:
-        return _target_end(config, step)
-      if fairgrape.cumulative_ratio(step, keep, rate) >= rate:
-        return f"cumulative ratio reached prune rate {rate}"
-      return None
-    return _Method(p.method, fairgrape_next, epochs, tx, schedule_end)
-
-  score = _score_fn(config, model, data, roles)
-  tx = _train_tx(config, ft_steps, max(1, p.finetune_epochs)) if p.finetune_epochs else dense.tx
-  if p.target_sparsity is not None:
-    # Cumulative: step i prunes the lowest-scored kept weights up to r_i of each layer (or of
-    # all prunable weights), so the last step lands on the target, not one step_fraction past.
-    return _Method(
-        p.method,
-        lambda state, step: masks.prune_to_sparsity(
-            score(state, step), state.mask, target_ratio(step, p.target_sparsity, p.max_steps),
-            scope=p.scope),
-        p.finetune_epochs, tx, lambda step: _target_end(config, step))
-  return _Method(
-      p.method,
-      lambda state, step: masks.prune_lowest(score(state, step), state.mask, p.step_fraction,
-                                             scope=p.scope),
-      p.finetune_epochs, tx)
+def context(config, model, data: DatasetSplits, workdir: str = "",
+            roles: tuple[int, tuple[int, ...]] | None = None) -> methods_api.RunContext:
+  """The :class:`fairjax.pruning.api.RunContext` of a run: the config, model, data, workdir,
+  data-parallel mesh, group roles and the batch providers the pruning methods use."""
+  steps_per_epoch = max(1, len(data.labels["train"]) // config.train.batch_size)
+  return methods_api.RunContext(
+      config=config, model=model, data=data, workdir=workdir, dp=data_parallel(config),
+      roles=roles,
+      scoring_batches=functools.partial(scoring_batches, config, data),
+      uniform_batches=functools.partial(uniform_train_batches, config, data),
+      train_tx=lambda epochs: train_tx(config, steps_per_epoch, max(1, epochs)),
+      steps_per_epoch=steps_per_epoch)
 
 
 def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits, workdir: str,
@@ -703,17 +166,20 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
     step's index.
   """
   p = config.prune
-  method = _method(config, model, dense, data, roles)
-  name = method.name
+  name = p.method
+  method = methods_api.get_method(name)
+  ctx = context(config, model, data, workdir, roles)
+  dp = ctx.dp
+  tx = method.optimizer(ctx, dense.tx)
+  retrain_epochs = method.retrain_epochs(ctx)
   store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, checkpoint.PRUNE_STORE))
-  dp = data_parallel(config)
-  state = dense.replace(tx=method.tx, opt_state=method.tx.init(dense.params))
+  state = dense.replace(tx=tx, opt_state=tx.init(dense.params))
   state = train.set_mask(state, dp.replicate(method.prepare_mask(
-      state.params, masks.init_mask(state.params, _prunable(config)))))
+      ctx, state.params, masks.init_mask(state.params, ctx.prunable))))
   # Replicated on the mesh (identity on one device): checkpoints restore onto this sharding.
   state = dp.replicate(state)
-  steps = [{"step": 0, "sparsity": 0.0, "validation": dense_val, **method.step_info(state)}]
-  stop = {"best": _num(dense_val["eodd"]), "bad_steps": 0, "stopped": False, "reason": ""}
+  steps = [{"step": 0, "sparsity": 0.0, "validation": dense_val, **method.step_info(ctx, state)}]
+  stop = stopping.initial_stop(dense_val)
   latest = store.latest_step()
   if latest is not None:
     meta = store.restore_metadata(latest)
@@ -735,39 +201,20 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   while not stop["stopped"] and step < p.max_steps:
     step += 1
     t0 = time.perf_counter()
-    new_mask = dp.replicate(method.next_mask(state, step))
+    new_mask = dp.replicate(method.next_mask(ctx, state, step))
     # A fresh optimizer state per step: the fine-tuning schedule (e.g. cosine to 0) restarts,
     # instead of having already decayed to zero after the first step's fine-tuning.
-    state = dp.replicate(train.set_mask(state, new_mask,
-                                        reset_opt_state=bool(method.retrain_epochs)))
-    if method.retrain_epochs:
-      state, _ = train.fit(state, _epoch_batches(config, data, config.seed * 31 + step),
-                           epochs=method.retrain_epochs, rng=dp.replicate(jax.random.key(step)),
-                           log_every=0, donate=False, step_fn=_train_step_fn(config))
+    state = dp.replicate(train.set_mask(state, new_mask, reset_opt_state=bool(retrain_epochs)))
+    if retrain_epochs:
+      state, _ = train.fit(state, epoch_batches(config, data, config.seed * 31 + step),
+                           epochs=retrain_epochs, rng=dp.replicate(jax.random.key(step)),
+                           log_every=0, donate=False, step_fn=train_step_fn(config))
     val = evaluate_split(state, data, "validation", config)
     steps.append({"step": step, "sparsity": val["sparsity"], "validation": val,
-                  **method.step_info(state)})
-    eodd = _num(val["eodd"])
-    drop = dense_val["accuracy"] - val["accuracy"]
-    if eodd < stop["best"]:
-      stop["best"], stop["bad_steps"] = eodd, 0
-    else:
-      stop["bad_steps"] += 1
-    end = method.schedule_end(step)
-    if p.target_sparsity is not None:
-      # Pruning to a fixed target (the comparison): only the schedule ends the run, so no rule
-      # can stop it before the target (README, "Comparing methods").
-      if end is not None:
-        stop.update(stopped=True, reason=end)
-    elif stop["bad_steps"] >= p.patience:
-      stop.update(stopped=True, reason=f"validation Eodd did not improve for {p.patience} steps")
-    elif val["sparsity"] >= p.max_sparsity:
-      stop.update(stopped=True, reason=f"sparsity reached {p.max_sparsity}")
-    elif drop > p.max_accuracy_drop:
-      stop.update(stopped=True, reason=f"validation accuracy dropped by {drop:.3f} > "
-                                       f"{p.max_accuracy_drop}")
-    elif end is not None:
-      stop.update(stopped=True, reason=end)
+                  **method.step_info(ctx, state)})
+    stop = stopping.update_stop(stop, val, dense_val, p,
+                                end=method.schedule_end(ctx, state, step))
+    eodd, drop = _num(val["eodd"]), dense_val["accuracy"] - val["accuracy"]
     logging.info("%s step %d: sparsity %.3f | val acc %.4f (drop %+.4f) eodd %.4f "
                  "[%.1fs]%s", name, step, val["sparsity"], val["accuracy"], drop, eodd,
                  time.perf_counter() - t0, f" -> stop: {stop['reason']}" if stop["stopped"] else "")
@@ -778,17 +225,12 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   if not stop["stopped"]:
     stop.update(stopped=True, reason=f"max_steps={p.max_steps} reached")
 
-  eligible = [s for s in steps[1:]
-              if dense_val["accuracy"] - s["validation"]["accuracy"] <= p.max_accuracy_drop
-              and s["validation"]["eodd"] is not None]
-  if p.target_sparsity is not None:
-    eligible = steps[-1:] if len(steps) > 1 else []  # the step on the target, whatever its metrics
-  if not eligible:
+  chosen = stopping.choose_step(steps, dense_val, p)
+  if chosen == 0:
     logging.warning("%s: no pruning step stayed within max_accuracy_drop=%s; reporting "
                     "the dense model", name, p.max_accuracy_drop)
     store.close()
     return dense.replace(mask=None), steps, 0
-  chosen = min(eligible, key=lambda s: (s["validation"]["eodd"], s["step"]))["step"]
   items = store.restore(chosen, {"params": state.params, "batch_stats": state.batch_stats,
                                  "mask": state.mask})
   store.close()
@@ -872,7 +314,7 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> tuple[DatasetSplits
   data = load_dataset(config.data, workdir=workdir)
   logging.info("data: %s", data.describe()["split_sizes"])
   validate_data(config, data)  # before any training: batch size, groups per split, roles
-  return data, _make_model(config, data)
+  return data, make_model(config, data)
 
 
 def dense_model(config: ml_collections.ConfigDict, model, data: DatasetSplits, workdir: str
@@ -890,8 +332,8 @@ def dense_stage(config: ml_collections.ConfigDict, model, data: DatasetSplits, w
   dense = train_dense(config, model, data, workdir)
   dense_val = evaluate_split(dense, data, "validation", config)
   test_predictions = predict_split(dense, data, "test", config)
-  dense_test = {**split_metrics(config, data, *test_predictions), "sparsity": _sparsity(dense.mask)}
-  _warn_incomplete_metrics(data, dense_test)
+  dense_test = {**split_metrics(config, data, *test_predictions), "sparsity": sparsity(dense.mask)}
+  warn_incomplete_metrics(data, dense_test)
   unpriv, priv = resolve_roles(config, data, dense_val)
   logging.info("dense test: acc %.4f macro-F1 %.4f eodd %.4f; unprivileged group: %s",
                dense_test["accuracy"], dense_test["macro_f1"], _num(dense_test["eodd"]),
@@ -900,7 +342,6 @@ def dense_stage(config: ml_collections.ConfigDict, model, data: DatasetSplits, w
   return dense, dense_val, dense_test, (unpriv, priv), test_predictions
 
 
-PRETRAINED_JSON = "pretrained.json"
 REFERENCE_JSON = "dense_reference.json"
 
 
@@ -952,6 +393,7 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
   Returns the results dict (schema: :mod:`fairjax.report`, README).
   """
   clock = WallClock(workdir) if clock is None else clock
+  ctx = context(config, model, data, workdir, roles)
   unpriv, priv = roles
   final, steps, chosen = prune_iterative(config, model, dense, data, workdir, dense_val, roles)
   final, finetune = finetune_final(config, model, final, data, workdir, steps, chosen)
@@ -962,18 +404,21 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
           and np.array_equal(groups, dense_predictions[2])):
     raise RuntimeError("the dense and pruned test predictions are not of the same samples")
   pruned_test = {**split_metrics(config, data, labels, pruned_pred, groups),
-                 "sparsity": _sparsity(final.mask)}
-  _warn_incomplete_metrics(data, pruned_test)  # as evaluate_split does for a test split
+                 "sparsity": sparsity(final.mask)}
+  warn_incomplete_metrics(data, pruned_test)  # as evaluate_split does for a test split
   predictions = {"dense": dense_predictions[1], "pruned": pruned_pred}
   boot = paired_bootstrap(config, data, labels, groups, predictions)
-  privileged_name = (data.group_names[priv[0]] if len(priv) == 1 else
-                     "mean of " + ", ".join(data.group_names[g] for g in priv))
+  # One privileged group: its name. Several (FairPrune averages every group but the
+  # unprivileged one when there are more than two): null, and their names in privileged_groups.
+  privileged_name = data.group_names[priv[0]] if len(priv) == 1 else None
   results = {
       "schema_version": 1,
       "config": _to_dict(config),
       "dataset": data.describe(),
       "fairness_convention": config.fairness_convention,
       "privileged_group": privileged_name,
+      **({} if len(priv) == 1 else
+         {"privileged_groups": [data.group_names[g] for g in priv]}),
       "unprivileged_group": data.group_names[unpriv],
       "method": config.prune.method,
       "dense": dense_test,
@@ -984,18 +429,18 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
                   **report.summarize_bootstrap(boot)},
       "bootstrap": boot,
       # The README promises the key for every method: null unless snnl_channels slims.
-      "slimming": (_slimming_summary(config, model, final)
-                   if config.prune.method == "snnl_channels" else None),
+      "slimming": None,
   }
+  results.update(methods_api.get_method(config.prune.method).report(ctx, final))
   if finetune is not None:
     results["final_finetune"] = finetune
   results.update(extra or {})
   written = []
   if parallel.is_main_process():
-    written.append(_write_predictions(workdir, labels, groups, predictions))
+    written.append(write_predictions(workdir, labels, groups, predictions))
   # Every process computes (the plots' curvature pass is collective); only process 0 writes.
   if plots:
-    written += _plots(config, model, dense, data, steps, chosen, unpriv, priv, workdir)
+    written += run_report.plots(ctx, dense, steps, chosen)
   results["wall_seconds"] = clock.total()
   path = report.write_results(workdir, results) if parallel.is_main_process() else workdir
   logging.info("pruned test (step %d%s): acc %.4f macro-F1 %.4f eodd %.4f sparsity %.3f -> %s",
@@ -1008,35 +453,6 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
   for line in story(results, stop_reason(workdir, config), files, checkpoints):
     logging.info("%s", line)
   return results
-
-
-TEST_PREDICTIONS = "test_predictions.npz"
-
-
-def _write_predictions(workdir: str, labels: np.ndarray, groups: np.ndarray,
-                       predictions: Mapping[str, np.ndarray]) -> str:
-  """``<workdir>/test_predictions.npz`` (labels, groups and one int array per model, in test
-  order): what the bootstrap resampled, so its intervals can be recomputed without a model."""
-  arrays = {"labels": np.asarray(labels), "groups": np.asarray(groups),
-            **{name: np.asarray(p) for name, p in predictions.items()}}
-  return checkpoint.write_atomic(os.path.join(workdir, TEST_PREDICTIONS),
-                                 lambda f: np.savez(f, **arrays), binary=True)
-
-
-def paired_bootstrap(config, data: DatasetSplits, labels: np.ndarray, groups: np.ndarray,
-                     predictions: Mapping[str, np.ndarray],
-                     pairs: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-  """:func:`fairjax.bootstrap.bootstrap` of test predictions with the run's settings
-  (``report.bootstrap_samples`` / ``bootstrap_seed`` / ``confidence``, the fairness convention
-  and undefined-rate rule of design.md section 5); default pairs ``("pruned", "dense")``.
-  Seeded, so a rerun or resumed run with the same predictions gets the same intervals."""
-  r = config.report
-  return bootstrap.bootstrap(
-      labels, groups, predictions, num_classes=data.num_classes, num_groups=data.num_groups,
-      group_names=list(data.group_names), convention=config.fairness_convention,
-      undefined=config.undefined_rates, num_samples=int(r.bootstrap_samples),
-      seed=int(r.bootstrap_seed), confidence=float(r.confidence),
-      pairs=pairs or [("pruned", "dense")])
 
 
 def stop_reason(workdir: str, config) -> str | None:
@@ -1053,262 +469,10 @@ def stop_reason(workdir: str, config) -> str | None:
   return stop["reason"] if stop["stopped"] else f"max_steps={config.prune.max_steps} reached"
 
 
-def _points(leaf: Mapping[str, Any]) -> str:
-  """A difference LEAF in accuracy points: ``-2.4 points [-3.9, -1.0]``."""
-  if leaf["estimate"] is None:
-    return "n/a"
-  text = f"{100 * leaf['estimate']:+.1f} points"
-  if leaf["low"] is not None and leaf["high"] is not None:
-    text += f" [{100 * leaf['low']:+.1f}, {100 * leaf['high']:+.1f}]"
-  return text
-
-
-def story(results: Mapping[str, Any], reason: str | None, files: list[str],
-          checkpoints: str) -> list[str]:
-  """The run's last log lines, in words: what was pruned, whether any step lowered validation
-  Eodd within ``max_accuracy_drop``, which model is reported, the levelling label with the
-  paired intervals (design.md section 8.1), and every file written."""
-  cfg = results["config"]["prune"]
-  steps, chosen = results["steps"], results["chosen_step"]
-  method, pruned = results["method"], results["pruned"]
-  dense_val = steps[0]["validation"]
-  limit = cfg["max_accuracy_drop"]
-  lines = [f"what was pruned: {method}, {len(steps) - 1} step(s) up to sparsity "
-           f"{steps[-1]['sparsity']:.4f} of the prunable weights"
-           + (f"; the loop stopped because {reason}" if reason else "") + "."]
-  better = [s["step"] for s in steps[1:]
-            if dense_val["accuracy"] - s["validation"]["accuracy"] <= limit
-            and s["validation"]["eodd"] is not None and dense_val["eodd"] is not None
-            and s["validation"]["eodd"] < dense_val["eodd"]]
-  if cfg.get("target_sparsity") is not None:
-    lines.append(f"target-sparsity mode: the last step is reported whatever its metrics; "
-                 f"{len(better)} step(s) had a lower validation Eodd than dense within "
-                 f"max_accuracy_drop={limit}.")
-  elif not better:
-    lines.append(f"No pruning step lowered validation Eodd below the dense model's "
-                 f"({_num(dense_val['eodd']):.4f}) while staying within max_accuracy_drop="
-                 f"{limit} of its validation accuracy.")
-  else:
-    lines.append(f"{len(better)} of {len(steps) - 1} step(s) lowered validation Eodd below the "
-                 f"dense model's ({_num(dense_val['eodd']):.4f}) within max_accuracy_drop={limit}"
-                 f": step(s) {', '.join(map(str, better))}.")
-  if chosen == 0:
-    lines.append("reported model: the dense model (step 0, nothing pruned); no step stayed "
-                 f"within max_accuracy_drop={limit}.")
-  else:
-    worse = (cfg.get("target_sparsity") is None and chosen not in better
-             and steps[chosen]["validation"]["eodd"] is not None)
-    lines.append(f"reported model: step {chosen}, sparsity {pruned['sparsity']:.4f}"
-                 + (", then fine-tuned" if "final_finetune" in results else "")
-                 + (" (the last step, on the target)" if cfg.get("target_sparsity") is not None
-                    else " (lowest validation Eodd within the accuracy limit)")
-                 + (f"; its validation Eodd ({steps[chosen]['validation']['eodd']:.4f}) is not "
-                    "below the dense model's" if worse else "") + ".")
-  s, boot = results["summary"], results["bootstrap"]
-  groups = s["group_accuracy_difference"]
-  lines.append(
-      f"mechanism (test split, pruned − dense, {100 * boot['confidence']:g}% paired bootstrap "
-      f"intervals, {boot['num_samples']} resamples): {s['mechanism']} by group accuracy "
-      f"(macro-F1: {s['mechanism_macro_f1']}); worse-off {s['worse_off_group']} "
-      f"{_points(groups[s['worse_off_group']])}, better-off {s['better_off_group']} "
-      f"{_points(groups[s['better_off_group']])}; accuracy {_points(s['accuracy_difference'])}; "
-      f"Eodd {report.format_interval(s['eodd_difference'])} ({results['fairness_convention']} "
-      "convention). An interval that excludes 0 is a significant change"
-      + ("; the reported model is the dense one, so every difference is 0." if chosen == 0
-         else "."))
-  lines.append("files written: " + ", ".join(files) + f"; checkpoints under {checkpoints}")
-  return lines
-
-
 # -- FairGRAPE's final fine-tune -----------------------------------------------------------------
 
-FINETUNE_STORE = "finetune"
-
-
-def _finetune_tx(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The final fine-tune's optimizer: ``prune.fairgrape_finetune_optimizer`` at
-  ``fairgrape_finetune_learning_rate`` on ``train.schedule`` spanning the fine-tune, with the
-  dense run's momentum / Nesterov / weight decay (masked updates, train.make_optimizer)."""
-  t, p = config.train, config.prune
-  total = max(1, steps_per_epoch * p.fairgrape_finetune_epochs)
-  schedule = train.make_schedule(t.schedule, p.fairgrape_finetune_learning_rate, total)
-  return train.make_optimizer(p.fairgrape_finetune_optimizer, schedule, momentum=t.momentum,
-                              nesterov=t.nesterov, weight_decay=t.weight_decay)
-
-
-def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, workdir: str,
-                   steps: list[dict], chosen: int) -> tuple[train.TrainState, dict | None]:
-  """FairGRAPE's full fine-tune after the last schedule iteration (design.md section 4).
-
-  Trains the chosen pruned state (the last iteration in ``prune.target_sparsity`` mode, as in
-  the official code, which retrains its final model) for ``prune.fairgrape_finetune_epochs``
-  with a fresh optimizer (:func:`_finetune_tx`), keeping the mask: pruned weights stay exactly
-  zero (masked updates). A checkpoint per epoch in ``<workdir>/checkpoints/finetune`` (params,
-  BatchNorm statistics, optimizer state, mask, history) lets a killed run resume with the same
-  result. Skipped (returns ``(state, None)``) for other methods, for 0 epochs, and when the
-  chosen step is 0 (the dense model is reported; nothing was pruned).
-
-  Returns:
-    ``(state, record)``: the fine-tuned state and ``results["final_finetune"]``: ``step`` (the
-    fine-tuned pruning step), ``epochs``, ``optimizer``, ``learning_rate``, ``schedule``,
-    ``validation_before`` / ``validation_after`` and ``test_before`` (split metrics; the test
-    metrics after are ``results["pruned"]``), and ``history`` (per epoch: ``epoch``, ``loss``,
-    ``train_accuracy``, ``validation``).
-  """
-  p = config.prune
-  epochs = p.fairgrape_finetune_epochs
-  if p.method != "fairgrape" or epochs == 0 or chosen == 0 or state.mask is None:
-    return state, None
-  steps_per_epoch = max(1, len(data.labels["train"]) // config.train.batch_size)
-  tx = _finetune_tx(config, steps_per_epoch)
-  test_before = evaluate_split(state, data, "test", config)
-  state = state.replace(tx=tx, opt_state=tx.init(state.params), step=jnp.zeros((), jnp.int32))
-  store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, FINETUNE_STORE),
-                                     max_to_keep=2)
-  history: list[dict] = []
-  start = 0
-  latest = store.latest_step()
-  if latest is not None:
-    meta = store.restore_metadata(latest)
-    if meta["chosen_step"] != chosen:
-      store.close()
-      raise ConfigError(f"{workdir} holds a final fine-tune of pruning step {meta['chosen_step']}"
-                        f", but this run chose step {chosen} (the pruning config changed); use "
-                        "another --workdir")
-    items = store.restore(latest, {**_state_items(state), "mask": state.mask})
-    state = state.replace(params=items["params"], batch_stats=items["batch_stats"],
-                          opt_state=items["opt_state"], mask=items["mask"],
-                          step=jnp.asarray(meta["step"], jnp.int32))
-    history, start = meta["history"], meta["epoch"] + 1
-    logging.info("fairgrape final fine-tune: resuming after epoch %d", meta["epoch"] + 1)
-  # Data order and dropout keys are functions of (seed, epoch): a resumed run trains exactly as
-  # an uninterrupted one.
-  batches = _epoch_batches(config, data, config.seed * 53 + 17)
-  rng = jax.random.key(config.seed + 3, impl="rbg")
-  for epoch in range(start, epochs):
-    state, fit_history = train.fit(state, batches, epochs=epoch + 1, start_epoch=epoch, rng=rng,
-                                   log_every=0, donate=False)
-    val = evaluate_split(state, data, "validation", config)
-    history.append({"epoch": epoch, "loss": fit_history[-1]["loss"],
-                    "train_accuracy": fit_history[-1]["accuracy"], "validation": val})
-    logging.info("fairgrape final fine-tune epoch %d/%d: loss %.4f | val acc %.4f eodd %.4f "
-                 "sparsity %.3f", epoch + 1, epochs, fit_history[-1]["loss"], val["accuracy"],
-                 _num(val["eodd"]), val["sparsity"])
-    store.save(epoch, {**_state_items(state), "mask": state.mask},
-               metadata={"epoch": epoch, "step": int(state.step), "chosen_step": chosen,
-                         "history": history})
-  store.close()
-  record = {"step": chosen, "epochs": epochs, "optimizer": p.fairgrape_finetune_optimizer,
-            "learning_rate": float(p.fairgrape_finetune_learning_rate),
-            "schedule": config.train.schedule,
-            "validation_before": steps[chosen]["validation"],
-            "validation_after": history[-1]["validation"], "test_before": test_before,
-            "history": history}
-  return state, record
-
-
 def _slimming_summary(config, model, final: train.TrainState) -> dict[str, Any] | None:
-  """What physically removing the SNNL-pruned channels of the chosen state buys (design.md
-  section 3: structured masks allow slimming): sizes, and a measured inference speedup.
+  """``results["slimming"]`` of ``snnl_channels``
+  (:func:`fairjax.pruning.snnl_channels.slimming_summary`, :func:`fairjax.slimming.summary`)."""
+  return snnl_channels.slimming_summary(config, model, final)
 
-  Returns (``None`` for models :func:`fairjax.slimming.slim_sequential_cnn` does not handle,
-  i.e. other than fairjax's VGG-11 and SmallCNN, or for nested layer paths)::
-
-    {"params_dense", "params_slim",     # parameter counts (BN running stats not counted)
-     "flops_dense", "flops_slim",       # conv/dense multiply-adds per image
-     "channels": {layer: {"total", "kept", "removed", "removed_indices": [int, ...]}},
-     "speedup", "masked_median_s", "slim_median_s",   # measured; null when not timed
-     "speedup_batch_size", "speedup_repeats", "device",
-     "masked_compile_s", "slim_compile_s", "masked_times_s", "slim_times_s"}
-
-  The timing (measured fields null when ``prune.speedup_repeats`` is 0) covers the jitted
-  inference forward pass (``train=False``) of the masked model (the original architecture,
-  pruned channels zeroed) and of the slimmed one on the same batch of
-  ``prune.speedup_batch_size`` images (normal noise from a fixed key: the cost of a dense conv
-  net does not depend on pixel values), one warm-up call each, then ``speedup_repeats``
-  interleaved timed calls;
-  ``speedup = masked_median_s / slim_median_s`` (:func:`fairjax.slimming.measure_speedup`).
-  The times are wall-clock seconds on ``device`` and vary between runs (as ``wall_seconds``
-  does); everything else here is a pure function of the chosen state.
-  """
-  variables = _variables(final)
-  layers, _ = snnl_layers(config, final.params)
-  keep = {name: (np.ones(_kernel_channels(final.params, name), bool) if final.mask is None else
-                 np.asarray(masks.channel_keep_from_mask(final.mask, name)))
-          for name in layers}
-  try:
-    slim_model, slim_vars = slimming.slim_sequential_cnn(model, variables, keep)
-  except (TypeError, ValueError) as e:
-    logging.warning("snnl_channels: no slimming summary (%s)", e)
-    return None
-  shape = (config.data.image_size,) * 2 + (3,)
-  out: dict[str, Any] = {
-      "params_dense": slimming.count_params(variables),
-      "params_slim": slimming.count_params(slim_vars),
-      "flops_dense": slimming.conv_flops(model, variables, shape),
-      "flops_slim": slimming.conv_flops(slim_model, slim_vars, shape),
-      "channels": {name: {"total": int(k.size), "kept": int(k.sum()),
-                          "removed": int(k.size - k.sum()),
-                          "removed_indices": [int(i) for i in np.flatnonzero(~k)]}
-                   for name, k in keep.items()},
-  }
-  p = config.prune
-  device = jax.devices()[0]
-  out.update({"speedup": None, "masked_median_s": None, "slim_median_s": None,
-              "speedup_batch_size": p.speedup_batch_size, "speedup_repeats": p.speedup_repeats,
-              "device": f"{device.platform}: {getattr(device, 'device_kind', str(device))}",
-              "masked_compile_s": None, "slim_compile_s": None,
-              "masked_times_s": None, "slim_times_s": None})
-  if p.speedup_repeats:
-    images = jax.random.normal(jax.random.key(0), (p.speedup_batch_size, *shape), jnp.float32)
-    timed = slimming.measure_speedup(model, variables, slim_model, slim_vars, images,
-                                     repeats=p.speedup_repeats)
-    out.update({"speedup": timed["speedup"], "masked_median_s": timed["dense_s"],
-                "slim_median_s": timed["slim_s"],
-                "masked_compile_s": timed["dense_compile_s"],
-                "slim_compile_s": timed["slim_compile_s"],
-                "masked_times_s": timed["dense_times_s"], "slim_times_s": timed["slim_times_s"]})
-    logging.info("snnl_channels: slimmed forward %.2fx faster than masked (median %.4fs vs "
-                 "%.4fs, batch %d, %s); %d -> %d params", timed["speedup"], timed["slim_s"],
-                 timed["dense_s"], timed["batch"], out["device"], out["params_dense"],
-                 out["params_slim"])
-  return out
-
-
-# Methods whose saliency is built from the per-group curvature the histograms show; for the
-# others the figure would cost a curvature pass that the run never used.
-_CURVATURE_PRUNE_METHODS = ("fairprune", "obd")
-
-
-def _plots(config, model, dense, data: DatasetSplits, steps, chosen: int, unpriv, priv,
-           workdir) -> list[str]:
-  """``tradeoff.png`` and, for curvature methods, ``saliency_histograms.png`` (paths written)."""
-  curvature = config.prune.method in _CURVATURE_PRUNE_METHODS
-  diag = _group_diag(config, model, dense, data, 0) if curvature else None  # collective
-  if not parallel.is_main_process():
-    return []
-  written = [report.plot_tradeoff(
-      steps, os.path.join(workdir, "tradeoff.png"),
-      title=f"{config.prune.method} on {data.name} (validation split)",
-      convention=config.fairness_convention, chosen_step=chosen,
-      max_accuracy_drop=(None if config.prune.target_sparsity is not None
-                         else config.prune.max_accuracy_drop))]
-  if not curvature:
-    logging.info("%s: no saliency_histograms.png (it shows FairPrune's per-group curvature, "
-                 "which only fairprune and obd compute)", config.prune.method)
-    return written
-  terms = fairprune.group_terms(dense.params, diag)
-  per_layer: dict[str, dict[str, np.ndarray]] = {}
-  shown = (unpriv, priv[0])
-  prunable = _prunable(config)
-  for path, leaf in masks.flatten_with_paths(terms):
-    if path[-1] != "kernel":
-      continue
-    name = "/".join(path)
-    if not prunable(tuple(path), np.asarray(leaf[0])):  # shown, but say that it is never pruned
-      name += " (not pruned)"
-    per_layer[name] = {data.group_names[g]: np.asarray(leaf[g]).ravel() for g in shown}
-  written.append(report.plot_saliency_histograms(
-      per_layer, os.path.join(workdir, "saliency_histograms.png"),
-      group_names=(data.group_names[shown[0]], data.group_names[shown[1]])))
-  return written

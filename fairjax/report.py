@@ -14,7 +14,8 @@ The results file ``<workdir>/results.json`` is a public contract::
                   "split_sizes": {"train": int, "validation": int, "test": int},
                   "num_unknown_group": {"train": int, "validation": int, "test": int}},
       "fairness_convention": "sum" | "mean",
-      "privileged_group": str,              # one of dataset.group_names
+      "privileged_group": str | null,       # one of dataset.group_names; null when several
+      "privileged_groups": [str, ...],      # only then: the privileged groups (2 or more)
       "method": str,                        # "fairprune", ...
       "dense":  <split metrics>,            # test split, unpruned model
       "pruned": <split metrics>,            # test split, final pruned model
@@ -276,7 +277,8 @@ def validate_results(obj: dict) -> None:
     Required keys and types (``null`` is allowed only where marked):
 
     - ``schema_version`` == :data:`SCHEMA_VERSION`; ``config``: dict; ``method``: str;
-      ``fairness_convention``: ``"sum"`` or ``"mean"``; ``privileged_group``: one of the group
+      ``fairness_convention``: ``"sum"`` or ``"mean"``; ``privileged_group``: null with
+      ``privileged_groups`` listing two or more group names, or one of the group
       names.
     - ``dataset``: ``name`` str, ``num_classes`` int >= 1, ``group_names`` list of >= 2 unique
       str, ``class_names`` list of ``num_classes`` str or null, ``split_sizes`` and
@@ -352,12 +354,24 @@ def validate_results(obj: dict) -> None:
         raise ValueError(
             f"{root}.fairness_convention must be one of {CONVENTIONS}, got {_describe(convention)}"
         )
-    privileged = _str(obj, "privileged_group", root)
-    if privileged not in group_names:
-        raise ValueError(
-            f"{root}.privileged_group {privileged!r} is not one of {ds_path}.group_names "
-            f"{list(group_names)!r}"
-        )
+    if _get(obj, "privileged_group", root) is None:
+        # Several privileged groups (FairPrune with more than two groups averages them all).
+        several = _get(obj, "privileged_groups", root)
+        if (not isinstance(several, list) or len(several) < 2
+                or len(set(map(str, several))) != len(several)
+                or any(g not in group_names for g in several)):
+            raise ValueError(
+                f"{root}.privileged_groups must list two or more distinct names of "
+                f"{ds_path}.group_names {list(group_names)!r} when {root}.privileged_group is "
+                f"null, got {_describe(several)}"
+            )
+    else:
+        privileged = _str(obj, "privileged_group", root)
+        if privileged not in group_names:
+            raise ValueError(
+                f"{root}.privileged_group {privileged!r} is not one of {ds_path}.group_names "
+                f"{list(group_names)!r}"
+            )
     _str(obj, "method", root)
 
     for split in ("dense", "pruned"):

@@ -240,6 +240,9 @@ CASES = [
          ("config.prune.privileged_group='female'", "'light', 'dark'")),
     Case("scoring_batch_not_a_multiple_of_groups", _a(*TINY, "--config.prune.batch_size=15"),
          ("config.prune.batch_size=15", "multiple of the number of groups")),
+    Case("snnl_layer_not_a_conv", _a(*TINY, "--config.prune.method=snnl_channels",
+                                     "--config.prune.snnl.layers=('fc0',)"),
+         ("config.prune.snnl.layers=('fc0',)", "not a 2-D conv layer")),
     # Real-dataset folders.
     Case("manual_dir_missing",
          _a("--config=configs/isic.py", "--config.data.manual_dir={tmp}/nope", NO_WEIGHTS),

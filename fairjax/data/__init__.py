@@ -62,6 +62,10 @@ class DatasetSplits:
     }
 
 
+# The demo's optional third group (config data.third_group_fraction).
+THIRD_GROUP_NAME = "other"
+
+
 def _demo(cfg: Mapping[str, Any]) -> DatasetSplits:
   sizes = {"train": int(cfg["num_train"]), "validation": int(cfg["num_validation"]),
            "test": int(cfg["num_test"])}
@@ -81,10 +85,23 @@ def _demo(cfg: Mapping[str, Any]) -> DatasetSplits:
   arrays.update(synthetic.make_demo_splits(
       int(cfg["seed"]), {s: sizes[s] for s in ("validation", "test")},
       minority_fraction=eval_fraction, **generator))
+  group_names = tuple(synthetic.DEMO_GROUP_NAMES)
+  third = float(cfg.get("third_group_fraction", 0.0))
+  if third > 0:
+    # A third group for runs with more than two groups: a seeded share of each split's light-skin
+    # samples is relabelled "other" (images unchanged); the two-group data are untouched.
+    for s in SPLITS:
+      group = arrays[s]["group"].copy()
+      light = np.flatnonzero(group == 0)
+      count = min(int(round(len(group) * third)), len(light) - 1)
+      rng = np.random.default_rng([int(cfg["seed"]), SPLITS.index(s), 3])
+      group[rng.choice(light, count, replace=False)] = len(group_names)
+      arrays[s] = {**arrays[s], "group": group}
+    group_names += (THIRD_GROUP_NAME,)
   sources = {s: pipeline.ArraySource(arrays[s]) for s in SPLITS}
   return DatasetSplits(
       name="demo", sources=sources, num_classes=len(synthetic.DEMO_CLASS_NAMES),
-      class_names=tuple(synthetic.DEMO_CLASS_NAMES), group_names=tuple(synthetic.DEMO_GROUP_NAMES),
+      class_names=tuple(synthetic.DEMO_CLASS_NAMES), group_names=group_names,
       labels={s: arrays[s]["label"] for s in SPLITS}, groups={s: arrays[s]["group"] for s in SPLITS})
 
 
