@@ -23,7 +23,6 @@ configs or the CLI (design.md section 0).
 from __future__ import annotations
 
 import functools
-import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -34,6 +33,7 @@ import numpy as np
 from flax import linen as nn
 
 from fairjax.pruning import _scoring
+from fairjax import schedules
 
 PyTree = Any
 
@@ -329,9 +329,8 @@ def score_channels(model: nn.Module, variables: PyTree, batches: Iterable[Mappin
     return {name: means[name] for name in layers}
 
 
-def _round_half_up(x: float) -> int:
-    # Same rounding as fairjax.masks.prune_lowest, so fractions mean the same thing everywhere.
-    return int(math.floor(x + 0.5))
+# The one share-to-count rounding (fairjax.schedules), as masks.prune_lowest uses it.
+_round_half_up = schedules.round_half_up
 
 
 def select_channels(scores: Mapping[str, np.ndarray], *, amount: int | float,
