@@ -16,7 +16,7 @@ intervals (``results["summary"]``) and the levelling mechanism label, and the me
 many seeds' intervals exclude 0. For ``snnl_channels`` the table adds the channels removed in the
 chosen step and the measured inference speedup of the slimmed over the masked network
 (``results["slimming"]``). ``--finetune_control`` (snnl_channels, or a score method such as
-fairprune with ``prune.finetune_epochs > 0``) adds the fine-tune-only control
+fairprune with ``prune.retrain_epochs > 0``) adds the fine-tune-only control
 (:func:`finetune_control`) and the paired intervals of pruned − control.
 """
 
@@ -41,7 +41,7 @@ _OUT = flags.DEFINE_string("out", "", "Aggregate JSON ('' = see docstring).")
 _CONTROL = flags.DEFINE_bool(
     "finetune_control", False,
     "Also run the fine-tune-only control of a method that fine-tunes after every step "
-    "(snnl_channels, or fairprune & co. with prune.finetune_epochs > 0): same steps, same "
+    "(snnl_channels, or fairprune & co. with prune.retrain_epochs > 0): same steps, same "
     "fine-tuning, nothing removed.")
 
 
@@ -60,13 +60,13 @@ def _channels_removed(r: dict) -> int | None:
   return int(sum(c["removed"] for c in slim["channels"].values()))
 
 
-# Score-and-prune-lowest methods whose steps fine-tune when prune.finetune_epochs > 0.
+# Score-and-prune-lowest methods whose steps fine-tune when prune.retrain_epochs > 0.
 _FINETUNING_SCORE_METHODS = ("fairprune", "magnitude", "random", "snip", "obd")
 
 
 def finetune_control(results: dict, workdir: str) -> dict:
   """The fine-tune-only control of one finished run that fine-tunes after every step
-  (``snnl_channels``, or a score method such as fairprune with ``prune.finetune_epochs > 0``),
+  (``snnl_channels``, or a score method such as fairprune with ``prune.retrain_epochs > 0``),
   cached in ``<workdir>/finetune_control.json``.
 
   Pruning with fine-tuning also trains the model for more epochs, which by itself can change
@@ -93,10 +93,11 @@ def finetune_control(results: dict, workdir: str) -> dict:
   config = ml_collections.ConfigDict(results["config"])
   p = config.prune
   if not (p.method == "snnl_channels"
-          or (p.method in _FINETUNING_SCORE_METHODS and p.finetune_epochs > 0)):
+          or (p.method in _FINETUNING_SCORE_METHODS
+              and (p.get("retrain_epochs", p.get("finetune_epochs")) or 0) > 0)):
     raise SystemExit("--finetune_control needs runs that fine-tune after every step: "
                      "snnl_channels, or one of " + ", ".join(_FINETUNING_SCORE_METHODS)
-                     + " with --config.prune.finetune_epochs > 0")
+                     + " with --config.prune.retrain_epochs > 0")
   data = load_dataset(config.data, workdir=workdir)
   model = pipeline.make_model(config, data)
   dense = pipeline.train_dense(config, model, data, workdir)  # restores the finished run

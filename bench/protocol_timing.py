@@ -16,7 +16,7 @@ call; compile time is reported apart):
   ``--curvature_chunk`` images, scaled to ``prune.num_batches * prune.batch_size`` samples, plus
   one pass over the validation split at the measured inference rate;
 - SNNL step (``configs/fitzpatrick17k.py``): ``snnl.score_channels`` on one batch of
-  ``prune.batch_size``, scaled to ``prune.num_batches``, plus ``prune.snnl.finetune_epochs``
+  ``prune.batch_size``, scaled to ``prune.num_batches``, plus ``prune.retrain_epochs`` (SNNL's default 1 when unset)
   fine-tuning epochs and one validation pass.
 
 The model is the config's (VGG-11 with its 4096-wide classifier at 224x224) with random weights:
@@ -133,8 +133,10 @@ def time_config(name: str, args) -> dict[str, Any]:
         layers, apply_kwargs={"train": False}), args.repeats)
     out["snnl"] = {"batch": p.batch_size, "first_call_s": first, "median_s": med,
                    "times_s": times, "batches_per_step": p.num_batches}
-    out["estimates"]["prune_step_s"] = (med * p.num_batches + p.snnl.finetune_epochs * epoch_s
-                                        + val_s)
+    from fairjax.pruning import get_method
+    retrain = (p.retrain_epochs if p.retrain_epochs is not None
+               else get_method("snnl_channels").default_retrain_epochs)
+    out["estimates"]["prune_step_s"] = med * p.num_batches + retrain * epoch_s + val_s
   return out
 
 

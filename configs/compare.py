@@ -26,6 +26,6 @@ def get_config():
   # prunes without fine-tuning: --config.prune.finetune_epochs=0 gives that protocol (and the
   # baselines' one-shot-like collapse at high sparsity). FairGRAPE also keeps its final
   # fine-tune (prune.fairgrape.finetune_epochs, 2 epochs).
-  config.prune.finetune_epochs = 1
+  config.prune.retrain_epochs = 1
   config.compare = compare_section(methods=PRUNE_METHODS, sparsities=(0.5, 0.8, 0.9))
   return config

@@ -59,7 +59,7 @@ def get_config():
   config.prune.num_batches = 80
   config.prune.snnl.channels_per_step = 5  # [code] n = 5, 10, 15, ... channels
   config.prune.snnl.scope = "layer"
-  config.prune.snnl.finetune_epochs = 3  # [fairjax] the code's epoch count is not stated
+  config.prune.retrain_epochs = 3  # [fairjax] the code's epoch count is not stated
   config.prune.max_steps = 20  # [fairjax] up to 100 of conv7's 512 channels
   config.prune.max_accuracy_drop = 0.03  # [fairjax]
   return config

@@ -65,7 +65,7 @@ def get_config():
   # not depend on it.
   config.prune.curvature_chunk_size = 16
   config.prune.step_fraction = 0.35  # [code: AliGhadirii/FairPrune] 35% per iteration
-  config.prune.finetune_epochs = 0  # [paper] FairPrune does not fine-tune after pruning
+  config.prune.retrain_epochs = 0  # [paper] FairPrune does not fine-tune after pruning
   config.prune.max_steps = 10  # [fairjax]
   # [fairjax] The reported step: the lowest validation Eodd within 3 points of accuracy.
   config.prune.max_accuracy_drop = 0.03

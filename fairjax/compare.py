@@ -13,7 +13,7 @@ in its own run directory ``<workdir>/runs/<method>-s<sparsity>/`` with
 the target; the Eodd-patience, ``max_sparsity`` and ``max_accuracy_drop`` rules that could end a
 run before the target are off, and the last step is the one reported. Each method keeps its own
 protocol otherwise (design.md sections 2-4): FairPrune and the baselines prune without
-fine-tuning unless ``prune.finetune_epochs`` is set, FairGRAPE retrains after every iteration
+fine-tuning unless ``prune.retrain_epochs`` is set, FairGRAPE retrains after every iteration
 and fine-tunes at the end, SNNL fine-tunes after every step.
 
 ``snnl_channels`` is structured and prunes only the chosen conv layers (``prune.snnl.layers``,
@@ -60,6 +60,7 @@ from absl import logging
 
 from fairjax import checkpoint, pipeline, report, train
 from fairjax.config import ConfigError, validate_config
+from fairjax.pruning import api as methods_api
 
 RUNS_DIR = "runs"
 COMPARE_JSON = "compare.json"
@@ -148,11 +149,15 @@ def _train_epochs(results: Mapping[str, Any]) -> int:
   """Epochs trained after pruning began: per-step training times steps, plus FairGRAPE's final
   fine-tune (so the table shows each method's training budget)."""
   p = results["config"]["prune"]
-  # Section keys since the per-method sections; the flat names of older results files after.
-  fairgrape = p.get("fairgrape", {}).get("retrain_epochs", p.get("fairgrape_retrain_epochs"))
-  snnl = p.get("snnl", {}).get("finetune_epochs", p.get("snnl_finetune_epochs"))
-  per_step = {"fairgrape": fairgrape, "snnl_channels": snnl}.get(results["method"],
-                                                                  p["finetune_epochs"])
+  if "retrain_epochs" in p:  # the one key (None: the method's default)
+    per_step = p["retrain_epochs"]
+    if per_step is None:
+      per_step = methods_api.get_method(results["method"]).default_retrain_epochs
+  else:  # results files written before it: the per-method names
+    fairgrape = p.get("fairgrape", {}).get("retrain_epochs", p.get("fairgrape_retrain_epochs"))
+    snnl = p.get("snnl", {}).get("finetune_epochs", p.get("snnl_finetune_epochs"))
+    per_step = {"fairgrape": fairgrape, "snnl_channels": snnl}.get(results["method"],
+                                                                    p["finetune_epochs"])
   final = results.get("final_finetune", {}).get("epochs", 0)
   return int(per_step * (len(results["steps"]) - 1) + final)
 

@@ -163,7 +163,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.max_sparsity = 0.9  # stop at this share of pruned prunable weights
   c.prune.max_accuracy_drop = 0.03  # stop when validation accuracy fell by more than this
   c.prune.exclude_layers = ()  # module paths never pruned, e.g. ("conv0", "fc1")
-  c.prune.finetune_epochs = 0  # FairPrune prunes without fine-tuning (paper); optional
+  # Epochs of training after every pruning step (FairGRAPE: after every iteration), with a fresh
+  # optimizer state and the dense-training settings: the one retraining key of every method.
+  # None = the method's default (PruneMethod.default_retrain_epochs): 0 for FairPrune and the
+  # baselines (FairPrune's paper does not fine-tune), 1 for FairGRAPE and snnl_channels.
+  c.prune.retrain_epochs = ml_collections.config_dict.placeholder(int)
   # FairGRAPE (design.md section 4), method "fairgrape"; validated by fairjax.pruning.builtin.
   c.prune.fairgrape = ml_collections.ConfigDict()
   # Schedule: cumulative ratio r_i = min(1 - keep**i, rate), retraining (fresh optimizer,
@@ -172,7 +176,6 @@ def base_config() -> ml_collections.ConfigDict:
   # None = prune.max_sparsity. A typed placeholder, so --config.prune.fairgrape.prune_rate=0.5
   # can still override it from the command line.
   c.prune.fairgrape.prune_rate = ml_collections.config_dict.placeholder(float)
-  c.prune.fairgrape.retrain_epochs = 1  # retraining epochs per iteration
   # FairGRAPE's full fine-tune of the reported pruned model after the last schedule iteration
   # (design.md section 4). The official code retrains with the dense recipe (Adam, lr 1e-4 ->
   # 1e-5 -> 1e-6 over 13 + 3 + 3 epochs on FairFace/UTKFace); scaled down here for the demo:
@@ -199,9 +202,8 @@ def base_config() -> ml_collections.ConfigDict:
   # float field because ml_collections turns a command-line "2" into 2.0 for a float default.)
   c.prune.snnl.channels_per_step = 0.1
   c.prune.snnl.scope = "layer"  # rank channels within each layer ("layer") or together ("global")
-  # Fine-tuning epochs after each step (fresh optimizer state, the dense-training settings; the
-  # official recipe uses SGD lr 0.01, momentum 0.9, Nesterov, wd 1e-5, class-balanced sampling).
-  c.prune.snnl.finetune_epochs = 1
+  # Its fine-tuning after each step is prune.retrain_epochs (default 1; the official recipe uses
+  # SGD lr 0.01, momentum 0.9, Nesterov, wd 1e-5, class-balanced sampling).
   # Measured inference speedup of the physically slimmed network over the masked one, reported
   # in results["slimming"] for "snnl_channels": batch size of the timed forward pass, and timed
   # repeats of each network after one warm-up call (0 = do not time).
@@ -215,8 +217,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.fairgrape_keep_per_iter = c.prune.fairgrape.get_ref("keep_per_iter")
   # FairGRAPE prune_rate (deprecated name of prune.fairgrape.prune_rate)
   c.prune.fairgrape_prune_rate = c.prune.fairgrape.get_ref("prune_rate")
-  # FairGRAPE retraining epochs per iteration (deprecated name of prune.fairgrape.retrain_epochs)
-  c.prune.fairgrape_retrain_epochs = c.prune.fairgrape.get_ref("retrain_epochs")
+  # The per-step retraining epochs had three names (deprecated names of prune.retrain_epochs).
+  c.prune.finetune_epochs = c.prune.get_ref("retrain_epochs")
+  c.prune.fairgrape.retrain_epochs = c.prune.get_ref("retrain_epochs")
+  c.prune.snnl.finetune_epochs = c.prune.get_ref("retrain_epochs")
+  c.prune.fairgrape_retrain_epochs = c.prune.get_ref("retrain_epochs")
+  c.prune.snnl_finetune_epochs = c.prune.get_ref("retrain_epochs")
   # FairGRAPE's full fine-tune epochs (deprecated name of prune.fairgrape.finetune_epochs)
   c.prune.fairgrape_finetune_epochs = c.prune.fairgrape.get_ref(
       "finetune_epochs")  # 0 = no final fine-tune
@@ -232,8 +238,6 @@ def base_config() -> ml_collections.ConfigDict:
   # deprecated name of prune.snnl.channels_per_step
   c.prune.snnl_channels_per_step = c.prune.snnl.get_ref("channels_per_step")
   c.prune.snnl_scope = c.prune.snnl.get_ref("scope")  # deprecated name of prune.snnl.scope
-  # deprecated name of prune.snnl.finetune_epochs
-  c.prune.snnl_finetune_epochs = c.prune.snnl.get_ref("finetune_epochs")
 
   # Data parallelism (fairjax.parallel): one mesh axis "data" over this many local devices per
   # process, 0 = all of them. Batches are split over the devices, params/optimizer state
@@ -434,13 +438,18 @@ def imagenet_normalization(config) -> bool:
 # base_config for one release, and the command line warns when an old name is used.
 DEPRECATED_KEYS = {
     **{f"prune.fairgrape_{k}": f"prune.fairgrape.{k}"
-       for k in ("keep_per_iter", "prune_rate", "retrain_epochs", "finetune_epochs",
-                 "finetune_optimizer", "finetune_learning_rate")},
+       for k in ("keep_per_iter", "prune_rate", "finetune_epochs", "finetune_optimizer",
+                 "finetune_learning_rate")},
     **{f"prune.snnl_{k}": f"prune.snnl.{k}"
-       for k in ("layers", "temperature", "include_self", "channels_per_step", "scope",
-                 "finetune_epochs")},
+       for k in ("layers", "temperature", "include_self", "channels_per_step", "scope")},
+    **{old: "prune.retrain_epochs"
+       for old in ("prune.finetune_epochs", "prune.fairgrape.retrain_epochs",
+                   "prune.snnl.finetune_epochs", "prune.fairgrape_retrain_epochs",
+                   "prune.snnl_finetune_epochs")},
 }
-_OLD_NAME = {new: old for old, new in DEPRECATED_KEYS.items()}
+_OLD_NAMES: dict[str, list[str]] = {}
+for _old, _new in DEPRECATED_KEYS.items():
+  _OLD_NAMES.setdefault(_new, []).append(_old)
 
 
 def deprecated_overrides(argv: Iterator[str] | list[str]) -> list[tuple[str, str]]:
@@ -469,8 +478,9 @@ def fail(field: str, value: Any, requirement: str) -> None:
   """Raises the one-line :class:`ConfigError` of a bad field: ``config.<field>=<value>:
   <requirement> (fix it in the config file or with --config.<field>=...)``; a field with a
   deprecated name also names that (``config.<old>=<value>``), which a user may have set."""
-  old = _OLD_NAME.get(field)
-  alias = f" (deprecated name: config.{old}={value!r})" if old else ""
+  olds = _OLD_NAMES.get(field, [])
+  alias = (f" (deprecated name{'s' if len(olds) > 1 else ''}: "
+           + ", ".join(f"config.{old}={value!r}" for old in olds) + ")") if olds else ""
   raise ConfigError(f"config.{field}={value!r}{alias}: {requirement} "
                     f"(fix it in the config file or with --config.{field}=...)")
 
@@ -602,8 +612,11 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   if isinstance(excluded, str) or not all(isinstance(x, str) and x for x in excluded):
     _fail("prune.exclude_layers", excluded,
           "must be a tuple of module paths such as ('conv0', 'fc1'), or () to prune every layer")
-  if p.finetune_epochs < 0:
-    _fail("prune.finetune_epochs", p.finetune_epochs, "must be >= 0")
+  retrain = p.retrain_epochs
+  if retrain is not None and (isinstance(retrain, bool) or not isinstance(retrain, int)
+                              or retrain < 0):
+    _fail("prune.retrain_epochs", retrain,
+          "must be an integer >= 0 (epochs after every step), or None for the method's default")
   # Every registered method checks its own settings (fairjax.pruning.api.PruneMethod.validate),
   # whichever method runs: a config file is checked whole.
   for name in methods_api.method_names():

@@ -147,6 +147,9 @@ class PruneMethod:
   #: built on the per-group curvature, fairprune and obd).
   curvature_plot: bool = False
 
+  #: Epochs of training after every step when ``prune.retrain_epochs`` is None.
+  default_retrain_epochs: int = 0
+
   def validate(self, config, data: Any = None) -> None:
     """Raise ConfigError for settings this method cannot use; ``data`` is the loaded
     :class:`fairjax.data.DatasetSplits` on the second call (None on the first)."""
@@ -181,8 +184,10 @@ class PruneMethod:
     return masks.prune_to_sparsity(scores, state.mask, schedule(step), scope=p.scope)
 
   def retrain_epochs(self, ctx: RunContext) -> int:
-    """Epochs of training after every step (0: prune only). Default ``prune.finetune_epochs``."""
-    return int(ctx.config.prune.finetune_epochs)
+    """Epochs of training after every step (0: prune only): ``prune.retrain_epochs``, or
+    :attr:`default_retrain_epochs` when that is None."""
+    epochs = ctx.config.prune.retrain_epochs
+    return self.default_retrain_epochs if epochs is None else int(epochs)
 
   def optimizer(self, ctx: RunContext, dense_tx: Any) -> Any:
     """The optimizer of that training: the dense-training settings over one step's epochs

@@ -103,6 +103,8 @@ class FairGRAPE(PruneMethod):
   cumulative ratio :func:`fairjax.schedules.fairgrape` (or the target schedule), retraining
   after every iteration and a final fine-tune of the chosen model."""
 
+  default_retrain_epochs = 1  # the official code retrains between iterations
+
   def validate(self, config, data: Any = None) -> None:
     """``prune.fairgrape_*`` (checked for every run: a config file is validated whole)."""
     p = config.prune
@@ -112,9 +114,6 @@ class FairGRAPE(PruneMethod):
     if p.fairgrape.prune_rate is not None and not 0.0 < p.fairgrape.prune_rate < 1.0:
       fail("prune.fairgrape.prune_rate", p.fairgrape.prune_rate,
            "must be in (0, 1), or None to use prune.max_sparsity")
-    if not isinstance(p.fairgrape.retrain_epochs, int) or p.fairgrape.retrain_epochs < 0:
-      fail("prune.fairgrape.retrain_epochs", p.fairgrape.retrain_epochs,
-           "must be an integer >= 0")
     if (isinstance(p.fairgrape.finetune_epochs, bool)
         or not isinstance(p.fairgrape.finetune_epochs, int) or p.fairgrape.finetune_epochs < 0):
       fail("prune.fairgrape.finetune_epochs", p.fairgrape.finetune_epochs,
@@ -146,9 +145,6 @@ class FairGRAPE(PruneMethod):
     # The cumulative ratio is over each layer's (or all) prunable weights.
     return fairgrape.fairgrape_mask(importance, state.mask, self.schedule(ctx)(step),
                                     scope=ctx.config.prune.scope)
-
-  def retrain_epochs(self, ctx: RunContext) -> int:
-    return int(ctx.config.prune.fairgrape.retrain_epochs)
 
   def schedule_end(self, ctx: RunContext, state: Any, step: int) -> str | None:
     if ctx.config.prune.target_sparsity is not None:

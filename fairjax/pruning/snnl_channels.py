@@ -7,7 +7,7 @@ w.r.t. the sensitive attribute (:func:`fairjax.snnl.score_channels`, averaged ov
 MASKED model), prunes the lowest-SNNL (most group-separating) kept channels
 (:func:`fairjax.snnl.select_channels`, counts from :func:`snnl_plan` / :func:`snnl_target_plan`),
 masks their kernel slice, bias and BN scale/shift so they output exactly zero (unlike the
-official code, which leaves ``ReLU(b)``), then fine-tunes for ``prune.snnl.finetune_epochs`` with
+official code, which leaves ``ReLU(b)``), then fine-tunes for ``prune.retrain_epochs`` with
 the dense-training optimizer settings and a fresh optimizer state. Step records hold
 ``channels_kept`` / ``channels_removed``; ``results["slimming"]`` what physically removing the
 channels buys (:func:`fairjax.slimming.summary`).
@@ -151,6 +151,8 @@ def slimming_summary(config, model, final: Any) -> dict[str, Any] | None:
 class SNNLChannels(PruneMethod):
   """Sensitive channel pruning (module docstring; design.md section 3)."""
 
+  default_retrain_epochs = 1  # the paper fine-tunes after every step
+
   def validate(self, config, data: Any = None) -> None:
     """``prune.snnl_*`` and ``prune.speedup_*`` (checked for every run: a config file is
     validated whole)."""
@@ -172,8 +174,6 @@ class SNNLChannels(PruneMethod):
            "must be a fraction in (0, 1) of the kept channels or an integer count >= 1")
     if p.snnl.scope not in ("layer", "global"):
       fail("prune.snnl.scope", p.snnl.scope, "must be 'layer' or 'global'")
-    if not isinstance(p.snnl.finetune_epochs, int) or p.snnl.finetune_epochs < 0:
-      fail("prune.snnl.finetune_epochs", p.snnl.finetune_epochs, "must be an integer >= 0")
     if not isinstance(p.speedup_batch_size, int) or p.speedup_batch_size < 1:
       fail("prune.speedup_batch_size", p.speedup_batch_size, "must be an integer >= 1")
     if not isinstance(p.speedup_repeats, int) or p.speedup_repeats < 0:
@@ -184,9 +184,6 @@ class SNNLChannels(PruneMethod):
 
   def _layers(self, ctx: RunContext, params: PyTree):
     return snnl_layers(ctx.config, params)
-
-  def retrain_epochs(self, ctx: RunContext) -> int:
-    return int(ctx.config.prune.snnl.finetune_epochs)
 
   def prepare_mask(self, ctx: RunContext, params: PyTree, mask: masks.Mask) -> masks.Mask:
     layers, norms = self._layers(ctx, params)
