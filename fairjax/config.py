@@ -252,6 +252,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.report.bootstrap_samples = 1000  # resamples (group-stratified, the same for both models)
   c.report.bootstrap_seed = 0  # resampling seed: a rerun or resumed run gives the same intervals
   c.report.confidence = 0.95  # percentile interval level
+  # Draw tradeoff.png and (fairprune, obd) saliency_histograms.png; False skips both, and the
+  # histograms' extra curvature pass, for quick headless runs.
+  c.report.plots = True
   return c
 
 
@@ -638,6 +641,8 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   if (isinstance(r.confidence, bool) or not isinstance(r.confidence, (int, float))
       or not 0.0 < r.confidence < 1.0):
     _fail("report.confidence", r.confidence, "must be in (0, 1), e.g. 0.95")
+  if not isinstance(r.plots, bool):
+    _fail("report.plots", r.plots, "must be True or False")
 
 
 def validate_data(config, data) -> None:

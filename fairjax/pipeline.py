@@ -439,7 +439,7 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
   if parallel.is_main_process():
     written.append(write_predictions(workdir, labels, groups, predictions))
   # Every process computes (the plots' curvature pass is collective); only process 0 writes.
-  if plots:
+  if plots and config.report.plots:
     written += run_report.plots(ctx, dense, steps, chosen)
   results["wall_seconds"] = clock.total()
   path = report.write_results(workdir, results) if parallel.is_main_process() else workdir

@@ -28,7 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = "configs/demo.py"
 
 # A tiny demo run: 16x16 images, a 4-channel SmallCNN, 3 epochs, 3 pruning steps, no stopping
-# rule that can fire early. Seconds of compute; most of a run is JAX start-up and compilation.
+# rule that can fire early, no figures (tests of the figures turn them on again with PLOTS).
+# Seconds of compute; most of a run is JAX start-up and compilation.
 TINY = [
     "--config.data.num_train=256", "--config.data.num_validation=96", "--config.data.num_test=96",
     "--config.data.image_size=16", "--config.model.kwargs.width=4", "--config.model.kwargs.hidden=8",
@@ -36,7 +37,9 @@ TINY = [
     "--config.prune.num_batches=1", "--config.prune.batch_size=16", "--config.prune.max_steps=3",
     "--config.prune.patience=10", "--config.prune.step_fraction=0.05",
     "--config.prune.max_accuracy_drop=1.0", "--config.prune.scope=layer",
+    "--config.report.plots=False",
 ]
+PLOTS = "--config.report.plots=True"  # after TINY: the last override of a key wins
 
 # What the checkpoint stores of a pruning / fine-tuning step hold.
 STEP_ITEMS = ("params", "batch_stats", "mask")

@@ -9,15 +9,15 @@ import os
 
 import pytest
 
-from tests.cli_helpers import (TINY, assert_cli_error, assert_same_results, assert_trees_equal,
-                               config_error, kill_then_resume, load_json, parse_config,
-                               restore_step, run_cli, run_cli_ok)
+from tests.cli_helpers import (PLOTS, TINY, assert_cli_error, assert_same_results,
+                               assert_trees_equal, config_error, kill_then_resume, load_json,
+                               parse_config, restore_step, run_cli, run_cli_ok)
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  return workdir, run_cli_ok(workdir, *TINY)
+  return workdir, run_cli_ok(workdir, *TINY, PLOTS)
 
 
 def test_demo_runs_end_to_end(finished_run):

@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from tests.cli_helpers import (TINY, assert_cli_error, latest_step, load_json, restore_step,
-                               run_cli)
+from tests.cli_helpers import (PLOTS, TINY, assert_cli_error, latest_step, load_json,
+                               restore_step, run_cli)
 
 FAST = ["--config.train.epochs=2", "--config.prune.max_steps=2"]
 # FairGRAPE: keep 0.9 per iteration, rate 0.15 -> r_1 = 0.1, r_2 = min(0.19, 0.15) = 0.15, so the
@@ -30,7 +30,7 @@ def runs(tmp_path_factory):
       workdir = str(tmp_path_factory.mktemp(method))
       extra = GRAPE if method == "fairgrape" else []
       cache[method] = (workdir, run_cli(workdir, *TINY, *FAST, f"--config.prune.method={method}",
-                                        *extra))
+                                        *extra, PLOTS))
     return cache[method]
   return get
 

@@ -84,6 +84,7 @@ TINY_ISIC = [
     "--config.train.epochs=1", "--config.train.batch_size=8", "--config.train.eval_batch_size=16",
     "--config.prune.num_batches=1", "--config.prune.batch_size=8", "--config.prune.max_steps=1",
     "--config.prune.step_fraction=0.05", "--config.prune.max_accuracy_drop=1.0",
+    "--config.report.plots=False",
 ]
 
 

@@ -190,6 +190,7 @@ def split_batch(batch: Mapping[str, Any], size: int) -> Iterator[dict[str, Any]]
     yield pad_batch({k: v[start:start + size] for k, v in batch.items()}, size)
 
 
+@jax.jit
 def add_weighted(acc: PyTree | None, diag: PyTree, counts: jax.Array) -> PyTree:
   """``acc + counts[g] * diag[g]``: the running numerator of a count-weighted per-group mean.
 
@@ -204,8 +205,12 @@ def add_weighted(acc: PyTree | None, diag: PyTree, counts: jax.Array) -> PyTree:
 
 def divide_by_counts(acc: PyTree, counts: Sequence[jax.Array]) -> PyTree:
   """``acc[g] / sum_b counts_b[g]`` (zero where a group never appeared): the per-group mean."""
-  total = jnp.sum(jnp.stack([jnp.asarray(c) for c in counts]), axis=0).astype(jnp.float32)
-  denom = jnp.maximum(total, 1.0)
+  return _divide(acc, jnp.stack([jnp.asarray(c) for c in counts]))
+
+
+@jax.jit
+def _divide(acc: PyTree, counts: jax.Array) -> PyTree:
+  denom = jnp.maximum(jnp.sum(counts, axis=0).astype(jnp.float32), 1.0)
   return jax.tree.map(
       lambda a: a / denom.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype), acc)
 
