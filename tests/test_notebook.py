@@ -145,3 +145,5 @@ def test_notebook_own_model_section(executed):
     assert re.search(re.escape(name) + r" +accuracy \d\.\d{3} \(group0 ", pruned)
   tuned = _texts(_cell_with(nb, "masks.masked_updates(optax.adam"))
   assert "pruned weights still exactly zero after fine-tuning: True" in tuned
+  same = _texts(_cell_with(nb, "class MyNNXNet(nnx.Module)"))
+  assert re.search(r"NNX vs Linen per-group diagonal: max relative difference \d\.\de-\d\d", same)
