@@ -71,6 +71,8 @@ MODEL_CONFIGS: dict[str, tuple[str, dict[str, Any], tuple[int, int]]] = {
     # 112x112: at 224 the unchunked exact pass of batch 32 plans more memory than the 2-core
     # development machine has (bench/memory.py: ~291 MiB per sample for ResNet-18 at 224).
     "resnet34_112": ("resnet34", {}, (112, 112)),
+    # ViT-Ti/16 (timm's vit_tiny_patch16_224 layout), no torch mirror: --no-torch.
+    "vit_ti16_224": ("vit_ti16", {}, (224, 224)),
 }
 
 # "cpu" or "cuda": where the torch side runs (--device). JAX runs on its default backend.

@@ -87,6 +87,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 from flax.linen import linear as _flax_linear
 
+from fairjax import nnx_adapter
 from fairjax.pruning import _scoring
 
 PyTree = Any
@@ -770,9 +771,12 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
   Args:
     model: any ``flax.linen.Module`` mapping ``images`` to logits ``[N, C]``; called as
       ``model.apply(variables, images, **apply_kwargs)``. BatchNorm must run in inference mode
-      (batch statistics would couple samples), e.g. ``apply_kwargs={"train": False}``.
+      (batch statistics would couple samples), e.g. ``apply_kwargs={"train": False}``. Or an
+      ``flax.nnx.Module`` (in ``model.eval()`` mode), called as ``model(images,
+      **apply_kwargs)``: see :mod:`fairjax.nnx_adapter` (design.md section 1.11).
     variables: the model's variables; ``variables["params"]`` is differentiated, the other
-      collections (``batch_stats``...) are constants.
+      collections (``batch_stats``...) are constants. ``None`` for an NNX module (it carries
+      its state; every ``nnx.Param`` is differentiated).
     images: ``float[N, ...]`` (NHWC for image models). May be sharded over devices.
     labels: ``int[N]`` class ids in ``[0, C)``; with ``loss="sigmoid_binary_cross_entropy"``
       ``[N, A]`` in ``{0, 1}`` (int or float), one column per logit.
@@ -808,8 +812,16 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
   Returns:
     A pytree shaped like ``variables["params"]`` whose leaves have a leading axis ``G``:
     ``out[g]`` is group ``g``'s diagonal (zeros for a group without samples); with
-    ``return_counts=True`` the tuple ``(out, counts)``.
+    ``return_counts=True`` the tuple ``(out, counts)``. For an NNX module the pytree is the
+    pure-dict form of its ``nnx.Param`` state (``fairjax.nnx_adapter.param_dict(model)``).
   """
+  if nnx_adapter.is_nnx(model):  # design.md section 1.11: the same pass on a Linen view
+    model, variables, bridge = nnx_adapter.to_linen(model, variables, images, apply_kwargs)
+    out = per_group_diag(model, variables, images, labels, groups, num_groups=num_groups,
+                         method=method, rng=rng, num_samples=num_samples, chunk_size=chunk_size,
+                         apply_kwargs=apply_kwargs, return_counts=return_counts,
+                         max_block_elements=max_block_elements, loss=loss)
+    return (bridge.to_nnx(out[0]), out[1]) if return_counts else bridge.to_nnx(out)
   if method not in METHODS:
     raise ValueError(f"method={method!r} is not one of {METHODS}")
   if num_groups < 1:

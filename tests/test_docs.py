@@ -33,7 +33,7 @@ DOCUMENTED_MODULES = (
     "fairjax.slimming",
     "fairjax.pruning.fairprune", "fairjax.pruning.fairgrape", "fairjax.pruning.baselines",
     "fairjax.data.pipeline", "fairjax.data.synthetic", "fairjax.models.pretrained",
-    "fairjax.pruning.api", "fairjax.schedules", "fairjax.stopping",
+    "fairjax.pruning.api", "fairjax.schedules", "fairjax.stopping", "fairjax.nnx_adapter",
 )
 # Public names documented elsewhere or internal by nature (say why).
 NOT_DOCUMENTED = {

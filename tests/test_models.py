@@ -21,6 +21,7 @@ TINY_KWARGS = {
     "resnet34": dict(width=4),
     # Dropout off so that train=True needs no 'dropout' rng here; see test_mobilenet_v2_dropout.
     "mobilenet_v2": dict(width_multiplier=0.25, dropout_rate=0.0),
+    "vit_ti16": dict(dim=8, depth=2, num_heads=2, mlp_dim=16),
 }
 BN_MODELS = {"vgg11_bn", "resnet18", "resnet34", "mobilenet_v2"}
 
@@ -94,6 +95,17 @@ def test_forward_shapes_and_batch_stats(name):
     else:
         assert "batch_stats" not in variables
         np.testing.assert_allclose(_apply(model, variables, x, train=True), logits, rtol=1e-6)
+
+
+def test_vit_param_names_and_patch_check():
+    shapes = _param_shapes(get_model("vit_ti16", num_classes=5, depth=2), 64)
+    assert set(shapes) == {"patch_embed", "cls_token", "pos_embed", "block0", "block1", "norm",
+                           "head"}
+    assert shapes["pos_embed"].shape == (1, 1 + 4 * 4, 192)  # class token + 4x4 patches
+    assert shapes["block1"]["qkv"]["kernel"].shape == (192, 576)
+    assert set(shapes["block0"]) == {"norm1", "qkv", "proj", "norm2", "fc1", "fc2"}
+    with pytest.raises(ValueError, match="multiples of patch_size=16"):
+        _param_shapes(get_model("vit_ti16", num_classes=5), 40)
 
 
 def test_resnet_small_input_stem():
@@ -307,6 +319,8 @@ def test_param_counts_match_torchvision():
     assert _param_count(get_model("vgg11_bn", num_classes=1000, classifier_width=4096), 224) == (
         132_868_840
     )
+    # timm's vit_tiny_patch16_224
+    assert _param_count(get_model("vit_ti16", num_classes=1000), 224) == 5_717_416
 
 
 def test_unknown_model_name_lists_available():

@@ -145,3 +145,6 @@ def test_notebook_own_model_section(executed):
     assert re.search(re.escape(name) + r" +accuracy \d\.\d{3} \(group0 ", pruned)
   tuned = _texts(_cell_with(nb, "masks.masked_updates(optax.adam"))
   assert "pruned weights still exactly zero after fine-tuning: True" in tuned
+  same = _texts(_cell_with(nb, "class MyNNXNet(nnx.Module)"))
+  diff = re.search(r"NNX vs Linen per-group diagonal: max relative difference (\S+)", same)
+  assert diff and float(diff[1]) < 1e-4, same

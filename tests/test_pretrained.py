@@ -29,9 +29,9 @@ from fairjax.models.pretrained import PretrainedError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFESTS = os.path.join(REPO, "fairjax", "models", "manifests")
-# torchvision's parameter counts (BN running statistics excluded).
+# torchvision's parameter counts (BN running statistics excluded); timm's for vit_ti16.
 TORCHVISION_PARAMS = {"vgg11": 132_863_336, "vgg11_bn": 132_868_840, "resnet18": 11_689_512,
-                      "resnet34": 21_797_672, "mobilenet_v2": 3_504_872}
+                      "resnet34": 21_797_672, "mobilenet_v2": 3_504_872, "vit_ti16": 5_717_416}
 
 
 def _manifest(name: str) -> dict:
@@ -46,7 +46,7 @@ def _random_state_dict(name: str, seed: int) -> dict[str, np.ndarray]:
     state = {}
     for key, shape in _manifest(name)["state_dict"]:
         shape = tuple(shape)
-        leaf = key.rsplit(".", 1)[1]
+        leaf = key.rsplit(".", 1)[-1]  # ViT's cls_token / pos_embed: the key itself
         if leaf == "num_batches_tracked":
             state[key] = np.array(7, np.int64)
         elif leaf == "weight" and len(shape) > 1:
@@ -147,6 +147,14 @@ def test_manifest_key_naming_spot_checks():
     assert mb["features.2.conv.1.0.weight"] == [96, 1, 3, 3]
     assert mb["features.17.conv.2.weight"] == [320, 960, 1, 1]
     assert mb["features.18.0.weight"] == [1280, 320, 1, 1] and mb["classifier.1.weight"] == [1000, 1280]
+    # timm's vit_tiny_patch16_224: 152 entries, own parameters first, no BatchNorm.
+    vit = _manifest("vit_ti16")["state_dict"]
+    assert len(vit) == 4 + 12 * 12 + 4 and vit[0] == ["cls_token", [1, 1, 192]]
+    vit = dict(map(tuple, vit))
+    assert vit["pos_embed"] == [1, 197, 192] and vit["patch_embed.proj.weight"] == [192, 3, 16, 16]
+    assert vit["blocks.0.attn.qkv.weight"] == [576, 192]
+    assert vit["blocks.11.mlp.fc2.weight"] == [192, 768] and "blocks.12.norm1.weight" not in vit
+    assert vit["norm.weight"] == [192] and vit["head.weight"] == [1000, 192]
 
 
 # --- torch-free loading from .safetensors -------------------------------------------------------
@@ -235,6 +243,43 @@ def test_model_fields_and_model_kwargs(state_files):
         assert field in message and repr(value) in message and path in message
     assert "'colour'" in _error("resnet18", path, model_kwargs={"colour": 1})
     assert "num_classes=" in _error("resnet18", path, model_kwargs={"num_classes": 3})
+
+
+def test_vit_head_layout_and_image_size(tmp_path, state_files):
+    # timm layout, torch-free: leaf by leaf, a new head, and the refusal of other image sizes.
+    state, path = state_files("vit_ti16")
+    loaded = pretrained.load("vit_ti16", path, num_classes=5, rng=jax.random.key(0))
+    assert loaded.file_format == "safetensors"
+    assert loaded.initialised == ("params/head/bias", "params/head/kernel")
+    assert len(loaded.loaded) == 152 - 2
+    flat = _flat(loaded.variables)
+    assert flat["params/head/kernel"].shape == (192, 5)
+    np.testing.assert_array_equal(flat["params/pos_embed"], state["pos_embed"])
+    np.testing.assert_array_equal(flat["params/cls_token"], state["cls_token"])
+    np.testing.assert_array_equal(flat["params/patch_embed/kernel"],
+                                  state["patch_embed.proj.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(flat["params/block7/qkv/kernel"],
+                                  state["blocks.7.attn.qkv.weight"].T)
+    np.testing.assert_array_equal(flat["params/block3/norm2/scale"], state["blocks.3.norm2.weight"])
+    model = get_model("vit_ti16", num_classes=5)
+    x = jnp.zeros((1, 224, 224, 3))
+    assert jax.eval_shape(model.apply, loaded.variables, x).shape == (1, 5)
+    message = _error("vit_ti16", path, image_size=160)
+    assert "image_size=160" in message and "224" in message and path in message
+    assert "depth=6 contradicts the timm" in _error("vit_ti16", path, model_kwargs={"depth": 6})
+    # A torchvision file is not taken for ViT weights, nor the reverse.
+    _, resnet = state_files("resnet18")
+    assert "looks like resnet18" in _error("vit_ti16", resnet)
+    assert "looks like vit_ti16" in _error("resnet18", path)
+    # Missing, unexpected and misshapen keys: one line each, naming the key and shapes.
+    key = "blocks.4.attn.proj.bias"
+    message = _error("vit_ti16", _write_variant(tmp_path, state, lambda s: s.pop(key)))
+    assert f"missing key {key!r}" in message and "(192,)" in message and "timm" in message
+    extra = _write_variant(tmp_path, state, lambda s: s.update(fc_norm=np.ones(192, np.float32)))
+    assert "unexpected key 'fc_norm'" in _error("vit_ti16", extra)
+    short = _write_variant(tmp_path, state,
+                           lambda s: s.update(pos_embed=state["pos_embed"][:, :50]))
+    assert "'pos_embed' has shape (1, 50, 192), expected (1, 197, 192)" in _error("vit_ti16", short)
 
 
 def test_vgg_refuses_images_too_small_to_fold(tmp_path):
@@ -444,7 +489,7 @@ def _torch_logits(model, images_nchw: np.ndarray) -> np.ndarray:
 # Full-size VGG (133M parameters, 530 MB files) costs seconds per file, so one VGG model is
 # built with torch: vgg11 here and in the fold test. vgg11_bn's BatchNorm mapping is checked
 # torch-free (test_safetensors_logits_match_reference) and its keys against the manifest.
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "mobilenet_v2", "vgg11"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "mobilenet_v2", "vgg11", "vit_ti16"])
 def test_pth_and_safetensors_logits_match_torch(torch_models, tmp_path, name):
     model, pth = torch_models(name)
     loaded = pretrained.load(name, pth)

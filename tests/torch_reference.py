@@ -1,6 +1,7 @@
 """PyTorch reference models with torchvision's ``state_dict`` key names (torchvision itself is not
 installable here). Written from the architectures' definitions: VGG-11 (configuration "A", with
-and without BatchNorm), ResNet-18/34 (BasicBlocks) and MobileNetV2 (width 1.0).
+and without BatchNorm), ResNet-18/34 (BasicBlocks) and MobileNetV2 (width 1.0); and ViT-Ti/16
+with timm's ``vit_tiny_patch16_224`` key names (timm is not needed).
 
 Import only after ``pytest.importorskip("torch")``.
 """
@@ -132,6 +133,79 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
+class _Attention(nn.Module):
+    """timm's ``Attention``: fused ``qkv`` Linear, scaled dot product, ``proj`` Linear."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # [B, heads, N, head_dim]
+        attn = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)
+        x = attn.softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class _Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()  # exact (erf), timm's default
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = _Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = _Mlp(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class _PatchEmbed(nn.Module):
+    def __init__(self, patch: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, patch, stride=patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # [B, N, dim], patches row-major
+
+
+class ViT(nn.Module):
+    """timm's ``VisionTransformer`` with class token, learned position embedding and a token
+    head; defaults are ``vit_tiny_patch16_224`` (224x224 images: 196 patches + the class token).
+    """
+
+    def __init__(self, num_classes: int = 1000, image_size: int = 224, patch: int = 16,
+                 dim: int = 192, depth: int = 12, heads: int = 3, hidden: int = 768):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + (image_size // patch) ** 2, dim))
+        self.patch_embed = _PatchEmbed(patch, dim)
+        self.blocks = nn.Sequential(*[_Block(dim, heads, hidden) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
 def build(name: str, num_classes: int = 1000) -> nn.Module:
     """The reference model of ``name`` (fairjax's pretrained model names)."""
     if name in ("vgg11", "vgg11_bn"):
@@ -142,6 +216,8 @@ def build(name: str, num_classes: int = 1000) -> nn.Module:
         return ResNet((3, 4, 6, 3), num_classes)
     if name == "mobilenet_v2":
         return MobileNetV2(num_classes)
+    if name == "vit_ti16":
+        return ViT(num_classes)
     raise ValueError(name)
 
 
@@ -155,6 +231,13 @@ def randomize_(model: nn.Module, seed: int, calibration_size: int = 64) -> nn.Mo
     gen = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.copy_(0.5 + torch.rand(module.weight.shape, generator=gen))
+                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=gen))
+            if isinstance(module, ViT):  # unit-scale tokens (timm trains them from N(0, .02))
+                module.cls_token.copy_(torch.randn(module.cls_token.shape, generator=gen))
+                module.pos_embed.copy_(torch.randn(module.pos_embed.shape, generator=gen))
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 fan_in = module.weight[0].numel()
@@ -183,9 +266,12 @@ def manifest(name: str) -> dict:
     """The content of ``fairjax/models/manifests/<name>.json`` derived from the reference model:
     every ``state_dict`` entry, in order, with its shape (``num_batches_tracked`` included)."""
     state = build(name).state_dict()
+    describes = (f"torchvision.models.{name}(num_classes=1000).state_dict()"
+                 if name != "vit_ti16" else
+                 "timm.create_model('vit_tiny_patch16_224', num_classes=1000).state_dict()")
     return {
         "model": name,
-        "describes": f"torchvision.models.{name}(num_classes=1000).state_dict()",
+        "describes": describes,
         "num_parameters": sum(p.numel() for p in build(name).parameters()),
         "state_dict": [[key, list(value.shape)] for key, value in state.items()],
     }

@@ -76,11 +76,12 @@ def list_models() -> list[str]:
 
 
 # Imported after the registry exists so that their decorators can run.
-from fairjax.models import mobilenet, resnet, small_cnn, vgg  # noqa: E402,F401
+from fairjax.models import mobilenet, resnet, small_cnn, vgg, vit  # noqa: E402,F401
 from fairjax.models.mobilenet import MobileNetV2  # noqa: E402
 from fairjax.models.resnet import ResNet, ResNet18, ResNet34  # noqa: E402
 from fairjax.models.small_cnn import SmallCNN  # noqa: E402
 from fairjax.models.vgg import VGG11  # noqa: E402
+from fairjax.models.vit import ViT  # noqa: E402
 
 __all__ = [
     "MobileNetV2",
@@ -90,6 +91,7 @@ __all__ = [
     "ResNet34",
     "SmallCNN",
     "VGG11",
+    "ViT",
     "get_model",
     "list_models",
     "register_model",

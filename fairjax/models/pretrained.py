@@ -1,4 +1,5 @@
-"""ImageNet-pretrained weights for the torchvision-equivalent models, read from the user's disk.
+"""ImageNet-pretrained weights for the torchvision-equivalent models (and ViT-Ti/16 in timm's
+layout), read from the user's disk.
 
 Nothing is ever downloaded: the user points :func:`load` at a file they already have. Three file
 formats are read (the format is told from the file's bytes, not its name):
@@ -34,9 +35,16 @@ identity and the fold is a pure row permutation; smaller maps are upsampled by r
 larger ones averaged, exactly as torchvision does. Inputs under 32x32 leave no feature map and are
 refused.
 
+ViT-Ti/16 (``vit_ti16``) reads timm's ``vit_tiny_patch16_224`` ``state_dict`` instead (keys
+``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.<i>.{norm1, attn.qkv, attn.proj,
+norm2, mlp.fc1, mlp.fc2}.*``, ``norm.*``, ``head.*``; manifests/vit_ti16.json): the patch
+embedding converts like a conv, Linear weights are transposed, LayerNorm ``weight`` becomes
+``scale``, and ``cls_token`` / ``pos_embed`` are copied as they are. Its position embedding is
+for 14x14 patches, so only ``image_size=224`` is accepted (no interpolation).
+
 When ``num_classes`` differs from the file's classifier (1000 for ImageNet), the last classifier
-layer (VGG ``fc2``, ResNet / MobileNetV2 ``fc``) is initialised from ``rng`` with the model's own
-initialiser: its value equals ``model.init(rng, images)["params"][head]``.
+layer (VGG ``fc2``, ResNet / MobileNetV2 ``fc``, ViT ``head``) is initialised from ``rng`` with
+the model's own initialiser: its value equals ``model.init(rng, images)["params"][head]``.
 
 Every problem raises :class:`PretrainedError` with a one-line message naming the file, the key and
 the shapes involved. Nothing is ever loaded partially.
@@ -66,7 +74,8 @@ from flax import traverse_util
 from fairjax.models import get_model
 from fairjax.models.vgg import VGG11_CONFIG
 
-PRETRAINED_MODELS: tuple[str, ...] = ("vgg11", "vgg11_bn", "resnet18", "resnet34", "mobilenet_v2")
+PRETRAINED_MODELS: tuple[str, ...] = ("vgg11", "vgg11_bn", "resnet18", "resnet34", "mobilenet_v2",
+                                      "vit_ti16")
 
 NATIVE_FORMAT: str = "fairjax-pretrained"
 NATIVE_FORMAT_VERSION: str = "1"
@@ -83,9 +92,11 @@ _FIXED_FIELDS: dict[str, dict[str, Any]] = {
     "resnet18": {"width": 64, "small_input": False, "stage_sizes": (2, 2, 2, 2)},
     "resnet34": {"width": 64, "small_input": False, "stage_sizes": (3, 4, 6, 3)},
     "mobilenet_v2": {"width_multiplier": 1.0, "round_nearest": 8},
+    "vit_ti16": {"patch_size": 16, "dim": 192, "depth": 12, "num_heads": 3, "mlp_dim": 768},
 }
 _HEAD: dict[str, str] = {
     "vgg11": "fc2", "vgg11_bn": "fc2", "resnet18": "fc", "resnet34": "fc", "mobilenet_v2": "fc",
+    "vit_ti16": "head",
 }
 
 
@@ -123,6 +134,11 @@ class _Entry:
     kind: str               # "conv" | "dense" | "vgg_fc0" | "vector"
     shape: tuple[int, ...]  # fairjax shape at 224x224 inputs
     torch_shape: tuple[int, ...]
+
+
+def _source(name: str) -> str:
+    """Whose ``state_dict`` layout the files of ``name`` follow."""
+    return "timm" if name == "vit_ti16" else "torchvision"
 
 
 def _one_line(text: str) -> str:
@@ -185,9 +201,18 @@ _MOBILENET_BLOCK1 = {"dw_conv": "conv.0.0", "dw_bn": "conv.0.1", "project_conv":
                      "project_bn": "conv.2"}
 _MOBILENET_BLOCK = {"expand_conv": "conv.0.0", "expand_bn": "conv.0.1", "dw_conv": "conv.1.0",
                     "dw_bn": "conv.1.1", "project_conv": "conv.2", "project_bn": "conv.3"}
+# timm's VisionTransformer (vit_tiny_patch16_224); block<i> -> blocks.<i>.
+_VIT_TOP = {"patch_embed": "patch_embed.proj", "norm": "norm", "head": "head"}
+_VIT_BLOCK = {"norm1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "norm2": "norm2",
+              "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 
 
 def _torch_prefix(name: str, module: tuple[str, ...]) -> str:
+    if name == "vit_ti16":
+        if len(module) == 1:
+            return _VIT_TOP[module[0]]
+        index = int(re.fullmatch(r"block(\d+)", module[0]).group(1))
+        return f"blocks.{index}.{_VIT_BLOCK[module[1]]}"
     if name.startswith("vgg"):
         return _vgg_prefixes(name == "vgg11_bn")[module[0]]
     if name.startswith("resnet"):
@@ -226,7 +251,10 @@ def _layout(name: str, num_classes: int = 1000) -> tuple[_Entry, ...]:
     entries = []
     for path, shape in _variable_shapes(_model(name, num_classes), _CANONICAL_SIZE).items():
         collection, *module, leaf = path.split("/")
-        key = f"{_torch_prefix(name, tuple(module))}.{_TORCH_LEAF[collection, leaf]}"
+        if not module:  # a top-level parameter (ViT's cls_token, pos_embed): same name
+            key = leaf
+        else:
+            key = f"{_torch_prefix(name, tuple(module))}.{_TORCH_LEAF[collection, leaf]}"
         if len(shape) == 4:
             kind, torch_shape = "conv", (shape[3], shape[2], shape[0], shape[1])
         elif len(shape) == 2:
@@ -277,6 +305,14 @@ def _identify(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str] | None:
         return _RESNETS.get((bottleneck, tuple(blocks)),
                             f"a ResNet with {'Bottleneck' if bottleneck else 'Basic'}Blocks "
                             f"{tuple(blocks)}"), "layer1.0.conv1.weight"
+    if "blocks.0.attn.qkv.weight" in shapes and "pos_embed" in shapes:
+        dim = shapes["pos_embed"][-1]
+        depth = 1 + max(int(m.group(1)) for k in shapes
+                        if (m := re.fullmatch(r"blocks\.(\d+)\.attn\.qkv\.weight", k)))
+        patch = shapes.get("patch_embed.proj.weight", (0, 0, 0))[2]
+        arch = ("vit_ti16" if (dim, depth, patch) == (192, 12, 16) else
+                f"a ViT with width {dim}, depth {depth} and patch {patch}")
+        return arch, "pos_embed"
     if "features.1.conv.0.0.weight" in shapes and "features.18.0.weight" in shapes:
         return "mobilenet_v2", "features.1.conv.0.0.weight"
     if "classifier.6.weight" in shapes and "features.0.weight" in shapes:
@@ -405,7 +441,7 @@ def _from_torch(path: str, name: str, arrays: Mapping[str, np.ndarray]) -> dict[
     head_key = _torch_prefix(name, (_HEAD[name],)) + ".weight"
     layout = _layout(name, _head_classes(shapes, head_key, 0))
     _check_keys(path, name, shapes, {e.torch_key: e.torch_shape for e in layout},
-                _optional_torch_keys(name), "torchvision state_dict")
+                _optional_torch_keys(name), f"{_source(name)} state_dict")
     return {e.path: _torch_to_flax(e.kind, _as_float32(path, e.torch_key, arrays[e.torch_key]))
             for e in layout}
 
@@ -500,7 +536,7 @@ def _check_fields(name: str, path: str, model_kwargs: Mapping[str, Any] | None) 
         fixed = _FIXED_FIELDS[name]
         if field in fixed and (tuple(value) if isinstance(value, (list, tuple)) else value) != (
                 fixed[field]):
-            raise _fail(path, f"model_kwargs {field}={value!r} contradicts the torchvision "
+            raise _fail(path, f"model_kwargs {field}={value!r} contradicts the {_source(name)} "
                         f"{name} checkpoint, which needs {field}={fixed[field]!r}; drop the "
                         "field or train from scratch")
     if name == "vgg11_bn" and "use_bn" in fields:
@@ -557,6 +593,10 @@ def load(name: str, path: str | os.PathLike, *, num_classes: int | None = None,
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise _fail(path, f"image_size={image_size!r}; pass a positive integer")
     feature_map = image_size // 32  # five 2x2 max-pools, floor like PyTorch's
+    if name == "vit_ti16" and image_size != _CANONICAL_SIZE:
+        raise _fail(path, f"image_size={image_size}: vit_ti16's position embedding holds 197 "
+                    f"tokens (14x14 patches of a {_CANONICAL_SIZE}x{_CANONICAL_SIZE} image) and "
+                    "fairjax does not interpolate it; resize the images to 224x224")
     if name.startswith("vgg") and feature_map == 0:
         raise _fail(path, f"image_size={image_size} leaves VGG no feature map (it needs >= 32 "
                     "pixels) so torchvision's 7x7 adaptive pooling cannot be folded into fc0; "

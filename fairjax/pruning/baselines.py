@@ -1,7 +1,8 @@
 """Fairness-unaware pruning scores, the references FairGRAPE is compared with (design.md section 4).
 
 Every function returns a score pytree shaped like ``variables["params"]`` (``None`` where the mask
-leaf is ``None``); HIGHER = more important = kept, so :func:`fairjax.masks.prune_lowest` /
+leaf is ``None``; for an ``nnx.Module``, like ``fairjax.nnx_adapter.param_dict(model)``, design.md
+section 1.11); HIGHER = more important = kept, so :func:`fairjax.masks.prune_lowest` /
 :func:`fairjax.masks.prune_to_sparsity` turn them into masks. Gradient-based scores are taken
 through the masked model (params masked before the forward), like FairGRAPE's importance.
 """
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairjax import curvature, masks
+from fairjax import curvature, masks, nnx_adapter
 from fairjax.pruning import _scoring, fairprune
 
 PyTree = Any
@@ -62,7 +63,15 @@ def snip_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: 
   :func:`accumulate_scores`. ``loss="sigmoid_binary_cross_entropy"`` takes multi-label
   ``labels [N, A]`` in ``{0, 1}`` and the per-sample BCE summed over attributes
   (``_scoring.per_sample_bce``, design.md section 1.10).
+
+  An ``nnx.Module`` (``variables=None``, ``mask`` in the layout of
+  ``fairjax.nnx_adapter.param_dict(model)``) gets scores in that layout (design.md
+  section 1.11).
   """
+  if nnx_adapter.is_nnx(model):
+    model, variables, bridge = nnx_adapter.to_linen(model, variables, images, apply_kwargs)
+    return bridge.to_nnx(snip_scores(model, variables, images, labels, bridge.to_linen(mask),
+                                     apply_kwargs=apply_kwargs, loss=loss))
   return _snip(model, variables, jnp.asarray(images), jnp.asarray(labels, jnp.int32), mask,
                apply_kwargs=_scoring.freeze(apply_kwargs), loss=_scoring.check_loss(loss))
 
@@ -81,8 +90,13 @@ def obd_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: j
   unprunable leaves). ``chunk_size`` (samples per compiled call, ``None`` = the whole batch)
   bounds its memory. Sum batches with :func:`accumulate_scores`. ``loss`` is that of
   :func:`fairjax.curvature.per_group_diag` (multi-label: ``labels [N, A]``, design.md
-  section 1.10).
+  section 1.10). An ``nnx.Module`` is scored as in :func:`snip_scores` (design.md
+  section 1.11).
   """
+  if nnx_adapter.is_nnx(model):
+    model, variables, bridge = nnx_adapter.to_linen(model, variables, images, apply_kwargs)
+    return bridge.to_nnx(obd_scores(model, variables, images, labels, bridge.to_linen(mask),
+                                    apply_kwargs=apply_kwargs, chunk_size=chunk_size, loss=loss))
   params = masks.apply_mask(variables["params"], mask)
   labels = jnp.asarray(labels, jnp.int32)
   diag = curvature.per_group_diag(model, {**variables, "params": params}, jnp.asarray(images),

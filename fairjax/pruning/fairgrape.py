@@ -66,7 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairjax import masks
+from fairjax import masks, nnx_adapter
 from fairjax.pruning import _scoring
 
 PyTree = Any
@@ -95,7 +95,10 @@ def group_importance(model: nn.Module, variables: PyTree, images: jax.Array, lab
   """Per-group importance ``(w * dL_g/dw)**2`` of one mini-batch (design.md section 4).
 
   Args:
-    model: Flax module mapping ``images`` to logits ``[N, C]`` (static under jit).
+    model: Flax module mapping ``images`` to logits ``[N, C]`` (static under jit). An
+      ``nnx.Module`` (``model.eval()`` mode) with ``variables=None`` works too: ``mask`` and the
+      result then have the layout of ``fairjax.nnx_adapter.param_dict(model)`` (design.md
+      section 1.11); :func:`accumulate_importance` passes it on.
     variables: model variables; only ``variables["params"]`` is differentiated.
     images: ``float[N, ...]``; labels: ``int[N]`` class ids.
     groups: ``int[N]`` ids in ``[0, num_groups)``; other ids (``-1`` = unknown) are ignored.
@@ -115,6 +118,11 @@ def group_importance(model: nn.Module, variables: PyTree, images: jax.Array, lab
   """
   if num_groups < 1:
     raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+  if nnx_adapter.is_nnx(model):  # design.md section 1.11
+    model, variables, bridge = nnx_adapter.to_linen(model, variables, images, apply_kwargs)
+    return bridge.to_nnx(group_importance(model, variables, images, labels, groups,
+                                          bridge.to_linen(mask), num_groups=num_groups,
+                                          apply_kwargs=apply_kwargs, loss=loss))
   return _group_importance(model, variables, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
                            jnp.asarray(groups, jnp.int32), mask, num_groups=num_groups,
                            apply_kwargs=_scoring.freeze(apply_kwargs),

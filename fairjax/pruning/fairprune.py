@@ -129,7 +129,9 @@ def average_group_diag(model: nn.Module, variables: PyTree, batches: Iterable[Ma
   devices (``fairjax.parallel``); the result is the same as for the host batch. ``chunk_size``
   bounds the memory of the per-sample part (see :func:`fairjax.curvature.per_group_diag`).
   ``loss="sigmoid_binary_cross_entropy"`` is the multi-label loss (``label [B, A]`` in
-  ``{0, 1}``, design.md section 1.10), passed on to ``per_group_diag``.
+  ``{0, 1}``, design.md section 1.10), passed on to ``per_group_diag``. An ``nnx.Module``
+  (``variables=None``) gives ``diag`` in the layout of ``fairjax.nnx_adapter.param_dict(model)``
+  (design.md section 1.11); :func:`saliency` then takes that dict as ``params``.
 
   Returns:
     ``(diag, counts)``: the pytree ``[G, ...]`` and ``int[G]`` total samples per group.
