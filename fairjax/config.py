@@ -217,12 +217,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.fairgrape_keep_per_iter = c.prune.fairgrape.get_ref("keep_per_iter")
   # FairGRAPE prune_rate (deprecated name of prune.fairgrape.prune_rate)
   c.prune.fairgrape_prune_rate = c.prune.fairgrape.get_ref("prune_rate")
-  # The per-step retraining epochs had three names (deprecated names of prune.retrain_epochs).
-  c.prune.finetune_epochs = c.prune.get_ref("retrain_epochs")
+  # The per-step retraining epochs had five names, each now a deprecated name of
+  # prune.retrain_epochs (one field):
+  c.prune.finetune_epochs = c.prune.get_ref("retrain_epochs")  # score methods' fine-tuning
+  # FairGRAPE's retraining per iteration
   c.prune.fairgrape.retrain_epochs = c.prune.get_ref("retrain_epochs")
-  c.prune.snnl.finetune_epochs = c.prune.get_ref("retrain_epochs")
+  c.prune.snnl.finetune_epochs = c.prune.get_ref("retrain_epochs")  # SNNL's fine-tuning per step
+  # FairGRAPE's retraining per iteration (flat name)
   c.prune.fairgrape_retrain_epochs = c.prune.get_ref("retrain_epochs")
-  c.prune.snnl_finetune_epochs = c.prune.get_ref("retrain_epochs")
+  c.prune.snnl_finetune_epochs = c.prune.get_ref("retrain_epochs")  # SNNL's (flat name)
   # FairGRAPE's full fine-tune epochs (deprecated name of prune.fairgrape.finetune_epochs)
   c.prune.fairgrape_finetune_epochs = c.prune.fairgrape.get_ref(
       "finetune_epochs")  # 0 = no final fine-tune
