@@ -145,7 +145,7 @@ def built(tmp_path_factory):
         ("fairface_race", "fairface", {}), ("fairface_gender", "fairface", {"task": "gender"}),
         ("utkface_race4", "utkface", {}), ("utkface_gender5", "utkface",
                                            {"task": "gender", "utkface_races": 5}),
-        ("celeba", "celeba", {})):
+        ("celeba", "celeba", {}), ("celeba_multilabel", "celeba", {"task": "multilabel"})):
       data = load_dataset(_data_cfg(name, root / name, root / "tfds", **overrides),
                           workdir=str(root))
       out[key] = (data, _records(data))
@@ -364,6 +364,24 @@ def test_celeba_attribute_task(built):
       s: {g: expected[s].get(g, 0) for g in data.group_names} for s in SPLITS}
 
 
+def test_celeba_multilabel_task(built):
+  """task "multilabel": the label is the 39 attributes other than Male, 0/1 in file order."""
+  tree = built["trees"]["celeba"]
+  data, records = built["data"]["celeba_multilabel"]
+  assert data.multilabel and data.num_classes == 39
+  assert data.class_names == faces.CELEBA_LABEL_ATTRIBUTES and "Male" not in data.class_names
+  assert data.describe()["task"] == "multilabel"
+  cols = [faces.CELEBA_ATTRIBUTES.index(a) for a in faces.CELEBA_LABEL_ATTRIBUTES]
+  for split in SPLITS:
+    assert data.labels[split].shape == (len(records[split]), 39)
+    for rec, row in zip(records[split], data.labels[split]):
+      values = tree["values"][rec["image_id"].decode()]
+      np.testing.assert_array_equal(rec["label"], (values[cols] == 1).astype(int))
+      np.testing.assert_array_equal(row, rec["label"])
+  single, _ = built["data"]["celeba"]
+  assert data.describe()["group_counts"] == single.describe()["group_counts"]
+
+
 def _celeba_files(root: pathlib.Path, rows: list[str], partition: str) -> pathlib.Path:
   names = " ".join(faces.CELEBA_ATTRIBUTES)
   (root / celeba.ATTR_FILE).write_text(f"{len(rows)}\n{names}\n" + "\n".join(rows) + "\n")
@@ -425,8 +443,7 @@ def test_utkface_folder_without_jpegs(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, needles", [
-    ({"name": "celeba", "task": "multilabel"},
-     ("config.data.task='multilabel'", "not implemented yet")),
+    ({"name": "celeba", "task": "multi"}, ("config.data.task='multi'", "'multilabel'")),
     ({"name": "celeba", "celeba_attribute": "Male"}, ("config.data.celeba_attribute='Male'",)),
     ({"name": "celeba", "celeba_attribute": "smiling"}, ("39 CelebA attributes",)),
     ({"name": "fairface", "task": "ethnicity"}, ("config.data.task='ethnicity'", "'race'")),
