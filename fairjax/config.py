@@ -163,6 +163,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.patience = 5  # stop when validation Eodd has not improved for this many steps
   c.prune.max_sparsity = 0.9  # stop at this share of pruned prunable weights
   c.prune.max_accuracy_drop = 0.03  # stop when validation accuracy fell by more than this
+  # The reported step: "best" = the lowest validation Eodd among the steps within
+  # max_accuracy_drop; "last" = the last step, whatever its metrics (FairGRAPE's protocol
+  # reports its model at the prune rate). prune.target_sparsity always reports the last.
+  c.prune.report_step = "best"
   c.prune.exclude_layers = ()  # module paths never pruned, e.g. ("conv0", "fc1")
   c.prune.finetune_epochs = 0  # FairPrune prunes without fine-tuning (paper); optional
   # FairGRAPE (design.md section 4), method "fairgrape"; validated by fairjax.pruning.builtin.
@@ -622,6 +626,8 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
           "must be in [0, 1] (accuracy units, 0.03 = 3 points)")
   if p.scope not in ("global", "layer"):
     _fail("prune.scope", p.scope, "must be 'global' or 'layer'")
+  if p.get("report_step", "best") not in ("best", "last"):
+    _fail("prune.report_step", p.report_step, "must be 'best' or 'last'")
   for key in ("max_steps", "patience", "num_batches", "batch_size", "curvature_samples"):
     if not isinstance(p[key], int) or p[key] < 1:
       _fail(f"prune.{key}", p[key], "must be an integer >= 1")
