@@ -484,3 +484,25 @@ def test_on_bad_image_error_names_the_file(built, tmp_path):
   with pytest.raises(BadImageError, match=f"cannot decode image file .*{corrupt}"):
     tfds_common.load_source("utkface", "train", manual_dir=built["root"] / "utkface",
                             data_dir=tmp_path, image_size=8, on_bad_image="error")
+
+
+def test_fairface_gender_protocol_batches_hold_every_race(built):
+  """configs/fairface.py:gender scores on batches of 63 (9 per race): 64, FairGRAPE's size,
+  cannot hold the 7 race groups equally and is refused before training, naming the field."""
+  import importlib.util
+
+  from tests.test_face_protocols import REPO
+
+  spec = importlib.util.spec_from_file_location("faces_cfg", REPO / "configs" / "fairface.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("gender")
+  data, _ = built["data"]["fairface_gender"]
+  assert data.num_groups == 7 and config.prune.batch_size == 63
+  config.train.batch_size = 4  # the synthesised split is small
+  fj_config.validate_data(config, data)
+  config.prune.batch_size = 64
+  with pytest.raises(fj_config.ConfigError) as err:
+    fj_config.validate_data(config, data)
+  message = str(err.value)
+  assert "config.prune.batch_size=64" in message and "(7:" in message and "\n" not in message
