@@ -18,6 +18,9 @@ from fairjax.data import DatasetSplits
 from fairjax.data import pipeline as input_pipeline
 
 
+BUILTIN = ("fairprune", "magnitude", "random", "snip", "obd", "fairgrape", "snnl_channels")
+
+
 def _softplus(x):
   return math.log1p(math.exp(x))
 
@@ -174,7 +177,7 @@ def test_config_refuses_what_a_multilabel_task_cannot_use():
   cfg = fj_config.base_config()
   cfg.data.name, cfg.data.task, cfg.data.manual_dir = "celeba", "multilabel", "/somewhere"
   fj_config.validate_config(cfg)  # every built-in method scores the sigmoid loss
-  for method in api.method_names():
+  for method in BUILTIN:
     assert api.get_method(method).supports_multilabel, method
   cfg.data.sampling = "class_balanced"
   with pytest.raises(fj_config.ConfigError, match="config.data.sampling='class_balanced'"):
@@ -195,3 +198,30 @@ def test_config_refuses_what_a_multilabel_task_cannot_use():
   finally:
     api._METHODS.pop("_ml_test_label_free", None)
     api._METHODS.pop("_ml_test_with_loss", None)
+
+
+@pytest.mark.parametrize("method", BUILTIN)
+def test_every_builtin_method_scores_a_multilabel_task(method):
+  """Each built-in method's next mask on [B, A] labels, through the run context (its loss from
+  the data): it prunes something and keeps the mask's structure."""
+  from fairjax import config as fj_config
+  from fairjax import masks, pipeline
+  from fairjax.pruning import api
+
+  data = _multilabel_data(n_per_split=(16, 8, 8), size=8)
+  config = fj_config.base_config()
+  config.data.image_size, config.train.batch_size = 8, 4
+  config.model.kwargs.width, config.model.kwargs.hidden = 4, 8
+  config.prune.method, config.prune.num_batches, config.prune.batch_size = method, 1, 4
+  model = pipeline.make_model(config, data)
+  ctx = pipeline.context(config, model, data, roles=(1, (0,)))
+  assert ctx.loss == "sigmoid_binary_cross_entropy"
+  impl = api.get_method(method)
+  tx = train.make_optimizer("adam", 1e-3)
+  state = train.create_train_state(model, jax.random.key(0), (8, 8, 3), tx)
+  state = train.set_mask(state, impl.prepare_mask(ctx, state.params,
+                                                  masks.init_mask(state.params, ctx.prunable)))
+  new = impl.next_mask(ctx, state, 1)
+  assert jax.tree.structure(new) == jax.tree.structure(state.mask)
+  kept = sum(int(np.sum(m)) for m in jax.tree.leaves(new))
+  assert kept < sum(int(np.sum(m)) for m in jax.tree.leaves(state.mask))
