@@ -69,7 +69,9 @@ __all__ = [
     "MECHANISM_LABELS",
     "SCALAR_METRICS",
     "bootstrap",
+    "bootstrap_multilabel",
     "bootstrap_replicates",
+    "multilabel_bootstrap_replicates",
     "mechanism",
     "percentile_interval",
 ]
@@ -568,6 +570,14 @@ def bootstrap(
                                         privileged=privileged)
             point[m].update({k: _json_float(eo[k]) for k in _GAPS})
 
+    return _report(point, reps, names, gnames, diff_pairs, conf, g, ng, indices, num_samples,
+                   seed, convention, undefined)
+
+
+def _report(point: dict, reps: dict, names: list[str], gnames: list[str],
+            diff_pairs: list[tuple[str, str]], conf: float, g: np.ndarray, ng: int, indices,
+            num_samples: int, seed: int, convention: str, undefined: str) -> dict[str, Any]:
+    """The JSON dict of :func:`bootstrap` from point values and replicates of every model."""
     out: dict[str, Any] = {
         "models": {m: _summary(point[m], reps[m], gnames, conf) for m in names},
         "differences": {},
@@ -605,4 +615,168 @@ def bootstrap(
         "fairness_undefined": undefined,
         "group_names": gnames,
     })
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-label tasks (design.md section 5.7): every attribute scored on the SAME resamples
+# --------------------------------------------------------------------------------------------
+
+
+def _multilabel_inputs(labels, groups, predictions, num_groups):
+    """Validated int64 labels [N, A], groups [N] and {name: int64 [N, A]}."""
+    g = metrics._as_int_array(groups, "groups")
+    if not isinstance(predictions, Mapping) or not predictions:
+        raise ValueError("predictions must be a non-empty mapping {model name: {0,1}[N, A]}.")
+    preds = {}
+    for name, p in predictions.items():
+        if not isinstance(name, str):
+            raise ValueError(f"predictions keys must be model names (str), got {name!r}.")
+        yt, preds[name] = metrics._multilabel_labels(labels, p)
+    if g.shape != yt.shape[:1]:
+        raise ValueError(f"groups has {g.size} samples but labels has {yt.shape[0]}.")
+    metrics._check_range(g, "groups", metrics.UNKNOWN_GROUP, num_groups,
+                         "group ids (-1 = unknown)")
+    return yt, g, preds
+
+
+def _draw_counts(strata: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """int64[R, N]: how often each sample is drawn by R stratified resamples (each stratum of
+    size n_s draws n_s samples uniformly with replacement: Multinomial(n_s, 1/n_s))."""
+    counts = np.zeros((num_samples, strata.size), dtype=np.int64)
+    for s in np.unique(strata):
+        members = np.flatnonzero(strata == s)
+        counts[:, members] = rng.multinomial(members.size, np.full(members.size, 1 / members.size),
+                                             size=num_samples)
+    return counts
+
+
+def multilabel_bootstrap_replicates(
+    labels: ArrayLike,
+    groups: ArrayLike,
+    predictions: Mapping[str, ArrayLike],
+    *,
+    num_groups: int,
+    convention: Convention = "sum",
+    undefined: Undefined = "skip",
+    num_samples: int = 1000,
+    seed: int = 0,
+    indices: ArrayLike | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`bootstrap_replicates` for a multi-label task (design.md section 5.7).
+
+    One resample is one multiset of SAMPLES (stratified by group, paired over models) and every
+    attribute is scored on it, so the attribute means are those of
+    :func:`fairjax.metrics.multilabel_evaluate` on the resampled test set: per attribute, the
+    two-class metrics of :func:`bootstrap_replicates` from that attribute's confusion counts;
+    then ``accuracy`` and ``macro_f1`` are means over attributes, ``eopp0`` / ``eopp1`` /
+    ``eodd`` means over the attributes where the gap is defined in that resample (NaN when none
+    is), ``group_accuracy`` / ``group_macro_f1`` means over attributes per group, and
+    ``accuracy_gap`` the max minus min of the averaged group accuracies.
+
+    Args:
+      labels: ``{0, 1}[N, A]``.
+      groups: int[N] group ids in [0, G), -1 = unknown (its own stratum).
+      predictions: {model name: ``{0, 1}[N, A]``}.
+      num_groups, convention, undefined, num_samples, seed, indices: as in
+        :func:`bootstrap_replicates` (every pair of groups is compared).
+
+    Returns:
+      {model name: {"accuracy", "macro_f1", "eopp0", "eopp1", "eodd", "accuracy_gap":
+      float64[R]; "group_accuracy", "group_macro_f1": float64[R, G]}}.
+    """
+    if convention not in ("sum", "mean"):
+        raise ValueError(f"convention must be 'sum' or 'mean', got {convention!r}.")
+    metrics._check_undefined(undefined)
+    ng = metrics._check_count(num_groups, "num_groups")
+    if ng < 2:
+        raise ValueError(f"num_groups must be >= 2 for fairness gaps, got {ng}.")
+    yt, g, preds = _multilabel_inputs(labels, groups, predictions, ng)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    empty = np.flatnonzero(np.bincount(g[g >= 0], minlength=ng) == 0)
+    if empty.size:
+        raise ValueError(f"groups has no samples of group {int(empty[0])}; every group needs "
+                         "samples for the fairness gaps.")
+    strata = np.where(g < 0, ng, g)
+    if indices is None:
+        draws = _draw_counts(strata, _check_num_samples(num_samples), np.random.default_rng(seed))
+    else:
+        idx = _check_indices(indices, strata)
+        draws = _index_counts(idx, np.arange(strata.size), strata.size)
+    # Float counts for one BLAS product per attribute (exact: counts stay far below 2**53).
+    weights = draws.astype(np.float64)
+    pairs = _group_pairs(ng, None)
+    per_model: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in preds}
+    for a in range(yt.shape[1]):
+        cell, table = _joint_cells(strata, yt[:, a], [p[:, a] for p in preds.values()])
+        onehot = np.zeros((strata.size, table.shape[0]))
+        onehot[np.arange(strata.size), cell] = 1.0
+        counts = np.rint(weights @ onehot).astype(np.int64)  # [R, J] joint-cell counts
+        base = table[:, 0] * 2 + table[:, 1]
+        for m, name in enumerate(preds):
+            conf = _confusions(counts, base * 2 + table[:, 2 + m], (ng + 1) * 4)
+            per_model[name].append(_metrics_from_confusions(
+                conf.reshape(-1, ng + 1, 2, 2), pairs, convention, undefined))
+    out = {}
+    for name, attrs in per_model.items():
+        def stack(key):
+            return np.stack([r[key] for r in attrs])  # [A, R] or [A, R, G]
+        gaps = {}
+        for key in _GAPS:
+            v = stack(key)
+            kept = (~np.isnan(v)).sum(axis=0)
+            total = np.where(np.isnan(v), 0.0, v).sum(axis=0)
+            gaps[key] = np.divide(total, kept, out=np.full(total.shape, np.nan), where=kept > 0)
+        group_acc = stack("group_accuracy").mean(axis=0)
+        out[name] = {
+            "accuracy": stack("accuracy").mean(axis=0),
+            "macro_f1": stack("macro_f1").mean(axis=0),
+            **gaps,
+            "accuracy_gap": group_acc.max(axis=1) - group_acc.min(axis=1),
+            "group_accuracy": group_acc,
+            "group_macro_f1": stack("group_macro_f1").mean(axis=0),
+        }
+    return out
+
+
+def bootstrap_multilabel(
+    labels: ArrayLike,
+    groups: ArrayLike,
+    predictions: Mapping[str, ArrayLike],
+    *,
+    num_groups: int,
+    group_names: Sequence[str] | None = None,
+    attribute_names: Sequence[str] | None = None,
+    convention: Convention = "sum",
+    undefined: Undefined = "skip",
+    num_samples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    indices: ArrayLike | None = None,
+) -> dict[str, Any]:
+    """:func:`bootstrap` for a multi-label task: the same JSON dict, with point estimates from
+    :func:`fairjax.metrics.multilabel_evaluate` and replicates from
+    :func:`multilabel_bootstrap_replicates` (labels and predictions ``{0, 1}[N, A]``; every
+    pair of groups is compared). ``"task": "multilabel"`` and ``"num_attributes"`` are added.
+    """
+    conf = _check_confidence(confidence)
+    if indices is None:
+        _check_num_samples(num_samples)
+    ng = metrics._check_count(num_groups, "num_groups")
+    yt, g, preds = _multilabel_inputs(labels, groups, predictions, ng)
+    names = list(preds)
+    diff_pairs = _check_pairs(pairs, names)
+    point = {m: metrics.multilabel_evaluate(yt, p, g, num_groups=ng, group_names=group_names,
+                                            attribute_names=attribute_names,
+                                            convention=convention, undefined=undefined)
+             for m, p in preds.items()}
+    gnames = list(point[names[0]]["group_accuracy"])
+    reps = multilabel_bootstrap_replicates(yt, g, preds, num_groups=ng, convention=convention,
+                                           undefined=undefined, num_samples=num_samples,
+                                           seed=seed, indices=indices)
+    out = _report(point, reps, names, gnames, diff_pairs, conf, g, ng, indices, num_samples,
+                  seed, convention, undefined)
+    out.update({"task": "multilabel", "num_attributes": int(yt.shape[1])})
     return out

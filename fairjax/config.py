@@ -81,14 +81,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.label_granularity = 114  # Fitzpatrick-17k: 114, 9 or 3 classes
   c.data.unknown_skin = "exclude"  # Fitzpatrick-17k skin type -1: "exclude" or "dark"
   # Face datasets (design.md section 6.5), the label: FairFace "race", "gender" or "age";
-  # UTKFace "race" or "gender"; CelebA "attribute" ("" = the first of these)
+  # UTKFace "race" or "gender"; CelebA "attribute" or "multilabel" (the 39 attributes other
+  # than Male at once, sigmoid outputs) ("" = the first of these)
   c.data.task = ""
   # Face datasets, the sensitive attribute: "" = the task's default (FairFace: gender for race
   # and age, race for gender; UTKFace: the attribute that is not the task; CelebA: Male)
   c.data.face_group = ""
   c.data.fairface_validation_fraction = 0.1  # FairFace: share of train held out (test = val)
   c.data.utkface_races = 4  # UTKFace races: 4 (files of "Others" left out) or 5
-  c.data.celeba_attribute = "Smiling"  # CelebA: the attribute learnt as a binary task
+  c.data.celeba_attribute = "Smiling"  # CelebA task "attribute": the attribute learnt (binary)
   c.data.on_bad_image = "skip"  # corrupt / missing image: "skip" (counted) or "error"
   c.data.sampling = "uniform"  # training sampler: uniform, group_balanced, class_balanced
   # Training-time augmentation (train batches only): "none", "flip" (random left-right) or
@@ -162,6 +163,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.patience = 5  # stop when validation Eodd has not improved for this many steps
   c.prune.max_sparsity = 0.9  # stop at this share of pruned prunable weights
   c.prune.max_accuracy_drop = 0.03  # stop when validation accuracy fell by more than this
+  # The reported step: "best" = the lowest validation Eodd among the steps within
+  # max_accuracy_drop; "last" = the last step, whatever its metrics (FairGRAPE's protocol
+  # reports its model at the prune rate). prune.target_sparsity always reports the last.
+  c.prune.report_step = "best"
   c.prune.exclude_layers = ()  # module paths never pruned, e.g. ("conv0", "fc1")
   # Epochs of training after every pruning step (FairGRAPE: after every iteration), with a fresh
   # optimizer state and the dense-training settings: the one retraining key of every method.
@@ -176,6 +181,10 @@ def base_config() -> ml_collections.ConfigDict:
   # None = prune.max_sparsity. A typed placeholder, so --config.prune.fairgrape.prune_rate=0.5
   # can still override it from the command line.
   c.prune.fairgrape.prune_rate = ml_collections.config_dict.placeholder(float)
+  # Learning rate of that retraining: None = train.learning_rate on train.schedule over the
+  # retraining epochs; a number = that constant rate with train.optimizer, a fresh optimizer
+  # every iteration (FairGRAPE's code: Adam at 1e-5).
+  c.prune.fairgrape.retrain_learning_rate = ml_collections.config_dict.placeholder(float)
   # FairGRAPE's full fine-tune of the reported pruned model after the last schedule iteration
   # (design.md section 4). The official code retrains with the dense recipe (Adam, lr 1e-4 ->
   # 1e-5 -> 1e-6 over 13 + 3 + 3 epochs on FairFace/UTKFace); scaled down here for the demo:
@@ -183,6 +192,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.fairgrape.finetune_epochs = 2  # 0 = no final fine-tune
   c.prune.fairgrape.finetune_optimizer = "adam"  # optimizer of that final fine-tune
   c.prune.fairgrape.finetune_learning_rate = 1e-4  # its learning rate
+  # A piecewise-constant final fine-tune instead: ((epochs, learning_rate), ...) phases run in
+  # order, each with a fresh finetune_optimizer at that constant rate, as FairGRAPE's code
+  # does, e.g. ((13, 1e-4), (3, 1e-5), (3, 1e-6)); () = finetune_epochs at
+  # finetune_learning_rate on train.schedule.
+  c.prune.fairgrape.finetune_schedule = ()
   # Prune to exactly this sparsity (None = the ordinary stopping rule). Used by the comparison
   # (fairjax.compare): every method follows the cumulative schedule
   # r_i = 1 - (1 - target)**(i / max_steps) and ends at step max_steps on the target; the Eodd
@@ -432,6 +446,21 @@ def _validate_faces(d) -> None:
           "must be in (0, 1)")
   if d.name == "utkface" and d.utkface_races not in faces.UTKFACE_RACE_COUNTS:
     _fail("data.utkface_races", d.utkface_races, "must be 4 (without 'Others') or 5")
+  if faces.is_multilabel(d.name, faces.resolve_task(d.name, d.task)) and (
+      d.sampling == "class_balanced"):
+    _fail("data.sampling", d.sampling, "a multi-label task has no single class per image to "
+          "balance; use 'uniform' or 'group_balanced'")
+
+
+def _check_multilabel_method(method_name: str, where: str) -> None:
+  """ConfigError when the pruning method ``method_name`` cannot score a multi-label task."""
+  from fairjax.pruning import api as methods_api
+
+  if not methods_api.get_method(method_name).supports_multilabel:
+    raise ConfigError(
+        f"config.{where}={method_name!r}: this method cannot score a multi-label task (a "
+        "scoring function registered without a 'loss' parameter assumes one class per "
+        "image); pick another method, or give its score_fn a loss= parameter")
 
 
 def imagenet_normalization(config) -> bool:
@@ -539,6 +568,12 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
     _fail("data.unknown_skin", d.unknown_skin, "must be 'exclude' or 'dark'")
   if d.name in ("fairface", "utkface", "celeba"):
     _validate_faces(d)
+    from fairjax.data import faces
+    if faces.is_multilabel(d.name, faces.resolve_task(d.name, d.task)):
+      _check_multilabel_method(config.prune.method, "prune.method")
+      for m in (config.compare.methods if "compare" in config else ()):
+        if m in _prune_methods():
+          _check_multilabel_method(m, "compare.methods")
   if d.on_bad_image not in ("skip", "error"):
     _fail("data.on_bad_image", d.on_bad_image, "must be 'skip' or 'error'")
   if d.name == "demo":
@@ -607,6 +642,8 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
           "must be in [0, 1] (accuracy units, 0.03 = 3 points)")
   if p.scope not in ("global", "layer"):
     _fail("prune.scope", p.scope, "must be 'global' or 'layer'")
+  if p.get("report_step", "best") not in ("best", "last"):
+    _fail("prune.report_step", p.report_step, "must be 'best' or 'last'")
   for key in ("max_steps", "patience", "num_batches", "batch_size", "curvature_samples"):
     if not isinstance(p[key], int) or p[key] < 1:
       _fail(f"prune.{key}", p[key], "must be an integer >= 1")
@@ -665,6 +702,11 @@ def validate_data(config, data) -> None:
   names = tuple(data.group_names)
   from fairjax.pruning import api as methods_api
   methods_api.get_method(config.prune.method).validate(config, data)
+  if getattr(data, "multilabel", False):
+    _check_multilabel_method(config.prune.method, "prune.method")
+    if config.data.sampling == "class_balanced":
+      _fail("data.sampling", config.data.sampling, "a multi-label task has no single class per "
+            "image to balance; use 'uniform' or 'group_balanced'")
   if config.prune.privileged_group and config.prune.privileged_group not in names:
     _fail("prune.privileged_group", config.prune.privileged_group,
           f"must be a group of {data.name}, one of {names}, or '' for the group with the "

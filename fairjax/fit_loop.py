@@ -190,6 +190,15 @@ def finetune_tx(config, steps_per_epoch: int, spec: Mapping[str, Any]
                               nesterov=t.nesterov, weight_decay=t.weight_decay)
 
 
+def phase_tx(config, spec: Mapping[str, Any], learning_rate: float
+             ) -> optax.GradientTransformation:
+  """One phase of a piecewise final fine-tune (``spec["phases"]``): ``spec["optimizer"]`` at
+  the constant ``learning_rate``, with the dense run's momentum / Nesterov / weight decay."""
+  t = config.train
+  return train.make_optimizer(spec["optimizer"], float(learning_rate), momentum=t.momentum,
+                              nesterov=t.nesterov, weight_decay=t.weight_decay)
+
+
 def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, workdir: str,
                    steps: list[dict], chosen: int) -> tuple[train.TrainState, dict | None]:
   """The final fine-tune of the chosen pruned model, for methods whose ``final_finetune`` hook
@@ -198,7 +207,9 @@ def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, 
 
   Trains the chosen pruned state (the last iteration in ``prune.target_sparsity`` mode, as in
   the official code, which retrains its final model) for the hook's ``epochs`` with a fresh
-  optimizer (:func:`finetune_tx`), keeping the mask: pruned weights stay exactly
+  optimizer (:func:`finetune_tx`), or, when the hook gives ``phases``
+  (``prune.fairgrape.finetune_schedule``), phase by phase with a fresh optimizer at each
+  phase's constant rate (:func:`phase_tx`), keeping the mask: pruned weights stay exactly
   zero (masked updates). A checkpoint per epoch in ``<workdir>/checkpoints/finetune`` (params,
   BatchNorm statistics, optimizer state, mask, history) lets a killed run resume with the same
   result. Skipped (returns ``(state, None)``) for other methods, for 0 epochs, and when the
@@ -215,8 +226,12 @@ def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, 
   if spec is None or spec["epochs"] == 0 or chosen == 0 or state.mask is None:
     return state, None
   epochs = spec["epochs"]
+  phases = [(int(e), float(lr)) for e, lr in spec.get("phases") or ()]
   steps_per_epoch = max(1, len(data.labels["train"]) // config.train.batch_size)
-  tx = finetune_tx(config, steps_per_epoch, spec)
+  # Every phase's optimizer state has the same structure, so the first phase's is the restore
+  # template of any checkpoint.
+  tx = phase_tx(config, spec, phases[0][1]) if phases else finetune_tx(config, steps_per_epoch,
+                                                                        spec)
   test_before = evaluate_split(state, data, "test", config)
   state = state.replace(tx=tx, opt_state=tx.init(state.params), step=jnp.zeros((), jnp.int32))
   store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, FINETUNE_STORE),
@@ -251,13 +266,30 @@ def finetune_final(config, model, state: train.TrainState, data: DatasetSplits, 
 
   # Data order and dropout keys are functions of (seed, epoch): a resumed run trains exactly as
   # an uninterrupted one.
-  state, _ = fit_epochs(state, store, start=start, epochs=epochs,
-                        batches=epoch_batches(config, data, config.seed * 53 + 17),
-                        rng=jax.random.key(config.seed + 3, impl="rbg"), on_epoch=on_epoch)
+  batches = epoch_batches(config, data, config.seed * 53 + 17)
+  rng = jax.random.key(config.seed + 3, impl="rbg")
+  if not phases:
+    state, _ = fit_epochs(state, store, start=start, epochs=epochs, batches=batches, rng=rng,
+                          on_epoch=on_epoch)
+  begin = 0
+  for length, lr in phases:
+    end = begin + length
+    if start < end:
+      # A fresh optimizer at the phase's first epoch; a run resumed inside the phase keeps the
+      # state it restored (saved by this phase's optimizer).
+      tx = phase_tx(config, spec, lr)
+      state = state.replace(tx=tx, opt_state=(tx.init(state.params) if start <= begin
+                                              else state.opt_state))
+      logging.info("%s final fine-tune: epochs %d-%d at learning rate %g", config.prune.method,
+                   max(start, begin) + 1, end, lr)
+      state, _ = fit_epochs(state, store, start=max(start, begin), epochs=end, batches=batches,
+                            rng=rng, on_epoch=on_epoch)
+    begin = end
   store.close()
   record = {"step": chosen, "epochs": epochs, "optimizer": spec["optimizer"],
             "learning_rate": float(spec["learning_rate"]),
-            "schedule": config.train.schedule,
+            "schedule": "phases" if phases else config.train.schedule,
+            **({"phases": [[e, lr] for e, lr in phases]} if phases else {}),
             "validation_before": steps[chosen]["validation"],
             "validation_after": history[-1]["validation"], "test_before": test_before,
             "history": history}

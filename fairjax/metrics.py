@@ -776,7 +776,10 @@ def multilabel_evaluate(
 
     Returns:
       dict of plain Python values (NaN -> None): ``accuracy`` (mean over attributes of
-      ``attribute_accuracy``), ``macro_f1`` (mean over attributes of the two-class macro-F1);
+      ``attribute_accuracy``), ``macro_precision``, ``macro_recall``, ``macro_f1`` (means over
+      attributes of the two-class macro values); ``group_macro_f1`` ({group: mean over
+      attributes of the group's two-class macro-F1}); ``skipped_classes`` ({metric: classes
+      skipped by the gap, summed over attributes});
       ``eopp0``, ``eopp1``, ``eodd``, ``equal_opportunity_difference``,
       ``equalized_odds_difference`` (means over attributes), ``undefined_attributes``
       ({metric: number of attributes left out of that mean}); ``group_accuracy`` ({group: mean
@@ -811,17 +814,22 @@ def multilabel_evaluate(
     counts = np.bincount(g[g >= 0], minlength=ng)
     _require_nonempty(counts, "multilabel_evaluate", gnames)
 
-    per_attr, g_acc = {}, np.empty((num_attrs, ng))
+    per_attr, g_acc, g_f1 = {}, np.empty((num_attrs, ng)), np.empty((num_attrs, ng))
+    prec, rec, skipped = np.empty(num_attrs), np.empty(num_attrs), dict.fromkeys(_METRICS, 0)
     for a, name in enumerate(anames):
         t, p = yt[:, a], yp[:, a]
         eo = equalized_odds(t, p, g, num_classes=2, num_groups=ng, convention=convention,
                             undefined=undefined)
-        d_tpr, d_fpr = _binary_differences(
-            _rates_from_confusions(_group_confusions(t, p, g, 2, ng), "skip"))
+        cms = _group_confusions(t, p, g, 2, ng)
+        d_tpr, d_fpr = _binary_differences(_rates_from_confusions(cms, "skip"))
         g_acc[a] = group_accuracy(t, p, g, ng)
+        g_f1[a] = [_macro_prf_from_cm(cms[i])[2] for i in range(ng)]
+        prec[a], rec[a], f1 = _macro_prf_from_cm(confusion_matrix(t, p, 2))
+        for m in _METRICS:
+            skipped[m] += int(eo["skipped_classes"][m])
         per_attr[name] = {
             "accuracy": float(np.mean(t == p)),
-            "macro_f1": _macro_prf_from_cm(confusion_matrix(t, p, 2))[2],
+            "macro_f1": f1,
             **{m: eo[m] for m in _METRICS},
             "fairness_pair": {k: [int(i), int(j)] for k, (i, j) in eo["pair"].items()},
             "tpr_difference": d_tpr,
@@ -840,13 +848,17 @@ def multilabel_evaluate(
                 "equalized_odds_difference": "equalized_odds_difference"}
     out: dict[str, Any] = {
         "accuracy": _json_float(mean_of("accuracy")),
+        "macro_precision": _json_float(prec.mean()),
+        "macro_recall": _json_float(rec.mean()),
         "macro_f1": _json_float(mean_of("macro_f1")),
         **{k: _json_float(mean_of(v)) for k, v in averaged.items()},
         "undefined_attributes": {
             k: int(sum(math.isnan(per_attr[n][v]) for n in anames)) for k, v in averaged.items()},
         "fairness_convention": convention,
         "fairness_undefined": undefined,
+        "skipped_classes": skipped,
         "group_accuracy": {n: _json_float(v) for n, v in zip(gnames, group_mean)},
+        "group_macro_f1": {n: _json_float(v) for n, v in zip(gnames, g_f1.mean(axis=0))},
         "worst_group_accuracy": _json_float(group_mean.min()),
         "accuracy_gap": _json_float(group_mean.max() - group_mean.min()),
         "attribute_accuracy": {n: _json_float(per_attr[n]["accuracy"]) for n in anames},

@@ -238,6 +238,7 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
                         mask=items["mask"])
   logging.info("%s: %s; chose step %d (%s)", name, stop["reason"], chosen,
                "the last step, on the target sparsity" if p.target_sparsity is not None else
+               "the last step, prune.report_step='last'" if p.get("report_step") == "last" else
                "lowest validation Eodd within the accuracy limit")
   return final, steps, chosen
 

@@ -67,6 +67,8 @@ def story(results: Mapping[str, Any], reason: str | None, files: list[str],
     lines.append(f"reported model: step {chosen}, sparsity {pruned['sparsity']:.4f}"
                  + (", then fine-tuned" if "final_finetune" in results else "")
                  + (" (the last step, on the target)" if cfg.get("target_sparsity") is not None
+                    else " (the last step, prune.report_step='last')"
+                    if cfg.get("report_step") == "last"
                     else " (lowest validation Eodd within the accuracy limit)")
                  + (f"; its validation Eodd ({steps[chosen]['validation']['eodd']:.4f}) is not "
                     "below the dense model's" if worse else "") + ".")

@@ -70,8 +70,9 @@ def choose_step(steps: Sequence[Mapping[str, Any]], dense_val: Mapping[str, Any]
                 cfg: Mapping[str, Any]) -> int:
   """The reported step: the lowest validation Eodd among the steps within
   ``max_accuracy_drop`` of the dense validation accuracy (ties: the earlier step); the last
-  step in ``target_sparsity`` mode, whatever its metrics; 0 (the dense model) when no step
-  qualifies.
+  step in ``target_sparsity`` mode or with ``report_step="last"`` (FairGRAPE's protocol
+  reports its model at the prune rate), whatever its metrics; 0 (the dense model) when no
+  step qualifies.
 
   Args:
     steps: step records (``steps[0]`` is the dense model), each with ``step`` and
@@ -80,7 +81,7 @@ def choose_step(steps: Sequence[Mapping[str, Any]], dense_val: Mapping[str, Any]
   eligible = [s for s in steps[1:]
               if dense_val["accuracy"] - s["validation"]["accuracy"] <= cfg["max_accuracy_drop"]
               and s["validation"]["eodd"] is not None]
-  if cfg["target_sparsity"] is not None:
+  if cfg["target_sparsity"] is not None or cfg.get("report_step", "best") == "last":
     eligible = list(steps[-1:]) if len(steps) > 1 else []
   if not eligible:
     return 0

@@ -9,6 +9,10 @@ weight decay and stay exactly zero while the network is (re)trained or fine-tune
 
 Batches are dicts ``{"image": float32[B, H, W, 3], "label": int32[B], "group": int32[B]}``;
 evaluation batches add ``"valid": bool[B]`` that marks the padding rows of a last partial batch.
+A multi-label task (CelebA's 39 attributes) has ``"label": int32[B, A]`` in ``{0, 1}``: the rank
+of the labels selects the loss at trace time, the softmax cross-entropy for ``[B]`` and the
+sigmoid binary cross-entropy, averaged over the ``A`` outputs, for ``[B, A]`` (design.md section
+1.10; :func:`task_loss`).
 """
 
 from __future__ import annotations
@@ -323,10 +327,34 @@ def _weighted_mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+def task_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-sample loss and correctness of one batch (design.md section 1.10).
+
+    Args:
+      logits: float32 ``[B, C]``.
+      labels: int ``[B]`` class ids (softmax cross-entropy), or ``{0, 1}[B, C]`` for a
+        multi-label task (sigmoid binary cross-entropy of every output).
+
+    Returns:
+      ``(loss, correct)``, float32 ``[B]`` each. Multi-label: the mean over the ``C`` outputs of
+      the binary cross-entropy, and the share of outputs whose ``logit > 0`` equals the label
+      (so the batch mean is the accuracy macro-averaged over attributes). Otherwise: the
+      cross-entropy and ``argmax == label``.
+    """
+    if labels.ndim == 2:
+        targets = labels.astype(logits.dtype)
+        loss = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets), axis=-1)
+        correct = jnp.mean(((logits > 0) == (labels > 0)).astype(jnp.float32), axis=-1)
+        return loss, correct
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return loss, (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+
+
 def train_step(
     state: TrainState, batch: Batch, rng: jax.Array
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on mean softmax cross-entropy. Pure, so it can be jitted.
+    """One optimizer step on the mean loss of :func:`task_loss` (softmax cross-entropy, or the
+    sigmoid binary cross-entropy for multi-label ``[B, A]`` labels). Pure, so it can be jitted.
 
     BatchNorm statistics are updated from the batch (``train=True``). The dropout key is
     ``fold_in(rng, state.step)``, so passing the same ``rng`` every step still gives every step
@@ -335,12 +363,14 @@ def train_step(
 
     Args:
       state: current state.
-      batch: ``image`` float32[B, H, W, C], ``label`` int32[B], optional ``valid`` bool[B].
+      batch: ``image`` float32[B, H, W, C], ``label`` int32[B] (or int32[B, A], multi-label),
+        optional ``valid`` bool[B].
       rng: PRNG key, typically the same for the whole run.
 
     Returns:
-      ``(new_state, metrics)`` with float32 scalars ``loss`` (mean cross-entropy before the
-      update; the caller checks it for NaN), ``accuracy`` and ``grad_norm``.
+      ``(new_state, metrics)`` with float32 scalars ``loss`` (mean loss before the update; the
+      caller checks it for NaN), ``accuracy`` (multi-label: macro-averaged over attributes) and
+      ``grad_norm``.
     """
     if state.mask is not None and not _is_masked(state.tx):  # checked at trace time
         raise ValueError("state.mask is set but state.tx is not wrapped with "
@@ -363,16 +393,15 @@ def train_step(
             logits = state.apply_fn(variables, images, train=True, rngs={"dropout": dropout_rng})
             new_stats = state.batch_stats
         logits = logits.astype(jnp.float32)  # the loss in float32 even for bf16 models
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        return _weighted_mean(ce, weights), (logits, new_stats)
+        losses, correct = task_loss(logits, labels)
+        return _weighted_mean(losses, weights), (correct, new_stats)
 
-    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (correct, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     if _accepts_mask(state.tx):
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params, mask=state.mask)
     else:
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
     metrics = {
         "loss": loss,
         "accuracy": _weighted_mean(correct, weights),
@@ -410,7 +439,8 @@ def predict(
         missing means every row is real).
 
     Returns:
-      ``(logits float32[N, C], labels int32[N], groups int32[N])`` as numpy, N = real rows.
+      ``(logits float32[N, C], labels int32[N] (multi-label: int32[N, C]), groups int32[N])``
+      as numpy, N = real rows.
     """
     outs: list[tuple[jax.Array, Any, Any, Any]] = []
     for batch in batches:

@@ -29,11 +29,15 @@ class DatasetSplits:
   Attributes:
     name: dataset name (one of :data:`DATASETS`).
     sources: split name -> random-access source.
-    num_classes: number of classes ``C``.
-    class_names: class names (length ``C``).
+    num_classes: number of classes ``C`` (multi-label: the number of attributes ``A``, one
+      model output each).
+    class_names: class names (length ``C``; multi-label: the attribute names).
     group_names: names of the sensitive groups (length ``G``), e.g. ``("female", "male")``.
-    labels: split -> ``int32[N]`` labels (read once, without decoding images).
+    labels: split -> ``int32[N]`` labels (read once, without decoding images); multi-label:
+      ``int32[N, A]`` in ``{0, 1}``.
     groups: split -> ``int32[N]`` group ids (``-1`` unknown).
+    multilabel: True for a multi-label task (CelebA ``data.task="multilabel"``): every output
+      is a sigmoid, trained with the binary cross-entropy (design.md section 1.10).
   """
 
   name: str
@@ -43,6 +47,13 @@ class DatasetSplits:
   group_names: tuple[str, ...]
   labels: Mapping[str, np.ndarray]
   groups: Mapping[str, np.ndarray]
+  multilabel: bool = False
+
+  @property
+  def loss(self) -> str:
+    """The loss of this task, as the scorers' ``loss=`` (design.md section 1.10):
+    ``"sigmoid_binary_cross_entropy"`` when multi-label, else ``"softmax_cross_entropy"``."""
+    return "sigmoid_binary_cross_entropy" if self.multilabel else "softmax_cross_entropy"
 
   @property
   def num_groups(self) -> int:
@@ -52,6 +63,7 @@ class DatasetSplits:
     """JSON-able summary for ``results.json``."""
     return {
         "name": self.name,
+        "task": "multilabel" if self.multilabel else "multiclass",
         "num_classes": self.num_classes,
         "class_names": list(self.class_names),
         "group_names": list(self.group_names),
@@ -144,14 +156,17 @@ def _tfds(name: str, cfg: Mapping[str, Any], workdir: str) -> DatasetSplits:
           image_size=int(cfg["stored_image_size"]), on_bad_image=cfg["on_bad_image"], **kwargs)
       for s in SPLITS}
   info = sources["train"].dataset_info
-  class_names = tuple(info.features["label"].names)
+  multilabel = info.metadata.get("task") == "multilabel"
+  # A multi-label label is a Tensor feature without class names: the builder lists them.
+  class_names = tuple(info.metadata["label_names"] if multilabel
+                      else info.features["label"].names)
   group_names = tuple(info.metadata["group_names"])
   labels, groups = {}, {}
   for s in SPLITS:
     labels[s], groups[s] = pipeline.scan_labels(sources[s])
   return DatasetSplits(name=name, sources=sources, num_classes=len(class_names),
                        class_names=class_names, group_names=group_names, labels=labels,
-                       groups=groups)
+                       groups=groups, multilabel=multilabel)
 
 
 def load_dataset(cfg: Mapping[str, Any], *, workdir: str) -> DatasetSplits:
@@ -166,8 +181,8 @@ def load_dataset(cfg: Mapping[str, Any], *, workdir: str) -> DatasetSplits:
   section 6.5); :func:`fairjax.config.validate_config` checks them first.
 
   Raises:
-    ValueError: unknown dataset name, or face options that cannot work (e.g. CelebA's
-      not-yet-implemented ``task="multilabel"``).
+    ValueError: unknown dataset name, or face options that cannot work (e.g. an unknown
+      ``data.task``).
     fairjax.data.tfds_common.DatasetNotFoundError: a real dataset is not built and its
       ``manual_dir`` is missing or incomplete (the message says where to get the files).
   """

@@ -13,13 +13,15 @@ Records (``tfds.data_source(...)[i]``):
 
 - ``image``: uint8 ``(S, S, 3)``, S = ``image_size`` (shorter side resized, centre crop: the
   178x218 aligned images lose 20 rows at the top and bottom).
-- ``label``: int, the config's attribute as a binary task: 1 where the attribute is +1, 0 where
-  it is -1; class names ``("not_<attribute>", "<attribute>")``.
+- ``label``: task ``"attribute"``: int, the config's attribute as a binary task: 1 where the
+  attribute is +1, 0 where it is -1; class names ``("not_<attribute>", "<attribute>")``.
+  Task ``"multilabel"``: int64 ``[39]``, the 39 attributes other than ``Male`` in file order
+  (:data:`fairjax.data.faces.CELEBA_LABEL_ATTRIBUTES`), 1 where +1, 0 where -1; their names are
+  ``metadata["label_names"]`` (design.md section 1.10 for the sigmoid loss they are trained with).
 - ``group``: int64 from ``Male``: 0 = "Male" (+1), 1 = "Female" (-1), the gender ids of FairFace
   and UTKFace (:data:`fairjax.data.faces.GENDER_NAMES`).
 - ``image_id`` (the file name) and ``attributes``: int8 ``[40]``, all 40 values (+1 / -1) in
-  the file's column order (:data:`fairjax.data.faces.CELEBA_ATTRIBUTES`), kept for a later
-  multi-label task; nothing in fairjax trains on them yet.
+  the file's column order (:data:`fairjax.data.faces.CELEBA_ATTRIBUTES`).
 
 Splits are the official partition (162,770 / 19,867 / 19,962 images). Malformed input raises
 :class:`~fairjax.data.errors.CsvFormatError` naming the file, line and field: a row with a
@@ -135,9 +137,11 @@ def image_folder(manual_dir: str) -> str:
 
 @dataclasses.dataclass(eq=False)
 class CelebAConfig(tfds_common.ImageBuilderConfig):
-  """Adds ``attribute``: the CelebA attribute that is the binary label."""
+  """Adds ``attribute`` (the CelebA attribute that is the binary label) and ``task``
+  (``"attribute"`` or ``"multilabel"``)."""
 
   attribute: str = faces.CELEBA_DEFAULT_ATTRIBUTE
+  task: str = "attribute"
 
 
 def make_config(
@@ -146,16 +150,24 @@ def make_config(
     attribute: str = faces.CELEBA_DEFAULT_ATTRIBUTE,
     task: str = "attribute",
 ) -> CelebAConfig:
-  """Config ``f"{attribute}_{image_size}"``, e.g. ``"Smiling_128"`` (official splits only).
+  """Config ``f"{attribute}_{image_size}"``, e.g. ``"Smiling_128"``, or
+  ``f"multilabel_{image_size}"`` for ``task="multilabel"`` (``attribute`` unused); official
+  splits only.
 
   Raises:
-    ValueError: an unknown attribute, ``Male`` (the group), or ``task="multilabel"`` (not
-      implemented yet).
+    ValueError: an unknown task or attribute, or ``Male`` (the group).
   """
   problem = faces.check_face_options("celeba", task, "", attribute)
   if problem:
     raise ValueError(problem[1])
   image_size = tfds_common.check_image_size(image_size)
+  if task == "multilabel":
+    return CelebAConfig(
+        name=f"multilabel_{image_size}",
+        description=(f"{image_size}x{image_size} images, labels = the 39 attributes other than "
+                     "Male (multi-label), group = Male; official splits."),
+        image_size=image_size, task="multilabel",
+    )
   return CelebAConfig(
       name=f"{attribute}_{image_size}",
       description=(f"{image_size}x{image_size} images, label = {attribute}, group = Male; "
@@ -165,30 +177,39 @@ def make_config(
 
 
 class CelebA(tfds_common.ManualImageBuilder):
-  """CelebA aligned faces: one binary attribute, groups from ``Male`` (design.md section 6.5)."""
+  """CelebA aligned faces: one binary attribute or the 39 non-sensitive attributes as a
+  multi-label task, groups from ``Male`` (design.md section 6.5)."""
 
   name = "celeba"  # not TFDS's derived "celeb_a", the name of its own CelebA builder
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: official splits, all 40 attributes kept."}
+  RELEASE_NOTES = {"1.0.0": "Initial release: official splits, all 40 attributes kept; "
+                            "multi-label configs (39 labels)."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   EXPECTED_FILES = (ATTR_FILE, PARTITION_FILE, IMAGE_DIR)
   BUILDER_CONFIGS = [
       make_config(image_size=size, attribute=attribute)
       for attribute in ("Smiling", "Attractive")
       for size in tfds_common.PREDEFINED_IMAGE_SIZES
-  ]
+  ] + [make_config(image_size=size, task="multilabel")
+       for size in tfds_common.PREDEFINED_IMAGE_SIZES]
   DEFAULT_BUILDER_CONFIG_NAME = f"{faces.CELEBA_DEFAULT_ATTRIBUTE}_{DEFAULT_IMAGE_SIZE}"
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
+    multilabel = config.task == "multilabel"
+    if multilabel:
+      label = tfds.features.Tensor(shape=(len(faces.CELEBA_LABEL_ATTRIBUTES),), dtype=np.int64)
+      label_names = list(faces.CELEBA_LABEL_ATTRIBUTES)
+    else:
+      label = tfds.features.ClassLabel(names=[f"not_{config.attribute}", config.attribute])
+      label_names = [f"not_{config.attribute}", config.attribute]
     return tfds.core.DatasetInfo(
         builder=self,
         description="CelebA aligned and cropped faces. " + (config.description or ""),
         features=tfds.features.FeaturesDict({
             "image": tfds_common.image_feature(config.image_size),
-            "label": tfds.features.ClassLabel(names=[f"not_{config.attribute}",
-                                                     config.attribute]),
+            "label": label,
             "group": np.int64,
             "image_id": tfds.features.Text(),
             "attributes": tfds.features.Tensor(shape=(len(faces.CELEBA_ATTRIBUTES),),
@@ -198,8 +219,9 @@ class CelebA(tfds_common.ManualImageBuilder):
         homepage="https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
         citation="Liu, Luo, Wang and Tang, Deep Learning Face Attributes in the Wild, ICCV 2015.",
         metadata=tfds.core.MetadataDict(
-            task="attribute",
-            attribute=config.attribute,
+            task=config.task,
+            attribute="" if multilabel else config.attribute,
+            label_names=label_names,
             sensitive_attribute=faces.CELEBA_SENSITIVE_ATTRIBUTE,
             group_names=list(faces.GENDER_NAMES),
             attribute_names=list(faces.CELEBA_ATTRIBUTES),
@@ -223,15 +245,24 @@ class CelebA(tfds_common.ManualImageBuilder):
                              f"{image!r} has no row in {PARTITION_FILE}; download both files "
                              "again")
     images = image_folder(manual_dir)
-    label_col = faces.CELEBA_ATTRIBUTES.index(config.attribute)
     male_col = faces.CELEBA_ATTRIBUTES.index(faces.CELEBA_SENSITIVE_ATTRIBUTE)
+    if config.task == "multilabel":
+      cols = [faces.CELEBA_ATTRIBUTES.index(a) for a in faces.CELEBA_LABEL_ATTRIBUTES]
+
+      def label_of(values):
+        return (values[cols] == 1).astype(np.int64)
+    else:
+      label_col = faces.CELEBA_ATTRIBUTES.index(config.attribute)
+
+      def label_of(values):
+        return int(values[label_col] == 1)
     pending: dict[str, list[PendingExample]] = {}
     for image, (split, _) in partition.items():
       values = attributes[image][0]
       pending.setdefault(split, []).append(PendingExample(
           key=image,
           image_path=os.path.join(images, image),
-          features={"label": int(values[label_col] == 1),
+          features={"label": label_of(values),
                     "group": 0 if values[male_col] == 1 else 1,
                     "image_id": image, "attributes": values},
       ))

@@ -46,8 +46,12 @@ CELEBA_SENSITIVE_ATTRIBUTE = "Male"
 # "Smiling": close to balanced and a visible expression, not a judgement of looks ("Attractive"
 # is the other common choice in the fairness literature; set data.celeba_attribute for it).
 CELEBA_DEFAULT_ATTRIBUTE = "Smiling"
-CELEBA_TASKS: tuple[str, ...] = ("attribute",)  # "multilabel" (39 sigmoid outputs) is not built
-CELEBA_NOT_IMPLEMENTED_TASKS: tuple[str, ...] = ("multilabel",)
+# "attribute": data.celeba_attribute as a binary task; "multilabel": the 39 attributes other
+# than Male at once (FairGRAPE's setting), labels {0, 1}[39], one sigmoid output each.
+CELEBA_TASKS: tuple[str, ...] = ("attribute", "multilabel")
+# The labels of the multi-label task, in file order: every attribute but the sensitive one.
+CELEBA_LABEL_ATTRIBUTES: tuple[str, ...] = tuple(
+    a for a in CELEBA_ATTRIBUTES if a != CELEBA_SENSITIVE_ATTRIBUTE)
 
 # data.task -> the tasks each dataset accepts ("" = the first one).
 TASKS: dict[str, tuple[str, ...]] = {
@@ -77,6 +81,12 @@ def resolve_group(dataset: str, task: str, group: str) -> str:
   return group or FAIRFACE_DEFAULT_GROUP[task]
 
 
+def is_multilabel(dataset: str, task: str) -> bool:
+  """Whether ``(data.name, data.task)`` is a multi-label task (labels ``{0, 1}[A]``, sigmoid
+  outputs; design.md section 1.10): CelebA's ``"multilabel"``."""
+  return dataset == "celeba" and task == "multilabel"
+
+
 def check_face_options(
     dataset: str, task: str, group: str, celeba_attribute: str = CELEBA_DEFAULT_ATTRIBUTE
 ) -> tuple[str, str] | None:
@@ -87,10 +97,6 @@ def check_face_options(
   """
   if dataset not in TASKS:
     return None
-  if dataset == "celeba" and task in CELEBA_NOT_IMPLEMENTED_TASKS:
-    return "task", ("the CelebA multi-label task (the other 39 attributes at once) is not "
-                    "implemented yet: it needs a sigmoid loss in training, metrics and curvature; "
-                    "use task 'attribute' with data.celeba_attribute")
   allowed = TASKS[dataset]
   if task and task not in allowed:
     return "task", f"{task!r} is not one of {dataset}'s tasks {allowed} ('' = {allowed[0]!r})"
@@ -98,6 +104,8 @@ def check_face_options(
   if dataset == "celeba":
     if group and group != CELEBA_SENSITIVE_ATTRIBUTE:
       return "face_group", f"the CelebA group is always {CELEBA_SENSITIVE_ATTRIBUTE!r} (or '')"
+    if task == "multilabel":
+      return None  # data.celeba_attribute is not read
     if celeba_attribute not in CELEBA_ATTRIBUTES or celeba_attribute == "Male":
       return "celeba_attribute", (
           f"{celeba_attribute!r} is not one of the 39 CelebA attributes other than 'Male' "

@@ -4,7 +4,8 @@ Record format shared by every fairjax dataset (the demo generator in ``synthetic
 TFDS builders of design.md section 6): a dict with
 
 - ``image``: uint8 [H, W, 3] (any H, W; resized here),
-- ``label``: int, the class id in [0, C),
+- ``label``: int, the class id in [0, C); or, for a multi-label task (CelebA's 39 attributes,
+  design.md section 1.10), ints ``{0, 1}[A]``, one per attribute,
 - ``group``: int, the sensitive-attribute id in [0, G), or -1 when unknown / missing.
 
 A *source* is any random-access object with ``__len__`` and ``__getitem__(i) -> record``
@@ -13,7 +14,7 @@ A *source* is any random-access object with ``__len__`` and ``__getitem__(i) -> 
 Every iterator yields numpy dicts with static shapes, ready for a jitted step:
 
 - ``image``: float32 [B, S, S, 3], ``(pixel - IMAGE_MEAN) / IMAGE_STD`` per channel;
-- ``label``: int32 [B]; ``group``: int32 [B];
+- ``label``: int32 [B] (multi-label: int32 [B, A]); ``group``: int32 [B];
 - ``valid``: bool [B] (``eval_batches`` only) marks real rows of the zero-padded last batch.
 
 Normalisation uses FIXED constants, the ImageNet RGB statistics (mean 0.485/0.456/0.406, std
@@ -150,7 +151,7 @@ _SCAN_CACHE: dict[int, tuple[weakref.ref, np.ndarray, np.ndarray]] = {}
 
 
 def scan_labels(source: Source) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (labels int32 [N], groups int32 [N]) of a source.
+    """Returns (labels int32 [N] (multi-label: int32 [N, A]), groups int32 [N]) of a source.
 
     Uses the source's ``labels`` and ``groups`` attributes when it has both (``ArraySource``;
     any wrapper around a TFDS source can add them) so no image is decoded. Otherwise every
@@ -160,9 +161,11 @@ def scan_labels(source: Source) -> tuple[np.ndarray, np.ndarray]:
     labels, groups = getattr(source, "labels", None), getattr(source, "groups", None)
     if labels is not None and groups is not None:
         labels, groups = np.asarray(labels, np.int32), np.asarray(groups, np.int32)
-        if labels.shape != (len(source),) or groups.shape != (len(source),):
+        if (labels.shape[:1] != (len(source),) or labels.ndim > 2
+                or groups.shape != (len(source),)):
             raise ValueError(
-                f"source.labels / source.groups must have shape ({len(source)},), got "
+                f"source.labels / source.groups must have shape ({len(source)},) (labels may "
+                f"be ({len(source)}, A) for a multi-label task), got "
                 f"{labels.shape} / {groups.shape}"
             )
         return labels, groups
@@ -170,12 +173,13 @@ def scan_labels(source: Source) -> tuple[np.ndarray, np.ndarray]:
     if cached is not None and cached[0]() is source:
         return cached[1], cached[2]
     n = len(source)
-    labels = np.empty(n, np.int32)
+    rows = []
     groups = np.empty(n, np.int32)
     for i in range(n):
         record = source[i]
-        labels[i] = int(record["label"])
+        rows.append(np.asarray(record["label"], np.int32))  # 0-d, or [A] when multi-label
         groups[i] = int(record.get("group", -1))
+    labels = np.stack(rows) if rows else np.empty(0, np.int32)
     try:
         ref = weakref.ref(source, lambda _, key=id(source): _SCAN_CACHE.pop(key, None))
     except TypeError:  # not weak-referenceable: do not cache (id() could be reused)
@@ -214,12 +218,17 @@ def _resize(image: np.ndarray, image_size: int) -> np.ndarray:
     return np.asarray(resized, np.uint8)
 
 
+def _label(record: Mapping[str, Any]) -> np.ndarray:
+    """int32 [] class id, or int32 [A] for a multi-label record."""
+    return np.asarray(record["label"], np.int32)
+
+
 def _prepare(record: Mapping[str, Any], image_size: int) -> dict[str, Any]:
-    """One record -> {image uint8 [S, S, 3], label int32 [], group int32 []} (no normalising:
-    uint8 keeps the per-element work and the batch stacking 4x cheaper)."""
+    """One record -> {image uint8 [S, S, 3], label int32 [] (or [A]), group int32 []} (no
+    normalising: uint8 keeps the per-element work and the batch stacking 4x cheaper)."""
     return {
         "image": _resize(_to_rgb(record["image"]), image_size),
-        "label": np.int32(record["label"]),
+        "label": _label(record),
         "group": np.int32(record.get("group", -1)),
     }
 
@@ -228,15 +237,17 @@ def _prepare_index(source: Source, image_size: int, index: int) -> dict[str, Any
     return _prepare(source[int(index)], image_size)
 
 
-def _prepare_padded(source: Source, image_size: int, num_real: int, index: int) -> dict[str, Any]:
-    """Eval element: a real record while index < num_real, else a cheap all-zero filler row."""
+def _prepare_padded(source: Source, image_size: int, num_real: int,
+                    label_shape: tuple[int, ...], index: int) -> dict[str, Any]:
+    """Eval element: a real record while index < num_real, else a cheap all-zero filler row
+    (its label zeros of ``label_shape``: ``()``, or ``(A,)`` for a multi-label task)."""
     if index < num_real:
         element = _prepare(source[int(index)], image_size)
         element["valid"] = np.bool_(True)
         return element
     return {
         "image": np.zeros((image_size, image_size, 3), np.uint8),
-        "label": np.int32(0),
+        "label": np.zeros(label_shape, np.int32),
         "group": np.int32(-1),
         "valid": np.bool_(False),
     }
@@ -304,7 +315,7 @@ def _prepare_augmented(
     record = source[int(indices[position])]
     return {
         "image": _augment(_to_rgb(record["image"]), image_size, augment, draws[position]),
-        "label": np.int32(record["label"]),
+        "label": _label(record),
         "group": np.int32(record.get("group", -1)),
     }
 
@@ -354,6 +365,9 @@ def epoch_indices(
         return rng.permutation(n)
     labels, groups = scan_labels(source)
     if sampling == "class_balanced":
+        if labels.ndim != 1:
+            raise ValueError("class_balanced sampling needs one class per example; a "
+                             "multi-label task has no class to balance (use uniform)")
         if labels.min() < 0:
             raise ValueError("class_balanced sampling needs labels >= 0")
         weights = 1.0 / np.bincount(labels)[labels]
@@ -440,9 +454,12 @@ def eval_batches(
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     n = len(source)
     padded = math.ceil(n / batch_size) * batch_size
+    # Filler rows need the label shape; scan_labels is cached (and reads no image for sources
+    # that expose labels), so this costs nothing after the first call per source.
+    label_shape = scan_labels(source)[0].shape[1:] if padded > n else ()
     ds = (
         grain.MapDataset.range(padded)
-        .map(functools.partial(_prepare_padded, source, image_size, n))
+        .map(functools.partial(_prepare_padded, source, image_size, n, label_shape))
         .batch(batch_size)
         .map(functools.partial(_normalize_batch, imagenet_normalization=imagenet_normalization))
     )

@@ -112,6 +112,13 @@ class RunContext:
   def prunable(self) -> masks.PathPredicate:
     return prunable(self.config.prune.exclude_layers)
 
+  @property
+  def loss(self) -> str:
+    """The task's loss as the scorers' ``loss=`` (design.md section 1.10), from the data:
+    ``"sigmoid_binary_cross_entropy"`` for a multi-label task (labels ``int32[B, A]``), else
+    ``"softmax_cross_entropy"``."""
+    return getattr(self.data, "loss", "softmax_cross_entropy")
+
 
 def target_end(config, step: int) -> str | None:
   """The end of the ``prune.target_sparsity`` schedule: a reason at step ``prune.max_steps``."""
@@ -146,6 +153,10 @@ class PruneMethod:
   #: Draw ``saliency_histograms.png`` (per-group curvature terms; only meaningful for methods
   #: built on the per-group curvature, fairprune and obd).
   curvature_plot: bool = False
+  #: Whether the method works on a multi-label task (labels ``int32[B, A]``, the loss
+  #: :attr:`RunContext.loss`); a run with one that does not is refused before training
+  #: (:func:`fairjax.config.validate_data`).
+  supports_multilabel: bool = True
 
   #: Epochs of training after every step when ``prune.retrain_epochs`` is None.
   default_retrain_epochs: int = 0
@@ -218,7 +229,9 @@ class PruneMethod:
   def final_finetune(self, config) -> dict[str, Any] | None:
     """Training of the chosen pruned model after the loop, from the run's config:
     ``{"epochs": int, "optimizer": str, "learning_rate": float}`` (fresh optimizer,
-    ``train.schedule``; 0 epochs = none), or None (default: none)."""
+    ``train.schedule``; 0 epochs = none), optionally with ``"phases": [(epochs,
+    learning_rate), ...]`` (then each phase runs at its constant rate with a fresh optimizer,
+    and ``epochs`` is their sum), or None (default: none)."""
     del config
     return None
 
@@ -237,7 +250,9 @@ class ScoreMethod(PruneMethod):
       ``batches`` an iterable of ``(images float32[B, H, W, 3], labels int32[B], groups
       int32[B])``, ``scores`` a pytree like ``variables["params"]`` (higher = kept; only the
       prunable leaves are read). A ``score_fn`` with a parameter named ``model`` also gets the
-      ``flax.linen`` module as ``model=``.
+      ``flax.linen`` module as ``model=``; one with a parameter named ``loss`` gets the task's
+      loss name (:attr:`RunContext.loss`) as ``loss=`` and can then run on a multi-label task,
+      whose labels are ``int32[B, A]`` (a ``score_fn`` without it is refused there).
     batches: ``"scoring"`` (group-balanced train batches, ``prune.num_batches`` of
       ``prune.batch_size``) or ``"uniform"`` (uniformly sampled train batches).
   """
@@ -249,14 +264,19 @@ class ScoreMethod(PruneMethod):
     self.score_fn = score_fn
     self.batches = batches
     try:
-      self.wants_model = "model" in inspect.signature(score_fn).parameters
+      parameters = inspect.signature(score_fn).parameters
     except (TypeError, ValueError):  # no introspectable signature (some builtins)
-      self.wants_model = False
+      parameters = {}
+    self.wants_model = "model" in parameters
+    self.wants_loss = "loss" in parameters
+    self.supports_multilabel = self.wants_loss
 
   def scores(self, ctx: RunContext, state: Any, step: int) -> PyTree:
     source = (ctx.scoring_batches(step) if self.batches == "scoring"
               else ctx.uniform_batches(step))
     kwargs = {"model": ctx.model} if self.wants_model else {}
+    if self.wants_loss:
+      kwargs["loss"] = ctx.loss
     return self.score_fn(variables_of(state), as_tuples(source), **kwargs)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from fairjax import schedules
+from fairjax import schedules, train
 from fairjax.config import fail
 from fairjax.train import OPTIMIZERS
 from fairjax.pruning import baselines, fairgrape, fairprune
@@ -43,7 +43,8 @@ def group_diag(ctx: RunContext, state: Any, step: int) -> PyTree:
   diag, _ = fairprune.average_group_diag(
       ctx.model, variables_of(state), ctx.scoring_batches(step, chunk_size(config)),
       num_groups=ctx.num_groups, method=config.prune.curvature, rng=rng,
-      num_samples=config.prune.curvature_samples, apply_kwargs={"train": False})
+      num_samples=config.prune.curvature_samples, apply_kwargs={"train": False},
+      loss=ctx.loss)
   return diag
 
 
@@ -93,7 +94,8 @@ class GradientScores(PruneMethod):
     variables = variables_of(state)
     # BatchNorm in inference mode: scoring must not depend on (or update) batch statistics.
     return baselines.accumulate_scores(
-        lambda x, y: fn(ctx.model, variables, x, y, state.mask, apply_kwargs={"train": False}),
+        lambda x, y: fn(ctx.model, variables, x, y, state.mask, apply_kwargs={"train": False},
+                        loss=ctx.loss),
         ctx.uniform_batches(step))
 
 
@@ -126,6 +128,20 @@ class FairGRAPE(PruneMethod):
         or not p.fairgrape.finetune_learning_rate > 0):
       fail("prune.fairgrape.finetune_learning_rate", p.fairgrape.finetune_learning_rate,
            "must be > 0")
+    lr = p.fairgrape.get("retrain_learning_rate")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
+                           or not lr > 0):
+      fail("prune.fairgrape.retrain_learning_rate", lr, "must be > 0, or None for the dense "
+           "training's learning rate and schedule")
+    phases = p.fairgrape.get("finetune_schedule", ())
+    if isinstance(phases, str) or not all(
+        isinstance(ph, (tuple, list)) and len(ph) == 2
+        and isinstance(ph[0], int) and not isinstance(ph[0], bool) and ph[0] >= 1
+        and isinstance(ph[1], (int, float)) and not isinstance(ph[1], bool) and ph[1] > 0
+        for ph in phases):
+      fail("prune.fairgrape.finetune_schedule", phases,
+           "must be a tuple of (epochs >= 1, learning_rate > 0) pairs, e.g. "
+           "((13, 1e-4), (3, 1e-5), (3, 1e-6)), or () for finetune_epochs")
 
   @staticmethod
   def prune_rate(config) -> float:
@@ -141,10 +157,22 @@ class FairGRAPE(PruneMethod):
   def next_mask(self, ctx: RunContext, state: Any, step: int):
     importance = fairgrape.accumulate_importance(
         ctx.model, variables_of(state), ctx.scoring_batches(step), state.mask,
-        num_groups=ctx.num_groups, apply_kwargs={"train": False})
+        num_groups=ctx.num_groups, apply_kwargs={"train": False}, loss=ctx.loss)
     # The cumulative ratio is over each layer's (or all) prunable weights.
     return fairgrape.fairgrape_mask(importance, state.mask, self.schedule(ctx)(step),
                                     scope=ctx.config.prune.scope)
+
+  def optimizer(self, ctx: RunContext, dense_tx: Any) -> Any:
+    """The dense-training optimizer over one iteration's epochs, or, with
+    ``prune.fairgrape.retrain_learning_rate``, ``train.optimizer`` at that constant rate (the
+    pipeline re-initialises its state every iteration: a fresh optimizer, as in the code)."""
+    epochs = self.retrain_epochs(ctx)
+    lr = ctx.config.prune.fairgrape.get("retrain_learning_rate")
+    if not epochs or lr is None:
+      return super().optimizer(ctx, dense_tx)
+    t = ctx.config.train
+    return train.make_optimizer(t.optimizer, float(lr), momentum=t.momentum,
+                                nesterov=t.nesterov, weight_decay=t.weight_decay)
 
   def schedule_end(self, ctx: RunContext, state: Any, step: int) -> str | None:
     if ctx.config.prune.target_sparsity is not None:
@@ -156,6 +184,10 @@ class FairGRAPE(PruneMethod):
 
   def final_finetune(self, config) -> dict[str, Any] | None:
     p = config.prune
+    phases = [(int(e), float(lr)) for e, lr in p.fairgrape.get("finetune_schedule", ())]
+    if phases:  # piecewise constant: FairGRAPE's code (a fresh optimizer per phase)
+      return {"epochs": sum(e for e, _ in phases), "optimizer": p.fairgrape.finetune_optimizer,
+              "learning_rate": phases[0][1], "phases": phases}
     return {"epochs": int(p.fairgrape.finetune_epochs),
             "optimizer": p.fairgrape.finetune_optimizer,
             "learning_rate": float(p.fairgrape.finetune_learning_rate)}
