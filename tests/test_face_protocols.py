@@ -74,7 +74,7 @@ def _tiny(config, manual_dir, weights, tfds_dir, *, full: bool):
   config.prune.num_batches, config.prune.max_steps = 1, 2
   # The smallest group-balanced batch: one sample per group (2, 4 or 7 groups).
   config.prune.batch_size = 4 if config.prune.batch_size % 7 else 7
-  config.prune.fairgrape.retrain_epochs = 1 if full else 0
+  config.prune.retrain_epochs = 1 if full else 0
   config.prune.fairgrape.finetune_schedule = ((1, 1e-4), (1, 1e-5)) if full else ((1, 1e-4),)
   config.report.bootstrap_samples = 20
   return config
