@@ -113,14 +113,24 @@ _UNSUPPORTED_PADDING = ("CIRCULAR", "CAUSAL", "REFLECT")
 # the jitted function as a static argument, so flipping it never reuses a stale executable.
 _FAST_GROUPED_CONVS = True
 
+# Module families given a fast path (design.md section 1.11); the others take the generic path.
+# Private, read at call time and passed as a static argument like _FAST_GROUPED_CONVS, so tests
+# and bench/curvature.py can compare each fast path with the generic one.
+FAST_FAMILIES = ("conv", "dense", "dense_general", "norm")
+_FAST_FAMILIES = frozenset(FAST_FAMILIES)
+_FAMILY = {nn.Conv: "conv", nn.Dense: "dense", nn.DenseGeneral: "dense_general",
+           nn.LayerNorm: "norm", nn.RMSNorm: "norm"}
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerSpec:
-  """A Dense or Conv call whose diagonal is read off in closed form.
+  """A Dense, DenseGeneral, Conv or LayerNorm/RMSNorm call whose diagonal is read off in closed
+  form (design.md sections 1.5 and 1.11).
 
   Attributes:
     path: module path inside ``variables["params"]``, e.g. ``("conv3",)``.
-    kind: ``"dense"`` or ``"conv"``.
+    kind: ``"dense"`` (``nn.Dense`` and ``nn.DenseGeneral``), ``"conv"`` or ``"norm"``
+      (``nn.LayerNorm`` / ``nn.RMSNorm`` scale and bias over the last axis).
     in_shape: per-sample input shape (leading batch dim of size 1 included).
     out_shape: per-sample output shape (leading batch dim of size 1 included).
     use_bias: whether the module has a ``bias`` parameter.
@@ -128,6 +138,11 @@ class LayerSpec:
     feature_group_count: conv feature groups ``F``; the kernel is
       ``[*kernel_size, C_in / F, C_out]`` and output channel ``o`` reads input group
       ``o // (C_out / F)``.
+    contract_axes: dense only: the axes of the per-sample input (``in_shape``, leading 1
+      included) that the kernel contracts, sorted (``nn.Dense``: the last one); the kernel is
+      ``[*in_shape[contract_axes], *features]`` and every other input axis is a "token" axis
+      the weight is shared over.
+    use_scale: norm only: whether the module has a ``scale`` parameter.
   """
 
   path: Path
@@ -141,6 +156,8 @@ class LayerSpec:
   input_dilation: tuple[int, ...] = ()
   kernel_dilation: tuple[int, ...] = ()
   feature_group_count: int = 1
+  contract_axes: tuple[int, ...] = ()
+  use_scale: bool = False
 
   @property
   def key(self) -> str:
@@ -198,9 +215,62 @@ def _is_plain(module: nn.Module, base: type) -> bool:
   return isinstance(module, base) and type(module).__call__ is base.__call__
 
 
+_NORM_MODULES = (nn.LayerNorm, nn.RMSNorm)
+_FAST_MODULES = (nn.Dense, nn.DenseGeneral, nn.Conv) + _NORM_MODULES
+
+
+def _dense_spec(module: nn.Module, path: Path, in_shape: tuple[int, ...],
+                out_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> LayerSpec | None:
+  """The dense spec of a plain ``nn.Dense`` / ``nn.DenseGeneral`` call, or None.
+
+  DenseGeneral must have no ``batch_dims`` (a kernel per batch index is not a shared weight)
+  and must not contract the per-sample batch axis 0.
+  """
+  if module.dot_general is not None or module.dot_general_cls is not None:
+    return None
+  ndim = len(in_shape)
+  if isinstance(module, nn.Dense):
+    axes, features = (ndim - 1,), (int(module.features),)
+  else:
+    if _flax_linear._canonicalize_tuple(module.batch_dims):
+      return None
+    axes = _flax_linear._normalize_axes(_flax_linear._canonicalize_tuple(module.axis), ndim)
+    features = tuple(int(f) for f in _flax_linear._canonicalize_tuple(module.features))
+  if 0 in axes or len(set(axes)) != len(axes) or not all(0 <= a < ndim for a in axes):
+    return None
+  if tuple(kernel_shape) != tuple(in_shape[a] for a in axes) + features:
+    return None
+  free = tuple(d for a, d in enumerate(in_shape) if a not in axes)
+  if tuple(out_shape) != free + features:
+    return None
+  return LayerSpec(path, "dense", in_shape, out_shape, module.use_bias, contract_axes=axes)
+
+
+def _norm_spec(module: nn.Module, path: Path, in_shape: tuple[int, ...],
+               out_shape: tuple[int, ...], owned: set, flat_params: Mapping) -> LayerSpec | None:
+  """The spec of a plain ``nn.LayerNorm`` / ``nn.RMSNorm`` call with per-feature scale/bias on
+  the last axis and statistics over non-batch axes only, or None."""
+  use_scale = bool(module.use_scale)
+  use_bias = bool(getattr(module, "use_bias", False))
+  expected = {("scale",)} if use_scale else set()
+  expected |= {("bias",)} if use_bias else set()
+  if owned != expected or not expected or module.axis_name is not None:
+    return None
+  ndim = len(in_shape)
+  canon = lambda axes: tuple(sorted(a % ndim for a in _flax_linear._canonicalize_tuple(axes)))
+  if canon(module.feature_axes) != (ndim - 1,) or 0 in canon(module.reduction_axes):
+    return None
+  if tuple(out_shape) != tuple(in_shape):
+    return None
+  if any(flat_params[path + k].shape != (in_shape[-1],) for k in expected):
+    return None
+  return LayerSpec(path, "norm", in_shape, out_shape, use_bias, use_scale=use_scale)
+
+
 def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[int],
                     apply_kwargs: Mapping[str, Any] | None = None, *,
-                    grouped_convs: bool = True) -> tuple[LayerSpec, ...]:
+                    grouped_convs: bool = True,
+                    families: Sequence[str] = FAST_FAMILIES) -> tuple[LayerSpec, ...]:
   """Finds the Dense/Conv calls of ``model`` that the closed-form fast path can handle.
 
   Runs one abstract (shape-only) per-sample forward pass. A module is recognised when it is a
@@ -215,6 +285,9 @@ def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[i
     image_shape: shape of ONE example, e.g. ``(H, W, C)``.
     apply_kwargs: extra keyword arguments for ``model.apply``.
     grouped_convs: ``False`` leaves convs with ``feature_group_count > 1`` to the generic path.
+    families: the module families to recognise, a subset of :data:`FAST_FAMILIES`
+      (``"conv"``, ``"dense"``, ``"dense_general"``, ``"norm"``); the others are left to the
+      generic path.
 
   Returns:
     A tuple of :class:`LayerSpec`, in call order.
@@ -225,10 +298,15 @@ def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[i
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     module = context.module
-    if context.method_name == "__call__" and (_is_plain(module, nn.Dense) or
-                                             _is_plain(module, nn.Conv)):
+    # Input passed positionally (the probe pass reads args[0]); LayerNorm's keyword-only mask
+    # is allowed, any other keyword argument leaves the call to the generic path.
+    if (context.method_name == "__call__" and len(args) == 1 and
+        any(_is_plain(module, base) for base in _FAST_MODULES) and
+        set(kwargs) <= ({"mask"} if isinstance(module, _NORM_MODULES) else set())):
       calls.setdefault(_module_path(module), []).append(
           (module, tuple(args[0].shape), tuple(out.shape)))
+    elif context.method_name == "__call__" and any(_is_plain(module, b) for b in _FAST_MODULES):
+      calls.setdefault(_module_path(module), []).append(None)  # called another way: generic
     return out
 
   def forward(v, x):
@@ -241,19 +319,26 @@ def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[i
   flat_params = traverse_util.flatten_dict(variables["params"])
   specs = []
   for path, uses in calls.items():
-    if len(uses) != 1:  # shared weights: squares of summed gradients, not sums of squares.
+    if len(uses) != 1 or uses[0] is None:  # shared weights: squares of summed gradients
       continue
     module, in_shape, out_shape = uses[0]
     owned = {k[len(path):] for k in flat_params if k[:len(path)] == path}
-    expected = {("kernel",), ("bias",)} if module.use_bias else {("kernel",)}
-    if owned != expected or in_shape[0] != 1:
+    family = next(f for base, f in _FAMILY.items() if _is_plain(module, base))
+    # The root module is never a norm spec: the probe pass re-applies norms unbound.
+    if in_shape[0] != 1 or family not in families or (family == "norm" and not path):
       continue
-    if isinstance(module, nn.Dense):
-      if module.dot_general is not None or module.dot_general_cls is not None:
-        continue
-      if flat_params[path + ("kernel",)].shape != (in_shape[-1], module.features):
-        continue
-      specs.append(LayerSpec(path, "dense", in_shape, out_shape, module.use_bias))
+    if isinstance(module, _NORM_MODULES):
+      spec = _norm_spec(module, path, in_shape, out_shape, owned, flat_params)
+      if spec is not None:
+        specs.append(spec)
+      continue
+    expected = {("kernel",), ("bias",)} if module.use_bias else {("kernel",)}
+    if owned != expected:
+      continue
+    if isinstance(module, (nn.Dense, nn.DenseGeneral)):
+      spec = _dense_spec(module, path, in_shape, out_shape, flat_params[path + ("kernel",)].shape)
+      if spec is not None:
+        specs.append(spec)
     else:
       geometry = _conv_geometry(module, in_shape, grouped_convs)
       if geometry is None:
@@ -622,6 +707,73 @@ def _dense_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Arra
   return out
 
 
+def _dense_general_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array,
+                        max_block: int) -> dict[str, jax.Array]:
+  """Per-group kernel/bias diagonal of an ``nn.Dense`` / ``nn.DenseGeneral`` call (design.md
+  section 1.11).
+
+  Args:
+    x: inputs ``[N, *in_shape]`` (``in_shape`` with its per-sample leading 1).
+    cot: output cotangents ``[N, K, *out_shape]``.
+    weights: ``float[N, G]``.
+
+  The contracted axes move last and are flattened, every other axis is a token axis the weight
+  is shared over: ``x [N, T, I]``, ``cot [N, K, T, O]``. With ``T = 1`` the outer-product
+  identity applies; with tokens the per-sample gradient of a column is a sum over tokens,
+  squared once per sample and column (:func:`_per_sample_sq_sum`). The result is reshaped to
+  the kernel ``[G, *in_shape[contract_axes], *features]`` and bias ``[G, *features]``.
+  """
+  n, k = cot.shape[:2]
+  axes = spec.contract_axes
+  ndim = len(spec.in_shape)
+  in_dims = tuple(spec.in_shape[a] for a in axes)
+  features = tuple(spec.out_shape[ndim - len(axes):])
+  x = jnp.moveaxis(x, [1 + a for a in axes], list(range(ndim + 1 - len(axes), ndim + 1)))
+  x = x.reshape(n, -1, math.prod(in_dims))
+  cot = cot.reshape(n, k, -1, math.prod(features))
+  parts = _dense_diag(spec, x, cot, weights, max_block)
+  num_groups = weights.shape[1]
+  out = {"kernel": parts["kernel"].reshape((num_groups,) + in_dims + features)}
+  if "bias" in parts:
+    out["bias"] = parts["bias"].reshape((num_groups,) + features)
+  return out
+
+
+def _normalized(module: nn.Module, x: jax.Array, kwargs: Mapping[str, Any]) -> jax.Array:
+  """The normalised input of a LayerNorm/RMSNorm call before its scale and bias: the same
+  module without them (same statistics, epsilon, dtype), i.e. d(output)/d(scale)."""
+  bare = {"use_scale": False}
+  if isinstance(module, nn.LayerNorm):
+    bare["use_bias"] = False
+  return module.clone(parent=None, **bare).apply({}, x, **kwargs)
+
+
+def _norm_diag(spec: LayerSpec, xhat: jax.Array, cot: jax.Array,
+               weights: jax.Array) -> dict[str, jax.Array]:
+  """Per-group scale/bias diagonal of a LayerNorm/RMSNorm over the last axis (design.md
+  section 1.11).
+
+  Args:
+    xhat: normalised inputs ``[N, *in_shape]`` (:func:`_normalized`).
+    cot: output cotangents ``[N, K, *in_shape]``.
+    weights: ``float[N, G]``.
+
+  Per sample and column the scale gradient is ``sum_t xhat[t] * cot[c, t]`` and the bias
+  gradient ``sum_t cot[c, t]`` over the token positions ``t``; both are ``[D]``, so nothing
+  larger than the cotangents is materialised.
+  """
+  n, k = cot.shape[:2]
+  d = cot.shape[-1]
+  cot = cot.reshape(n, k, -1, d)
+  out = {}
+  if spec.use_scale:
+    g = jnp.einsum("ntd,nktd->nkd", xhat.reshape(n, -1, d), cot)
+    out["scale"] = weights.T @ jnp.sum(g * g, axis=1)
+  if spec.use_bias:
+    out["bias"] = _bias_sq_sum(cot, weights)
+  return out
+
+
 def _split_params(params: PyTree, specs: Sequence[LayerSpec]) -> tuple[dict, dict]:
   flat = traverse_util.flatten_dict(params)
   fast_paths = {s.path for s in specs}
@@ -634,11 +786,11 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
                       labels: jax.Array, groups: jax.Array, rng: jax.Array | None, *,
                       num_groups: int, method: str, num_samples: int, chunk_size: int | None,
                       apply_kwargs: Mapping[str, Any], max_block: int,
-                      grouped_convs: bool = True,
+                      grouped_convs: bool = True, families: frozenset = _FAST_FAMILIES,
                       loss: str = _scoring.SOFTMAX) -> tuple[PyTree, jax.Array]:
   """exact / mc / empirical_fisher: one vmapped forward + K-column VJP per sample chunk."""
   specs = discover_layers(model, variables, images.shape[1:], apply_kwargs,
-                          grouped_convs=grouped_convs)
+                          grouped_convs=grouped_convs, families=families)
   params, others = _scoring.split_variables(variables)
   fixed, generic = _split_params(params, specs)
   by_key = {s.key: s for s in specs}
@@ -656,7 +808,10 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
       key = "/".join(_module_path(context.module))
       if key not in probes:
         return next_fun(*args, **kwargs)
-      acts[key] = args[0]
+      if by_key[key].kind == "norm":
+        acts[key] = _normalized(context.module, args[0], kwargs)
+      else:
+        acts[key] = args[0]
       if key in depthwise:
         return _depthwise_apply(by_key[key], context.module, args[0]) + probes[key]
       return next_fun(*args, **kwargs) + probes[key]
@@ -688,13 +843,15 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
     acts, generic_cot, probe_cot = jax.vmap(one_sample)(images[sl], labels[sl], sample_keys[sl])
     w = weights[sl]
     for key, spec in by_key.items():
-      x = acts[key][:, 0]  # drop the per-sample batch dim of size 1
-      cot = probe_cot[key][:, :, 0]
       if spec.kind == "conv":
+        x = acts[key][:, 0]  # drop the per-sample batch dim of size 1
+        cot = probe_cot[key][:, :, 0]
         kernel_shape = fixed[spec.path + ("kernel",)].shape
         parts = _conv_diag(spec, x, cot, w, kernel_shape, max_block)
+      elif spec.kind == "norm":
+        parts = _norm_diag(spec, acts[key], probe_cot[key], w)
       else:
-        parts = _dense_diag(spec, x, cot, w, max_block)
+        parts = _dense_general_diag(spec, acts[key], probe_cot[key], w, max_block)
       for name, value in parts.items():
         add(spec.path + (name,), value)
     for path, g in generic_cot.items():  # [n, K, *shape]
@@ -741,10 +898,10 @@ def _hutchinson_diag(model: nn.Module, variables: PyTree, images: jax.Array, lab
 
 @functools.partial(jax.jit, static_argnames=("model", "num_groups", "method", "num_samples",
                                              "chunk_size", "apply_kwargs", "max_block",
-                                             "grouped_convs", "loss"))
+                                             "grouped_convs", "families", "loss"))
 def _per_group_diag(model, variables, images, labels, groups, rng, *, num_groups, method,
                     num_samples, chunk_size, apply_kwargs, max_block, grouped_convs=True,
-                    loss=_scoring.SOFTMAX):
+                    families=_FAST_FAMILIES, loss=_scoring.SOFTMAX):
   apply_kwargs = dict(apply_kwargs)
   if method == "hutchinson":
     return _hutchinson_diag(model, variables, images, labels, groups, rng,
@@ -753,7 +910,8 @@ def _per_group_diag(model, variables, images, labels, groups, rng, *, num_groups
   return _ggn_columns_diag(model, variables, images, labels, groups, rng,
                            num_groups=num_groups, method=method, num_samples=num_samples,
                            chunk_size=chunk_size, apply_kwargs=apply_kwargs,
-                           max_block=max_block, grouped_convs=grouped_convs, loss=loss)
+                           max_block=max_block, grouped_convs=grouped_convs, families=families,
+                           loss=loss)
 
 
 def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
@@ -829,7 +987,8 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
   kwargs = dict(num_groups=num_groups, method=method,
                 num_samples=num_samples if method in ("mc", "hutchinson") else 1,
                 apply_kwargs=_scoring.freeze(apply_kwargs), max_block=max_block_elements,
-                grouped_convs=bool(_FAST_GROUPED_CONVS), loss=loss)
+                grouped_convs=bool(_FAST_GROUPED_CONVS), families=frozenset(_FAST_FAMILIES),
+                loss=loss)
   n = images.shape[0]
   traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, groups))
   if method == "hutchinson" and num_samples > _PROBES_PER_CALL and not traced:
