@@ -78,6 +78,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -920,7 +921,8 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
                    chunk_size: int | None = None, apply_kwargs: Mapping[str, Any] | None = None,
                    return_counts: bool = False,
                    max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
-                   loss: str = _scoring.SOFTMAX) -> PyTree:
+                   loss: str = _scoring.SOFTMAX,
+                   memory_budget_bytes: int | None = None) -> PyTree:
   """Diagonal GGN (or Hessian estimate) of every group's mean cross-entropy, in one pass.
 
   See the module docstring and design.md section 1 for the definition and the algorithm.
@@ -962,6 +964,18 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
       ``"sigmoid_binary_cross_entropy"``: the multi-label loss, summed over the ``A`` attributes
       (``A`` exact columns ``sqrt(p_a (1 - p_a)) e_a``; ``mc`` draws ``y~ ~ Bernoulli(p)`` per
       attribute), design.md section 1.10 (static).
+    memory_budget_bytes: bound on the memory of the pass (``None`` or 0: no bound). The chunk
+      size is then picked from XLA's compiled memory plan (``memory_analysis()``: arguments +
+      outputs + temporaries - aliased) of a one-sample chunk, extrapolated linearly and
+      checked on the chosen chunk (:func:`budget_chunk_size`), so that one chunk's plan plus
+      the eager loop's ``G x params`` accumulator fits the budget (design.md section 1.11);
+      with ``chunk_size`` as well, the smaller chunk wins. The choice and its executable are
+      cached per model, shapes and budget; the first call compiles 2-3 programs.
+      The user's own batch and variables are not counted. Falls back, with a warning, to
+      one-sample chunks when even those exceed the budget, and to the whole batch when the
+      backend has no memory plan (``memory_analysis()`` returns None). Only for eager calls:
+      under an outer ``jax.jit`` it raises ValueError. ``exact`` / ``empirical_fisher``
+      results do not depend on it.
 
   Returns:
     A pytree shaped like ``variables["params"]`` whose leaves have a leading axis ``G``:
@@ -991,6 +1005,25 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
                 loss=loss)
   n = images.shape[0]
   traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, groups))
+  compiled = None
+  if memory_budget_bytes:
+    if isinstance(memory_budget_bytes, bool) or int(memory_budget_bytes) != memory_budget_bytes \
+        or memory_budget_bytes < 0:
+      raise ValueError(f"memory_budget_bytes must be an integer >= 0, got {memory_budget_bytes!r}")
+    if traced:
+      raise ValueError("memory_budget_bytes needs an eager per_group_diag call (under an outer "
+                       "jax.jit XLA plans the whole batch at once); pass chunk_size instead")
+    if method == "hutchinson" and num_samples > _PROBES_PER_CALL:
+      plan_kwargs = dict(kwargs, num_samples=_PROBES_PER_CALL)
+    else:
+      plan_kwargs = kwargs
+    budget_chunk, compiled = budget_chunk_size(
+        variables, images, labels, groups, rng, int(memory_budget_bytes), plan_kwargs, model)
+    if chunk_size is not None and chunk_size < budget_chunk:
+      compiled = None
+    chunk_size = budget_chunk if chunk_size is None else min(chunk_size, budget_chunk)
+    if plan_kwargs is not kwargs or jax.device_count() > 1:
+      compiled = None  # other static arguments, or inputs that may be sharded: jit instead
   if method == "hutchinson" and num_samples > _PROBES_PER_CALL and not traced:
     # Probes are unrolled in the program (see _hutchinson_diag); called eagerly, blocks of
     # probes run as separate calls so compile time stays that of one block.
@@ -1006,15 +1039,116 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
   if chunk_size is None or chunk_size >= n or traced:
     # Under an outer jit the chunks stay inside one XLA program; XLA:CPU then plans buffers
     # for the whole batch, so chunking only bounds memory when called eagerly (below).
-    diag, counts = _per_group_diag(model, variables, images, labels, groups, rng,
-                                   chunk_size=chunk_size, **kwargs)
+    if compiled is not None and compiled[0] == n:  # the budget's own executable for the batch
+      diag, counts = compiled[1](variables, images, labels, groups, rng)
+    else:
+      diag, counts = _per_group_diag(model, variables, images, labels, groups, rng,
+                                     chunk_size=chunk_size, **kwargs)
   else:
+    executable = compiled[1] if compiled is not None and compiled[0] == chunk_size else None
     diag, counts = _eager_chunks(model, variables, images, labels, groups, rng, chunk_size,
-                                 kwargs)
+                                 kwargs, executable)
   return (diag, counts) if return_counts else diag
 
 
-def _eager_chunks(model, variables, images, labels, groups, rng, chunk_size, kwargs):
+# (model, shapes, static arguments, budget) -> (chunk size, its executable); bounded, oldest
+# dropped first. Executables hold no buffers, only code.
+_BUDGET_CACHE: dict[Any, tuple] = {}
+_BUDGET_CACHE_SIZE = 64
+
+
+def _plan_bytes(compiled: Any) -> int | None:
+  """XLA's planned bytes of a compiled executable: arguments + outputs + temporaries - aliased
+  (None where the backend has no plan)."""
+  try:
+    stats = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 - backend-dependent (NotImplementedError, XlaRuntimeError)
+    return None
+  if stats is None or not hasattr(stats, "temp_size_in_bytes"):
+    return None
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes +
+             stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def budget_chunk_size(variables: PyTree, images: jax.Array, labels: jax.Array,
+                      groups: jax.Array, rng: jax.Array | None, budget: int,
+                      kwargs: Mapping[str, Any], model: nn.Module) -> tuple[int, Any]:
+  """The largest chunk of samples whose pass fits ``budget`` bytes (design.md section 1.11).
+
+  ``plan(c)`` is XLA's compiled memory plan of one :func:`per_group_diag` call on ``c``
+  samples (:func:`_plan_bytes`); with several chunks the eager loop adds one ``G x params``
+  accumulator (the size of the output). The one-sample plan gives a first guess: its
+  temporaries are the per-sample cost, the rest (parameters, output) is fixed. That chunk is
+  compiled and its own plan checked; when over, the per-sample cost is re-estimated from the
+  two plans (secant) and the chunk shrunk, at most 6 times. With no plan on the backend the
+  whole batch is returned (with a warning); when even one sample is over the budget, one.
+  Results are cached per model, shapes, static arguments and budget.
+
+  Args:
+    variables, images, labels, groups, rng: the call's arguments (only shapes and dtypes are
+      read).
+    budget: bytes, ``> 0``.
+    kwargs: the static arguments of the compiled pass (as passed to ``_per_group_diag``).
+    model: the Linen module.
+
+  Returns:
+    ``(chunk, compiled)``: the chunk size in ``[1, N]``, and ``(size, executable)`` of the
+    chunk's compiled pass (call it with the dynamic arguments only), or None.
+  """
+  n = images.shape[0]
+  sds = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+  key = (model, jax.tree.structure(variables),
+         tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(variables)),
+         sds(images), sds(labels), sds(groups), rng is None,
+         tuple(sorted(kwargs.items())), budget)
+  if key in _BUDGET_CACHE:
+    return _BUDGET_CACHE[key]
+
+  def compile_chunk(c):
+    args = (variables, jax.ShapeDtypeStruct((c,) + images.shape[1:], images.dtype),
+            jax.ShapeDtypeStruct((c,) + labels.shape[1:], labels.dtype),
+            jax.ShapeDtypeStruct((c,), groups.dtype), rng)
+    compiled = _per_group_diag.lower(model, *args, chunk_size=None, **kwargs).compile()
+    return compiled, _plan_bytes(compiled)
+
+  exe1, plan1 = compile_chunk(1)
+  if plan1 is None:
+    warnings.warn("per_group_diag: memory_analysis() gives no memory plan on this backend; "
+                  "memory_budget_bytes is ignored and the whole batch runs at once",
+                  stacklevel=3)
+    result = (n, None)
+  else:
+    out = int(exe1.memory_analysis().output_size_in_bytes)
+    total = lambda plan, c: plan + (out if c < n else 0)  # + the eager loop's accumulator
+
+    def guess(slope):
+      fixed = plan1 - slope
+      if (budget - fixed) // slope >= n:
+        return n
+      return int(max(1, min(n - 1, (budget - fixed - out) // slope)))
+
+    chunk, last = guess(max(int(exe1.memory_analysis().temp_size_in_bytes), 1)), (1, exe1)
+    for _ in range(6):
+      if chunk == 1:
+        break
+      exe, plan = compile_chunk(chunk)
+      last = (chunk, exe)
+      if total(plan, chunk) <= budget:
+        break
+      chunk = min(chunk - 1, guess(max((plan - plan1) // (chunk - 1), 1)))
+    if chunk == 1 and total(plan1, 1) > budget:
+      warnings.warn(f"per_group_diag: memory_budget_bytes={budget} is below the plan of a "
+                    f"one-sample chunk ({total(plan1, 1)} bytes); using one-sample chunks",
+                    stacklevel=3)
+    result = (chunk, last if last[0] == chunk else (1, exe1) if chunk == 1 else None)
+  if len(_BUDGET_CACHE) >= _BUDGET_CACHE_SIZE:
+    _BUDGET_CACHE.pop(next(iter(_BUDGET_CACHE)))
+  _BUDGET_CACHE[key] = result
+  return result
+
+
+def _eager_chunks(model, variables, images, labels, groups, rng, chunk_size, kwargs,
+                  executable=None):
   """One compiled call per chunk of ``chunk_size`` samples: peak memory is one chunk's.
 
   The last chunk is padded with group ``-1`` rows (they count nowhere) so every call has the
@@ -1029,6 +1163,8 @@ def _eager_chunks(model, variables, images, labels, groups, rng, chunk_size, kwa
 
   def chunk_diag(index, chunk):
     key = None if rng is None else jax.random.fold_in(rng, index)
+    if executable is not None:  # compiled already (memory budget), same static arguments
+      return executable(variables, chunk["image"], chunk["label"], chunk["group"], key)
     return _per_group_diag(model, variables, chunk["image"], chunk["label"], chunk["group"], key,
                            chunk_size=None, **kwargs)
 
