@@ -97,3 +97,31 @@ def test_budget_rejects_bad_values_and_outer_jit(setup):
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # 0 = off: no plan, no warning
     curvature.per_group_diag(model, v, x, y, g, num_groups=2, memory_budget_bytes=0)
+
+
+def test_scorers_pass_the_budget_on(setup):
+  """FairPrune's average and OBD (where prune.curvature_memory_budget_bytes goes) give the same
+  result with a budget that forces several chunks."""
+  from fairjax import masks
+  from fairjax.pruning import baselines, builtin, fairprune
+
+  model, v, x, y, g = setup
+  budget = int(0.4 * curvature._plan_bytes(_chunk(setup, 1 << 40)[1][1]))
+  assert _chunk(setup, budget)[0] < N
+  batches = [{"image": x, "label": y, "group": g}]
+  want, _ = fairprune.average_group_diag(model, v, batches, num_groups=2)
+  got, _ = fairprune.average_group_diag(model, v, batches, num_groups=2,
+                                        memory_budget_bytes=budget)
+  np.testing.assert_allclose(_flat(got), _flat(want), rtol=1e-12, atol=1e-15)
+  mask = masks.init_mask(v["params"])
+  want = baselines.obd_scores(model, v, x, y, mask)
+  got = baselines.obd_scores(model, v, x, y, mask, memory_budget_bytes=budget)
+  np.testing.assert_allclose(_flat(got), _flat(want), rtol=1e-12, atol=1e-15)
+
+  class Config(dict):
+    __getattr__ = dict.__getitem__
+
+  prune = Config(curvature_memory_budget_bytes=0)
+  assert builtin.memory_budget(Config(prune=prune)) is None
+  prune["curvature_memory_budget_bytes"] = budget
+  assert builtin.memory_budget(Config(prune=prune)) == budget
