@@ -15,8 +15,12 @@ where ``J_n`` is the Jacobian of sample ``n``'s logits w.r.t. the parameters and
 How it is computed (one forward, K backward "columns", no loop over groups):
 
 * The model is applied to each sample under ``jax.vmap`` while ``flax.linen.intercept_methods``
-  watches every ``nn.Dense`` / ``nn.Conv`` call. Each such call records its input and adds a zero
-  "probe" to its output; the cotangent of that probe is the per-sample output cotangent.
+  watches every ``nn.Dense`` / ``nn.DenseGeneral`` / ``nn.Conv`` / ``nn.LayerNorm`` /
+  ``nn.RMSNorm`` call. Each such call records its input (norms: the normalised input) and adds
+  a zero "probe" to its output; the cotangent of that probe is the per-sample output cotangent.
+  DenseGeneral (attention projections) is a Dense over its flattened contracted axes; over
+  token axes a Dense weight is shared like a conv's, and norms need only ``D``-sized per-sample
+  gradients (design.md section 1.11).
 * Dense kernels use the identity ``sum_c (a ⊗ d_c)**2 = a**2 ⊗ sum_c d_c**2``: no per-sample
   gradient is ever materialised. Conv kernels need per-sample, per-column weight gradients
   (im2col patches times cotangents); these are computed in sample chunks so memory stays bounded.
@@ -272,13 +276,15 @@ def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[i
                     apply_kwargs: Mapping[str, Any] | None = None, *,
                     grouped_convs: bool = True,
                     families: Sequence[str] = FAST_FAMILIES) -> tuple[LayerSpec, ...]:
-  """Finds the Dense/Conv calls of ``model`` that the closed-form fast path can handle.
+  """Finds the module calls of ``model`` that the closed-form fast paths can handle.
 
   Runs one abstract (shape-only) per-sample forward pass. A module is recognised when it is a
-  plain ``nn.Dense`` or ``nn.Conv`` (1-3 spatial dims, any ``feature_group_count`` including
-  depthwise, no mask, padding not circular/causal/reflect), is called exactly once, and owns
-  exactly ``kernel`` (+ ``bias``) of the expected shape. Everything else falls back to the
-  generic (still exact) path.
+  plain ``nn.Dense``, ``nn.DenseGeneral`` (no ``batch_dims``, also over extra token axes) or
+  ``nn.Conv`` (1-3 spatial dims, any ``feature_group_count`` including depthwise, no mask,
+  padding not circular/causal/reflect) owning exactly ``kernel`` (+ ``bias``) of the expected
+  shape, or a plain ``nn.LayerNorm`` / ``nn.RMSNorm`` with per-feature ``scale`` / ``bias`` on
+  the last axis (design.md section 1.11); it must be called exactly once, with its input passed
+  positionally. Everything else falls back to the generic (still exact) path.
 
   Args:
     model: any Linen module.
