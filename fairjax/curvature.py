@@ -1086,8 +1086,10 @@ def budget_chunk_size(variables: PyTree, images: jax.Array, labels: jax.Array,
   accumulator (the size of the output). The one-sample plan gives a first guess: its
   temporaries are the per-sample cost, the rest (parameters, output) is fixed. That chunk is
   compiled and its own plan checked; when over, the per-sample cost is re-estimated from the
-  two plans (secant) and the chunk shrunk, at most 6 times. With no plan on the backend the
-  whole batch is returned (with a warning); when even one sample is over the budget, one.
+  two plans (secant) and the chunk shrunk, at most 6 times. Chunks are balanced (for the same
+  number of chunks, the smallest size), since the last one is padded. With no plan on the
+  backend the whole batch is returned (with a warning); when even one sample is over the
+  budget, one.
   Results are cached per model, shapes, static arguments and budget.
 
   Args:
@@ -1127,11 +1129,15 @@ def budget_chunk_size(variables: PyTree, images: jax.Array, labels: jax.Array,
     out = int(exe1.memory_analysis().output_size_in_bytes)
     total = lambda plan, c: plan + (out if c < n else 0)  # + the eager loop's accumulator
 
+    def balanced(c):
+      # Same number of chunks, as equal as possible: the padded last chunk wastes least.
+      return -(-n // -(-n // c))
+
     def guess(slope):
       fixed = plan1 - slope
       if (budget - fixed) // slope >= n:
         return n
-      return int(max(1, min(n - 1, (budget - fixed - out) // slope)))
+      return balanced(int(max(1, min(n - 1, (budget - fixed - out) // slope))))
 
     chunk, last = guess(max(int(exe1.memory_analysis().temp_size_in_bytes), 1)), (1, exe1)
     for _ in range(6):
@@ -1141,7 +1147,7 @@ def budget_chunk_size(variables: PyTree, images: jax.Array, labels: jax.Array,
       last = (chunk, exe)
       if total(plan, chunk) <= budget:
         break
-      chunk = min(chunk - 1, guess(max((plan - plan1) // (chunk - 1), 1)))
+      chunk = balanced(min(chunk - 1, guess(max((plan - plan1) // (chunk - 1), 1))))
     if chunk == 1 and total(plan1, 1) > budget:
       warnings.warn(f"per_group_diag: memory_budget_bytes={budget} is below the plan of a "
                     f"one-sample chunk ({total(plan1, 1)} bytes); using one-sample chunks",
