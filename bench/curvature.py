@@ -73,6 +73,9 @@ MODEL_CONFIGS: dict[str, tuple[str, dict[str, Any], tuple[int, int]]] = {
     "resnet34_112": ("resnet34", {}, (112, 112)),
     # ViT-Ti/16 (timm's vit_tiny_patch16_224 layout), no torch mirror: --no-torch.
     "vit_ti16_224": ("vit_ti16", {}, (224, 224)),
+    # ViT-Ti-like (bench/vit.py, stock Linen modules, no torch mirror: --no-torch): dim 192,
+    # depth 6, 3 heads, 4x4 patches of 32x32 images = 64 tokens + the class token.
+    "vit_tiny_like": ("bench.vit", dict(dim=192, depth=6, num_heads=3, patch=4), (32, 32)),
 }
 
 # "cpu" or "cuda": where the torch side runs (--device). JAX runs on its default backend.
@@ -82,7 +85,9 @@ JAX_METHODS = ("jax_grad", "fairjax_exact", "fairjax_mc", "fairjax_hutchinson",
                "fairjax_empirical_fisher")
 # Only when named in --methods: exact with feature-grouped (depthwise) convs forced onto the
 # generic per-sample VJP path, i.e. the "before" of the grouped-conv fast path.
-OPTIONAL_JAX_METHODS = ("fairjax_exact_generic_grouped",)
+# fairjax_exact_generic_transformer: exact with DenseGeneral and LayerNorm on the generic path
+# (the "before" of their fast paths, design.md section 1.12).
+OPTIONAL_JAX_METHODS = ("fairjax_exact_generic_grouped", "fairjax_exact_generic_transformer")
 TORCH_METHODS = ("torch_grad", "backpack_exact", "backpack_mc")
 
 # Targets the lead checks; each is computed and printed, never enforced.
@@ -123,7 +128,12 @@ def make_flax(config: str, image_hw: tuple[int, int], seed: int):
   from fairjax.models import get_model
 
   name, kwargs, _ = MODEL_CONFIGS[config]
-  model = get_model(name, num_classes=NUM_CLASSES, **kwargs)
+  if name == "bench.vit":  # not a registry model: the bench's own plain-Linen ViT
+    from bench.vit import ViT
+
+    model = ViT(num_classes=NUM_CLASSES, **kwargs)
+  else:
+    model = get_model(name, num_classes=NUM_CLASSES, **kwargs)
   # rbg keys: model.init with threefry keys compiles slowly on XLA:CPU.
   variables = jax.jit(model.init)(jax.random.key(seed, impl="rbg"),
                                   jnp.zeros((1, *image_hw, 3), jnp.float32))
@@ -210,17 +220,18 @@ def jax_methods(model, batch: dict[str, np.ndarray], params, seed: int, state=No
   def grad(p, s, x, y):
     return jax.grad(mean_ce)(p, s, x, y)
 
-  def diag(method, fast_grouped=True):
+  def diag(method, fast_grouped=True, families=curvature.FAST_FAMILIES):
     def f(p, s, x, y, g, *rng):
-      # Read while tracing (jit(f).lower), so the switch decides this executable's path.
-      saved = curvature._FAST_GROUPED_CONVS
+      # Read while tracing (jit(f).lower), so the switches decide this executable's path.
+      saved = curvature._FAST_GROUPED_CONVS, curvature._FAST_FAMILIES
       curvature._FAST_GROUPED_CONVS = fast_grouped
+      curvature._FAST_FAMILIES = frozenset(families)
       try:
         return curvature.per_group_diag(model, {"params": p, **s}, x, y, g,
                                         num_groups=NUM_GROUPS, method=method,
                                         rng=rng[0] if rng else None, num_samples=1)
       finally:
-        curvature._FAST_GROUPED_CONVS = saved
+        curvature._FAST_GROUPED_CONVS, curvature._FAST_FAMILIES = saved
     return f
 
   return {
@@ -232,6 +243,8 @@ def jax_methods(model, batch: dict[str, np.ndarray], params, seed: int, state=No
                                    (params, state, images, labels, groups)),
       "fairjax_exact_generic_grouped": (diag("exact", fast_grouped=False),
                                         (params, state, images, labels, groups)),
+      "fairjax_exact_generic_transformer": (diag("exact", families=("conv", "dense")),
+                                            (params, state, images, labels, groups)),
   }
 
 
@@ -671,12 +684,14 @@ def run_model(config: str, args, threads: int, state_dir: str) -> dict[str, Any]
       agreement["note"] = ("float32 yardstick: grad_max_rel_err is how far two float32 "
                            "gradients of the same network differ; deep random-init nets "
                            "(VGG-11) give ~1e-3 here in both frameworks vs float64")
-  if "fairjax_exact" in outputs and "fairjax_exact_generic_grouped" in outputs:
-    # Same quantity by two code paths, both float32: how far the fast path is from the generic.
-    got = two_level(outputs["fairjax_exact"])
-    want = two_level(outputs["fairjax_exact_generic_grouped"])
-    agreement["exact_vs_generic_grouped_max_rel_err"] = max_rel_err(got, want)[0]
-    agreement["exact_vs_generic_grouped_max_rel_frobenius"] = rel_frobenius(got, want)
+  for variant in ("grouped", "transformer"):
+    other = f"fairjax_exact_generic_{variant}"
+    if "fairjax_exact" in outputs and other in outputs:
+      # Same quantity by two code paths, both float32: how far the fast path is from the generic.
+      got = two_level(outputs["fairjax_exact"])
+      want = two_level(outputs[other])
+      agreement[f"exact_vs_generic_{variant}_max_rel_err"] = max_rel_err(got, want)[0]
+      agreement[f"exact_vs_generic_{variant}_max_rel_frobenius"] = rel_frobenius(got, want)
   res["agreement"] = agreement
   res["ratios"] = compute_ratios(res["methods"])
   res["targets"] = check_targets(config, res["ratios"])

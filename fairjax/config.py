@@ -155,6 +155,10 @@ def base_config() -> ml_collections.ConfigDict:
   # memory grows about linearly with it (README, "Memory"); exact results do not depend on it
   # (MC / Hutchinson draw per chunk).
   c.prune.curvature_chunk_size = 0
+  # Memory budget in bytes for one curvature call, 0 = off: per_group_diag picks the chunk size
+  # from XLA's compiled memory plan so the pass stays under it (design.md section 1.12); with
+  # curvature_chunk_size as well, the smaller chunk wins. Exact results do not depend on it.
+  c.prune.curvature_memory_budget_bytes = 0
   c.prune.num_batches = 4  # group-balanced mini-batches the saliency is averaged over
   c.prune.batch_size = 128  # their size (half per group with two groups)
   c.prune.step_fraction = 0.05  # share of the still-kept weights pruned per step
@@ -651,6 +655,10 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
     _fail("prune.curvature_chunk_size", chunk,
           "must be an integer >= 0 (samples per curvature call; 0 = the whole batch)")
+  budget = p.curvature_memory_budget_bytes
+  if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+    _fail("prune.curvature_memory_budget_bytes", budget,
+          "must be an integer >= 0 (bytes per curvature call, e.g. 2000000000; 0 = no budget)")
   excluded = p.exclude_layers
   if isinstance(excluded, str) or not all(isinstance(x, str) and x for x in excluded):
     _fail("prune.exclude_layers", excluded,

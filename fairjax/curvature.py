@@ -15,8 +15,12 @@ where ``J_n`` is the Jacobian of sample ``n``'s logits w.r.t. the parameters and
 How it is computed (one forward, K backward "columns", no loop over groups):
 
 * The model is applied to each sample under ``jax.vmap`` while ``flax.linen.intercept_methods``
-  watches every ``nn.Dense`` / ``nn.Conv`` call. Each such call records its input and adds a zero
-  "probe" to its output; the cotangent of that probe is the per-sample output cotangent.
+  watches every ``nn.Dense`` / ``nn.DenseGeneral`` / ``nn.Conv`` / ``nn.LayerNorm`` /
+  ``nn.RMSNorm`` call. Each such call records its input (norms: the normalised input) and adds
+  a zero "probe" to its output; the cotangent of that probe is the per-sample output cotangent.
+  DenseGeneral (attention projections) is a Dense over its flattened contracted axes; over
+  token axes a Dense weight is shared like a conv's, and norms need only ``D``-sized per-sample
+  gradients (design.md section 1.12).
 * Dense kernels use the identity ``sum_c (a ⊗ d_c)**2 = a**2 ⊗ sum_c d_c**2``: no per-sample
   gradient is ever materialised. Conv kernels need per-sample, per-column weight gradients
   (im2col patches times cotangents); these are computed in sample chunks so memory stays bounded.
@@ -78,6 +82,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -114,14 +119,24 @@ _UNSUPPORTED_PADDING = ("CIRCULAR", "CAUSAL", "REFLECT")
 # the jitted function as a static argument, so flipping it never reuses a stale executable.
 _FAST_GROUPED_CONVS = True
 
+# Module families given a fast path (design.md section 1.12); the others take the generic path.
+# Private, read at call time and passed as a static argument like _FAST_GROUPED_CONVS, so tests
+# and bench/curvature.py can compare each fast path with the generic one.
+FAST_FAMILIES = ("conv", "dense", "dense_general", "norm")
+_FAST_FAMILIES = frozenset(FAST_FAMILIES)
+_FAMILY = {nn.Conv: "conv", nn.Dense: "dense", nn.DenseGeneral: "dense_general",
+           nn.LayerNorm: "norm", nn.RMSNorm: "norm"}
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerSpec:
-  """A Dense or Conv call whose diagonal is read off in closed form.
+  """A Dense, DenseGeneral, Conv or LayerNorm/RMSNorm call whose diagonal is read off in closed
+  form (design.md sections 1.5 and 1.12).
 
   Attributes:
     path: module path inside ``variables["params"]``, e.g. ``("conv3",)``.
-    kind: ``"dense"`` or ``"conv"``.
+    kind: ``"dense"`` (``nn.Dense`` and ``nn.DenseGeneral``), ``"conv"`` or ``"norm"``
+      (``nn.LayerNorm`` / ``nn.RMSNorm`` scale and bias over the last axis).
     in_shape: per-sample input shape (leading batch dim of size 1 included).
     out_shape: per-sample output shape (leading batch dim of size 1 included).
     use_bias: whether the module has a ``bias`` parameter.
@@ -129,6 +144,11 @@ class LayerSpec:
     feature_group_count: conv feature groups ``F``; the kernel is
       ``[*kernel_size, C_in / F, C_out]`` and output channel ``o`` reads input group
       ``o // (C_out / F)``.
+    contract_axes: dense only: the axes of the per-sample input (``in_shape``, leading 1
+      included) that the kernel contracts, sorted (``nn.Dense``: the last one); the kernel is
+      ``[*in_shape[contract_axes], *features]`` and every other input axis is a "token" axis
+      the weight is shared over.
+    use_scale: norm only: whether the module has a ``scale`` parameter.
   """
 
   path: Path
@@ -142,6 +162,8 @@ class LayerSpec:
   input_dilation: tuple[int, ...] = ()
   kernel_dilation: tuple[int, ...] = ()
   feature_group_count: int = 1
+  contract_axes: tuple[int, ...] = ()
+  use_scale: bool = False
 
   @property
   def key(self) -> str:
@@ -199,16 +221,71 @@ def _is_plain(module: nn.Module, base: type) -> bool:
   return isinstance(module, base) and type(module).__call__ is base.__call__
 
 
+_NORM_MODULES = (nn.LayerNorm, nn.RMSNorm)
+_FAST_MODULES = (nn.Dense, nn.DenseGeneral, nn.Conv) + _NORM_MODULES
+
+
+def _dense_spec(module: nn.Module, path: Path, in_shape: tuple[int, ...],
+                out_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> LayerSpec | None:
+  """The dense spec of a plain ``nn.Dense`` / ``nn.DenseGeneral`` call, or None.
+
+  DenseGeneral must have no ``batch_dims`` (a kernel per batch index is not a shared weight)
+  and must not contract the per-sample batch axis 0.
+  """
+  if module.dot_general is not None or module.dot_general_cls is not None:
+    return None
+  ndim = len(in_shape)
+  if isinstance(module, nn.Dense):
+    axes, features = (ndim - 1,), (int(module.features),)
+  else:
+    if _flax_linear._canonicalize_tuple(module.batch_dims):
+      return None
+    axes = _flax_linear._normalize_axes(_flax_linear._canonicalize_tuple(module.axis), ndim)
+    features = tuple(int(f) for f in _flax_linear._canonicalize_tuple(module.features))
+  if 0 in axes or len(set(axes)) != len(axes) or not all(0 <= a < ndim for a in axes):
+    return None
+  if tuple(kernel_shape) != tuple(in_shape[a] for a in axes) + features:
+    return None
+  free = tuple(d for a, d in enumerate(in_shape) if a not in axes)
+  if tuple(out_shape) != free + features:
+    return None
+  return LayerSpec(path, "dense", in_shape, out_shape, module.use_bias, contract_axes=axes)
+
+
+def _norm_spec(module: nn.Module, path: Path, in_shape: tuple[int, ...],
+               out_shape: tuple[int, ...], owned: set, flat_params: Mapping) -> LayerSpec | None:
+  """The spec of a plain ``nn.LayerNorm`` / ``nn.RMSNorm`` call with per-feature scale/bias on
+  the last axis and statistics over non-batch axes only, or None."""
+  use_scale = bool(module.use_scale)
+  use_bias = bool(getattr(module, "use_bias", False))
+  expected = {("scale",)} if use_scale else set()
+  expected |= {("bias",)} if use_bias else set()
+  if owned != expected or not expected or module.axis_name is not None:
+    return None
+  ndim = len(in_shape)
+  canon = lambda axes: tuple(sorted(a % ndim for a in _flax_linear._canonicalize_tuple(axes)))
+  if canon(module.feature_axes) != (ndim - 1,) or 0 in canon(module.reduction_axes):
+    return None
+  if tuple(out_shape) != tuple(in_shape):
+    return None
+  if any(flat_params[path + k].shape != (in_shape[-1],) for k in expected):
+    return None
+  return LayerSpec(path, "norm", in_shape, out_shape, use_bias, use_scale=use_scale)
+
+
 def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[int],
                     apply_kwargs: Mapping[str, Any] | None = None, *,
-                    grouped_convs: bool = True) -> tuple[LayerSpec, ...]:
-  """Finds the Dense/Conv calls of ``model`` that the closed-form fast path can handle.
+                    grouped_convs: bool = True,
+                    families: Sequence[str] = FAST_FAMILIES) -> tuple[LayerSpec, ...]:
+  """Finds the module calls of ``model`` that the closed-form fast paths can handle.
 
   Runs one abstract (shape-only) per-sample forward pass. A module is recognised when it is a
-  plain ``nn.Dense`` or ``nn.Conv`` (1-3 spatial dims, any ``feature_group_count`` including
-  depthwise, no mask, padding not circular/causal/reflect), is called exactly once, and owns
-  exactly ``kernel`` (+ ``bias``) of the expected shape. Everything else falls back to the
-  generic (still exact) path.
+  plain ``nn.Dense``, ``nn.DenseGeneral`` (no ``batch_dims``, also over extra token axes) or
+  ``nn.Conv`` (1-3 spatial dims, any ``feature_group_count`` including depthwise, no mask,
+  padding not circular/causal/reflect) owning exactly ``kernel`` (+ ``bias``) of the expected
+  shape, or a plain ``nn.LayerNorm`` / ``nn.RMSNorm`` with per-feature ``scale`` / ``bias`` on
+  the last axis (design.md section 1.12); it must be called exactly once, with its input passed
+  positionally. Everything else falls back to the generic (still exact) path.
 
   Args:
     model: any Linen module.
@@ -216,6 +293,9 @@ def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[i
     image_shape: shape of ONE example, e.g. ``(H, W, C)``.
     apply_kwargs: extra keyword arguments for ``model.apply``.
     grouped_convs: ``False`` leaves convs with ``feature_group_count > 1`` to the generic path.
+    families: the module families to recognise, a subset of :data:`FAST_FAMILIES`
+      (``"conv"``, ``"dense"``, ``"dense_general"``, ``"norm"``); the others are left to the
+      generic path.
 
   Returns:
     A tuple of :class:`LayerSpec`, in call order.
@@ -226,10 +306,15 @@ def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[i
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     module = context.module
-    if context.method_name == "__call__" and (_is_plain(module, nn.Dense) or
-                                             _is_plain(module, nn.Conv)):
+    # Input passed positionally (the probe pass reads args[0]); LayerNorm's keyword-only mask
+    # is allowed, any other keyword argument leaves the call to the generic path.
+    if (context.method_name == "__call__" and len(args) == 1 and
+        any(_is_plain(module, base) for base in _FAST_MODULES) and
+        set(kwargs) <= ({"mask"} if isinstance(module, _NORM_MODULES) else set())):
       calls.setdefault(_module_path(module), []).append(
           (module, tuple(args[0].shape), tuple(out.shape)))
+    elif context.method_name == "__call__" and any(_is_plain(module, b) for b in _FAST_MODULES):
+      calls.setdefault(_module_path(module), []).append(None)  # called another way: generic
     return out
 
   def forward(v, x):
@@ -242,19 +327,26 @@ def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[i
   flat_params = traverse_util.flatten_dict(variables["params"])
   specs = []
   for path, uses in calls.items():
-    if len(uses) != 1:  # shared weights: squares of summed gradients, not sums of squares.
+    if len(uses) != 1 or uses[0] is None:  # shared weights: squares of summed gradients
       continue
     module, in_shape, out_shape = uses[0]
     owned = {k[len(path):] for k in flat_params if k[:len(path)] == path}
-    expected = {("kernel",), ("bias",)} if module.use_bias else {("kernel",)}
-    if owned != expected or in_shape[0] != 1:
+    family = next(f for base, f in _FAMILY.items() if _is_plain(module, base))
+    # The root module is never a norm spec: the probe pass re-applies norms unbound.
+    if in_shape[0] != 1 or family not in families or (family == "norm" and not path):
       continue
-    if isinstance(module, nn.Dense):
-      if module.dot_general is not None or module.dot_general_cls is not None:
-        continue
-      if flat_params[path + ("kernel",)].shape != (in_shape[-1], module.features):
-        continue
-      specs.append(LayerSpec(path, "dense", in_shape, out_shape, module.use_bias))
+    if isinstance(module, _NORM_MODULES):
+      spec = _norm_spec(module, path, in_shape, out_shape, owned, flat_params)
+      if spec is not None:
+        specs.append(spec)
+      continue
+    expected = {("kernel",), ("bias",)} if module.use_bias else {("kernel",)}
+    if owned != expected:
+      continue
+    if isinstance(module, (nn.Dense, nn.DenseGeneral)):
+      spec = _dense_spec(module, path, in_shape, out_shape, flat_params[path + ("kernel",)].shape)
+      if spec is not None:
+        specs.append(spec)
     else:
       geometry = _conv_geometry(module, in_shape, grouped_convs)
       if geometry is None:
@@ -623,6 +715,73 @@ def _dense_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Arra
   return out
 
 
+def _dense_general_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array,
+                        max_block: int) -> dict[str, jax.Array]:
+  """Per-group kernel/bias diagonal of an ``nn.Dense`` / ``nn.DenseGeneral`` call (design.md
+  section 1.12).
+
+  Args:
+    x: inputs ``[N, *in_shape]`` (``in_shape`` with its per-sample leading 1).
+    cot: output cotangents ``[N, K, *out_shape]``.
+    weights: ``float[N, G]``.
+
+  The contracted axes move last and are flattened, every other axis is a token axis the weight
+  is shared over: ``x [N, T, I]``, ``cot [N, K, T, O]``. With ``T = 1`` the outer-product
+  identity applies; with tokens the per-sample gradient of a column is a sum over tokens,
+  squared once per sample and column (:func:`_per_sample_sq_sum`). The result is reshaped to
+  the kernel ``[G, *in_shape[contract_axes], *features]`` and bias ``[G, *features]``.
+  """
+  n, k = cot.shape[:2]
+  axes = spec.contract_axes
+  ndim = len(spec.in_shape)
+  in_dims = tuple(spec.in_shape[a] for a in axes)
+  features = tuple(spec.out_shape[ndim - len(axes):])
+  x = jnp.moveaxis(x, [1 + a for a in axes], list(range(ndim + 1 - len(axes), ndim + 1)))
+  x = x.reshape(n, -1, math.prod(in_dims))
+  cot = cot.reshape(n, k, -1, math.prod(features))
+  parts = _dense_diag(spec, x, cot, weights, max_block)
+  num_groups = weights.shape[1]
+  out = {"kernel": parts["kernel"].reshape((num_groups,) + in_dims + features)}
+  if "bias" in parts:
+    out["bias"] = parts["bias"].reshape((num_groups,) + features)
+  return out
+
+
+def _normalized(module: nn.Module, x: jax.Array, kwargs: Mapping[str, Any]) -> jax.Array:
+  """The normalised input of a LayerNorm/RMSNorm call before its scale and bias: the same
+  module without them (same statistics, epsilon, dtype), i.e. d(output)/d(scale)."""
+  bare = {"use_scale": False}
+  if isinstance(module, nn.LayerNorm):
+    bare["use_bias"] = False
+  return module.clone(parent=None, **bare).apply({}, x, **kwargs)
+
+
+def _norm_diag(spec: LayerSpec, xhat: jax.Array, cot: jax.Array,
+               weights: jax.Array) -> dict[str, jax.Array]:
+  """Per-group scale/bias diagonal of a LayerNorm/RMSNorm over the last axis (design.md
+  section 1.12).
+
+  Args:
+    xhat: normalised inputs ``[N, *in_shape]`` (:func:`_normalized`).
+    cot: output cotangents ``[N, K, *in_shape]``.
+    weights: ``float[N, G]``.
+
+  Per sample and column the scale gradient is ``sum_t xhat[t] * cot[c, t]`` and the bias
+  gradient ``sum_t cot[c, t]`` over the token positions ``t``; both are ``[D]``, so nothing
+  larger than the cotangents is materialised.
+  """
+  n, k = cot.shape[:2]
+  d = cot.shape[-1]
+  cot = cot.reshape(n, k, -1, d)
+  out = {}
+  if spec.use_scale:
+    g = jnp.einsum("ntd,nktd->nkd", xhat.reshape(n, -1, d), cot)
+    out["scale"] = weights.T @ jnp.sum(g * g, axis=1)
+  if spec.use_bias:
+    out["bias"] = _bias_sq_sum(cot, weights)
+  return out
+
+
 def _split_params(params: PyTree, specs: Sequence[LayerSpec]) -> tuple[dict, dict]:
   flat = traverse_util.flatten_dict(params)
   fast_paths = {s.path for s in specs}
@@ -635,11 +794,11 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
                       labels: jax.Array, groups: jax.Array, rng: jax.Array | None, *,
                       num_groups: int, method: str, num_samples: int, chunk_size: int | None,
                       apply_kwargs: Mapping[str, Any], max_block: int,
-                      grouped_convs: bool = True,
+                      grouped_convs: bool = True, families: frozenset = _FAST_FAMILIES,
                       loss: str = _scoring.SOFTMAX) -> tuple[PyTree, jax.Array]:
   """exact / mc / empirical_fisher: one vmapped forward + K-column VJP per sample chunk."""
   specs = discover_layers(model, variables, images.shape[1:], apply_kwargs,
-                          grouped_convs=grouped_convs)
+                          grouped_convs=grouped_convs, families=families)
   params, others = _scoring.split_variables(variables)
   fixed, generic = _split_params(params, specs)
   by_key = {s.key: s for s in specs}
@@ -657,7 +816,10 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
       key = "/".join(_module_path(context.module))
       if key not in probes:
         return next_fun(*args, **kwargs)
-      acts[key] = args[0]
+      if by_key[key].kind == "norm":
+        acts[key] = _normalized(context.module, args[0], kwargs)
+      else:
+        acts[key] = args[0]
       if key in depthwise:
         return _depthwise_apply(by_key[key], context.module, args[0]) + probes[key]
       return next_fun(*args, **kwargs) + probes[key]
@@ -689,13 +851,15 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
     acts, generic_cot, probe_cot = jax.vmap(one_sample)(images[sl], labels[sl], sample_keys[sl])
     w = weights[sl]
     for key, spec in by_key.items():
-      x = acts[key][:, 0]  # drop the per-sample batch dim of size 1
-      cot = probe_cot[key][:, :, 0]
       if spec.kind == "conv":
+        x = acts[key][:, 0]  # drop the per-sample batch dim of size 1
+        cot = probe_cot[key][:, :, 0]
         kernel_shape = fixed[spec.path + ("kernel",)].shape
         parts = _conv_diag(spec, x, cot, w, kernel_shape, max_block)
+      elif spec.kind == "norm":
+        parts = _norm_diag(spec, acts[key], probe_cot[key], w)
       else:
-        parts = _dense_diag(spec, x, cot, w, max_block)
+        parts = _dense_general_diag(spec, acts[key], probe_cot[key], w, max_block)
       for name, value in parts.items():
         add(spec.path + (name,), value)
     for path, g in generic_cot.items():  # [n, K, *shape]
@@ -742,10 +906,10 @@ def _hutchinson_diag(model: nn.Module, variables: PyTree, images: jax.Array, lab
 
 @functools.partial(jax.jit, static_argnames=("model", "num_groups", "method", "num_samples",
                                              "chunk_size", "apply_kwargs", "max_block",
-                                             "grouped_convs", "loss"))
+                                             "grouped_convs", "families", "loss"))
 def _per_group_diag(model, variables, images, labels, groups, rng, *, num_groups, method,
                     num_samples, chunk_size, apply_kwargs, max_block, grouped_convs=True,
-                    loss=_scoring.SOFTMAX):
+                    families=_FAST_FAMILIES, loss=_scoring.SOFTMAX):
   apply_kwargs = dict(apply_kwargs)
   if method == "hutchinson":
     return _hutchinson_diag(model, variables, images, labels, groups, rng,
@@ -754,7 +918,8 @@ def _per_group_diag(model, variables, images, labels, groups, rng, *, num_groups
   return _ggn_columns_diag(model, variables, images, labels, groups, rng,
                            num_groups=num_groups, method=method, num_samples=num_samples,
                            chunk_size=chunk_size, apply_kwargs=apply_kwargs,
-                           max_block=max_block, grouped_convs=grouped_convs, loss=loss)
+                           max_block=max_block, grouped_convs=grouped_convs, families=families,
+                           loss=loss)
 
 
 def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
@@ -763,7 +928,8 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
                    chunk_size: int | None = None, apply_kwargs: Mapping[str, Any] | None = None,
                    return_counts: bool = False,
                    max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
-                   loss: str = _scoring.SOFTMAX) -> PyTree:
+                   loss: str = _scoring.SOFTMAX,
+                   memory_budget_bytes: int | None = None) -> PyTree:
   """Diagonal GGN (or Hessian estimate) of every group's mean cross-entropy, in one pass.
 
   See the module docstring and design.md section 1 for the definition and the algorithm.
@@ -808,6 +974,18 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
       ``"sigmoid_binary_cross_entropy"``: the multi-label loss, summed over the ``A`` attributes
       (``A`` exact columns ``sqrt(p_a (1 - p_a)) e_a``; ``mc`` draws ``y~ ~ Bernoulli(p)`` per
       attribute), design.md section 1.10 (static).
+    memory_budget_bytes: bound on the memory of the pass (``None`` or 0: no bound). The chunk
+      size is then picked from XLA's compiled memory plan (``memory_analysis()``: arguments +
+      outputs + temporaries - aliased) of a one-sample chunk, extrapolated linearly and
+      checked on the chosen chunk (:func:`budget_chunk_size`), so that one chunk's plan plus
+      the eager loop's ``G x params`` accumulator fits the budget (design.md section 1.12);
+      with ``chunk_size`` as well, the smaller chunk wins. The choice and its executable are
+      cached per model, shapes and budget; the first call compiles 2-3 programs.
+      The user's own batch and variables are not counted. Falls back, with a warning, to
+      one-sample chunks when even those exceed the budget, and to the whole batch when the
+      backend has no memory plan (``memory_analysis()`` returns None). Only for eager calls:
+      under an outer ``jax.jit`` it raises ValueError. ``exact`` / ``empirical_fisher``
+      results do not depend on it.
 
   Returns:
     A pytree shaped like ``variables["params"]`` whose leaves have a leading axis ``G``:
@@ -841,9 +1019,29 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
   kwargs = dict(num_groups=num_groups, method=method,
                 num_samples=num_samples if method in ("mc", "hutchinson") else 1,
                 apply_kwargs=_scoring.freeze(apply_kwargs), max_block=max_block_elements,
-                grouped_convs=bool(_FAST_GROUPED_CONVS), loss=loss)
+                grouped_convs=bool(_FAST_GROUPED_CONVS), families=frozenset(_FAST_FAMILIES),
+                loss=loss)
   n = images.shape[0]
   traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, groups))
+  compiled = None
+  if memory_budget_bytes:
+    if isinstance(memory_budget_bytes, bool) or int(memory_budget_bytes) != memory_budget_bytes \
+        or memory_budget_bytes < 0:
+      raise ValueError(f"memory_budget_bytes must be an integer >= 0, got {memory_budget_bytes!r}")
+    if traced:
+      raise ValueError("memory_budget_bytes needs an eager per_group_diag call (under an outer "
+                       "jax.jit XLA plans the whole batch at once); pass chunk_size instead")
+    if method == "hutchinson" and num_samples > _PROBES_PER_CALL:
+      plan_kwargs = dict(kwargs, num_samples=_PROBES_PER_CALL)
+    else:
+      plan_kwargs = kwargs
+    budget_chunk, compiled = budget_chunk_size(
+        variables, images, labels, groups, rng, int(memory_budget_bytes), plan_kwargs, model)
+    if chunk_size is not None and chunk_size < budget_chunk:
+      compiled = None
+    chunk_size = budget_chunk if chunk_size is None else min(chunk_size, budget_chunk)
+    if plan_kwargs is not kwargs or jax.device_count() > 1:
+      compiled = None  # other static arguments, or inputs that may be sharded: jit instead
   if method == "hutchinson" and num_samples > _PROBES_PER_CALL and not traced:
     # Probes are unrolled in the program (see _hutchinson_diag); called eagerly, blocks of
     # probes run as separate calls so compile time stays that of one block.
@@ -859,15 +1057,122 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
   if chunk_size is None or chunk_size >= n or traced:
     # Under an outer jit the chunks stay inside one XLA program; XLA:CPU then plans buffers
     # for the whole batch, so chunking only bounds memory when called eagerly (below).
-    diag, counts = _per_group_diag(model, variables, images, labels, groups, rng,
-                                   chunk_size=chunk_size, **kwargs)
+    if compiled is not None and compiled[0] == n:  # the budget's own executable for the batch
+      diag, counts = compiled[1](variables, images, labels, groups, rng)
+    else:
+      diag, counts = _per_group_diag(model, variables, images, labels, groups, rng,
+                                     chunk_size=chunk_size, **kwargs)
   else:
+    executable = compiled[1] if compiled is not None and compiled[0] == chunk_size else None
     diag, counts = _eager_chunks(model, variables, images, labels, groups, rng, chunk_size,
-                                 kwargs)
+                                 kwargs, executable)
   return (diag, counts) if return_counts else diag
 
 
-def _eager_chunks(model, variables, images, labels, groups, rng, chunk_size, kwargs):
+# (model, shapes, static arguments, budget) -> (chunk size, its executable); bounded, oldest
+# dropped first. Executables hold no buffers, only code.
+_BUDGET_CACHE: dict[Any, tuple] = {}
+_BUDGET_CACHE_SIZE = 64
+
+
+def _plan_bytes(compiled: Any) -> int | None:
+  """XLA's planned bytes of a compiled executable: arguments + outputs + temporaries - aliased
+  (None where the backend has no plan)."""
+  try:
+    stats = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 - backend-dependent (NotImplementedError, XlaRuntimeError)
+    return None
+  if stats is None or not hasattr(stats, "temp_size_in_bytes"):
+    return None
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes +
+             stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def budget_chunk_size(variables: PyTree, images: jax.Array, labels: jax.Array,
+                      groups: jax.Array, rng: jax.Array | None, budget: int,
+                      kwargs: Mapping[str, Any], model: nn.Module) -> tuple[int, Any]:
+  """The largest chunk of samples whose pass fits ``budget`` bytes (design.md section 1.12).
+
+  ``plan(c)`` is XLA's compiled memory plan of one :func:`per_group_diag` call on ``c``
+  samples (:func:`_plan_bytes`); with several chunks the eager loop adds one ``G x params``
+  accumulator (the size of the output). The one-sample plan gives a first guess: its
+  temporaries are the per-sample cost, the rest (parameters, output) is fixed. That chunk is
+  compiled and its own plan checked; when over, the per-sample cost is re-estimated from the
+  two plans (secant) and the chunk shrunk, at most 6 times. Chunks are balanced (for the same
+  number of chunks, the smallest size), since the last one is padded. With no plan on the
+  backend the whole batch is returned (with a warning); when even one sample is over the
+  budget, one.
+  Results are cached per model, shapes, static arguments and budget.
+
+  Args:
+    variables, images, labels, groups, rng: the call's arguments (only shapes and dtypes are
+      read).
+    budget: bytes, ``> 0``.
+    kwargs: the static arguments of the compiled pass (as passed to ``_per_group_diag``).
+    model: the Linen module.
+
+  Returns:
+    ``(chunk, compiled)``: the chunk size in ``[1, N]``, and ``(size, executable)`` of the
+    chunk's compiled pass (call it with the dynamic arguments only), or None.
+  """
+  n = images.shape[0]
+  sds = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+  key = (model, jax.tree.structure(variables),
+         tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(variables)),
+         sds(images), sds(labels), sds(groups), rng is None,
+         tuple(sorted(kwargs.items())), budget)
+  if key in _BUDGET_CACHE:
+    return _BUDGET_CACHE[key]
+
+  def compile_chunk(c):
+    args = (variables, jax.ShapeDtypeStruct((c,) + images.shape[1:], images.dtype),
+            jax.ShapeDtypeStruct((c,) + labels.shape[1:], labels.dtype),
+            jax.ShapeDtypeStruct((c,), groups.dtype), rng)
+    compiled = _per_group_diag.lower(model, *args, chunk_size=None, **kwargs).compile()
+    return compiled, _plan_bytes(compiled)
+
+  exe1, plan1 = compile_chunk(1)
+  if plan1 is None:
+    warnings.warn("per_group_diag: memory_analysis() gives no memory plan on this backend; "
+                  "memory_budget_bytes is ignored and the whole batch runs at once",
+                  stacklevel=3)
+    result = (n, None)
+  else:
+    out = int(exe1.memory_analysis().output_size_in_bytes)
+    total = lambda plan, c: plan + (out if c < n else 0)  # + the eager loop's accumulator
+
+    def balanced(c):
+      # Same number of chunks, as equal as possible: the padded last chunk wastes least.
+      return -(-n // -(-n // c))
+
+    def guess(slope):
+      fixed = plan1 - slope
+      if (budget - fixed) // slope >= n:
+        return n
+      return balanced(int(max(1, min(n - 1, (budget - fixed - out) // slope))))
+
+    chunk, last = guess(max(int(exe1.memory_analysis().temp_size_in_bytes), 1)), (1, exe1)
+    for _ in range(6):
+      if chunk == 1:
+        break
+      exe, plan = compile_chunk(chunk)
+      last = (chunk, exe)
+      if total(plan, chunk) <= budget:
+        break
+      chunk = balanced(min(chunk - 1, guess(max((plan - plan1) // (chunk - 1), 1))))
+    if chunk == 1 and total(plan1, 1) > budget:
+      warnings.warn(f"per_group_diag: memory_budget_bytes={budget} is below the plan of a "
+                    f"one-sample chunk ({total(plan1, 1)} bytes); using one-sample chunks",
+                    stacklevel=3)
+    result = (chunk, last if last[0] == chunk else (1, exe1) if chunk == 1 else None)
+  if len(_BUDGET_CACHE) >= _BUDGET_CACHE_SIZE:
+    _BUDGET_CACHE.pop(next(iter(_BUDGET_CACHE)))
+  _BUDGET_CACHE[key] = result
+  return result
+
+
+def _eager_chunks(model, variables, images, labels, groups, rng, chunk_size, kwargs,
+                  executable=None):
   """One compiled call per chunk of ``chunk_size`` samples: peak memory is one chunk's.
 
   The last chunk is padded with group ``-1`` rows (they count nowhere) so every call has the
@@ -882,6 +1187,8 @@ def _eager_chunks(model, variables, images, labels, groups, rng, chunk_size, kwa
 
   def chunk_diag(index, chunk):
     key = None if rng is None else jax.random.fold_in(rng, index)
+    if executable is not None:  # compiled already (memory budget), same static arguments
+      return executable(variables, chunk["image"], chunk["label"], chunk["group"], key)
     return _per_group_diag(model, variables, chunk["image"], chunk["label"], chunk["group"], key,
                            chunk_size=None, **kwargs)
 

@@ -136,6 +136,8 @@ def test_killed_run_resumes_to_identical_results(finished_run, tmp_path):
     ("--config.prune.target_sparsity=1.0", "config.prune.target_sparsity=1.0"),
     ("--config.parallel.num_devices=-1", "config.parallel.num_devices=-1"),
     ("--config.prune.curvature_chunk_size=-4", "config.prune.curvature_chunk_size=-4"),
+    ("--config.prune.curvature_memory_budget_bytes=-1",
+     "config.prune.curvature_memory_budget_bytes=-1"),
 ])
 def test_bad_config_values_fail_fast_with_one_line(override, needle):
   """In-process: the override parsed as the CLI parses it, then the ``validate_config`` call

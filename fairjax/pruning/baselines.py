@@ -78,7 +78,8 @@ def snip_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: 
 
 def obd_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
                mask: masks.Mask, *, apply_kwargs: Mapping[str, Any] | None = None,
-               chunk_size: int | None = None, loss: str = _scoring.SOFTMAX) -> PyTree:
+               chunk_size: int | None = None, loss: str = _scoring.SOFTMAX,
+               memory_budget_bytes: int | None = None) -> PyTree:
   """Optimal Brain Damage saliency ``1/2 w**2 h`` of one batch, group-unaware.
 
   FairPrune's per-group term with one group (design.md section 4.7): every sample of
@@ -88,6 +89,7 @@ def obd_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: j
   the Hessian diagonal for piecewise-linear networks), and the score is
   :func:`fairjax.pruning.fairprune.group_terms` of that group (params dtype, ``None`` on
   unprunable leaves). ``chunk_size`` (samples per compiled call, ``None`` = the whole batch)
+  or ``memory_budget_bytes`` (bytes per call, :func:`fairjax.curvature.per_group_diag`)
   bounds its memory. Sum batches with :func:`accumulate_scores`. ``loss`` is that of
   :func:`fairjax.curvature.per_group_diag` (multi-label: ``labels [N, A]``, design.md
   section 1.10). An ``nnx.Module`` is scored as in :func:`snip_scores` (design.md
@@ -101,7 +103,8 @@ def obd_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: j
   labels = jnp.asarray(labels, jnp.int32)
   diag = curvature.per_group_diag(model, {**variables, "params": params}, jnp.asarray(images),
                                   labels, jnp.zeros(labels.shape[:1], jnp.int32), num_groups=1,
-                                  apply_kwargs=apply_kwargs, chunk_size=chunk_size, loss=loss)
+                                  apply_kwargs=apply_kwargs, chunk_size=chunk_size, loss=loss,
+                                  memory_budget_bytes=memory_budget_bytes)
   scores = jax.tree.map(lambda t: t[0], fairprune.group_terms(params, diag))
   return _only_prunable(scores, mask)
 

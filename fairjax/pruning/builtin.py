@@ -30,6 +30,12 @@ def chunk_size(config) -> int | None:
   return config.prune.curvature_chunk_size or None
 
 
+def memory_budget(config) -> int | None:
+  """``prune.curvature_memory_budget_bytes`` as ``per_group_diag``'s ``memory_budget_bytes``
+  (0 -> None)."""
+  return config.prune.get("curvature_memory_budget_bytes", 0) or None
+
+
 def group_diag(ctx: RunContext, state: Any, step: int) -> PyTree:
   """Per-group curvature diagonal of ``state`` (leaves ``[G, *param.shape]``) averaged over the
   group-balanced scoring batches of ``step`` (design.md section 1), BatchNorm in inference mode.
@@ -44,7 +50,7 @@ def group_diag(ctx: RunContext, state: Any, step: int) -> PyTree:
       ctx.model, variables_of(state), ctx.scoring_batches(step, chunk_size(config)),
       num_groups=ctx.num_groups, method=config.prune.curvature, rng=rng,
       num_samples=config.prune.curvature_samples, apply_kwargs={"train": False},
-      loss=ctx.loss)
+      loss=ctx.loss, memory_budget_bytes=memory_budget(config))
   return diag
 
 
@@ -90,7 +96,8 @@ class GradientScores(PruneMethod):
 
   def scores(self, ctx: RunContext, state: Any, step: int) -> PyTree:
     fn = (baselines.snip_scores if self.kind == "snip" else
-          functools.partial(baselines.obd_scores, chunk_size=chunk_size(ctx.config)))
+          functools.partial(baselines.obd_scores, chunk_size=chunk_size(ctx.config),
+                            memory_budget_bytes=memory_budget(ctx.config)))
     variables = variables_of(state)
     # BatchNorm in inference mode: scoring must not depend on (or update) batch statistics.
     return baselines.accumulate_scores(

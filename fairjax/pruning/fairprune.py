@@ -119,7 +119,8 @@ def average_group_diag(model: nn.Module, variables: PyTree, batches: Iterable[Ma
                        *, num_groups: int, method: str = "exact", rng: jax.Array | None = None,
                        num_samples: int = 1, chunk_size: int | None = None,
                        apply_kwargs: Mapping[str, Any] | None = None,
-                       loss: str = _scoring.SOFTMAX) -> tuple[PyTree, np.ndarray]:
+                       loss: str = _scoring.SOFTMAX,
+                       memory_budget_bytes: int | None = None) -> tuple[PyTree, np.ndarray]:
   """Per-group diagonal curvature averaged over mini-batches (design.md section 2).
 
   Each batch's result is weighted by its per-group sample count, so the average is the
@@ -127,7 +128,8 @@ def average_group_diag(model: nn.Module, variables: PyTree, batches: Iterable[Ma
   ``float32[B, H, W, C]``, ``label`` and ``group`` ``int32[B]`` (``valid`` rows, if present,
   are respected by giving padded rows group ``-1``). Batches may be jax arrays sharded over
   devices (``fairjax.parallel``); the result is the same as for the host batch. ``chunk_size``
-  bounds the memory of the per-sample part (see :func:`fairjax.curvature.per_group_diag`).
+  bounds the memory of the per-sample part, ``memory_budget_bytes`` bounds each call's memory
+  (both: see :func:`fairjax.curvature.per_group_diag`).
   ``loss="sigmoid_binary_cross_entropy"`` is the multi-label loss (``label [B, A]`` in
   ``{0, 1}``, design.md section 1.10), passed on to ``per_group_diag``. An ``nnx.Module``
   (``variables=None``) gives ``diag`` in the layout of ``fairjax.nnx_adapter.param_dict(model)``
@@ -147,7 +149,8 @@ def average_group_diag(model: nn.Module, variables: PyTree, batches: Iterable[Ma
         model, variables, jnp.asarray(batch["image"]), jnp.asarray(batch["label"], jnp.int32),
         jnp.asarray(_scoring.unknown_padding(batch), jnp.int32), num_groups=num_groups,
         method=method, rng=key, num_samples=num_samples, chunk_size=chunk_size,
-        apply_kwargs=apply_kwargs, return_counts=True, loss=loss)
+        apply_kwargs=apply_kwargs, return_counts=True, loss=loss,
+        memory_budget_bytes=memory_budget_bytes)
 
   diag, counts = _scoring.accumulate(step, batches, caller="average_group_diag", weighted=True,
                                      mean=True)
