@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairjax.pruning.fairgrape import _check_importance
 
 
 def _stream_orders(imp: np.ndarray) -> np.ndarray:
