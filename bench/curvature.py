@@ -60,29 +60,34 @@ GROUP1_FRACTION = 0.3
 
 # name -> (fairjax model name, constructor kwargs (fairjax defaults otherwise), image (H, W)).
 MODEL_CONFIGS: dict[str, tuple[str, dict[str, Any], tuple[int, int]]] = {
-    "small_cnn": ("small_cnn", {}, (32, 32)),
-    "vgg11": ("vgg11", {}, (64, 64)),
-    # GPU-sized configs (bench/README.md): ImageNet-sized inputs.
-    "vgg11_224": ("vgg11", {}, (224, 224)),
-    "small_cnn_128": ("small_cnn", {}, (128, 128)),
-    # BatchNorm models (inference mode, init running statistics), no torch mirror: --no-torch.
-    # MobileNetV2's 3x3 convs are depthwise (feature_group_count = channels).
-    "mobilenet_v2_224": ("mobilenet_v2", {}, (224, 224)),
-    # 112x112: at 224 the unchunked exact pass of batch 32 plans more memory than the 2-core
-    # development machine has (bench/memory.py: ~291 MiB per sample for ResNet-18 at 224).
-    "resnet34_112": ("resnet34", {}, (112, 112)),
-    # ViT-Ti/16 (timm's vit_tiny_patch16_224 layout), no torch mirror: --no-torch.
-    "vit_ti16_224": ("vit_ti16", {}, (224, 224)),
-    # ViT-Ti-like (bench/vit.py, stock Linen modules, no torch mirror: --no-torch): dim 192,
-    # depth 6, 3 heads, 4x4 patches of 32x32 images = 64 tokens + the class token.
-    "vit_tiny_like": ("bench.vit", dict(dim=192, depth=6, num_heads=3, patch=4), (32, 32)),
+  "small_cnn": ("small_cnn", {}, (32, 32)),
+  "vgg11": ("vgg11", {}, (64, 64)),
+  # GPU-sized configs (bench/README.md): ImageNet-sized inputs.
+  "vgg11_224": ("vgg11", {}, (224, 224)),
+  "small_cnn_128": ("small_cnn", {}, (128, 128)),
+  # BatchNorm models (inference mode, init running statistics), no torch mirror: --no-torch.
+  # MobileNetV2's 3x3 convs are depthwise (feature_group_count = channels).
+  "mobilenet_v2_224": ("mobilenet_v2", {}, (224, 224)),
+  # 112x112: at 224 the unchunked exact pass of batch 32 plans more memory than the 2-core
+  # development machine has (bench/memory.py: ~291 MiB per sample for ResNet-18 at 224).
+  "resnet34_112": ("resnet34", {}, (112, 112)),
+  # ViT-Ti/16 (timm's vit_tiny_patch16_224 layout), no torch mirror: --no-torch.
+  "vit_ti16_224": ("vit_ti16", {}, (224, 224)),
+  # ViT-Ti-like (bench/vit.py, stock Linen modules, no torch mirror: --no-torch): dim 192,
+  # depth 6, 3 heads, 4x4 patches of 32x32 images = 64 tokens + the class token.
+  "vit_tiny_like": ("bench.vit", dict(dim=192, depth=6, num_heads=3, patch=4), (32, 32)),
 }
 
 # "cpu" or "cuda": where the torch side runs (--device). JAX runs on its default backend.
 TORCH_DEVICE = "cpu"
 
-JAX_METHODS = ("jax_grad", "fairjax_exact", "fairjax_mc", "fairjax_hutchinson",
-               "fairjax_empirical_fisher")
+JAX_METHODS = (
+  "jax_grad",
+  "fairjax_exact",
+  "fairjax_mc",
+  "fairjax_hutchinson",
+  "fairjax_empirical_fisher",
+)
 # Only when named in --methods: exact with feature-grouped (depthwise) convs forced onto the
 # generic per-sample VJP path, i.e. the "before" of the grouped-conv fast path.
 # fairjax_exact_generic_transformer: exact with DenseGeneral and LayerNorm on the generic path
@@ -92,14 +97,17 @@ TORCH_METHODS = ("torch_grad", "backpack_exact", "backpack_mc")
 
 # Targets the lead checks; each is computed and printed, never enforced.
 TARGETS = (
-    # (name, ratio key, threshold, models it is stated for (None = every model))
-    ("fairjax exact <= 0.75x BackPACK exact", "fairjax_exact/backpack_exact", 0.75, ("vgg11",)),
-    ("fairjax exact <= 6x JAX grad", "fairjax_exact/jax_grad", 6.0, None),
-    ("fairjax MC <= 2x JAX grad", "fairjax_mc/jax_grad", 2.0, None),
-    ("Hutchinson per probe (all groups) <= 3x JAX grad",
-     "fairjax_hutchinson/jax_grad", 3.0, None),
-    ("Hutchinson per group-HVP <= 3x JAX grad",
-     "fairjax_hutchinson_per_group_hvp/jax_grad", 3.0, None),
+  # (name, ratio key, threshold, models it is stated for (None = every model))
+  ("fairjax exact <= 0.75x BackPACK exact", "fairjax_exact/backpack_exact", 0.75, ("vgg11",)),
+  ("fairjax exact <= 6x JAX grad", "fairjax_exact/jax_grad", 6.0, None),
+  ("fairjax MC <= 2x JAX grad", "fairjax_mc/jax_grad", 2.0, None),
+  ("Hutchinson per probe (all groups) <= 3x JAX grad", "fairjax_hutchinson/jax_grad", 3.0, None),
+  (
+    "Hutchinson per group-HVP <= 3x JAX grad",
+    "fairjax_hutchinson_per_group_hvp/jax_grad",
+    3.0,
+    None,
+  ),
 )
 
 
@@ -135,8 +143,9 @@ def make_flax(config: str, image_hw: tuple[int, int], seed: int):
   else:
     model = get_model(name, num_classes=NUM_CLASSES, **kwargs)
   # rbg keys: model.init with threefry keys compiles slowly on XLA:CPU.
-  variables = jax.jit(model.init)(jax.random.key(seed, impl="rbg"),
-                                  jnp.zeros((1, *image_hw, 3), jnp.float32))
+  variables = jax.jit(model.init)(
+    jax.random.key(seed, impl="rbg"), jnp.zeros((1, *image_hw, 3), jnp.float32)
+  )
   params = jax.tree.map(np.asarray, variables["params"])
   # Other collections (BatchNorm running statistics) are constants of every method.
   state = {k: jax.tree.map(np.asarray, v) for k, v in variables.items() if k != "params"}
@@ -163,15 +172,20 @@ def rss_peak_delta(run: Callable[[], Any]) -> dict[str, Any]:
     with open("/proc/self/clear_refs", "w") as f:
       f.write("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
   except OSError as e:
-    return {"rss_peak_delta_bytes": None,
-            "rss_note": f"cannot reset the peak-RSS counter (/proc/self/clear_refs): {e}"}
+    return {
+      "rss_peak_delta_bytes": None,
+      "rss_note": f"cannot reset the peak-RSS counter (/proc/self/clear_refs): {e}",
+    }
   before = _proc_status_kib("VmRSS")
   if _proc_status_kib("VmHWM") > before + 1024:
     return {"rss_peak_delta_bytes": None, "rss_note": "VmHWM reset did not take effect"}
   run()
   peak = _proc_status_kib("VmHWM")
-  return {"rss_peak_delta_bytes": (peak - before) * 1024, "rss_before_bytes": before * 1024,
-          "rss_peak_bytes": peak * 1024}
+  return {
+    "rss_peak_delta_bytes": (peak - before) * 1024,
+    "rss_before_bytes": before * 1024,
+    "rss_peak_bytes": peak * 1024,
+  }
 
 
 def jax_memory_analysis(compiled) -> dict[str, Any]:
@@ -181,12 +195,23 @@ def jax_memory_analysis(compiled) -> dict[str, Any]:
     return {"xla_total_bytes": None, "xla_note": f"memory_analysis() failed: {e!r}"}
   if stats is None:
     return {"xla_total_bytes": None, "xla_note": "memory_analysis() returned None on this backend"}
-  out = {k: int(getattr(stats, k)) for k in (
-      "temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
-      "alias_size_in_bytes", "generated_code_size_in_bytes") if hasattr(stats, k)}
-  out["xla_total_bytes"] = (out.get("temp_size_in_bytes", 0) + out.get("argument_size_in_bytes", 0)
-                            + out.get("output_size_in_bytes", 0)
-                            - out.get("alias_size_in_bytes", 0))
+  out = {
+    k: int(getattr(stats, k))
+    for k in (
+      "temp_size_in_bytes",
+      "argument_size_in_bytes",
+      "output_size_in_bytes",
+      "alias_size_in_bytes",
+      "generated_code_size_in_bytes",
+    )
+    if hasattr(stats, k)
+  }
+  out["xla_total_bytes"] = (
+    out.get("temp_size_in_bytes", 0)
+    + out.get("argument_size_in_bytes", 0)
+    + out.get("output_size_in_bytes", 0)
+    - out.get("alias_size_in_bytes", 0)
+  )
   return out
 
 
@@ -227,24 +252,36 @@ def jax_methods(model, batch: dict[str, np.ndarray], params, seed: int, state=No
       curvature._FAST_GROUPED_CONVS = fast_grouped
       curvature._FAST_FAMILIES = frozenset(families)
       try:
-        return curvature.per_group_diag(model, {"params": p, **s}, x, y, g,
-                                        num_groups=NUM_GROUPS, method=method,
-                                        rng=rng[0] if rng else None, num_samples=1)
+        return curvature.per_group_diag(
+          model,
+          {"params": p, **s},
+          x,
+          y,
+          g,
+          num_groups=NUM_GROUPS,
+          method=method,
+          rng=rng[0] if rng else None,
+          num_samples=1,
+        )
       finally:
         curvature._FAST_GROUPED_CONVS, curvature._FAST_FAMILIES = saved
+
     return f
 
   return {
-      "jax_grad": (grad, (params, state, images, labels)),
-      "fairjax_exact": (diag("exact"), (params, state, images, labels, groups)),
-      "fairjax_mc": (diag("mc"), (params, state, images, labels, groups, key)),
-      "fairjax_hutchinson": (diag("hutchinson"), (params, state, images, labels, groups, key)),
-      "fairjax_empirical_fisher": (diag("empirical_fisher"),
-                                   (params, state, images, labels, groups)),
-      "fairjax_exact_generic_grouped": (diag("exact", fast_grouped=False),
-                                        (params, state, images, labels, groups)),
-      "fairjax_exact_generic_transformer": (diag("exact", families=("conv", "dense")),
-                                            (params, state, images, labels, groups)),
+    "jax_grad": (grad, (params, state, images, labels)),
+    "fairjax_exact": (diag("exact"), (params, state, images, labels, groups)),
+    "fairjax_mc": (diag("mc"), (params, state, images, labels, groups, key)),
+    "fairjax_hutchinson": (diag("hutchinson"), (params, state, images, labels, groups, key)),
+    "fairjax_empirical_fisher": (diag("empirical_fisher"), (params, state, images, labels, groups)),
+    "fairjax_exact_generic_grouped": (
+      diag("exact", fast_grouped=False),
+      (params, state, images, labels, groups),
+    ),
+    "fairjax_exact_generic_transformer": (
+      diag("exact", families=("conv", "dense")),
+      (params, state, images, labels, groups),
+    ),
   }
 
 
@@ -293,12 +330,13 @@ def torch_methods(config: str, image_hw, batch: dict[str, np.ndarray], params):
         for n, p in extended.named_parameters():
           out[n].append(getattr(p, attr))
       return {n: torch.stack(v) for n, v in out.items()}
+
     return run
 
   return {
-      "torch_grad": grad,
-      "backpack_exact": per_group_backpack(DiagGGNExact, "diag_ggn_exact"),
-      "backpack_mc": per_group_backpack(lambda: DiagGGNMC(mc_samples=1), "diag_ggn_mc"),
+    "torch_grad": grad,
+    "backpack_exact": per_group_backpack(DiagGGNExact, "diag_ggn_exact"),
+    "backpack_mc": per_group_backpack(lambda: DiagGGNMC(mc_samples=1), "diag_ggn_mc"),
   }, plain
 
 
@@ -306,9 +344,11 @@ def setup_torch_threads(threads: int) -> dict[str, Any]:
   import torch
 
   torch.set_num_threads(threads)
-  return {"torch_num_threads": torch.get_num_threads(),
-          "torch_num_interop_threads": torch.get_num_interop_threads(),
-          "torch_parallel_info": torch.__config__.parallel_info().strip().splitlines()[:8]}
+  return {
+    "torch_num_threads": torch.get_num_threads(),
+    "torch_num_interop_threads": torch.get_num_interop_threads(),
+    "torch_parallel_info": torch.__config__.parallel_info().strip().splitlines()[:8],
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,8 +378,12 @@ def time_jax(fn, args, repeats: int, warmup: int, measure_rss: bool):
     out = jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - s)
   res = summarize(times)
-  res.update(trace_lower_s=t1 - t0, compile_s=t2 - t1, first_call_s=t3 - t2,
-             first_call_minus_median_s=(t3 - t2) - res["median_s"])
+  res.update(
+    trace_lower_s=t1 - t0,
+    compile_s=t2 - t1,
+    first_call_s=t3 - t2,
+    first_call_minus_median_s=(t3 - t2) - res["median_s"],
+  )
   res["memory"] = jax_memory_analysis(compiled)
   if measure_rss:
     res["memory"].update(rss_peak_delta(lambda: jax.block_until_ready(compiled(*args))))
@@ -399,7 +443,8 @@ def _load_state(path: str):
   config = str(data["config"])
   batch = {k: data[k] for k in ("images", "labels", "groups")}
   params = traverse_util.unflatten_dict(
-      {tuple(k.split("/")[1:]): data[k] for k in data.files if k.startswith("param/")})
+    {tuple(k.split("/")[1:]): data[k] for k in data.files if k.startswith("param/")}
+  )
   return config, batch, params
 
 
@@ -421,28 +466,44 @@ def memory_worker(state_path: str, method: str, threads: int, seed: int) -> None
   print("RESULT " + json.dumps(result), flush=True)
 
 
-def measure_rss_subprocess(state_path: str, method: str, threads: int, seed: int,
-                           timeout_s: float = 1800) -> dict[str, Any]:
+def measure_rss_subprocess(
+  state_path: str, method: str, threads: int, seed: int, timeout_s: float = 1800
+) -> dict[str, Any]:
   env = dict(os.environ)
   # Freed big buffers go back to the OS (fixed threshold disables glibc's dynamic raise), so
   # the warm-up run cannot hide the measured run's working set inside the heap.
   env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
   env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  cmd = [sys.executable, "-m", "bench.curvature", "--_memory-worker", state_path, method,
-         "--threads", str(threads), "--seed", str(seed)]
+  cmd = [
+    sys.executable,
+    "-m",
+    "bench.curvature",
+    "--_memory-worker",
+    state_path,
+    method,
+    "--threads",
+    str(threads),
+    "--seed",
+    str(seed),
+  ]
   try:
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout_s)
+    proc = subprocess.run(
+      cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
   except subprocess.TimeoutExpired:
     return {"rss_peak_delta_bytes": None, "rss_note": f"subprocess timed out after {timeout_s}s"}
   for line in proc.stdout.splitlines():
     if line.startswith("RESULT "):
-      result = json.loads(line[len("RESULT "):])
-      result["rss_method"] = ("fresh subprocess; warm-up run, reset VmHWM, measured run; "
-                              "peak VmHWM - VmRSS before; MALLOC_MMAP_THRESHOLD_=131072")
+      result = json.loads(line[len("RESULT ") :])
+      result["rss_method"] = (
+        "fresh subprocess; warm-up run, reset VmHWM, measured run; "
+        "peak VmHWM - VmRSS before; MALLOC_MMAP_THRESHOLD_=131072"
+      )
       return result
-  return {"rss_peak_delta_bytes": None,
-          "rss_note": f"subprocess failed (rc={proc.returncode}): {proc.stderr[-500:]}"}
+  return {
+    "rss_peak_delta_bytes": None,
+    "rss_note": f"subprocess failed (rc={proc.returncode}): {proc.stderr[-500:]}",
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -461,8 +522,9 @@ def max_rel_err(got: dict, want: dict) -> tuple[float, dict[str, float]]:
       errs = []
       for gi in range(w.shape[0]):
         scale = np.abs(w[gi]).max()
-        errs.append(float(np.abs(g[gi] - w[gi]).max() / scale) if scale > 0 else
-                    float(np.abs(g[gi]).max()))
+        errs.append(
+          float(np.abs(g[gi] - w[gi]).max() / scale) if scale > 0 else float(np.abs(g[gi]).max())
+        )
       per_leaf[f"{module}/{leaf}"] = max(errs)
   return max(per_leaf.values()), per_leaf
 
@@ -508,8 +570,11 @@ def compute_ratios(methods: dict[str, dict]) -> dict[str, float | None]:
     for k, v in med.items():
       if k != base and base in med:
         ratios[f"{k}/{base}"] = v / med[base]
-  for a, b in (("fairjax_exact", "backpack_exact"), ("fairjax_mc", "backpack_mc"),
-               ("jax_grad", "torch_grad")):
+  for a, b in (
+    ("fairjax_exact", "backpack_exact"),
+    ("fairjax_mc", "backpack_mc"),
+    ("jax_grad", "torch_grad"),
+  ):
     ratios[f"{a}/{b}"] = med[a] / med[b] if a in med and b in med else None
   return ratios
 
@@ -518,9 +583,16 @@ def check_targets(config: str, ratios: dict) -> list[dict[str, Any]]:
   out = []
   for name, key, threshold, models in TARGETS:
     value = ratios.get(key)
-    out.append({"target": name, "ratio": key, "value": value, "threshold": threshold,
-                "stated_for_this_model": models is None or config in models,
-                "holds": None if value is None else bool(value <= threshold)})
+    out.append(
+      {
+        "target": name,
+        "ratio": key,
+        "value": value,
+        "threshold": threshold,
+        "stated_for_this_model": models is None or config in models,
+        "holds": None if value is None else bool(value <= threshold),
+      }
+    )
   return out
 
 
@@ -532,45 +604,58 @@ def markdown(results: dict) -> str:
   lines = []
   for config, res in results["models"].items():
     r = res["ratios"]
-    lines.append(f"\n### {config} ({res['model']['image_hw'][0]}x{res['model']['image_hw'][1]}, "
-                 f"batch {BATCH}, {NUM_CLASSES} classes, {NUM_GROUPS} groups "
-                 f"{res['model']['group_counts']}, {res['model']['num_params']:,} params)\n")
-    lines.append("| method | median s | × JAX grad | × torch grad | compile s | XLA mem MB "
-                 "| RSS Δ MB | torch GPU peak Δ MB |")
+    lines.append(
+      f"\n### {config} ({res['model']['image_hw'][0]}x{res['model']['image_hw'][1]}, "
+      f"batch {BATCH}, {NUM_CLASSES} classes, {NUM_GROUPS} groups "
+      f"{res['model']['group_counts']}, {res['model']['num_params']:,} params)\n"
+    )
+    lines.append(
+      "| method | median s | × JAX grad | × torch grad | compile s | XLA mem MB "
+      "| RSS Δ MB | torch GPU peak Δ MB |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|")
     rows = list(res["methods"].items())
     hutch = res["methods"].get("fairjax_hutchinson")
     if hutch and hutch.get("median_s") is not None:
-      rows.insert([k for k, _ in rows].index("fairjax_hutchinson") + 1,
-                  ("fairjax_hutchinson_per_group_hvp",
-                   {"median_s": hutch["median_s"] / NUM_GROUPS}))
+      rows.insert(
+        [k for k, _ in rows].index("fairjax_hutchinson") + 1,
+        ("fairjax_hutchinson_per_group_hvp", {"median_s": hutch["median_s"] / NUM_GROUPS}),
+      )
     for k, m in rows:
       mem = m.get("memory", {})
       xla = mem.get("xla_total_bytes")
       rss = mem.get("rss_peak_delta_bytes")
       gpu = m.get("cuda_peak_delta_bytes")
       compile_s = (m["trace_lower_s"] + m["compile_s"]) if "compile_s" in m else None
-      lines.append(f"| {k} | {_fmt(m.get('median_s'), '.4f')} | {_fmt(r.get(f'{k}/jax_grad'), '.2f')} "
-                   f"| {_fmt(r.get(f'{k}/torch_grad'), '.2f')} | {_fmt(compile_s, '.1f')} "
-                   f"| {_fmt(None if xla is None else xla / 2**20, '.0f')} "
-                   f"| {_fmt(None if rss is None else rss / 2**20, '.0f')} "
-                   f"| {_fmt(None if gpu is None else gpu / 2**20, '.0f')} |")
+      lines.append(
+        f"| {k} | {_fmt(m.get('median_s'), '.4f')} | {_fmt(r.get(f'{k}/jax_grad'), '.2f')} "
+        f"| {_fmt(r.get(f'{k}/torch_grad'), '.2f')} | {_fmt(compile_s, '.1f')} "
+        f"| {_fmt(None if xla is None else xla / 2**20, '.0f')} "
+        f"| {_fmt(None if rss is None else rss / 2**20, '.0f')} "
+        f"| {_fmt(None if gpu is None else gpu / 2**20, '.0f')} |"
+      )
     lines.append("")
-    lines.append(f"- fairjax exact / BackPACK exact (per-group total): "
-                 f"{_fmt(r.get('fairjax_exact/backpack_exact'))}; fairjax MC / BackPACK MC: "
-                 f"{_fmt(r.get('fairjax_mc/backpack_mc'))}; JAX grad / torch grad: "
-                 f"{_fmt(r.get('jax_grad/torch_grad'))}")
+    lines.append(
+      f"- fairjax exact / BackPACK exact (per-group total): "
+      f"{_fmt(r.get('fairjax_exact/backpack_exact'))}; fairjax MC / BackPACK MC: "
+      f"{_fmt(r.get('fairjax_mc/backpack_mc'))}; JAX grad / torch grad: "
+      f"{_fmt(r.get('jax_grad/torch_grad'))}"
+    )
     agree = res.get("agreement", {})
-    lines.append(f"- max rel. error fairjax exact vs BackPACK exact: "
-                 f"{_fmt(agree.get('exact_max_rel_err'), '.2e')} (rel. Frobenius "
-                 f"{_fmt(agree.get('exact_max_rel_frobenius'), '.2e')}); JAX vs torch gradient "
-                 "(float32 yardstick): "
-                 f"{_fmt(agree.get('grad_max_rel_err'), '.2e')}")
+    lines.append(
+      f"- max rel. error fairjax exact vs BackPACK exact: "
+      f"{_fmt(agree.get('exact_max_rel_err'), '.2e')} (rel. Frobenius "
+      f"{_fmt(agree.get('exact_max_rel_frobenius'), '.2e')}); JAX vs torch gradient "
+      "(float32 yardstick): "
+      f"{_fmt(agree.get('grad_max_rel_err'), '.2e')}"
+    )
     if agree.get("exact_vs_generic_grouped_max_rel_err") is not None:
-      lines.append(f"- max rel. error fairjax exact (grouped-conv fast path) vs the generic path: "
-                   f"{_fmt(agree['exact_vs_generic_grouped_max_rel_err'], '.2e')} (rel. Frobenius "
-                   f"{_fmt(agree['exact_vs_generic_grouped_max_rel_frobenius'], '.2e')}), "
-                   "both float32")
+      lines.append(
+        f"- max rel. error fairjax exact (grouped-conv fast path) vs the generic path: "
+        f"{_fmt(agree['exact_vs_generic_grouped_max_rel_err'], '.2e')} (rel. Frobenius "
+        f"{_fmt(agree['exact_vs_generic_grouped_max_rel_frobenius'], '.2e')}), "
+        "both float32"
+      )
     for t in res["targets"]:
       status = {True: "HOLDS", False: "MISSED", None: "n/a"}[t["holds"]]
       note = "" if t["stated_for_this_model"] else " (informational for this model)"
@@ -616,11 +701,17 @@ def run_model(config: str, args, threads: int, state_dir: str) -> dict[str, Any]
   model, params, state = make_flax(config, image_hw, args.seed)
   counts = [int((batch["groups"] == g).sum()) for g in range(NUM_GROUPS)]
   res: dict[str, Any] = {
-      "model": {"name": MODEL_CONFIGS[config][0], "kwargs": kwargs, "image_hw": list(image_hw),
-                "batch": BATCH, "num_classes": NUM_CLASSES, "num_groups": NUM_GROUPS,
-                "group_counts": counts,
-                "num_params": int(sum(np.size(x) for x in jax.tree.leaves(params)))},
-      "methods": {},
+    "model": {
+      "name": MODEL_CONFIGS[config][0],
+      "kwargs": kwargs,
+      "image_hw": list(image_hw),
+      "batch": BATCH,
+      "num_classes": NUM_CLASSES,
+      "num_groups": NUM_GROUPS,
+      "group_counts": counts,
+      "num_params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+    },
+    "methods": {},
   }
   outputs: dict[str, Any] = {}
 
@@ -631,8 +722,10 @@ def run_model(config: str, args, threads: int, state_dir: str) -> dict[str, Any]
     timing, out = time_jax(fn, fn_args, args.repeats, args.warmup, measure_rss=False)
     res["methods"][name] = timing
     outputs[name] = jax.tree.map(np.asarray, out)
-    log(f"{config}: {name}: median {timing['median_s']:.4f}s, compile "
-        f"{timing['trace_lower_s'] + timing['compile_s']:.1f}s")
+    log(
+      f"{config}: {name}: median {timing['median_s']:.4f}s, compile "
+      f"{timing['trace_lower_s'] + timing['compile_s']:.1f}s"
+    )
 
   torch_model = None
   if not args.no_torch:
@@ -649,16 +742,20 @@ def run_model(config: str, args, threads: int, state_dir: str) -> dict[str, Any]
       log(f"{config}: {name}: median {timing['median_s']:.4f}s")
 
   # Memory in fresh subprocesses (after all timings, so they never overlap a timed run).
-  rss_methods = [m for m in res["methods"]
-                 if (m in TORCH_METHODS and not args.no_torch_rss) or
-                 (m in JAX_METHODS + OPTIONAL_JAX_METHODS and args.jax_rss)]
+  rss_methods = [
+    m
+    for m in res["methods"]
+    if (m in TORCH_METHODS and not args.no_torch_rss)
+    or (m in JAX_METHODS + OPTIONAL_JAX_METHODS and args.jax_rss)
+  ]
   if rss_methods:
     state_path = os.path.join(state_dir, f"{config}.npz")
     _save_state(state_path, config, batch, params)
     for name in rss_methods:
       log(f"{config}: {name}: peak-RSS delta in a fresh subprocess")
       res["methods"][name].setdefault("memory", {}).update(
-          measure_rss_subprocess(state_path, name, threads, args.seed))
+        measure_rss_subprocess(state_path, name, threads, args.seed)
+      )
   for name, m in res["methods"].items():
     mem = m.setdefault("memory", {})
     if name in TORCH_METHODS and "rss_peak_delta_bytes" not in mem:
@@ -673,17 +770,22 @@ def run_model(config: str, args, threads: int, state_dir: str) -> dict[str, Any]
     if "fairjax_exact" in outputs and "backpack_exact" in outputs:
       want = torch_mirror.to_flax_layout(torch_model, outputs["backpack_exact"], group_axis=True)
       agreement["exact_max_rel_err"], agreement["exact_per_leaf_rel_err"] = max_rel_err(
-          outputs["fairjax_exact"], want)
+        outputs["fairjax_exact"], want
+      )
       agreement["exact_max_rel_frobenius"] = rel_frobenius(outputs["fairjax_exact"], want)
-      agreement["exact_definition"] = ("per leaf and group: max|fairjax - BackPACK| / "
-                                       "max|BackPACK| (and ||.||_F / ||BackPACK||_F); max over "
-                                       "leaves and groups")
+      agreement["exact_definition"] = (
+        "per leaf and group: max|fairjax - BackPACK| / "
+        "max|BackPACK| (and ||.||_F / ||BackPACK||_F); max over "
+        "leaves and groups"
+      )
     if "jax_grad" in outputs and "torch_grad" in outputs:
       want = torch_mirror.to_flax_layout(torch_model, outputs["torch_grad"])
       agreement["grad_max_rel_err"] = rel_err_plain(outputs["jax_grad"], want)
-      agreement["note"] = ("float32 yardstick: grad_max_rel_err is how far two float32 "
-                           "gradients of the same network differ; deep random-init nets "
-                           "(VGG-11) give ~1e-3 here in both frameworks vs float64")
+      agreement["note"] = (
+        "float32 yardstick: grad_max_rel_err is how far two float32 "
+        "gradients of the same network differ; deep random-init nets "
+        "(VGG-11) give ~1e-3 here in both frameworks vs float64"
+      )
   for variant in ("grouped", "transformer"):
     other = f"fairjax_exact_generic_{variant}"
     if "fairjax_exact" in outputs and other in outputs:
@@ -699,32 +801,58 @@ def run_model(config: str, args, threads: int, state_dir: str) -> dict[str, Any]
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--models", default="small_cnn,vgg11",
-                 help=f"comma-separated subset of {','.join(MODEL_CONFIGS)}")
-  p.add_argument("--methods", default=",".join(JAX_METHODS + TORCH_METHODS),
-                 help="comma-separated subset of the methods (default: all but "
-                      f"{','.join(OPTIONAL_JAX_METHODS)}, which must be named)")
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    "--models",
+    default="small_cnn,vgg11",
+    help=f"comma-separated subset of {','.join(MODEL_CONFIGS)}",
+  )
+  p.add_argument(
+    "--methods",
+    default=",".join(JAX_METHODS + TORCH_METHODS),
+    help="comma-separated subset of the methods (default: all but "
+    f"{','.join(OPTIONAL_JAX_METHODS)}, which must be named)",
+  )
   p.add_argument("--repeats", type=int, default=7, help="timed runs per method (median)")
   p.add_argument("--warmup", type=int, default=2, help="untimed runs first (>= 1)")
   p.add_argument("--out", default=os.path.join("bench", "results", "curvature_cpu.json"))
-  p.add_argument("--quick", action="store_true",
-                 help="smoke test: 2 repeats, 1 warm-up (numbers are indicative only)")
-  p.add_argument("--threads", type=int, default=None,
-                 help="torch.set_num_threads (default: the cores this process may use)")
+  p.add_argument(
+    "--quick",
+    action="store_true",
+    help="smoke test: 2 repeats, 1 warm-up (numbers are indicative only)",
+  )
+  p.add_argument(
+    "--threads",
+    type=int,
+    default=None,
+    help="torch.set_num_threads (default: the cores this process may use)",
+  )
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--batch", type=int, default=BATCH, help="batch size (both frameworks)")
-  p.add_argument("--precision", choices=("default", "highest"), default="default",
-                 help="highest: full float32 matmuls/convs in both frameworks (no TF32 on GPU); "
-                      "for the agreement check, not the timings users get by default")
-  p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                 help="torch device; JAX uses its default backend (jax.default_backend())")
+  p.add_argument(
+    "--precision",
+    choices=("default", "highest"),
+    default="default",
+    help="highest: full float32 matmuls/convs in both frameworks (no TF32 on GPU); "
+    "for the agreement check, not the timings users get by default",
+  )
+  p.add_argument(
+    "--device",
+    choices=("cpu", "cuda"),
+    default="cpu",
+    help="torch device; JAX uses its default backend (jax.default_backend())",
+  )
   p.add_argument("--no-torch", action="store_true", help="JAX only (no torch/BackPACK)")
-  p.add_argument("--no-torch-rss", action="store_true",
-                 help="skip the per-method torch peak-RSS subprocesses")
-  p.add_argument("--jax-rss", action="store_true",
-                 help="also measure JAX peak-RSS deltas in subprocesses (recompiles each)")
+  p.add_argument(
+    "--no-torch-rss", action="store_true", help="skip the per-method torch peak-RSS subprocesses"
+  )
+  p.add_argument(
+    "--jax-rss",
+    action="store_true",
+    help="also measure JAX peak-RSS deltas in subprocesses (recompiles each)",
+  )
   p.add_argument("--_memory-worker", nargs=2, metavar=("STATE", "METHOD"), help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.quick:
@@ -756,8 +884,9 @@ def main(argv=None) -> None:
       torch.backends.cudnn.allow_tf32 = False
   if args.device == "cuda":
     args.no_torch_rss = True  # host RSS says nothing about GPU memory; cuda peak is recorded
-  threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                             else os.cpu_count())
+  threads = args.threads or (
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  )
   if args._memory_worker:
     memory_worker(args._memory_worker[0], args._memory_worker[1], threads, args.seed)
     return
@@ -766,30 +895,43 @@ def main(argv=None) -> None:
       import backpack  # noqa: F401
       import torch  # noqa: F401
     except ImportError as e:
-      sys.exit(f"torch/BackPACK missing ({e}); install the bench extra (bench/README.md) "
-               "or pass --no-torch")
+      sys.exit(
+        f"torch/BackPACK missing ({e}); install the bench extra (bench/README.md) "
+        "or pass --no-torch"
+      )
     threads_info = setup_torch_threads(threads)
   else:
     threads_info = {}
   threads_info["xla_cpu_threads"] = "XLA default (one intra-op pool over all visible cores)"
   load = os.getloadavg()[0]
   if load > 0.5 * threads:
-    log(f"WARNING: load average {load:.2f} on {threads} cores: timings are unreliable. torch's "
-        "OpenMP threads degrade badly under CPU contention (seen here: 20-40x slower with 2 "
-        "threads on a busy 2-core machine); measure on a quiet machine.")
+    log(
+      f"WARNING: load average {load:.2f} on {threads} cores: timings are unreliable. torch's "
+      "OpenMP threads degrade badly under CPU contention (seen here: 20-40x slower with 2 "
+      "threads on a busy 2-core machine); measure on a quiet machine."
+    )
   results: dict[str, Any] = {
-      "benchmark": "per-group diagonal curvature, fairjax vs BackPACK",
-      "settings": {"torch_device": TORCH_DEVICE, "precision": args.precision, "repeats": args.repeats, "warmup": args.warmup, "quick": args.quick,
-                   "seed": args.seed, "batch": BATCH, "num_classes": NUM_CLASSES,
-                   "num_groups": NUM_GROUPS, "group1_fraction": GROUP1_FRACTION,
-                   "timing": "median of repeats after warm-up; JAX: AOT-compiled executable + "
-                             "block_until_ready; torch CPU is synchronous",
-                   "backpack": "one backward per group on that group's samples, "
-                               "CrossEntropyLoss(reduction='mean'); time = sum over groups",
-                   "hutchinson": "num_samples=1: one Rademacher probe shared by all groups; "
-                                 "per_group_hvp = time / num_groups"},
-      "environment": environment(threads_info),
-      "models": {},
+    "benchmark": "per-group diagonal curvature, fairjax vs BackPACK",
+    "settings": {
+      "torch_device": TORCH_DEVICE,
+      "precision": args.precision,
+      "repeats": args.repeats,
+      "warmup": args.warmup,
+      "quick": args.quick,
+      "seed": args.seed,
+      "batch": BATCH,
+      "num_classes": NUM_CLASSES,
+      "num_groups": NUM_GROUPS,
+      "group1_fraction": GROUP1_FRACTION,
+      "timing": "median of repeats after warm-up; JAX: AOT-compiled executable + "
+      "block_until_ready; torch CPU is synchronous",
+      "backpack": "one backward per group on that group's samples, "
+      "CrossEntropyLoss(reduction='mean'); time = sum over groups",
+      "hutchinson": "num_samples=1: one Rademacher probe shared by all groups; "
+      "per_group_hvp = time / num_groups",
+    },
+    "environment": environment(threads_info),
+    "models": {},
   }
   with tempfile.TemporaryDirectory(prefix="bench_curvature_") as state_dir:
     for config in args.models:
@@ -800,9 +942,11 @@ def main(argv=None) -> None:
   results["markdown"] = table
   write_json_atomic(args.out, results)
   load = results["environment"]["loadavg_at_start"]
-  print(f"## Per-group curvature benchmark ({results['environment']['date_utc']}, "
-        f"{results['environment'].get('cpu_model')}, {threads} threads, load avg at start "
-        f"{load[0]:.2f}{', QUICK: indicative only' if args.quick else ''})")
+  print(
+    f"## Per-group curvature benchmark ({results['environment']['date_utc']}, "
+    f"{results['environment'].get('cpu_model')}, {threads} threads, load avg at start "
+    f"{load[0]:.2f}{', QUICK: indicative only' if args.quick else ''})"
+  )
   print(table)
   log(f"wrote {args.out}")
 

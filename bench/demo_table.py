@@ -39,18 +39,23 @@ _OVERRIDE = flags.DEFINE_multi_string("override", [], "Extra --config.* flags fo
 _ROOT = flags.DEFINE_string("root", "", "Parent of the per-seed workdirs ('' = see docstring).")
 _OUT = flags.DEFINE_string("out", "", "Aggregate JSON ('' = see docstring).")
 _CONTROL = flags.DEFINE_bool(
-    "finetune_control", False,
-    "Also run the fine-tune-only control of a method that fine-tunes after every step "
-    "(snnl_channels, or fairprune & co. with prune.retrain_epochs > 0): same steps, same "
-    "fine-tuning, nothing removed.")
+  "finetune_control",
+  False,
+  "Also run the fine-tune-only control of a method that fine-tunes after every step "
+  "(snnl_channels, or fairprune & co. with prune.retrain_epochs > 0): same steps, same "
+  "fine-tuning, nothing removed.",
+)
 
 
 def _mean_std(values) -> dict:
   kept = np.asarray([float(v) for v in values if v is not None], np.float64)
   if kept.size == 0:
     return {"mean": None, "std": None, "n": 0}
-  return {"mean": float(kept.mean()), "std": float(kept.std(ddof=report.SEED_STD_DDOF)),
-          "n": int(kept.size)}
+  return {
+    "mean": float(kept.mean()),
+    "std": float(kept.std(ddof=report.SEED_STD_DDOF)),
+    "n": int(kept.size),
+  }
 
 
 def _channels_removed(r: dict) -> int | None:
@@ -92,12 +97,19 @@ def finetune_control(results: dict, workdir: str) -> dict:
 
   config = ml_collections.ConfigDict(results["config"])
   p = config.prune
-  if not (p.method == "snnl_channels"
-          or (p.method in _FINETUNING_SCORE_METHODS
-              and (p.get("retrain_epochs", p.get("finetune_epochs")) or 0) > 0)):
-    raise SystemExit("--finetune_control needs runs that fine-tune after every step: "
-                     "snnl_channels, or one of " + ", ".join(_FINETUNING_SCORE_METHODS)
-                     + " with --config.prune.retrain_epochs > 0")
+  if not (
+    p.method == "snnl_channels"
+    or (
+      p.method in _FINETUNING_SCORE_METHODS
+      and (p.get("retrain_epochs", p.get("finetune_epochs")) or 0) > 0
+    )
+  ):
+    raise SystemExit(
+      "--finetune_control needs runs that fine-tune after every step: "
+      "snnl_channels, or one of "
+      + ", ".join(_FINETUNING_SCORE_METHODS)
+      + " with --config.prune.retrain_epochs > 0"
+    )
   data = load_dataset(config.data, workdir=workdir)
   model = pipeline.make_model(config, data)
   dense = pipeline.train_dense(config, model, data, workdir)  # restores the finished run
@@ -111,33 +123,55 @@ def finetune_control(results: dict, workdir: str) -> dict:
   steps = []
   for step in range(1, len(results["steps"])):
     state = train.set_mask(state, mask, reset_opt_state=True)
-    state, _ = train.fit(state, pipeline.epoch_batches(config, data, config.seed * 31 + step),
-                         epochs=method.retrain_epochs(ctx), rng=jax.random.key(step),
-                         log_every=0, donate=False)
+    state, _ = train.fit(
+      state,
+      pipeline.epoch_batches(config, data, config.seed * 31 + step),
+      epochs=method.retrain_epochs(ctx),
+      rng=jax.random.key(step),
+      log_every=0,
+      donate=False,
+    )
     labels, pred, groups = pipeline.predict_split(state, data, "test", config)
-    steps.append({"step": step,
-                  "validation": pipeline.evaluate_split(state, data, "validation", config),
-                  "test": {**pipeline.split_metrics(config, data, labels, pred, groups),
-                           "sparsity": 0.0},
-                  "predictions": pred})
-  eligible = [s for s in steps
-              if dense_val["accuracy"] - s["validation"]["accuracy"] <= p.max_accuracy_drop
-              and s["validation"]["eodd"] is not None]
-  chosen = (min(eligible, key=lambda s: (s["validation"]["eodd"], s["step"])) if eligible
-            else None)
+    steps.append(
+      {
+        "step": step,
+        "validation": pipeline.evaluate_split(state, data, "validation", config),
+        "test": {**pipeline.split_metrics(config, data, labels, pred, groups), "sparsity": 0.0},
+        "predictions": pred,
+      }
+    )
+  eligible = [
+    s
+    for s in steps
+    if dense_val["accuracy"] - s["validation"]["accuracy"] <= p.max_accuracy_drop
+    and s["validation"]["eodd"] is not None
+  ]
+  chosen = min(eligible, key=lambda s: (s["validation"]["eodd"], s["step"])) if eligible else None
   stored = np.load(os.path.join(workdir, pipeline.TEST_PREDICTIONS))
   if not np.array_equal(stored["labels"], labels):
     raise SystemExit(f"{workdir}: test_predictions.npz is not of this run's test split")
   control_pred = stored["dense"] if chosen is None else chosen["predictions"]
   boot = pipeline.paired_bootstrap(
-      config, data, stored["labels"], stored["groups"],
-      {"dense": stored["dense"], "pruned": stored["pruned"], "control": control_pred},
-      pairs=[("pruned", "dense"), ("control", "dense"), ("pruned", "control")])
-  out = {"chosen_step": 0 if chosen is None else chosen["step"],
-         "test": results["dense"] if chosen is None else chosen["test"],
-         "steps": [{"step": s["step"], "val_accuracy": s["validation"]["accuracy"],
-                    "val_eodd": s["validation"]["eodd"]} for s in steps],
-         "bootstrap": boot}
+    config,
+    data,
+    stored["labels"],
+    stored["groups"],
+    {"dense": stored["dense"], "pruned": stored["pruned"], "control": control_pred},
+    pairs=[("pruned", "dense"), ("control", "dense"), ("pruned", "control")],
+  )
+  out = {
+    "chosen_step": 0 if chosen is None else chosen["step"],
+    "test": results["dense"] if chosen is None else chosen["test"],
+    "steps": [
+      {
+        "step": s["step"],
+        "val_accuracy": s["validation"]["accuracy"],
+        "val_eodd": s["validation"]["eodd"],
+      }
+      for s in steps
+    ],
+    "bootstrap": boot,
+  }
   checkpoint.write_json_atomic(path, out)
   return out
 
@@ -145,9 +179,11 @@ def finetune_control(results: dict, workdir: str) -> dict:
 def _difference_cells(row: dict, prefix: str, summary: dict, groups: list[str]) -> None:
   """``<prefix>acc``, ``<prefix>eodd`` and ``<prefix>acc_<g>`` LEAFs (for the mean row) and
   ``..._ci`` text cells of a :func:`fairjax.report.summarize_bootstrap` dict, plus the labels."""
-  leaves = {f"{prefix}acc": summary["accuracy_difference"],
-            f"{prefix}eodd": summary["eodd_difference"],
-            **{f"{prefix}acc_{g}": summary["group_accuracy_difference"][g] for g in groups}}
+  leaves = {
+    f"{prefix}acc": summary["accuracy_difference"],
+    f"{prefix}eodd": summary["eodd_difference"],
+    **{f"{prefix}acc_{g}": summary["group_accuracy_difference"][g] for g in groups},
+  }
   for key, leaf in leaves.items():
     row[key] = leaf["estimate"]
     row[f"{key}_low"], row[f"{key}_high"] = leaf["low"], leaf["high"]
@@ -167,10 +203,15 @@ def _difference_mean(mean_row: dict, rows: list[dict], prefix: str, groups: list
 
 
 def _difference_columns(prefix: str, groups: list[str], what: str) -> list[tuple[str, str]]:
-  return ([(f"{prefix}acc_ci", f"Δacc {what} [CI]")]
-          + [(f"{prefix}acc_{g}_ci", f"Δacc {g} [CI]") for g in groups]
-          + [(f"{prefix}eodd_ci", "ΔEodd [CI]"), (f"{prefix}mechanism", "mechanism (acc)"),
-             (f"{prefix}mechanism_macro_f1", "mechanism (macro-F1)")])
+  return (
+    [(f"{prefix}acc_ci", f"Δacc {what} [CI]")]
+    + [(f"{prefix}acc_{g}_ci", f"Δacc {g} [CI]") for g in groups]
+    + [
+      (f"{prefix}eodd_ci", "ΔEodd [CI]"),
+      (f"{prefix}mechanism", "mechanism (acc)"),
+      (f"{prefix}mechanism_macro_f1", "mechanism (macro-F1)"),
+    ]
+  )
 
 
 def main(argv):
@@ -184,8 +225,18 @@ def main(argv):
     workdir = os.path.join(root, f"seed{seed}")
     print(f"seed {seed}: {workdir}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fairjax.main", f"--config={_CONFIG.value}",
-                    f"--workdir={workdir}", f"--config.seed={seed}", *extra], check=True)
+    subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "fairjax.main",
+        f"--config={_CONFIG.value}",
+        f"--workdir={workdir}",
+        f"--config.seed={seed}",
+        *extra,
+      ],
+      check=True,
+    )
     seconds.append(time.perf_counter() - start)  # near 0 for a seed that was already finished
     results.append(checkpoint.read_json(os.path.join(workdir, "results.json")))
   agg = report.aggregate_seeds(results)
@@ -193,11 +244,18 @@ def main(argv):
   snnl = all(r.get("slimming") for r in results)
   rows = []
   for seed, r in zip(_SEEDS.value, results):
-    row = {"seed": seed, "dense_acc": r["dense"]["accuracy"], "pruned_acc": r["pruned"]["accuracy"],
-           "dense_eodd": r["dense"]["eodd"], "pruned_eodd": r["pruned"]["eodd"],
-           "sparsity": r["pruned"]["sparsity"], "step": r["chosen_step"],
-           "eodd_reduction": r["summary"]["eodd_reduction"],
-           "accuracy_drop": r["summary"]["accuracy_drop"], "run_wall_s": r["wall_seconds"]}
+    row = {
+      "seed": seed,
+      "dense_acc": r["dense"]["accuracy"],
+      "pruned_acc": r["pruned"]["accuracy"],
+      "dense_eodd": r["dense"]["eodd"],
+      "pruned_eodd": r["pruned"]["eodd"],
+      "sparsity": r["pruned"]["sparsity"],
+      "step": r["chosen_step"],
+      "eodd_reduction": r["summary"]["eodd_reduction"],
+      "accuracy_drop": r["summary"]["accuracy_drop"],
+      "run_wall_s": r["wall_seconds"],
+    }
     for g in groups:
       row[f"dense_acc_{g}"] = r["dense"]["group_accuracy"][g]
       row[f"pruned_acc_{g}"] = r["pruned"]["group_accuracy"][g]
@@ -213,15 +271,20 @@ def main(argv):
         row[f"control_acc_{g}"] = control["test"]["group_accuracy"][g]
       row["control_step"] = control["chosen_step"]
       for prefix, pair in (("cd_", "control - dense"), ("pc_", "pruned - control")):
-        _difference_cells(row, prefix, report.summarize_bootstrap(control["bootstrap"], pair),
-                          groups)
+        _difference_cells(
+          row, prefix, report.summarize_bootstrap(control["bootstrap"], pair), groups
+        )
     rows.append(row)
   mean_row = {"seed": "mean ± std", "step": ""}
-  for key, (part, metric) in {"dense_acc": ("dense", "accuracy"), "pruned_acc": ("pruned", "accuracy"),
-                              "dense_eodd": ("dense", "eodd"), "pruned_eodd": ("pruned", "eodd"),
-                              "sparsity": ("pruned", "sparsity"),
-                              "eodd_reduction": ("summary", "eodd_reduction"),
-                              "accuracy_drop": ("summary", "accuracy_drop")}.items():
+  for key, (part, metric) in {
+    "dense_acc": ("dense", "accuracy"),
+    "pruned_acc": ("pruned", "accuracy"),
+    "dense_eodd": ("dense", "eodd"),
+    "pruned_eodd": ("pruned", "eodd"),
+    "sparsity": ("pruned", "sparsity"),
+    "eodd_reduction": ("summary", "eodd_reduction"),
+    "accuracy_drop": ("summary", "accuracy_drop"),
+  }.items():
     mean_row[key] = agg[part][metric]
   for g in groups:
     mean_row[f"dense_acc_{g}"] = agg["dense"]["group_accuracy"][g]
@@ -239,42 +302,64 @@ def main(argv):
     _difference_mean(mean_row, rows, "cd_", groups)
     _difference_mean(mean_row, rows, "pc_", groups)
   rows.append(mean_row)
-  columns = [("seed", "seed"), ("dense_acc", "dense acc"), ("pruned_acc", "pruned acc"),
-             ("accuracy_drop", "acc drop")]
+  columns = [
+    ("seed", "seed"),
+    ("dense_acc", "dense acc"),
+    ("pruned_acc", "pruned acc"),
+    ("accuracy_drop", "acc drop"),
+  ]
   for g in groups:
     columns += [(f"dense_acc_{g}", f"dense acc {g}"), (f"pruned_acc_{g}", f"pruned acc {g}")]
-  columns += [("dense_eodd", "dense Eodd"), ("pruned_eodd", "pruned Eodd"),
-              ("eodd_reduction", "Eodd reduction"), ("sparsity", "sparsity")]
+  columns += [
+    ("dense_eodd", "dense Eodd"),
+    ("pruned_eodd", "pruned Eodd"),
+    ("eodd_reduction", "Eodd reduction"),
+    ("sparsity", "sparsity"),
+  ]
   if snnl:
     layers = ", ".join(results[0]["slimming"]["channels"])
     total = sum(c["total"] for c in results[0]["slimming"]["channels"].values())
-    columns += [("channels_removed", f"channels removed ({layers}, of {total})"),
-                ("speedup", "speedup slim/masked")]
+    columns += [
+      ("channels_removed", f"channels removed ({layers}, of {total})"),
+      ("speedup", "speedup slim/masked"),
+    ]
   columns += [("step", "chosen step")]
   table = report.markdown_table(rows, columns)
   differences_table = report.markdown_table(
-      rows, [("seed", "seed")] + _difference_columns("d_", groups, "pruned − dense"))
+    rows, [("seed", "seed")] + _difference_columns("d_", groups, "pruned − dense")
+  )
   control_table = control_differences = None
   if _CONTROL.value:
     control_table = report.markdown_table(
-        rows, [("seed", "seed"), ("control_acc", "fine-tune-only acc")]
-        + [(f"control_acc_{g}", f"fine-tune-only acc {g}") for g in groups]
-        + [("control_eodd", "fine-tune-only Eodd"), ("control_step", "chosen step")])
+      rows,
+      [("seed", "seed"), ("control_acc", "fine-tune-only acc")]
+      + [(f"control_acc_{g}", f"fine-tune-only acc {g}") for g in groups]
+      + [("control_eodd", "fine-tune-only Eodd"), ("control_step", "chosen step")],
+    )
     control_differences = report.markdown_table(
-        rows, [("seed", "seed")] + _difference_columns("cd_", groups, "control − dense")
-        + _difference_columns("pc_", groups, "pruned − control"))
+      rows,
+      [("seed", "seed")]
+      + _difference_columns("cd_", groups, "control − dense")
+      + _difference_columns("pc_", groups, "pruned − control"),
+    )
   boot = results[0]["bootstrap"]
-  interval_note = (f"Δ: paired differences on the same test samples with "
-                   f"{100 * boot['confidence']:g}% group-stratified bootstrap percentile "
-                   f"intervals ({boot['num_samples']} resamples, seed {boot['seed']}); mean row: "
-                   "mean ± population std of the estimates over seeds, (↓a ↑b) = seeds whose "
-                   "interval lies wholly below / above 0; mechanism: labels counted over seeds")
-  header = (f"{results[0]['method']} on {results[0]['dataset']['name']}, test split, "
-            f"Eodd convention: {results[0]['fairness_convention']}")
+  interval_note = (
+    f"Δ: paired differences on the same test samples with "
+    f"{100 * boot['confidence']:g}% group-stratified bootstrap percentile "
+    f"intervals ({boot['num_samples']} resamples, seed {boot['seed']}); mean row: "
+    "mean ± population std of the estimates over seeds, (↓a ↑b) = seeds whose "
+    "interval lies wholly below / above 0; mechanism: labels counted over seeds"
+  )
+  header = (
+    f"{results[0]['method']} on {results[0]['dataset']['name']}, test split, "
+    f"Eodd convention: {results[0]['fairness_convention']}"
+  )
   if snnl:
     s = results[0]["slimming"]
-    header += (f"; speedup: median of {s['speedup_repeats']} jitted forwards, batch "
-               f"{s['speedup_batch_size']}, {s['device']}")
+    header += (
+      f"; speedup: median of {s['speedup_repeats']} jitted forwards, batch "
+      f"{s['speedup_batch_size']}, {s['device']}"
+    )
   print(header)
   print(table)
   print(f"\nPaired differences, test split. {interval_note}:")
@@ -284,18 +369,30 @@ def main(argv):
     print(control_table)
     print("\nFine-tune-only control: paired differences (control − dense; pruned − control):")
     print(control_differences)
-  print(f"run wall time per seed (s): {[round(r['run_wall_s'], 1) for r in rows[:-1]]}; "
-        f"this invocation: {sum(seconds):.0f} s")
+  print(
+    f"run wall time per seed (s): {[round(r['run_wall_s'], 1) for r in rows[:-1]]}; "
+    f"this invocation: {sum(seconds):.0f} s"
+  )
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-  checkpoint.write_json_atomic(out, {"config": _CONFIG.value, "method": results[0]["method"],
-                                     "overrides": extra, "seeds": _SEEDS.value,
-                                     "per_seed": rows[:-1], "aggregate": agg,
-                                     "mean_row": rows[-1], "header": header, "table": table,
-                                     "differences_table": differences_table,
-                                     "interval_note": interval_note,
-                                     "control_table": control_table,
-                                     "control_differences_table": control_differences,
-                                     "invocation_seconds": seconds})
+  checkpoint.write_json_atomic(
+    out,
+    {
+      "config": _CONFIG.value,
+      "method": results[0]["method"],
+      "overrides": extra,
+      "seeds": _SEEDS.value,
+      "per_seed": rows[:-1],
+      "aggregate": agg,
+      "mean_row": rows[-1],
+      "header": header,
+      "table": table,
+      "differences_table": differences_table,
+      "interval_note": interval_note,
+      "control_table": control_table,
+      "control_differences_table": control_differences,
+      "invocation_seconds": seconds,
+    },
+  )
 
 
 if __name__ == "__main__":

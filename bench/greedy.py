@@ -67,19 +67,28 @@ def compile_seconds(impl: str, num_groups: int, n: int) -> float:
     if impl == "old":
       m = greedy_old._bucket(n)
       fn = greedy_old._greedy_loop
-      shapes = (jax.ShapeDtypeStruct((num_groups, m), np.int32),
-                jax.ShapeDtypeStruct((m, num_groups), np.int32),
-                jax.ShapeDtypeStruct((m, num_groups), np.float64),
-                jax.ShapeDtypeStruct((), np.int32), jax.ShapeDtypeStruct((), np.int32))
+      shapes = (
+        jax.ShapeDtypeStruct((num_groups, m), np.int32),
+        jax.ShapeDtypeStruct((m, num_groups), np.int32),
+        jax.ShapeDtypeStruct((m, num_groups), np.float64),
+        jax.ShapeDtypeStruct((), np.int32),
+        jax.ShapeDtypeStruct((), np.int32),
+      )
     else:
       chunk = min(fairgrape._CHUNK, 1 << (n - 1).bit_length())
       width = num_groups + num_groups % 2 + 2 * num_groups
       fn = fairgrape._greedy_chunk
       vec = jax.ShapeDtypeStruct((num_groups,), np.int32)
       scalar = jax.ShapeDtypeStruct((), np.int32)
-      shapes = (jax.ShapeDtypeStruct((num_groups, chunk + fairgrape._WINDOW, width), np.int32),
-                vec, vec, jax.ShapeDtypeStruct((num_groups,), np.float64), scalar, scalar,
-                scalar)
+      shapes = (
+        jax.ShapeDtypeStruct((num_groups, chunk + fairgrape._WINDOW, width), np.int32),
+        vec,
+        vec,
+        jax.ShapeDtypeStruct((num_groups,), np.float64),
+        scalar,
+        scalar,
+        scalar,
+      )
     start = time.perf_counter()
     fn.lower(*shapes).compile()
     return time.perf_counter() - start
@@ -87,19 +96,30 @@ def compile_seconds(impl: str, num_groups: int, n: int) -> float:
 
 def summary(pairs: list[tuple[float, float]]) -> dict[str, Any]:
   walls, cpus = [p[0] for p in pairs], [p[1] for p in pairs]
-  return {"median": statistics.median(walls), "cpu_median": statistics.median(cpus),
-          "all": walls, "cpu_all": cpus}
+  return {
+    "median": statistics.median(walls),
+    "cpu_median": statistics.median(cpus),
+    "all": walls,
+    "cpu_all": cpus,
+  }
 
 
-def bench_groups(num_groups: int, impls: list[str], repeats: int, ref_n: int,
-                 seed: int, threads: int | None = None) -> dict[str, Any]:
+def bench_groups(
+  num_groups: int, impls: list[str], repeats: int, ref_n: int, seed: int, threads: int | None = None
+) -> dict[str, Any]:
   rng = np.random.default_rng(seed)
   imp = rng.lognormal(size=(num_groups, FULL_N))
   keep = int(KEEP_FRACTION * FULL_N)
-  selects = {"new": functools.partial(fairgrape.greedy_select, threads=threads),
-             "old": greedy_old.greedy_select}
-  out: dict[str, Any] = {"num_groups": num_groups, "n": FULL_N, "keep": keep,
-                         "threads_new": fairgrape._workers(threads)}
+  selects = {
+    "new": functools.partial(fairgrape.greedy_select, threads=threads),
+    "old": greedy_old.greedy_select,
+  }
+  out: dict[str, Any] = {
+    "num_groups": num_groups,
+    "n": FULL_N,
+    "keep": keep,
+    "threads_new": fairgrape._workers(threads),
+  }
   kept = {}
   for impl in impls:
     out[f"compile_loop_{impl}_s"] = compile_seconds(impl, num_groups, FULL_N)
@@ -112,9 +132,9 @@ def bench_groups(num_groups: int, impls: list[str], repeats: int, ref_n: int,
     log(f"G={num_groups}: same kept set new/old: {out['same_kept_set_new_old']}")
 
   floor = {
-      "argsort": lambda: [np.argsort(-row, kind="quicksort") for row in imp],
-      "packed_sort": lambda: [fairgrape._stream_order(row) for row in imp],
-      "sort_values_only": lambda: [np.sort(row) for row in imp],
+    "argsort": lambda: [np.argsort(-row, kind="quicksort") for row in imp],
+    "packed_sort": lambda: [fairgrape._stream_order(row) for row in imp],
+    "sort_values_only": lambda: [np.sort(row) for row in imp],
   }
   times: dict[str, list[tuple[float, float]]] = {k: [] for k in [*impls, *floor]}
   for r in range(repeats):
@@ -122,8 +142,9 @@ def bench_groups(num_groups: int, impls: list[str], repeats: int, ref_n: int,
       times[impl].append(timed(lambda: selects[impl](imp, keep)))
     for name, fn in floor.items():
       times[name].append(timed(fn))
-    log(f"G={num_groups} repeat {r}: " + ", ".join(f"{k} {v[-1][0]:.3f}s"
-                                                   for k, v in times.items()))
+    log(
+      f"G={num_groups} repeat {r}: " + ", ".join(f"{k} {v[-1][0]:.3f}s" for k, v in times.items())
+    )
   for impl in impls:
     out[impl] = summary(times[impl])
   out["sort_floor_1_thread"] = {name: summary(times[name]) for name in floor}
@@ -131,20 +152,27 @@ def bench_groups(num_groups: int, impls: list[str], repeats: int, ref_n: int,
     out["ratio_new_over_old"] = out["new"]["median"] / out["old"]["median"]
     out["ratio_new_over_old_cpu"] = out["new"]["cpu_median"] / out["old"]["cpu_median"]
     out["ratio_new_over_old_paired_median"] = statistics.median(
-        n / o for (n, _), (o, _) in zip(times["new"], times["old"]))
+      n / o for (n, _), (o, _) in zip(times["new"], times["old"])
+    )
 
   small = imp[:, :ref_n]
   small_keep = int(KEEP_FRACTION * ref_n)
-  ref_s, _ = timed(lambda: kept.__setitem__(
-      "ref", fairgrape.greedy_select_reference(small, small_keep)))
+  ref_s, _ = timed(
+    lambda: kept.__setitem__("ref", fairgrape.greedy_select_reference(small, small_keep))
+  )
   per_kept = ref_s / small_keep
   out["reference_small"] = {
-      "n": ref_n, "keep": small_keep, "seconds": ref_s, "seconds_per_kept_weight": per_kept,
-      "same_kept_set_as_new": bool(np.array_equal(
-          kept["ref"], selects["new"](small, small_keep)))}
+    "n": ref_n,
+    "keep": small_keep,
+    "seconds": ref_s,
+    "seconds_per_kept_weight": per_kept,
+    "same_kept_set_as_new": bool(np.array_equal(kept["ref"], selects["new"](small, small_keep))),
+  }
   out["reference_extrapolated_full_s"] = per_kept * keep
-  log(f"G={num_groups}: reference {ref_s:.2f}s on n={ref_n}, same set as new: "
-      f"{out['reference_small']['same_kept_set_as_new']}")
+  log(
+    f"G={num_groups}: reference {ref_s:.2f}s on n={ref_n}, same set as new: "
+    f"{out['reference_small']['same_kept_set_as_new']}"
+  )
   return out
 
 
@@ -153,8 +181,10 @@ def markdown(results: dict[str, Any]) -> str:
   head = ["G"] + [f"{i} median s (cpu s)" for i in impls]
   if len(impls) == 2:
     head.append("new/old")
-  head += ["1-thread sort floor s: argsort / packed / values only",
-           f"reference, EXTRAPOLATED from n={results['ref_n']} (s)"]
+  head += [
+    "1-thread sort floor s: argsort / packed / values only",
+    f"reference, EXTRAPOLATED from n={results['ref_n']} (s)",
+  ]
   rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in results["results"]:
     cells = [str(r["num_groups"])]
@@ -162,8 +192,10 @@ def markdown(results: dict[str, Any]) -> str:
     if len(impls) == 2:
       cells.append(f"{r['ratio_new_over_old']:.2f}")
     f = r["sort_floor_1_thread"]
-    cells.append(f"{f['argsort']['median']:.3f} / {f['packed_sort']['median']:.3f} / "
-                 f"{f['sort_values_only']['median']:.3f}")
+    cells.append(
+      f"{f['argsort']['median']:.3f} / {f['packed_sort']['median']:.3f} / "
+      f"{f['sort_values_only']['median']:.3f}"
+    )
     cells.append(f"{r['reference_extrapolated_full_s']:.1f}")
     rows.append("| " + " | ".join(cells) + " |")
   return "\n".join(rows)
@@ -174,8 +206,12 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--impl", choices=("both", "new", "old"), default="both")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--groups", default="2,4,8")
-  parser.add_argument("--threads", type=int, default=None,
-                      help="worker threads of the new version (default: usable CPU cores)")
+  parser.add_argument(
+    "--threads",
+    type=int,
+    default=None,
+    help="worker threads of the new version (default: usable CPU cores)",
+  )
   parser.add_argument("--ref-n", type=int, default=20_000)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--quick", action="store_true", help="2 repeats, reference on 5,000")
@@ -188,28 +224,33 @@ def main(argv: list[str] | None = None) -> None:
       parser.error(f"--threads must be >= 1, got {args.threads}")
   impls = ["old", "new"] if args.impl == "both" else [args.impl]
   results: dict[str, Any] = {
-      "benchmark": "FairGRAPE greedy selection: fairjax new vs old vs the plain Python loop",
-      "impls": impls, "ref_n": args.ref_n, "keep_fraction": KEEP_FRACTION,
-      "repeats": args.repeats,
-      "importance": "lognormal(0, 1), independent per group and weight",
-      "timing": "old and new interleaved in one process, medians; cpu = process CPU time "
-                "summed over threads",
-      "note": "reference_extrapolated_full_s is an extrapolation (per-kept-weight cost on "
-              "ref_n weights times the full keep), not a measurement",
-      "environment": environment(),
-      "results": [],
+    "benchmark": "FairGRAPE greedy selection: fairjax new vs old vs the plain Python loop",
+    "impls": impls,
+    "ref_n": args.ref_n,
+    "keep_fraction": KEEP_FRACTION,
+    "repeats": args.repeats,
+    "importance": "lognormal(0, 1), independent per group and weight",
+    "timing": "old and new interleaved in one process, medians; cpu = process CPU time "
+    "summed over threads",
+    "note": "reference_extrapolated_full_s is an extrapolation (per-kept-weight cost on "
+    "ref_n weights times the full keep), not a measurement",
+    "environment": environment(),
+    "results": [],
   }
   for num_groups in (int(g) for g in args.groups.split(",")):
-    results["results"].append(bench_groups(num_groups, impls, args.repeats, args.ref_n,
-                                           args.seed, args.threads))
+    results["results"].append(
+      bench_groups(num_groups, impls, args.repeats, args.ref_n, args.seed, args.threads)
+    )
     results["environment"]["loadavg_at_end"] = list(os.getloadavg())
     write_json_atomic(args.out, results)
   results["markdown"] = markdown(results)
   write_json_atomic(args.out, results)
   load = results["environment"]["loadavg_at_start"]
   end = results["environment"]["loadavg_at_end"]
-  print(f"## FairGRAPE greedy ({results['environment']['date_utc']}, load average "
-        f"{load[0]:.2f} at start, {end[0]:.2f} at end, on {os.cpu_count()} cores)\n")
+  print(
+    f"## FairGRAPE greedy ({results['environment']['date_utc']}, load average "
+    f"{load[0]:.2f} at start, {end[0]:.2f} at end, on {os.cpu_count()} cores)\n"
+  )
   print(results["markdown"])
 
 

@@ -58,10 +58,12 @@ def measure(num_groups: int, n: int, samples: int, horizon: int = 200) -> str:
       length += 1
     agree.append(length)
   agree = np.array(agree)
-  return (f"G={num_groups} n={n}: {len(seq)} new picks, {sum(ptr)} stream steps; same-group "
-          f"run length mean {runs.mean():.2f} (max {runs.max()}); merge prediction correct "
-          f"for mean {agree.mean():.2f}, median {np.median(agree):.0f}, 90th percentile "
-          f"{np.percentile(agree, 90):.0f} picks")
+  return (
+    f"G={num_groups} n={n}: {len(seq)} new picks, {sum(ptr)} stream steps; same-group "
+    f"run length mean {runs.mean():.2f} (max {runs.max()}); merge prediction correct "
+    f"for mean {agree.mean():.2f}, median {np.median(agree):.0f}, 90th percentile "
+    f"{np.percentile(agree, 90):.0f} picks"
+  )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 
-
 def _stream_orders(imp: np.ndarray) -> np.ndarray:
   """``int32 [G, m]``: each row's indices by decreasing importance, ties by increasing index.
 
@@ -35,8 +34,9 @@ def _stream_orders(imp: np.ndarray) -> np.ndarray:
 
 
 @jax.jit
-def _greedy_loop(order: jax.Array, pos: jax.Array, step: jax.Array, first: jax.Array,
-                 keep: jax.Array) -> jax.Array:
+def _greedy_loop(
+  order: jax.Array, pos: jax.Array, step: jax.Array, first: jax.Array, keep: jax.Array
+) -> jax.Array:
   """The step rule of the module docstring; returns ``bool [m]`` (run under ``enable_x64``).
 
   ``order [G, m]`` streams, ``pos [m, G]`` position of each weight in each stream, ``step

@@ -61,8 +61,9 @@ GPU_THROUGHPUT_JSON = os.path.join("bench", "results", "throughput_gpu.json")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # As in tests/test_data_tfds.py: $FAIRJAX_SHARED_DATA, else ../shared/data next to the checkout.
 DEFAULT_CSV_DIR = os.path.join(
-    os.environ.get("FAIRJAX_SHARED_DATA", os.path.join(os.path.dirname(_REPO), "shared", "data")),
-    "isic2019")
+  os.environ.get("FAIRJAX_SHARED_DATA", os.path.join(os.path.dirname(_REPO), "shared", "data")),
+  "isic2019",
+)
 
 
 def log(msg: str) -> None:
@@ -96,8 +97,7 @@ def _octave_noise(rng: np.random.Generator, width: int, height: int) -> np.ndarr
   return out / 1.2
 
 
-def synth_dermoscopy_jpeg(rng: np.random.Generator, width: int, height: int,
-                          quality: int) -> bytes:
+def synth_dermoscopy_jpeg(rng: np.random.Generator, width: int, height: int, quality: int) -> bytes:
   """A dermoscopy-like RGB JPEG of ``width`` x ``height``: shaded skin, a lesion, hairs."""
   from PIL import Image, ImageDraw
 
@@ -128,8 +128,9 @@ def synth_dermoscopy_jpeg(rng: np.random.Generator, width: int, height: int,
   return buf.getvalue()
 
 
-def make_manual_dir(root: str, csv_dir: str, num_rows: int, size: tuple[int, int],
-                    quality: int, seed: int) -> dict[str, Any]:
+def make_manual_dir(
+  root: str, csv_dir: str, num_rows: int, size: tuple[int, int], quality: int, seed: int
+) -> dict[str, Any]:
   """Writes ``root`` as an ISIC manual_dir (first ``num_rows`` real CSV rows, synthetic JPEGs);
   returns a description. Reuses it when it is complete."""
   from fairjax.data import isic2019 as isic
@@ -158,9 +159,14 @@ def make_manual_dir(root: str, csv_dir: str, num_rows: int, size: tuple[int, int
         f.write(data)
       os.replace(path + ".tmp", path)
     sizes.append(os.path.getsize(path))
-  return {"rows": len(gt), "source_image_wh": list(size), "source_jpeg_quality": quality,
-          "source_mean_bytes": float(np.mean(sizes)), "synth_s": time.perf_counter() - t0,
-          "csv_dir": csv_dir}
+  return {
+    "rows": len(gt),
+    "source_image_wh": list(size),
+    "source_jpeg_quality": quality,
+    "source_mean_bytes": float(np.mean(sizes)),
+    "synth_s": time.perf_counter() - t0,
+    "csv_dir": csv_dir,
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,8 +190,16 @@ class CycledSource:
     return self._base[int(index) % self._n]
 
 
-def time_epoch(source: Any, *, image_size: int, augment: str, worker_count: int, batch: int,
-               seed: int, skip: int = 2) -> dict[str, float]:
+def time_epoch(
+  source: Any,
+  *,
+  image_size: int,
+  augment: str,
+  worker_count: int,
+  batch: int,
+  seed: int,
+  skip: int = 2,
+) -> dict[str, float]:
   """One pass of ``train_batches``: images/s from batch ``skip`` to the last one.
 
   ``worker_count`` -1 = in-process with this process pinned to ONE core (grain's reader
@@ -199,8 +213,14 @@ def time_epoch(source: Any, *, image_size: int, augment: str, worker_count: int,
     os.sched_setaffinity(0, {min(affinity)})
   try:
     t0 = time.perf_counter()
-    it = train_batches(source, batch_size=batch, image_size=image_size, seed=seed,
-                       augment=augment, worker_count=max(0, worker_count))
+    it = train_batches(
+      source,
+      batch_size=batch,
+      image_size=image_size,
+      seed=seed,
+      augment=augment,
+      worker_count=max(0, worker_count),
+    )
     for _ in range(skip):
       first = next(it)
       assert first["image"].shape == (batch, image_size, image_size, 3)
@@ -227,12 +247,16 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--stored-sizes", default="128,224,256,448")
   p.add_argument("--image-sizes", default="128,224")
-  p.add_argument("--workers", default="0,1,2",
-                 help="-1 = in-process pinned to one core, 0 = in-process, k = k workers")
+  p.add_argument(
+    "--workers",
+    default="0,1,2",
+    help="-1 = in-process pinned to one core, 0 = in-process, k = k workers",
+  )
   p.add_argument("--augment", default="flip_crop", choices=("none", "flip", "flip_crop"))
   p.add_argument("--batch", type=int, default=64, help="train.batch_size of configs/isic.py")
-  p.add_argument("--batches", type=int, default=12,
-                 help="batches per pass (the first 2 are not timed)")
+  p.add_argument(
+    "--batches", type=int, default=12, help="batches per pass (the first 2 are not timed)"
+  )
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--num-rows", type=int, default=160, help="CSV rows of the synthetic build")
   p.add_argument("--source-size", default="1024,768", help="synthetic JPEG width,height")
@@ -243,19 +267,29 @@ def main(argv=None) -> None:
   p.add_argument("--step-steps", type=int, default=2)
   p.add_argument("--step-repeats", type=int, default=2)
   p.add_argument("--no-step", action="store_true", help="do not time the train step")
-  p.add_argument("--step-images-per-s", type=float, default=None,
-                 help="also size the workers for this train-step rate (measured elsewhere)")
+  p.add_argument(
+    "--step-images-per-s",
+    type=float,
+    default=None,
+    help="also size the workers for this train-step rate (measured elsewhere)",
+  )
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--quick", action="store_true",
-                 help="smoke test: stored 128,256, image 128, workers 0,1, 2 repeats")
+  p.add_argument(
+    "--quick",
+    action="store_true",
+    help="smoke test: stored 128,256, image 128, workers 0,1, 2 repeats",
+  )
   p.add_argument("--out", default=os.path.join("bench", "results", "input_pipeline_cpu.json"))
   args = p.parse_args(argv)
   if args.quick:
     args.stored_sizes, args.image_sizes, args.workers = "128,256", "128", "0,1"
     args.repeats, args.batches, args.num_rows = 2, 6, 64
     args.step_batch, args.step_steps, args.step_repeats = 8, 1, 1
-  stored_sizes, image_sizes, workers = (_ints(args.stored_sizes), _ints(args.image_sizes),
-                                        _ints(args.workers))
+  stored_sizes, image_sizes, workers = (
+    _ints(args.stored_sizes),
+    _ints(args.image_sizes),
+    _ints(args.workers),
+  )
   pairs = [(s, i) for s in stored_sizes for i in image_sizes if s >= i]
   if not pairs:
     p.error("no stored size >= an image size")
@@ -265,43 +299,63 @@ def main(argv=None) -> None:
 
   from fairjax.data import pipeline, tfds_common
 
-  manual = os.path.join(args.workdir, f"manual_{args.num_rows}_{source_wh[0]}x{source_wh[1]}"
-                        f"_q{args.source_quality}")
+  manual = os.path.join(
+    args.workdir, f"manual_{args.num_rows}_{source_wh[0]}x{source_wh[1]}_q{args.source_quality}"
+  )
   log(f"synthesising {args.num_rows} JPEGs {source_wh} in {manual}")
-  data_info = make_manual_dir(manual, args.csv_dir, args.num_rows, source_wh,
-                              args.source_quality, args.seed)
+  data_info = make_manual_dir(
+    manual, args.csv_dir, args.num_rows, source_wh, args.source_quality, args.seed
+  )
   sources, builds = {}, {}
   for size in stored_sizes:
     t0 = time.perf_counter()
-    base = tfds_common.load_source("isic2019", "train", manual_dir=manual,
-                                   data_dir=os.path.join(manual, "tfds"), image_size=size)
+    base = tfds_common.load_source(
+      "isic2019", "train", manual_dir=manual, data_dir=os.path.join(manual, "tfds"), image_size=size
+    )
     labels, groups = pipeline.scan_labels(base)
     sources[size] = CycledSource(base, args.batch * args.batches, labels, groups)
-    builds[size] = {"records": len(base), "build_or_open_s": time.perf_counter() - t0,
-                    "stored_mean_record_bytes": stored_bytes(base)}
+    builds[size] = {
+      "records": len(base),
+      "build_or_open_s": time.perf_counter() - t0,
+      "stored_mean_record_bytes": stored_bytes(base),
+    }
     log(f"stored {size}: {builds[size]}")
 
   results: dict[str, Any] = {
-      "benchmark": "grain input pipeline (array_record, decode, resize/augment, normalise) vs "
-                   "train step",
-      "settings": vars(args) | {"pairs": pairs, "workers": workers},
-      "environment": env | {"uptime_before": uptime_before, "loadavg_before": load_before},
-      "data": data_info | {"builds": builds},
-      "runs": [],
+    "benchmark": "grain input pipeline (array_record, decode, resize/augment, normalise) vs "
+    "train step",
+    "settings": vars(args) | {"pairs": pairs, "workers": workers},
+    "environment": env | {"uptime_before": uptime_before, "loadavg_before": load_before},
+    "data": data_info | {"builds": builds},
+    "runs": [],
   }
   # One warm-up pass (lazy imports, first decodes), not recorded.
   size, image_size = pairs[0]
-  time_epoch(sources[size], image_size=image_size, augment=args.augment, worker_count=0,
-             batch=args.batch, seed=args.seed)
+  time_epoch(
+    sources[size],
+    image_size=image_size,
+    augment=args.augment,
+    worker_count=0,
+    batch=args.batch,
+    seed=args.seed,
+  )
   for rep in range(args.repeats):
     for size, image_size in pairs:
       for wc in workers:
-        r = time_epoch(sources[size], image_size=image_size, augment=args.augment,
-                       worker_count=wc, batch=args.batch, seed=args.seed + rep)
+        r = time_epoch(
+          sources[size],
+          image_size=image_size,
+          augment=args.augment,
+          worker_count=wc,
+          batch=args.batch,
+          seed=args.seed + rep,
+        )
         r |= {"stored": size, "image_size": image_size, "workers": wc, "repeat": rep}
         results["runs"].append(r)
-        log(f"rep {rep} stored {size} -> {image_size}, workers {wc}: "
-            f"{r['images_per_s']:.0f} images/s (start-up {r['startup_s']:.1f} s)")
+        log(
+          f"rep {rep} stored {size} -> {image_size}, workers {wc}: "
+          f"{r['images_per_s']:.0f} images/s (start-up {r['startup_s']:.1f} s)"
+        )
     write_json_atomic(args.out, results)
 
   steps: dict[int, dict[str, Any]] = {}
@@ -311,12 +365,22 @@ def main(argv=None) -> None:
     for image_size in sorted({i for _, i in pairs}):
       log(f"train step {ISIC_MODEL[0]} {image_size}x{image_size} batch {args.step_batch}")
       rates, compile_s, _ = jax_images_per_s(
-          "isic_protocol", args.step_batch, args.step_steps, args.step_repeats, args.seed,
-          spec=(ISIC_MODEL[0], ISIC_MODEL[1], (image_size, image_size)))
-      steps[image_size] = {"model": ISIC_MODEL[0], "model_kwargs": ISIC_MODEL[1],
-                           "batch": args.step_batch, "steps": args.step_steps,
-                           "images_per_s": rates, "median": statistics.median(rates),
-                           "compile_s": compile_s}
+        "isic_protocol",
+        args.step_batch,
+        args.step_steps,
+        args.step_repeats,
+        args.seed,
+        spec=(ISIC_MODEL[0], ISIC_MODEL[1], (image_size, image_size)),
+      )
+      steps[image_size] = {
+        "model": ISIC_MODEL[0],
+        "model_kwargs": ISIC_MODEL[1],
+        "batch": args.step_batch,
+        "steps": args.step_steps,
+        "images_per_s": rates,
+        "median": statistics.median(rates),
+        "compile_s": compile_s,
+      }
   external: dict[str, tuple[int, float]] = {}
   if args.step_images_per_s:
     external["--step-images-per-s"] = (0, args.step_images_per_s)
@@ -324,16 +388,20 @@ def main(argv=None) -> None:
     gpu = common_read_json(GPU_THROUGHPUT_JSON)
     for name, m in gpu.get("models", {}).items():
       if m["image_hw"][0] in image_sizes and m["image_hw"][0] == m["image_hw"][1]:
-        external[f"{GPU_THROUGHPUT_JSON}: {name} batch {m['batch']} "
-                 f"({gpu['environment'].get('date_utc', '?')}, other machine)"] = (
-                     m["image_hw"][0], m["fairjax_median"])
+        external[
+          f"{GPU_THROUGHPUT_JSON}: {name} batch {m['batch']} "
+          f"({gpu['environment'].get('date_utc', '?')}, other machine)"
+        ] = (m["image_hw"][0], m["fairjax_median"])
 
   summary = []
   for size, image_size in pairs:
     row: dict[str, Any] = {"stored": size, "image_size": image_size}
     for wc in workers:
-      rates = [r["images_per_s"] for r in results["runs"]
-               if (r["stored"], r["image_size"], r["workers"]) == (size, image_size, wc)]
+      rates = [
+        r["images_per_s"]
+        for r in results["runs"]
+        if (r["stored"], r["image_size"], r["workers"]) == (size, image_size, wc)
+      ]
       row[f"{_key(wc)}_median"] = statistics.median(rates)
     # The unit each "needed" count is in: one worker process (as fairjax starts them, grain's
     # default reader threads inside) and one core (the pinned in-process pass).
@@ -344,8 +412,10 @@ def main(argv=None) -> None:
       if image_size in steps:
         row[f"{unit}_needed_cpu_step"] = math.ceil(steps[image_size]["median"] / per_unit)
       row[f"{unit}_needed_external"] = {
-          label: math.ceil(rate / per_unit) for label, (hw, rate) in external.items()
-          if hw in (0, image_size)}
+        label: math.ceil(rate / per_unit)
+        for label, (hw, rate) in external.items()
+        if hw in (0, image_size)
+      }
     if image_size in steps:
       row["step_images_per_s"] = steps[image_size]["median"]
     summary.append(row)
@@ -354,10 +424,16 @@ def main(argv=None) -> None:
     same = next((r for r in summary if r["stored"] == r["image_size"] == row["image_size"]), None)
     if same is not None and same is not row:
       row["ratio_vs_stored_eq_image"] = {
-          k.removesuffix("_median"): row[k] / same[k] for k in row if k.endswith("_median")}
+        k.removesuffix("_median"): row[k] / same[k] for k in row if k.endswith("_median")
+      }
 
-  results |= {"train_step": steps, "external_step_rates": {k: {"image_size": hw or None,
-              "images_per_s": r} for k, (hw, r) in external.items()}, "summary": summary}
+  results |= {
+    "train_step": steps,
+    "external_step_rates": {
+      k: {"image_size": hw or None, "images_per_s": r} for k, (hw, r) in external.items()
+    },
+    "summary": summary,
+  }
   results["environment"] |= {"uptime_after": _uptime(), "loadavg_after": list(os.getloadavg())}
   table = markdown(results, workers, args)
   results["markdown"] = table
@@ -390,51 +466,67 @@ def markdown(results: dict[str, Any], workers: list[int], args: argparse.Namespa
   head = ["stored → image", "stored kB/img"] + [f"{_label(wc)} img/s" for wc in workers]
   head += ["train step img/s (CPU)", "workers / cores needed (CPU step)"]
   lines = [
-      f"## Input pipeline ({env['date_utc']}, {env['cpu_affinity']} cores, load average "
-      f"{env['loadavg_before'][0]:.2f} before / {env['loadavg_after'][0]:.2f} after; "
-      f"augment {args.augment}, batch {args.batch}, medians of {args.repeats} repeats of "
-      f"{args.batches - 2} timed batches{'; QUICK, indicative only' if args.quick else ''})",
-      "",
-      f"Source: {data['rows']} real ISIC CSV rows, synthetic {data['source_image_wh'][0]}×"
-      f"{data['source_image_wh'][1]} JPEGs (quality {data['source_jpeg_quality']}, mean "
-      f"{data['source_mean_bytes'] / 1e3:.0f} kB), isic2019 builder, array_record.",
-      "",
-      "| " + " | ".join(head) + " |",
-      "|" + "---|" * len(head),
+    f"## Input pipeline ({env['date_utc']}, {env['cpu_affinity']} cores, load average "
+    f"{env['loadavg_before'][0]:.2f} before / {env['loadavg_after'][0]:.2f} after; "
+    f"augment {args.augment}, batch {args.batch}, medians of {args.repeats} repeats of "
+    f"{args.batches - 2} timed batches{'; QUICK, indicative only' if args.quick else ''})",
+    "",
+    f"Source: {data['rows']} real ISIC CSV rows, synthetic {data['source_image_wh'][0]}×"
+    f"{data['source_image_wh'][1]} JPEGs (quality {data['source_jpeg_quality']}, mean "
+    f"{data['source_mean_bytes'] / 1e3:.0f} kB), isic2019 builder, array_record.",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "---|" * len(head),
   ]
   builds = data["builds"]
   for row in results["summary"]:
-    cells = [f"{row['stored']} → {row['image_size']}",
-             f"{builds[row['stored']]['stored_mean_record_bytes'] / 1e3:.1f}"]
+    cells = [
+      f"{row['stored']} → {row['image_size']}",
+      f"{builds[row['stored']]['stored_mean_record_bytes'] / 1e3:.1f}",
+    ]
     for wc in workers:
       med = row[f"{_key(wc)}_median"]
       cells.append(f"{med:.0f}" if wc <= 1 else f"{med:.0f} ({med / wc:.0f} per worker)")
     cells.append(f"{row['step_images_per_s']:.1f}" if "step_images_per_s" in row else "—")
-    cells.append(f"{row.get('workers_needed_cpu_step', '—')} / "
-                 f"{row.get('cores_needed_cpu_step', '—')}")
+    cells.append(
+      f"{row.get('workers_needed_cpu_step', '—')} / {row.get('cores_needed_cpu_step', '—')}"
+    )
     lines.append("| " + " | ".join(cells) + " |")
   steps = results["train_step"]
   if steps:
     s = next(iter(steps.values()))
-    lines.append(f"\nTrain step: {s['model']} {s['model_kwargs']}, batch {s['batch']}, "
-                 f"bench.throughput.jax_images_per_s in this process (JAX CPU), medians of "
-                 f"{len(s['images_per_s'])} repeats of {s['steps']} steps.")
-  ext = [(row, label, row["workers_needed_external"][label],
-          row.get("cores_needed_external", {}).get(label, "—"))
-         for row in results["summary"] for label in row.get("workers_needed_external", {})]
+    lines.append(
+      f"\nTrain step: {s['model']} {s['model_kwargs']}, batch {s['batch']}, "
+      f"bench.throughput.jax_images_per_s in this process (JAX CPU), medians of "
+      f"{len(s['images_per_s'])} repeats of {s['steps']} steps."
+    )
+  ext = [
+    (
+      row,
+      label,
+      row["workers_needed_external"][label],
+      row.get("cores_needed_external", {}).get(label, "—"),
+    )
+    for row in results["summary"]
+    for label in row.get("workers_needed_external", {})
+  ]
   if ext:
-    lines.append("\nWorkers / cores (at the 1-worker / 1-core rates above) for step rates "
-                 "measured elsewhere:")
+    lines.append(
+      "\nWorkers / cores (at the 1-worker / 1-core rates above) for step rates measured elsewhere:"
+    )
     for row, label, n_workers, n_cores in ext:
       rate = results["external_step_rates"][label]["images_per_s"]
-      lines.append(f"- stored {row['stored']} → {row['image_size']}: {n_workers} / {n_cores} "
-                   f"for {rate:.0f} img/s ({label})")
+      lines.append(
+        f"- stored {row['stored']} → {row['image_size']}: {n_workers} / {n_cores} "
+        f"for {rate:.0f} img/s ({label})"
+      )
   ratios = [row for row in results["summary"] if "ratio_vs_stored_eq_image" in row]
   if ratios:
     lines.append("\nSame run, throughput relative to storing at the image size itself:")
     for row in ratios:
-      parts = ", ".join(f"{_label(wc)} {row['ratio_vs_stored_eq_image'][_key(wc)]:.2f}"
-                        for wc in workers)
+      parts = ", ".join(
+        f"{_label(wc)} {row['ratio_vs_stored_eq_image'][_key(wc)]:.2f}" for wc in workers
+      )
       lines.append(f"- stored {row['stored']} → {row['image_size']}: {parts}")
   return "\n".join(lines)
 

@@ -93,6 +93,7 @@ def _memory_analysis(compiled) -> dict[str, Any]:
 
 def _device_peak() -> int | None:
   import jax
+
   try:
     stats = jax.local_devices()[0].memory_stats()
   except Exception:  # noqa: BLE001 - not every backend implements it
@@ -117,14 +118,15 @@ def _setup(args):
   kwargs = {"width": args.width} if args.model == "resnet18" else {}
   model = models.get_model(args.model, num_classes=args.num_classes, **kwargs)
   shape = (args.image_size, args.image_size, 3)
-  variables = model.init(jax.random.key(args.seed, impl="rbg"), jnp.zeros((1,) + shape),
-                         train=False)
+  variables = model.init(
+    jax.random.key(args.seed, impl="rbg"), jnp.zeros((1,) + shape), train=False
+  )
   rng = np.random.default_rng(args.seed)
   batch = args.batch
   images = jnp.asarray(rng.normal(size=(batch,) + shape).astype(np.float32))
   labels = jnp.asarray(rng.integers(0, args.num_classes, batch).astype(np.int32))
   groups = np.zeros(batch, np.int32)
-  groups[rng.permutation(batch)[:max(1, int(round(0.3 * batch)))]] = 1 % args.num_groups
+  groups[rng.permutation(batch)[: max(1, int(round(0.3 * batch)))]] = 1 % args.num_groups
   groups = jnp.asarray(groups)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
   return model, variables, images, labels, groups, n_params
@@ -169,8 +171,10 @@ def _backpack_worker(args, model, variables, images, labels, groups) -> tuple[An
   x = torch_mirror.to_nchw(np.asarray(images))
   y = torch.from_numpy(np.asarray(labels).astype(np.int64))
   g = np.asarray(groups)
-  per_group = [(x[idx].contiguous(), y[idx].contiguous()) for idx in
-               (torch.from_numpy(np.flatnonzero(g == k)) for k in range(args.num_groups))]
+  per_group = [
+    (x[idx].contiguous(), y[idx].contiguous())
+    for idx in (torch.from_numpy(np.flatnonzero(g == k)) for k in range(args.num_groups))
+  ]
 
   def run():
     out = []
@@ -202,8 +206,12 @@ def worker(args) -> dict[str, Any]:
   from fairjax import curvature
 
   model, variables, images, labels, groups, n_params = _setup(args)
-  out: dict[str, Any] = {"worker": args.worker, "params": n_params,
-                         "device": str(jax.local_devices()[0]), "backend": jax.default_backend()}
+  out: dict[str, Any] = {
+    "worker": args.worker,
+    "params": n_params,
+    "device": str(jax.local_devices()[0]),
+    "backend": jax.default_backend(),
+  }
   kw = {"train": False}
 
   if args.worker == "backpack":
@@ -214,33 +222,59 @@ def worker(args) -> dict[str, Any]:
   elif args.worker.startswith("budget:"):
     budget = int(float(args.worker.split(":", 1)[1]) * MIB)
     run = lambda: curvature.per_group_diag(  # noqa: E731
-        model, variables, images, labels, groups, num_groups=args.num_groups, method="exact",
-        apply_kwargs=kw, memory_budget_bytes=budget or None)
+      model,
+      variables,
+      images,
+      labels,
+      groups,
+      num_groups=args.num_groups,
+      method="exact",
+      apply_kwargs=kw,
+      memory_budget_bytes=budget or None,
+    )
     t0 = time.perf_counter()
     if budget:
-      static = dict(num_groups=args.num_groups, method="exact", num_samples=1,
-                    apply_kwargs=curvature._scoring.freeze(kw),
-                    max_block=curvature.DEFAULT_MAX_BLOCK_ELEMENTS, grouped_convs=True,
-                    families=frozenset(curvature._FAST_FAMILIES), loss="softmax_cross_entropy")
-      chunk, compiled = curvature.budget_chunk_size(variables, images, labels, groups, None,
-                                                    budget, static, model)
+      static = dict(
+        num_groups=args.num_groups,
+        method="exact",
+        num_samples=1,
+        apply_kwargs=curvature._scoring.freeze(kw),
+        max_block=curvature.DEFAULT_MAX_BLOCK_ELEMENTS,
+        grouped_convs=True,
+        families=frozenset(curvature._FAST_FAMILIES),
+        loss="softmax_cross_entropy",
+      )
+      chunk, compiled = curvature.budget_chunk_size(
+        variables, images, labels, groups, None, budget, static, model
+      )
       out["budget_bytes"] = budget
       out["chunk"] = chunk
-      out["xla"] = (_memory_analysis(compiled[1]) if compiled is not None else
-                    {"xla_total_bytes": None, "xla_note": "chosen chunk not compiled by the plan"})
+      out["xla"] = (
+        _memory_analysis(compiled[1])
+        if compiled is not None
+        else {"xla_total_bytes": None, "xla_note": "chosen chunk not compiled by the plan"}
+      )
       # With several chunks the eager loop keeps one more G x params accumulator.
       if compiled is not None and chunk < args.batch:
-        out["xla"]["plus_accumulator_bytes"] = (out["xla"]["xla_total_bytes"] +
-                                                out["xla"].get("output_size_in_bytes", 0))
+        out["xla"]["plus_accumulator_bytes"] = out["xla"]["xla_total_bytes"] + out["xla"].get(
+          "output_size_in_bytes", 0
+        )
     else:
-      compiled = jax.jit(lambda v, x, y, g: curvature.per_group_diag(
-          model, v, x, y, g, num_groups=args.num_groups, method="exact", apply_kwargs=kw)).lower(
-              variables, images, labels, groups).compile()
+      compiled = (
+        jax.jit(
+          lambda v, x, y, g: curvature.per_group_diag(
+            model, v, x, y, g, num_groups=args.num_groups, method="exact", apply_kwargs=kw
+          )
+        )
+        .lower(variables, images, labels, groups)
+        .compile()
+      )
       out["chunk"] = args.batch
       out["xla"] = _memory_analysis(compiled)
       del compiled
     out["compile_s"] = time.perf_counter() - t0
   elif args.worker == "grad":
+
     def mean_ce(params, x, y):
       logits = model.apply({**variables, "params": params}, x, **kw)
       logp = jax.nn.log_softmax(logits, axis=-1)
@@ -256,18 +290,28 @@ def worker(args) -> dict[str, Any]:
     chunk = int(args.worker)
 
     def one_chunk(v, x, y, g):
-      return curvature.per_group_diag(model, v, x, y, g, num_groups=args.num_groups,
-                                      method="exact", apply_kwargs=kw)
+      return curvature.per_group_diag(
+        model, v, x, y, g, num_groups=args.num_groups, method="exact", apply_kwargs=kw
+      )
 
     t0 = time.perf_counter()
-    compiled = jax.jit(one_chunk).lower(variables, images[:chunk], labels[:chunk],
-                                        groups[:chunk]).compile()
+    compiled = (
+      jax.jit(one_chunk).lower(variables, images[:chunk], labels[:chunk], groups[:chunk]).compile()
+    )
     out["compile_s"] = time.perf_counter() - t0
     out["xla"] = _memory_analysis(compiled)
     del compiled  # the eager loop below compiles its own (same) program
     run = lambda: curvature.per_group_diag(  # noqa: E731
-        model, variables, images, labels, groups, num_groups=args.num_groups, method="exact",
-        chunk_size=chunk, apply_kwargs=kw)
+      model,
+      variables,
+      images,
+      labels,
+      groups,
+      num_groups=args.num_groups,
+      method="exact",
+      chunk_size=chunk,
+      apply_kwargs=kw,
+    )
 
   if not args.compile_only:
     t0 = time.perf_counter()
@@ -293,8 +337,14 @@ def _run_worker(args, what: str) -> dict[str, Any]:
   if not ok:
     return runs[0]
   out = dict(ok[0])
-  for key in ("median_s", "process_peak_rss_mib", "rss_peak_delta_mib", "compile_s",
-              "first_call_s", "worker_wall_s"):
+  for key in (
+    "median_s",
+    "process_peak_rss_mib",
+    "rss_peak_delta_mib",
+    "compile_s",
+    "first_call_s",
+    "worker_wall_s",
+  ):
     values = [r[key] for r in ok if r.get(key) is not None]
     if values:
       out[key] = statistics.median(values)
@@ -305,11 +355,31 @@ def _run_worker(args, what: str) -> dict[str, Any]:
 
 
 def _run_worker_once(args, what: str) -> dict[str, Any]:
-  cmd = [sys.executable, "-m", "bench.memory", "--worker", what, "--model", args.model,
-         "--batch", str(args.batch), "--image-size", str(args.image_size),
-         "--num-classes", str(args.num_classes), "--num-groups", str(args.num_groups),
-         "--width", str(args.width), "--repeats", str(args.repeats), "--seed", str(args.seed),
-         "--chunk-sizes", args.chunk_sizes]
+  cmd = [
+    sys.executable,
+    "-m",
+    "bench.memory",
+    "--worker",
+    what,
+    "--model",
+    args.model,
+    "--batch",
+    str(args.batch),
+    "--image-size",
+    str(args.image_size),
+    "--num-classes",
+    str(args.num_classes),
+    "--num-groups",
+    str(args.num_groups),
+    "--width",
+    str(args.width),
+    "--repeats",
+    str(args.repeats),
+    "--seed",
+    str(args.seed),
+    "--chunk-sizes",
+    args.chunk_sizes,
+  ]
   if args.compile_only:
     cmd.append("--compile-only")
   env = dict(os.environ)
@@ -318,16 +388,20 @@ def _run_worker_once(args, what: str) -> dict[str, Any]:
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   t0 = time.perf_counter()
   try:
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=args.timeout)
+    res = subprocess.run(
+      cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout
+    )
   except subprocess.TimeoutExpired:
     return {"worker": what, "error": f"timed out after {args.timeout} s"}
   wall = time.perf_counter() - t0
   lines = [l for l in res.stdout.splitlines() if l.startswith("{")]
   if res.returncode != 0 or not lines:
     tail = res.stderr.strip().splitlines()[-3:]
-    return {"worker": what, "error": f"exit {res.returncode}: {' | '.join(tail)}",
-            "worker_wall_s": wall}
+    return {
+      "worker": what,
+      "error": f"exit {res.returncode}: {' | '.join(tail)}",
+      "worker_wall_s": wall,
+    }
   out = json.loads(lines[-1])
   out["worker_wall_s"] = wall
   return out
@@ -340,9 +414,11 @@ def _mib(x: Any) -> str:
 def _table(result: dict[str, Any]) -> str:
   grad = result.get("grad", {})
   g_med = grad.get("median_s")
-  rows = ["| setting | XLA plan per call MiB | x grad time | median s | device peak MiB | "
-          "process peak RSS MiB | RSS delta MiB |",
-          "|---|---|---|---|---|---|---|"]
+  rows = [
+    "| setting | XLA plan per call MiB | x grad time | median s | device peak MiB | "
+    "process peak RSS MiB | RSS delta MiB |",
+    "|---|---|---|---|---|---|---|",
+  ]
 
   def row(name, r):
     if "error" in r:
@@ -351,18 +427,24 @@ def _table(result: dict[str, Any]) -> str:
     ratio = "-" if med is None or not g_med else f"{med / g_med:.2f}"
     fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
     plan = r["xla"].get("plus_accumulator_bytes", r["xla"].get("xla_total_bytes"))
-    return (f"| {name} | {_mib(plan)} | {ratio} | "
-            f"{fmt(med, '.3f')} | {_mib(r.get('device_peak_bytes_in_use'))} | "
-            f"{fmt(r.get('process_peak_rss_mib'), ',.0f')} | "
-            f"{fmt(r.get('rss_peak_delta_mib'), ',.0f')} |")
+    return (
+      f"| {name} | {_mib(plan)} | {ratio} | "
+      f"{fmt(med, '.3f')} | {_mib(r.get('device_peak_bytes_in_use'))} | "
+      f"{fmt(r.get('process_peak_rss_mib'), ',.0f')} | "
+      f"{fmt(r.get('rss_peak_delta_mib'), ',.0f')} |"
+    )
 
   if grad:
     rows.append(row("plain grad (whole batch)", grad))
   for c, r in result["chunks"].items():
     rows.append(row(f"chunk {c}", r))
   for b, r in result.get("budgets", {}).items():
-    rows.append(row(f"budget {b} MiB -> chunk {r.get('chunk', '?')}" if b != "0" else
-                    "no budget (whole batch)", r))
+    rows.append(
+      row(
+        f"budget {b} MiB -> chunk {r.get('chunk', '?')}" if b != "0" else "no budget (whole batch)",
+        r,
+      )
+    )
   if "backpack" in result:
     rows.append(row("BackPACK DiagGGNExact (per group)", result["backpack"]))
   return "\n".join(rows)
@@ -371,26 +453,47 @@ def _table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--model", default="resnet18", choices=("resnet18", "vgg11", "small_cnn"))
-  p.add_argument("--chunk-sizes", default="1,2,4,8,16,32,64",
-                 help="comma-separated samples per compiled call ('' = none)")
-  p.add_argument("--budgets-mib", default="",
-                 help="comma-separated per_group_diag memory budgets in MiB (0 = no budget)")
-  p.add_argument("--backpack", action="store_true",
-                 help="also BackPACK DiagGGNExact's time and peak RSS (vgg11 / small_cnn)")
-  p.add_argument("--rss-repeats", type=int, default=1,
-                 help="fresh workers per setting (medians of their figures)")
+  p.add_argument(
+    "--chunk-sizes",
+    default="1,2,4,8,16,32,64",
+    help="comma-separated samples per compiled call ('' = none)",
+  )
+  p.add_argument(
+    "--budgets-mib",
+    default="",
+    help="comma-separated per_group_diag memory budgets in MiB (0 = no budget)",
+  )
+  p.add_argument(
+    "--backpack",
+    action="store_true",
+    help="also BackPACK DiagGGNExact's time and peak RSS (vgg11 / small_cnn)",
+  )
+  p.add_argument(
+    "--rss-repeats",
+    type=int,
+    default=1,
+    help="fresh workers per setting (medians of their figures)",
+  )
   p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median)")
-  p.add_argument("--out", default=None,
-                 help="JSON output (default bench/results/memory_<backend>.json)")
+  p.add_argument(
+    "--out", default=None, help="JSON output (default bench/results/memory_<backend>.json)"
+  )
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--image-size", type=int, default=224)
-  p.add_argument("--num-classes", type=int, default=9,
-                 help="exact uses C-1 columns; 9 = configs/fitzpatrick17k.py")
+  p.add_argument(
+    "--num-classes",
+    type=int,
+    default=9,
+    help="exact uses C-1 columns; 9 = configs/fitzpatrick17k.py",
+  )
   p.add_argument("--num-groups", type=int, default=2)
   p.add_argument("--width", type=int, default=64, help="ResNet-18 stem width (64 = standard)")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--compile-only", action="store_true",
-                 help="only XLA's compiled memory plans; run nothing (fast on a small CPU)")
+  p.add_argument(
+    "--compile-only",
+    action="store_true",
+    help="only XLA's compiled memory plans; run nothing (fast on a small CPU)",
+  )
   p.add_argument("--no-grad", action="store_true", help="skip the plain-gradient baseline")
   p.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -423,13 +526,22 @@ def main(argv: list[str] | None = None) -> None:
   from fairjax.checkpoint import write_json_atomic
 
   result: dict[str, Any] = {
-      "setup": {"model": args.model, "width": args.width, "image_size": args.image_size,
-                "batch": args.batch, "num_classes": args.num_classes,
-                "num_groups": args.num_groups, "method": "exact",
-                "columns": args.num_classes - 1, "dtype": "float32", "repeats": args.repeats,
-                "compile_only": args.compile_only, "rss_repeats": args.rss_repeats},
-      "environment": environment(("XLA_PYTHON_CLIENT_PREALLOCATE",)),
-      "chunks": {},
+    "setup": {
+      "model": args.model,
+      "width": args.width,
+      "image_size": args.image_size,
+      "batch": args.batch,
+      "num_classes": args.num_classes,
+      "num_groups": args.num_groups,
+      "method": "exact",
+      "columns": args.num_classes - 1,
+      "dtype": "float32",
+      "repeats": args.repeats,
+      "compile_only": args.compile_only,
+      "rss_repeats": args.rss_repeats,
+    },
+    "environment": environment(("XLA_PYTHON_CLIENT_PREALLOCATE",)),
+    "chunks": {},
   }
   out_path = args.out
   if not args.no_grad:
@@ -458,8 +570,9 @@ def main(argv: list[str] | None = None) -> None:
       result.setdefault(section, {})[name] = r
     log(f"  -> {json.dumps({k: v for k, v in r.items() if k != 'times_s'})}")
     if out_path is None:
-      out_path = os.path.join(REPO, "bench", "results",
-                              f"memory_{args.model}_{r.get('backend', 'unknown')}.json")
+      out_path = os.path.join(
+        REPO, "bench", "results", f"memory_{args.model}_{r.get('backend', 'unknown')}.json"
+      )
     result["environment"]["loadavg_at_end"] = list(os.getloadavg())
     write_json_atomic(out_path, result)
   result["ratios"] = _ratios(result)

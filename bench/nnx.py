@@ -78,7 +78,8 @@ def main(argv=None) -> None:
   model = NNXCNN(args.size, nnx.Rngs(0))
   flat = traverse_util.flatten_dict(nnx_adapter.param_dict(model))
   params = traverse_util.unflatten_dict(
-      {(f"conv{p[1]}",) + p[2:] if p[0] == "convs" else p: v for p, v in flat.items()})
+    {(f"conv{p[1]}",) + p[2:] if p[0] == "convs" else p: v for p, v in flat.items()}
+  )
   linen, variables = LinenCNN(), {"params": params}
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(args.batch, args.size, args.size, 3)), jnp.float32)
@@ -90,20 +91,26 @@ def main(argv=None) -> None:
     def loss(p):
       logp = jax.nn.log_softmax(linen.apply({"params": p}, x))
       return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1))
+
     return jax.grad(loss)(p)
 
   base = median_time(lambda: grad(params, x, y), args.repeats)
-  print(f"NNX CNN {args.size}x{args.size}, batch {args.batch}, {NUM_CLASSES} classes, 2 groups, "
-        f"exact; jitted gradient {base * 1e3:.1f} ms")
-  runs = {"linen": lambda: curvature.per_group_diag(linen, variables, x, y, g, num_groups=2),
-          "nnx_routed": lambda: curvature.per_group_diag(model, None, x, y, g, num_groups=2)}
+  print(
+    f"NNX CNN {args.size}x{args.size}, batch {args.batch}, {NUM_CLASSES} classes, 2 groups, "
+    f"exact; jitted gradient {base * 1e3:.1f} ms"
+  )
+  runs = {
+    "linen": lambda: curvature.per_group_diag(linen, variables, x, y, g, num_groups=2),
+    "nnx_routed": lambda: curvature.per_group_diag(model, None, x, y, g, num_groups=2),
+  }
   for name, fn in runs.items():
     t = median_time(fn, args.repeats)
     print(f"  {name:12s} {t * 1e3:8.1f} ms  {t / base:5.1f}x gradient")
   nnx_adapter._ROUTE_LAYERS = False
   try:
-    t = median_time(lambda: curvature.per_group_diag(model, None, x, y, g, num_groups=2),
-                    args.repeats)
+    t = median_time(
+      lambda: curvature.per_group_diag(model, None, x, y, g, num_groups=2), args.repeats
+    )
   finally:
     nnx_adapter._ROUTE_LAYERS = True
   print(f"  {'nnx_generic':12s} {t * 1e3:8.1f} ms  {t / base:5.1f}x gradient")

@@ -73,19 +73,30 @@ def time_config(name: str, args) -> dict[str, Any]:
   classes, size = NUM_CLASSES[dataset], config.data.image_size
   model = get_model(config.model.name, num_classes=classes, **dict(config.model.kwargs))
   t = config.train
-  tx = train.make_optimizer(t.optimizer, t.learning_rate, momentum=t.momentum,
-                            nesterov=t.nesterov, weight_decay=t.weight_decay)
+  tx = train.make_optimizer(
+    t.optimizer,
+    t.learning_rate,
+    momentum=t.momentum,
+    nesterov=t.nesterov,
+    weight_decay=t.weight_decay,
+  )
   state = train.create_train_state(model, jax.random.key(0, impl="rbg"), (size, size, 3), tx)
   rs = np.random.RandomState(0)
 
   def batch(n: int) -> dict[str, Any]:
-    return {"image": jnp.asarray(rs.randn(n, size, size, 3).astype(np.float32)),
-            "label": jnp.asarray(rs.randint(0, classes, n).astype(np.int32)),
-            "group": jnp.asarray(np.arange(n) % 2, jnp.int32)}
+    return {
+      "image": jnp.asarray(rs.randn(n, size, size, 3).astype(np.float32)),
+      "label": jnp.asarray(rs.randint(0, classes, n).astype(np.int32)),
+      "group": jnp.asarray(np.arange(n) % 2, jnp.int32),
+    }
 
-  out: dict[str, Any] = {"config": f"configs/{name}.py", "model": config.model.name,
-                         "image_size": size, "num_classes": classes,
-                         "params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
+  out: dict[str, Any] = {
+    "config": f"configs/{name}.py",
+    "model": config.model.name,
+    "image_size": size,
+    "num_classes": classes,
+    "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+  }
   n_train = int(round(DATASET_ROWS[dataset] * config.data.split_fractions[0]))
   n_val = int(round(DATASET_ROWS[dataset] * config.data.split_fractions[1]))
 
@@ -95,47 +106,90 @@ def time_config(name: str, args) -> dict[str, Any]:
   rng = jax.random.key(1)
   first, med, times = _time(lambda: jax.block_until_ready(step(state, data, rng)), args.repeats)
   train_ips = args.train_batch / med
-  out["train_step"] = {"batch": args.train_batch, "first_call_s": first, "median_s": med,
-                       "times_s": times, "images_per_s": train_ips}
+  out["train_step"] = {
+    "batch": args.train_batch,
+    "first_call_s": first,
+    "median_s": med,
+    "times_s": times,
+    "images_per_s": train_ips,
+  }
 
   log(f"{name}: inference, batch {args.train_batch}")
   predict = jax.jit(lambda v, x: model.apply(v, x, train=False))
   variables = state.variables()
-  first, med, times = _time(lambda: jax.block_until_ready(predict(variables, data["image"])),
-                            args.repeats)
+  first, med, times = _time(
+    lambda: jax.block_until_ready(predict(variables, data["image"])), args.repeats
+  )
   eval_ips = args.train_batch / med
-  out["inference"] = {"batch": args.train_batch, "first_call_s": first, "median_s": med,
-                      "times_s": times, "images_per_s": eval_ips}
+  out["inference"] = {
+    "batch": args.train_batch,
+    "first_call_s": first,
+    "median_s": med,
+    "times_s": times,
+    "images_per_s": eval_ips,
+  }
   epoch_s = n_train / train_ips
   val_s = n_val / eval_ips
-  out["estimates"] = {"train_images": n_train, "validation_images": n_val,
-                      "epoch_s": epoch_s, "validation_pass_s": val_s}
+  out["estimates"] = {
+    "train_images": n_train,
+    "validation_images": n_val,
+    "epoch_s": epoch_s,
+    "validation_pass_s": val_s,
+  }
 
   p = config.prune
   if p.method == "fairprune":
     chunk = batch(args.curvature_chunk)
     log(f"{name}: per_group_diag exact, chunk {args.curvature_chunk}")
-    diag = jax.jit(lambda v, x, y, g: curvature.per_group_diag(
-        model, v, x, y, g, num_groups=2, method=p.curvature, apply_kwargs={"train": False}))
-    first, med, times = _time(lambda: jax.block_until_ready(
-        diag(variables, chunk["image"], chunk["label"], chunk["group"])), args.repeats)
+    diag = jax.jit(
+      lambda v, x, y, g: curvature.per_group_diag(
+        model, v, x, y, g, num_groups=2, method=p.curvature, apply_kwargs={"train": False}
+      )
+    )
+    first, med, times = _time(
+      lambda: jax.block_until_ready(
+        diag(variables, chunk["image"], chunk["label"], chunk["group"])
+      ),
+      args.repeats,
+    )
     samples = p.num_batches * p.batch_size
-    out["curvature"] = {"chunk": args.curvature_chunk, "first_call_s": first, "median_s": med,
-                        "times_s": times, "samples_per_step": samples,
-                        "x_train_step_per_image": (med / args.curvature_chunk) / (1 / train_ips)}
+    out["curvature"] = {
+      "chunk": args.curvature_chunk,
+      "first_call_s": first,
+      "median_s": med,
+      "times_s": times,
+      "samples_per_step": samples,
+      "x_train_step_per_image": (med / args.curvature_chunk) / (1 / train_ips),
+    }
     out["estimates"]["prune_step_s"] = med / args.curvature_chunk * samples + val_s
   elif p.method == "snnl_channels":
     scoring = batch(p.batch_size)
     log(f"{name}: SNNL scoring, batch {p.batch_size}")
     layers = tuple(p.snnl.layers)
-    first, med, times = _time(lambda: snnl.score_channels(
-        model, variables, [{"image": scoring["image"], "group": np.asarray(scoring["group"])}],
-        layers, apply_kwargs={"train": False}), args.repeats)
-    out["snnl"] = {"batch": p.batch_size, "first_call_s": first, "median_s": med,
-                   "times_s": times, "batches_per_step": p.num_batches}
+    first, med, times = _time(
+      lambda: snnl.score_channels(
+        model,
+        variables,
+        [{"image": scoring["image"], "group": np.asarray(scoring["group"])}],
+        layers,
+        apply_kwargs={"train": False},
+      ),
+      args.repeats,
+    )
+    out["snnl"] = {
+      "batch": p.batch_size,
+      "first_call_s": first,
+      "median_s": med,
+      "times_s": times,
+      "batches_per_step": p.num_batches,
+    }
     from fairjax.pruning import get_method
-    retrain = (p.retrain_epochs if p.retrain_epochs is not None
-               else get_method("snnl_channels").default_retrain_epochs)
+
+    retrain = (
+      p.retrain_epochs
+      if p.retrain_epochs is not None
+      else get_method("snnl_channels").default_retrain_epochs
+    )
     out["estimates"]["prune_step_s"] = med * p.num_batches + retrain * epoch_s + val_s
   return out
 
@@ -151,11 +205,11 @@ def main(argv=None) -> None:
   import jax
 
   results: dict[str, Any] = {
-      "benchmark": "protocol configs: time per epoch and per pruning step, from short runs",
-      "settings": vars(args),
-      "environment": common.environment() | {"jax_backend": jax.default_backend(),
-                                              "load_before": os.getloadavg()},
-      "configs": {},
+    "benchmark": "protocol configs: time per epoch and per pruning step, from short runs",
+    "settings": vars(args),
+    "environment": common.environment()
+    | {"jax_backend": jax.default_backend(), "load_before": os.getloadavg()},
+    "configs": {},
   }
   for name in [c for c in args.configs.split(",") if c]:
     results["configs"][name] = time_config(name, args)
@@ -165,9 +219,11 @@ def main(argv=None) -> None:
   print("|---|---|---|---|---|")
   for name, r in results["configs"].items():
     e = r["estimates"]
-    print(f"| configs/{name}.py | {r['train_step']['images_per_s']:.2f} | "
-          f"{e['epoch_s'] / 3600:.2f} h | {e['prune_step_s'] / 3600:.2f} h | "
-          f"{jax.devices()[0].device_kind} |")
+    print(
+      f"| configs/{name}.py | {r['train_step']['images_per_s']:.2f} | "
+      f"{e['epoch_s'] / 3600:.2f} h | {e['prune_step_s'] / 3600:.2f} h | "
+      f"{jax.devices()[0].device_kind} |"
+    )
   log(f"wrote {args.out}")
 
 

@@ -35,8 +35,14 @@ def log(msg: str) -> None:
   print(f"[bench.throughput {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def jax_images_per_s(config: str, batch: int, steps: int, repeats: int, seed: int,
-                     spec: tuple[str, dict[str, Any], tuple[int, int]] | None = None):
+def jax_images_per_s(
+  config: str,
+  batch: int,
+  steps: int,
+  repeats: int,
+  seed: int,
+  spec: tuple[str, dict[str, Any], tuple[int, int]] | None = None,
+):
   """Images/s of repeats of ``steps`` jitted train steps; ``spec`` = (model name, kwargs,
   (H, W)) replaces ``MODEL_CONFIGS[config]`` (bench.input_pipeline times the protocol models)."""
   import jax
@@ -50,8 +56,10 @@ def jax_images_per_s(config: str, batch: int, steps: int, repeats: int, seed: in
   tx = train.make_optimizer("sgd", 0.01, momentum=0.9)
   state = train.create_train_state(model, jax.random.key(seed, impl="rbg"), (*hw, 3), tx)
   rs = np.random.RandomState(seed)
-  data = {"image": jnp.asarray(rs.randn(batch, *hw, 3).astype(np.float32)),
-          "label": jnp.asarray(rs.randint(0, NUM_CLASSES, batch).astype(np.int32))}
+  data = {
+    "image": jnp.asarray(rs.randn(batch, *hw, 3).astype(np.float32)),
+    "label": jnp.asarray(rs.randint(0, NUM_CLASSES, batch).astype(np.int32)),
+  }
   step = jax.jit(train.train_step, donate_argnums=0)
   rng = jax.random.key(seed + 1)
   t0 = time.perf_counter()
@@ -72,8 +80,9 @@ def jax_images_per_s(config: str, batch: int, steps: int, repeats: int, seed: in
   return rates, compile_s, params
 
 
-def torch_images_per_s(config: str, batch: int, steps: int, repeats: int, seed: int,
-                       device: str, params):
+def torch_images_per_s(
+  config: str, batch: int, steps: int, repeats: int, seed: int, device: str, params
+):
   import torch
 
   from bench import torch_mirror
@@ -128,10 +137,10 @@ def main(argv=None) -> None:
   import jax
 
   results: dict[str, Any] = {
-      "benchmark": "training throughput, fairjax train_step vs PyTorch (same model and weights)",
-      "settings": vars(args) | {"models": models},
-      "environment": common.environment() | {"jax_backend": jax.default_backend()},
-      "models": {},
+    "benchmark": "training throughput, fairjax train_step vs PyTorch (same model and weights)",
+    "settings": vars(args) | {"models": models},
+    "environment": common.environment() | {"jax_backend": jax.default_backend()},
+    "models": {},
   }
   if not args.no_torch and args.device == "cuda":
     import torch
@@ -140,30 +149,48 @@ def main(argv=None) -> None:
   rows = []
   for config in models:
     log(f"{config}: fairjax")
-    jr, compile_s, params = jax_images_per_s(config, args.batch, args.steps, args.repeats,
-                                             args.seed)
-    res = {"image_hw": list(MODEL_CONFIGS[config][2]), "batch": args.batch,
-           "fairjax_images_per_s": jr, "fairjax_median": statistics.median(jr),
-           "fairjax_compile_s": compile_s}
+    jr, compile_s, params = jax_images_per_s(
+      config, args.batch, args.steps, args.repeats, args.seed
+    )
+    res = {
+      "image_hw": list(MODEL_CONFIGS[config][2]),
+      "batch": args.batch,
+      "fairjax_images_per_s": jr,
+      "fairjax_median": statistics.median(jr),
+      "fairjax_compile_s": compile_s,
+    }
     if not args.no_torch:
       log(f"{config}: torch ({args.device})")
-      tr = torch_images_per_s(config, args.batch, args.steps, args.repeats, args.seed,
-                              args.device, params)
-      res.update(torch_images_per_s=tr, torch_median=statistics.median(tr),
-                 fairjax_over_torch=statistics.median(jr) / statistics.median(tr))
+      tr = torch_images_per_s(
+        config, args.batch, args.steps, args.repeats, args.seed, args.device, params
+      )
+      res.update(
+        torch_images_per_s=tr,
+        torch_median=statistics.median(tr),
+        fairjax_over_torch=statistics.median(jr) / statistics.median(tr),
+      )
     results["models"][config] = res
-    rows.append(f"| {config} {res['image_hw'][0]}x{res['image_hw'][1]} | {args.batch} "
-                f"| {res['fairjax_median']:.0f} | "
-                + (f"{res['torch_median']:.0f} | {res['fairjax_over_torch']:.2f} |"
-                   if "torch_median" in res else "— | — |"))
+    rows.append(
+      f"| {config} {res['image_hw'][0]}x{res['image_hw'][1]} | {args.batch} "
+      f"| {res['fairjax_median']:.0f} | "
+      + (
+        f"{res['torch_median']:.0f} | {res['fairjax_over_torch']:.2f} |"
+        if "torch_median" in res
+        else "— | — |"
+      )
+    )
     write_json_atomic(args.out, results)
   env = results["environment"]
-  table = "\n".join([
+  table = "\n".join(
+    [
       f"## Training throughput ({env['date_utc']}, JAX backend {env['jax_backend']}, "
       f"devices {env['jax_devices']}, torch device {args.device}; medians of {args.repeats} "
       f"repeats of {args.steps} steps)",
       "| model | batch | fairjax images/s | torch images/s | fairjax / torch |",
-      "|---|---|---|---|---|", *rows])
+      "|---|---|---|---|---|",
+      *rows,
+    ]
+  )
   results["markdown"] = table
   write_json_atomic(args.out, results)
   print(table)

@@ -28,7 +28,19 @@ from torch import nn
 
 # Same as fairjax.models.vgg.VGG11_CONFIG (kept here so this module does not import jax).
 VGG11_CONFIG: tuple[int | str, ...] = (
-    64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"
+  64,
+  "M",
+  128,
+  "M",
+  256,
+  256,
+  "M",
+  512,
+  512,
+  "M",
+  512,
+  512,
+  "M",
 )
 
 
@@ -36,8 +48,9 @@ def _scaled_channels(channels: int, multiplier: float) -> int:
   return max(1, int(round(channels * multiplier)))
 
 
-def _finish(layers: list[tuple[str, nn.Module]], flatten_chw: tuple[int, int, int],
-            first_dense: str) -> nn.Sequential:
+def _finish(
+  layers: list[tuple[str, nn.Module]], flatten_chw: tuple[int, int, int], first_dense: str
+) -> nn.Sequential:
   model = nn.Sequential(OrderedDict(layers))
   # Pre-flatten feature-map shape (C, H, W) and the dense layer that consumes the flatten:
   # load_flax_params / to_flax_layout need them to permute that layer's input features.
@@ -46,27 +59,36 @@ def _finish(layers: list[tuple[str, nn.Module]], flatten_chw: tuple[int, int, in
   return model
 
 
-def small_cnn(num_classes: int, image_hw: tuple[int, int], width: int = 16,
-              hidden: int = 64) -> nn.Sequential:
+def small_cnn(
+  num_classes: int, image_hw: tuple[int, int], width: int = 16, hidden: int = 64
+) -> nn.Sequential:
   """Mirror of ``fairjax.models.SmallCNN(use_bn=False)`` for ``image_hw = (H, W)`` inputs."""
   h, w = image_hw
   layers: list[tuple[str, nn.Module]] = []
   in_ch = 3
   for i, features in enumerate((width, 2 * width)):
-    layers += [(f"conv{i}", nn.Conv2d(in_ch, features, 3, padding=1)),
-               (f"relu{i}", nn.ReLU()),
-               (f"pool{i}", nn.MaxPool2d(2))]
+    layers += [
+      (f"conv{i}", nn.Conv2d(in_ch, features, 3, padding=1)),
+      (f"relu{i}", nn.ReLU()),
+      (f"pool{i}", nn.MaxPool2d(2)),
+    ]
     in_ch = features
     h, w = h // 2, w // 2
-  layers += [("flatten", nn.Flatten()),
-             ("fc0", nn.Linear(in_ch * h * w, hidden)),
-             ("relu_fc0", nn.ReLU()),
-             ("fc1", nn.Linear(hidden, num_classes))]
+  layers += [
+    ("flatten", nn.Flatten()),
+    ("fc0", nn.Linear(in_ch * h * w, hidden)),
+    ("relu_fc0", nn.ReLU()),
+    ("fc1", nn.Linear(hidden, num_classes)),
+  ]
   return _finish(layers, (in_ch, h, w), "fc0")
 
 
-def vgg11(num_classes: int, image_hw: tuple[int, int], width_multiplier: float = 1.0,
-          classifier_width: int = 512) -> nn.Sequential:
+def vgg11(
+  num_classes: int,
+  image_hw: tuple[int, int],
+  width_multiplier: float = 1.0,
+  classifier_width: int = 512,
+) -> nn.Sequential:
   """Mirror of ``fairjax.models.VGG11(use_bn=False)`` (dropout omitted: inference / rate 0)."""
   h, w = image_hw
   layers: list[tuple[str, nn.Module]] = []
@@ -78,16 +100,20 @@ def vgg11(num_classes: int, image_hw: tuple[int, int], width_multiplier: float =
       h, w = h // 2, w // 2
       continue
     out_ch = _scaled_channels(item, width_multiplier)
-    layers += [(f"conv{conv_index}", nn.Conv2d(in_ch, out_ch, 3, padding=1)),
-               (f"relu{conv_index}", nn.ReLU())]
+    layers += [
+      (f"conv{conv_index}", nn.Conv2d(in_ch, out_ch, 3, padding=1)),
+      (f"relu{conv_index}", nn.ReLU()),
+    ]
     in_ch = out_ch
     conv_index += 1
-  layers += [("flatten", nn.Flatten()),
-             ("fc0", nn.Linear(in_ch * h * w, classifier_width)),
-             ("relu_fc0", nn.ReLU()),
-             ("fc1", nn.Linear(classifier_width, classifier_width)),
-             ("relu_fc1", nn.ReLU()),
-             ("fc2", nn.Linear(classifier_width, num_classes))]
+  layers += [
+    ("flatten", nn.Flatten()),
+    ("fc0", nn.Linear(in_ch * h * w, classifier_width)),
+    ("relu_fc0", nn.ReLU()),
+    ("fc1", nn.Linear(classifier_width, classifier_width)),
+    ("relu_fc1", nn.ReLU()),
+    ("fc2", nn.Linear(classifier_width, num_classes)),
+  ]
   return _finish(layers, (in_ch, h, w), "fc0")
 
 
@@ -151,8 +177,9 @@ def load_flax_params(torch_model: nn.Module, flax_params: Mapping[str, Mapping[s
     param.copy_(torch.from_numpy(np.array(value, dtype=np.float32, order="C")))
 
 
-def to_flax_layout(torch_model: nn.Module, tensors: Mapping[str, Any],
-                   group_axis: bool = False) -> dict[str, dict[str, np.ndarray]]:
+def to_flax_layout(
+  torch_model: nn.Module, tensors: Mapping[str, Any], group_axis: bool = False
+) -> dict[str, dict[str, np.ndarray]]:
   """Maps per-parameter torch tensors (params, grads, diagonals) to a flax-layout ``params`` dict.
 
   Args:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 class Block(nn.Module):
   """Pre-norm transformer block: ``x + MHDPA(LN(x))``, then ``x + MLP(LN(x))``."""
+
   num_heads: int
   mlp_dim: int
 
@@ -31,6 +32,7 @@ class Block(nn.Module):
 
 class ViT(nn.Module):
   """``float[N, H, W, C]`` images -> ``float[N, num_classes]`` logits."""
+
   num_classes: int
   dim: int = 192
   depth: int = 6
@@ -40,8 +42,9 @@ class ViT(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = nn.Conv(self.dim, (self.patch, self.patch), strides=self.patch, padding="VALID",
-                name="patch_embed")(x)
+    x = nn.Conv(
+      self.dim, (self.patch, self.patch), strides=self.patch, padding="VALID", name="patch_embed"
+    )(x)
     n = x.shape[0]
     x = x.reshape(n, -1, self.dim)  # [N, tokens, dim]
     cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.dim))

@@ -38,6 +38,10 @@ def get_config():
   # [code] the code's CelebA example runs MobileNetV2 (--config.model.name=mobilenet_v2 with
   # torchvision's mobilenet_v2 weights); [paper] ResNet-34 is the network of the face tables.
   # [fairjax] 162,770 training images (the official train partition).
-  return fairface.fairgrape_protocol(config, keep_per_iter=0.9,  # [code] the default keep
-                                     finetune_phases=((8, 1e-4), (1, 1e-5), (1, 1e-6)),  # [code]
-                                     train_images=162_770, groups=2)
+  return fairface.fairgrape_protocol(
+    config,
+    keep_per_iter=0.9,  # [code] the default keep
+    finetune_phases=((8, 1e-4), (1, 1e-5), (1, 1e-6)),  # [code]
+    train_images=162_770,
+    groups=2,
+  )

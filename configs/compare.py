@@ -35,8 +35,9 @@ def _base(name: str):
   if name not in BASES:
     raise ValueError(f"configs/compare.py:{name}: the base must be one of {BASES}")
   file, _, task = name.partition(":")
-  spec = importlib.util.spec_from_file_location(f"fairjax_configs_{file}",
-                                                os.path.join(_HERE, f"{file}.py"))
+  spec = importlib.util.spec_from_file_location(
+    f"fairjax_configs_{file}", os.path.join(_HERE, f"{file}.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(task) if task else module.get_config()

@@ -18,6 +18,7 @@ def get_config():
   config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
   config.model.name = "vgg11"
   config.model.kwargs = ml_collections.ConfigDict(
-      {"width_multiplier": 0.25, "classifier_width": 128})
+    {"width_multiplier": 0.25, "classifier_width": 128}
+  )
   config.prune.exclude_layers = ("conv0", "fc2")  # first conv and output layer, as in demo.py
   return config

@@ -33,8 +33,9 @@ from fairjax.config import base_config
 BATCH = 64
 
 
-def fairgrape_protocol(config, *, keep_per_iter: float, finetune_phases, train_images: int,
-                       groups: int):
+def fairgrape_protocol(
+  config, *, keep_per_iter: float, finetune_phases, train_images: int, groups: int
+):
   """The FairGRAPE settings shared by the face configs (pruning, retraining, fine-tune)."""
   # Dense fine-tuning of the ImageNet model. [code] Adam, lr 1e-4 for 13 epochs, then 1e-5 for
   # 3 and 1e-6 for 3, a fresh Adam per phase, batches of 64. [fairjax] fairjax's dense
@@ -105,6 +106,10 @@ def get_config(task: str = "race"):
   config.fairness_convention = "sum"  # [fairjax] FairGRAPE reports no Eodd
   # [fairjax] 78,070 training images: the 86,744 rows of fairface_label_train.csv less the
   # validation share.
-  return fairgrape_protocol(config, keep_per_iter=0.9, finetune_phases=((13, 1e-4), (3, 1e-5),
-                                                                         (3, 1e-6)),
-                            train_images=78_070, groups=2 if task == "race" else 7)
+  return fairgrape_protocol(
+    config,
+    keep_per_iter=0.9,
+    finetune_phases=((13, 1e-4), (3, 1e-5), (3, 1e-6)),
+    train_images=78_070,
+    groups=2 if task == "race" else 7,
+  )

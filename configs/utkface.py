@@ -44,6 +44,10 @@ def get_config(task: str = "race"):
   config.data.split_seed = 0  # [fairjax] fairjax's own seeded, stratified split
   # [fairjax] about 17,600 training images (80% of UTKFace's ~23,700 files less the ~1,700 of
   # "Others"); it only sizes prune.num_batches. [code] --keep_per_iter 0.975 (its README).
-  return fairface.fairgrape_protocol(config, keep_per_iter=0.975,
-                                     finetune_phases=((13, 1e-4), (3, 1e-5), (3, 1e-6)),
-                                     train_images=17_600, groups=2 if task == "race" else 4)
+  return fairface.fairgrape_protocol(
+    config,
+    keep_per_iter=0.975,
+    finetune_phases=((13, 1e-4), (3, 1e-5), (3, 1e-6)),
+    train_images=17_600,
+    groups=2 if task == "race" else 4,
+  )

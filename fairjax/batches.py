@@ -26,10 +26,12 @@ def train_tx(config, steps_per_epoch: int, epochs: int):
   epochs of ``steps_per_epoch`` steps (warm-up ``train.warmup_epochs``)."""
   t = config.train
   total = max(1, steps_per_epoch * epochs)
-  schedule = train.make_schedule(t.schedule, t.learning_rate, total,
-                                 warmup_steps=t.warmup_epochs * steps_per_epoch)
-  return train.make_optimizer(t.optimizer, schedule, momentum=t.momentum, nesterov=t.nesterov,
-                              weight_decay=t.weight_decay)
+  schedule = train.make_schedule(
+    t.schedule, t.learning_rate, total, warmup_steps=t.warmup_epochs * steps_per_epoch
+  )
+  return train.make_optimizer(
+    t.optimizer, schedule, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
+  )
 
 
 def data_parallel(config) -> parallel.DataParallel:
@@ -37,8 +39,12 @@ def data_parallel(config) -> parallel.DataParallel:
   size of the run splits evenly over its devices (ConfigError naming the field otherwise)."""
   try:
     dp = parallel.data_parallel(int(config.parallel.num_devices))
-    for field in ("train.batch_size", "train.eval_batch_size", "prune.batch_size",
-                  "prune.curvature_chunk_size"):
+    for field in (
+      "train.batch_size",
+      "train.eval_batch_size",
+      "prune.batch_size",
+      "prune.curvature_chunk_size",
+    ):
       section, key = field.split(".")
       dp.check_batch_size(int(config[section][key]), field)
   except ValueError as e:
@@ -70,11 +76,20 @@ def epoch_batches(config, data: DatasetSplits, seed: int):
   augment = config.data.get("augment", "none")
 
   def batches(epoch: int):
-    return dp.shard_batches(input_pipeline.train_batches(
-        data.sources["train"], batch_size=config.train.batch_size,
-        image_size=config.data.image_size, seed=seed, sampling=config.data.sampling, epoch=epoch,
-        augment=augment, imagenet_normalization=imagenet_normalization(config)),
-        "train.batch_size")
+    return dp.shard_batches(
+      input_pipeline.train_batches(
+        data.sources["train"],
+        batch_size=config.train.batch_size,
+        image_size=config.data.image_size,
+        seed=seed,
+        sampling=config.data.sampling,
+        epoch=epoch,
+        augment=augment,
+        imagenet_normalization=imagenet_normalization(config),
+      ),
+      "train.batch_size",
+    )
+
   return batches
 
 
@@ -84,9 +99,14 @@ def scoring_batches(config, data: DatasetSplits, step: int, chunk_size: int | No
   count nowhere): one device call per chunk, each chunk split evenly over all devices."""
   p = config.prune
   batches = input_pipeline.group_balanced_batches(
-      data.sources["train"], batch_size=p.batch_size, image_size=config.data.image_size,
-      seed=config.seed * 1000 + step, num_groups=data.num_groups, num_batches=p.num_batches,
-      imagenet_normalization=imagenet_normalization(config))
+    data.sources["train"],
+    batch_size=p.batch_size,
+    image_size=config.data.image_size,
+    seed=config.seed * 1000 + step,
+    num_groups=data.num_groups,
+    num_batches=p.num_batches,
+    imagenet_normalization=imagenet_normalization(config),
+  )
   field = "prune.batch_size"
   if chunk_size and chunk_size < p.batch_size:
     batches, field = host_chunks(batches, chunk_size), "prune.curvature_chunk_size"
@@ -97,11 +117,12 @@ def host_chunks(batches, chunk_size: int):
   for batch in batches:
     n = len(batch["group"])
     for start in range(0, n, chunk_size):
-      chunk = {k: np.asarray(v[start:start + chunk_size]) for k, v in batch.items()}
+      chunk = {k: np.asarray(v[start : start + chunk_size]) for k, v in batch.items()}
       pad = chunk_size - len(chunk["group"])
       if pad:
-        chunk = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-                 for k, v in chunk.items()}
+        chunk = {
+          k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in chunk.items()
+        }
         chunk["group"][-pad:] = -1
       yield chunk
 
@@ -112,10 +133,17 @@ def uniform_train_batches(config, data: DatasetSplits, step: int):
   scores exactly as an uninterrupted one."""
   p = config.prune
   batches = input_pipeline.train_batches(
-      data.sources["train"], batch_size=p.batch_size, image_size=config.data.image_size,
-      seed=config.seed * 1000 + step, sampling="uniform", epoch=0, drop_remainder=False,
-      imagenet_normalization=imagenet_normalization(config))
+    data.sources["train"],
+    batch_size=p.batch_size,
+    image_size=config.data.image_size,
+    seed=config.seed * 1000 + step,
+    sampling="uniform",
+    epoch=0,
+    drop_remainder=False,
+    imagenet_normalization=imagenet_normalization(config),
+  )
   # A last partial batch (fewer train images than num_batches * batch_size) need not split
   # evenly over the devices: it is replicated instead (same scores, just not data-parallel).
-  return data_parallel(config).shard_batches(itertools.islice(batches, p.num_batches),
-                                             "prune.batch_size", uneven="replicate")
+  return data_parallel(config).shard_batches(
+    itertools.islice(batches, p.num_batches), "prune.batch_size", uneven="replicate"
+  )

@@ -70,8 +70,15 @@ PARETO_PNG = "pareto.png"
 RUN_CONFIG = "config.json"
 
 # Metric columns shared by the table, the CSV and the seed aggregate (test split).
-_METRICS = ("sparsity", "accuracy", "macro_f1", "eodd", "eopp0", "eopp1",
-            "disparity_of_degradation")
+_METRICS = (
+  "sparsity",
+  "accuracy",
+  "macro_f1",
+  "eodd",
+  "eopp0",
+  "eopp1",
+  "disparity_of_degradation",
+)
 
 
 def run_name(method: str, sparsity: float) -> str:
@@ -79,8 +86,9 @@ def run_name(method: str, sparsity: float) -> str:
   return f"{method}-s{float(sparsity)!r}"
 
 
-def run_config(config: ml_collections.ConfigDict, method: str,
-               sparsity: float) -> ml_collections.ConfigDict:
+def run_config(
+  config: ml_collections.ConfigDict, method: str, sparsity: float
+) -> ml_collections.ConfigDict:
   """The config of one run: ``config`` without its ``compare`` section, with
   ``prune.method = method`` and ``prune.target_sparsity = sparsity``."""
   cfg = copy.deepcopy(config)
@@ -131,8 +139,9 @@ def _check_run_config(run_dir: str, expected: dict) -> None:
   diff = _first_difference(found, expected)
   if diff is not None:
     raise ConfigError(
-        f"{run_dir} was computed with another config (first difference: config.{diff}); use "
-        "another --workdir, or delete that run directory to recompute it")
+      f"{run_dir} was computed with another config (first difference: config.{diff}); use "
+      "another --workdir, or delete that run directory to recompute it"
+    )
 
 
 def _channels(results: Mapping[str, Any]) -> str:
@@ -156,8 +165,9 @@ def _train_epochs(results: Mapping[str, Any]) -> int:
   else:  # results files written before it: the per-method names
     fairgrape = p.get("fairgrape", {}).get("retrain_epochs", p.get("fairgrape_retrain_epochs"))
     snnl = p.get("snnl", {}).get("finetune_epochs", p.get("snnl_finetune_epochs"))
-    per_step = {"fairgrape": fairgrape, "snnl_channels": snnl}.get(results["method"],
-                                                                    p["finetune_epochs"])
+    per_step = {"fairgrape": fairgrape, "snnl_channels": snnl}.get(
+      results["method"], p["finetune_epochs"]
+    )
   final = results.get("final_finetune", {}).get("epochs", 0)
   return int(per_step * (len(results["steps"]) - 1) + final)
 
@@ -165,28 +175,40 @@ def _train_epochs(results: Mapping[str, Any]) -> int:
 def _difference_keys(group_names: Sequence[str]) -> list[tuple[str, str]]:
   """``(row key, header)`` of the paired pruned − dense differences with intervals (test
   split, ``results["summary"]``): accuracy, Eodd and each group's accuracy."""
-  return ([("accuracy_difference", "Δacc"), ("eodd_difference", "ΔEodd")]
-          + [(f"accuracy_difference_{g}", f"Δacc {g}") for g in group_names])
+  return [("accuracy_difference", "Δacc"), ("eodd_difference", "ΔEodd")] + [
+    (f"accuracy_difference_{g}", f"Δacc {g}") for g in group_names
+  ]
 
 
 def _leaves(summary: Mapping[str, Any], group_names: Sequence[str]) -> dict[str, Any]:
   """The difference LEAFs of ``summary`` by :func:`_difference_keys` key (None if absent)."""
   if "accuracy_difference" not in summary:  # the dense row, or a run without a bootstrap
     return {k: None for k, _ in _difference_keys(group_names)}
-  out = {"accuracy_difference": summary["accuracy_difference"],
-         "eodd_difference": summary["eodd_difference"]}
+  out = {
+    "accuracy_difference": summary["accuracy_difference"],
+    "eodd_difference": summary["eodd_difference"],
+  }
   for g in group_names:
     out[f"accuracy_difference_{g}"] = summary["group_accuracy_difference"][g]
   return out
 
 
-def _row(method: str, target: float, results: Mapping[str, Any], metrics: Mapping[str, Any],
-         summary: Mapping[str, Any], group_names: Sequence[str]) -> dict[str, Any]:
-  row = {"method": method, "target_sparsity": float(target),
-         **{k: metrics[k] for k in _METRICS if k in metrics},
-         "disparity_of_degradation": summary["disparity_of_degradation"],
-         "accuracy_drop": summary["accuracy_drop"],
-         "eodd_reduction": summary["eodd_reduction"]}
+def _row(
+  method: str,
+  target: float,
+  results: Mapping[str, Any],
+  metrics: Mapping[str, Any],
+  summary: Mapping[str, Any],
+  group_names: Sequence[str],
+) -> dict[str, Any]:
+  row = {
+    "method": method,
+    "target_sparsity": float(target),
+    **{k: metrics[k] for k in _METRICS if k in metrics},
+    "disparity_of_degradation": summary["disparity_of_degradation"],
+    "accuracy_drop": summary["accuracy_drop"],
+    "eodd_reduction": summary["eodd_reduction"],
+  }
   for g in group_names:
     row[f"accuracy_{g}"] = metrics["group_accuracy"][g]
   # Paired bootstrap intervals of pruned − dense: numbers for the CSV and the seed aggregate,
@@ -206,9 +228,16 @@ def _row(method: str, target: float, results: Mapping[str, Any], metrics: Mappin
 def columns(group_names: Sequence[str], *, csv: bool = False) -> list[tuple[str, str]]:
   """``(key, header)`` of the table's columns (per-group accuracies in dataset order); with
   ``csv``, the CSV's: each interval as three numeric columns instead of one text cell."""
-  cols = [("method", "method"), ("target_sparsity", "target sparsity"),
-          ("sparsity", "achieved sparsity"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
-          ("eodd", "Eodd"), ("eopp0", "Eopp0"), ("eopp1", "Eopp1")]
+  cols = [
+    ("method", "method"),
+    ("target_sparsity", "target sparsity"),
+    ("sparsity", "achieved sparsity"),
+    ("accuracy", "accuracy"),
+    ("macro_f1", "macro-F1"),
+    ("eodd", "Eodd"),
+    ("eopp0", "Eopp0"),
+    ("eopp1", "Eopp1"),
+  ]
   cols += [(f"accuracy_{g}", f"acc {g}") for g in group_names]
   for key, header in _difference_keys(group_names):
     if csv:
@@ -218,8 +247,12 @@ def columns(group_names: Sequence[str], *, csv: bool = False) -> list[tuple[str,
   cols += [("mechanism", "mechanism")]
   if csv:
     cols += [("mechanism_macro_f1", "mechanism macro-F1")]
-  cols += [("disparity_of_degradation", "disparity of degradation"), ("channels", "channels"),
-           ("steps", "steps"), ("train_epochs", "epochs trained after pruning")]
+  cols += [
+    ("disparity_of_degradation", "disparity of degradation"),
+    ("channels", "channels"),
+    ("steps", "steps"),
+    ("train_epochs", "epochs trained after pruning"),
+  ]
   return cols
 
 
@@ -232,24 +265,35 @@ def write_outputs(workdir: str, comparison: Mapping[str, Any]) -> None:
   report.write_csv(os.path.join(workdir, COMPARE_CSV), rows, columns(groups, csv=True))
   convention = comparison["fairness_convention"]
   boot = comparison.get("bootstrap") or {}
-  header = (f"# Pruning methods on {comparison['dataset']['name']}, seed {comparison['seed']}\n\n"
-            f"Test split; Eodd/Eopp in the {convention} convention; every run starts from the "
-            f"same dense model (SHA-256 {comparison['dense_fingerprint'][:16]}...). Target "
-            "sparsity: share of prunable weights (snnl_channels: share of the chosen layers' "
-            "channels); achieved sparsity: share of all prunable weights pruned. Δ columns: "
-            "pruned − dense on the same test samples, with the paired, group-stratified "
-            f"bootstrap percentile interval ({100 * boot.get('confidence', 0.95):g}%, "
-            f"{boot.get('num_samples', 'n/a')} resamples); mechanism: how the dense model's "
-            "worst and best groups moved (levelled_down: the better-off group lost "
-            "significantly, the worse-off did not gain).\n\n")
+  header = (
+    f"# Pruning methods on {comparison['dataset']['name']}, seed {comparison['seed']}\n\n"
+    f"Test split; Eodd/Eopp in the {convention} convention; every run starts from the "
+    f"same dense model (SHA-256 {comparison['dense_fingerprint'][:16]}...). Target "
+    "sparsity: share of prunable weights (snnl_channels: share of the chosen layers' "
+    "channels); achieved sparsity: share of all prunable weights pruned. Δ columns: "
+    "pruned − dense on the same test samples, with the paired, group-stratified "
+    f"bootstrap percentile interval ({100 * boot.get('confidence', 0.95):g}%, "
+    f"{boot.get('num_samples', 'n/a')} resamples); mechanism: how the dense model's "
+    "worst and best groups moved (levelled_down: the better-off group lost "
+    "significantly, the worse-off did not gain).\n\n"
+  )
   text = header + report.markdown_table(rows, cols) + "\n"
   checkpoint.write_atomic(os.path.join(workdir, COMPARE_MD), lambda f: f.write(text))
-  plot_rows = [{"method": r["method"], "accuracy": r["accuracy"], "eodd": r["eodd"],
-                "label": None if r["method"] == "dense" else f"{r['target_sparsity']:g}"}
-               for r in rows]
-  report.plot_pareto(plot_rows, os.path.join(workdir, PARETO_PNG),
-                     title=f"{comparison['dataset']['name']}: accuracy vs Eodd (test)",
-                     convention=convention)
+  plot_rows = [
+    {
+      "method": r["method"],
+      "accuracy": r["accuracy"],
+      "eodd": r["eodd"],
+      "label": None if r["method"] == "dense" else f"{r['target_sparsity']:g}",
+    }
+    for r in rows
+  ]
+  report.plot_pareto(
+    plot_rows,
+    os.path.join(workdir, PARETO_PNG),
+    title=f"{comparison['dataset']['name']}: accuracy vs Eodd (test)",
+    convention=convention,
+  )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -261,8 +305,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """
   validate_config(config)
   if "compare" not in config:
-    raise ConfigError("config.compare is missing: a comparison config needs a compare section "
-                      "(fairjax.config.compare_section; see configs/compare.py)")
+    raise ConfigError(
+      "config.compare is missing: a comparison config needs a compare section "
+      "(fairjax.config.compare_section; see configs/compare.py)"
+    )
   os.makedirs(workdir, exist_ok=True)
   t_start = time.perf_counter()
   methods = tuple(config.compare.methods)
@@ -275,8 +321,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   rows = [_row("dense", 0.0, {}, dense_test, report.summarize(dense_test, dense_test), groups)]
   runs = {}
   total = len(methods) * len(sparsities)
-  for k, (method, sparsity) in enumerate(
-      [(m, s) for m in methods for s in sparsities], start=1):
+  for k, (method, sparsity) in enumerate([(m, s) for m in methods for s in sparsities], start=1):
     name = run_name(method, sparsity)
     run_dir = os.path.join(workdir, RUNS_DIR, name)
     cfg = run_config(config, method, sparsity)
@@ -285,38 +330,54 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if os.path.exists(path):
       results = checkpoint.read_json(path)
       if results.get("dense_fingerprint") != fingerprint:
-        raise ConfigError(f"{run_dir} was pruned from another dense model (fingerprint "
-                          f"{results.get('dense_fingerprint')!r} != {fingerprint!r}); use "
-                          "another --workdir, or delete that run directory")
+        raise ConfigError(
+          f"{run_dir} was pruned from another dense model (fingerprint "
+          f"{results.get('dense_fingerprint')!r} != {fingerprint!r}); use "
+          "another --workdir, or delete that run directory"
+        )
       logging.info("compare %d/%d: %s finished earlier, skipped", k, total, name)
     else:
-      logging.info("compare %d/%d: %s (method %s, target sparsity %s)", k, total, name, method,
-                   sparsity)
-      results = pipeline.prune_run(cfg, model, data, dense, dense_val, dense_test, roles,
-                                   run_dir, plots=False,
-                                   extra={"dense_fingerprint": fingerprint,
-                                          **pipeline.dense_provenance(workdir)})
-    runs[name] = {"method": method, "target_sparsity": sparsity,
-                  "results": os.path.join(RUNS_DIR, name, report.RESULTS_FILENAME),
-                  "wall_seconds": results["wall_seconds"]}
+      logging.info(
+        "compare %d/%d: %s (method %s, target sparsity %s)", k, total, name, method, sparsity
+      )
+      results = pipeline.prune_run(
+        cfg,
+        model,
+        data,
+        dense,
+        dense_val,
+        dense_test,
+        roles,
+        run_dir,
+        plots=False,
+        extra={"dense_fingerprint": fingerprint, **pipeline.dense_provenance(workdir)},
+      )
+    runs[name] = {
+      "method": method,
+      "target_sparsity": sparsity,
+      "results": os.path.join(RUNS_DIR, name, report.RESULTS_FILENAME),
+      "wall_seconds": results["wall_seconds"],
+    }
     rows.append(_row(method, sparsity, results, results["pruned"], results["summary"], groups))
   comparison = {
-      "schema_version": 1,
-      "seed": config.seed,
-      "bootstrap": {"num_samples": int(config.report.bootstrap_samples),
-                    "seed": int(config.report.bootstrap_seed),
-                    "confidence": float(config.report.confidence)},
-      "config": _plain(config.to_dict()),
-      "dataset": data.describe(),
-      "fairness_convention": config.fairness_convention,
-      "dense_fingerprint": fingerprint,
-      "dense": dense_test,
-      **pipeline.dense_provenance(workdir),
-      "methods": list(methods),
-      "sparsities": list(sparsities),
-      "rows": rows,
-      "runs": runs,
-      "wall_seconds": time.perf_counter() - t_start,
+    "schema_version": 1,
+    "seed": config.seed,
+    "bootstrap": {
+      "num_samples": int(config.report.bootstrap_samples),
+      "seed": int(config.report.bootstrap_seed),
+      "confidence": float(config.report.confidence),
+    },
+    "config": _plain(config.to_dict()),
+    "dataset": data.describe(),
+    "fairness_convention": config.fairness_convention,
+    "dense_fingerprint": fingerprint,
+    "dense": dense_test,
+    **pipeline.dense_provenance(workdir),
+    "methods": list(methods),
+    "sparsities": list(sparsities),
+    "rows": rows,
+    "runs": runs,
+    "wall_seconds": time.perf_counter() - t_start,
   }
   write_outputs(workdir, comparison)
   logging.info("compare: %d runs -> %s", total, os.path.join(workdir, COMPARE_MD))
@@ -331,8 +392,11 @@ def _mean_std(values: Sequence[Any]) -> dict[str, Any]:
   if not kept:
     return {"mean": None, "std": None, "n": 0}
   arr = np.asarray(kept, np.float64)
-  return {"mean": float(arr.mean()), "std": float(arr.std(ddof=report.SEED_STD_DDOF)),
-          "n": len(kept)}
+  return {
+    "mean": float(arr.mean()),
+    "std": float(arr.std(ddof=report.SEED_STD_DDOF)),
+    "n": len(kept),
+  }
 
 
 def aggregate(comparisons: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -358,22 +422,38 @@ def aggregate(comparisons: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   for i, c in enumerate(comparisons[1:], start=1):
     for key in ("methods", "sparsities", "fairness_convention"):
       if c[key] != first[key]:
-        raise ValueError(f"comparisons[{i}].{key} is {c[key]!r}, but comparisons[0].{key} is "
-                         f"{first[key]!r}")
+        raise ValueError(
+          f"comparisons[{i}].{key} is {c[key]!r}, but comparisons[0].{key} is {first[key]!r}"
+        )
     if c["dataset"]["group_names"] != first["dataset"]["group_names"]:
       raise ValueError(f"comparisons[{i}] has other groups than comparisons[0]")
   groups = first["dataset"]["group_names"]
-  numeric = [k for k, _ in columns(groups, csv=True)
-             if k not in ("method", "target_sparsity", "channels", "steps", "train_epochs",
-                          "mechanism", "mechanism_macro_f1")]
+  numeric = [
+    k
+    for k, _ in columns(groups, csv=True)
+    if k
+    not in (
+      "method",
+      "target_sparsity",
+      "channels",
+      "steps",
+      "train_epochs",
+      "mechanism",
+      "mechanism_macro_f1",
+    )
+  ]
   out = []
   for j, row in enumerate(first["rows"]):
     rows = [c["rows"][j] for c in comparisons]
-    if any((r["method"], r["target_sparsity"]) != (row["method"], row["target_sparsity"])
-           for r in rows):
+    if any(
+      (r["method"], r["target_sparsity"]) != (row["method"], row["target_sparsity"]) for r in rows
+    ):
       raise ValueError(f"row {j} names different runs across comparisons")
-    agg = {"method": row["method"], "target_sparsity": row["target_sparsity"],
-           "num_seeds": len(rows)}
+    agg = {
+      "method": row["method"],
+      "target_sparsity": row["target_sparsity"],
+      "num_seeds": len(rows),
+    }
     agg.update({k: _mean_std([r.get(k) for r in rows]) for k in numeric})
     for key, _ in _difference_keys(groups):
       agg[f"{key}_seeds"] = significance(rows, key)
@@ -405,8 +485,9 @@ def difference_text(stats: Mapping[str, Any], seeds: Mapping[str, int]) -> str:
   wholly below / above 0 (significant decreases / increases); "" without intervals."""
   if seeds["no_interval"] == sum(seeds.values()) or stats["mean"] is None:
     return ""
-  return (f"{stats['mean']:+.3f} ± {stats['std']:.3f}"
-          f" (↓{seeds['below_zero']} ↑{seeds['above_zero']})")
+  return (
+    f"{stats['mean']:+.3f} ± {stats['std']:.3f} (↓{seeds['below_zero']} ↑{seeds['above_zero']})"
+  )
 
 
 def label_counts(labels: Sequence[Any]) -> str:
@@ -421,9 +502,11 @@ def label_counts(labels: Sequence[Any]) -> str:
 def aggregate_columns(group_names: Sequence[str]) -> list[tuple[str, str]]:
   """Columns of :func:`aggregate`'s markdown table: the test metrics (mean ± std), the paired
   differences (mean ± std, and the seeds whose interval excludes 0) and the labels."""
-  cols = [c for c in columns(group_names)
-          if c[0] not in ("channels", "steps", "train_epochs", "mechanism")
-          and not c[0].endswith("_ci")]
+  cols = [
+    c
+    for c in columns(group_names)
+    if c[0] not in ("channels", "steps", "train_epochs", "mechanism") and not c[0].endswith("_ci")
+  ]
   cols[-1:-1] = [(f"{k}_text", f"{h} (sig. seeds)") for k, h in _difference_keys(group_names)]
   cols.insert(-1, ("mechanism", "mechanism (seeds)"))
   return cols
@@ -431,13 +514,30 @@ def aggregate_columns(group_names: Sequence[str]) -> list[tuple[str, str]]:
 
 def pareto_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   """:func:`fairjax.report.plot_pareto` rows (with error bars) of :func:`aggregate`'s rows."""
-  return [{"method": r["method"], "accuracy": r["accuracy"]["mean"],
-           "accuracy_std": r["accuracy"]["std"], "eodd": r["eodd"]["mean"],
-           "eodd_std": r["eodd"]["std"],
-           "label": None if r["method"] == "dense" else f"{r['target_sparsity']:g}"}
-          for r in rows]
+  return [
+    {
+      "method": r["method"],
+      "accuracy": r["accuracy"]["mean"],
+      "accuracy_std": r["accuracy"]["std"],
+      "eodd": r["eodd"]["mean"],
+      "eodd_std": r["eodd"]["std"],
+      "label": None if r["method"] == "dense" else f"{r['target_sparsity']:g}",
+    }
+    for r in rows
+  ]
 
 
-__all__ = ["run", "run_config", "run_name", "dense_fingerprint", "columns", "write_outputs",
-           "aggregate", "aggregate_columns", "pareto_rows", "significance", "difference_text",
-           "label_counts"]
+__all__ = [
+  "run",
+  "run_config",
+  "run_name",
+  "dense_fingerprint",
+  "columns",
+  "write_outputs",
+  "aggregate",
+  "aggregate_columns",
+  "pareto_rows",
+  "significance",
+  "difference_text",
+  "label_counts",
+]

@@ -30,11 +30,11 @@ import ml_collections
 # The value sets of some fields belong to the modules that implement them; these names are read
 # from there on first access (module __getattr__ below), so importing this module stays cheap.
 _OWNED = {
-    "CURVATURE_METHODS": ("fairjax.curvature", "METHODS"),  # prune.curvature
-    "CONVENTIONS": ("fairjax.report", "CONVENTIONS"),  # fairness_convention
-    "SAMPLINGS": ("fairjax.data.pipeline", "SAMPLINGS"),  # data.sampling
-    "AUGMENTS": ("fairjax.data.pipeline", "AUGMENTS"),  # data.augment
-    "OPTIMIZERS": ("fairjax.train", "OPTIMIZERS"),  # train.optimizer
+  "CURVATURE_METHODS": ("fairjax.curvature", "METHODS"),  # prune.curvature
+  "CONVENTIONS": ("fairjax.report", "CONVENTIONS"),  # fairness_convention
+  "SAMPLINGS": ("fairjax.data.pipeline", "SAMPLINGS"),  # data.sampling
+  "AUGMENTS": ("fairjax.data.pipeline", "AUGMENTS"),  # data.augment
+  "OPTIMIZERS": ("fairjax.train", "OPTIMIZERS"),  # train.optimizer
 }
 
 
@@ -45,6 +45,7 @@ def _owned(name: str) -> tuple[str, ...]:
 
 def _prune_methods() -> tuple[str, ...]:
   from fairjax.pruning import api  # lazy: importing the methods pulls in jax
+
   return api.method_names()
 
 
@@ -246,7 +247,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.snnl_finetune_epochs = c.prune.get_ref("retrain_epochs")  # SNNL's (flat name)
   # FairGRAPE's full fine-tune epochs (deprecated name of prune.fairgrape.finetune_epochs)
   c.prune.fairgrape_finetune_epochs = c.prune.fairgrape.get_ref(
-      "finetune_epochs")  # 0 = no final fine-tune
+    "finetune_epochs"
+  )  # 0 = no final fine-tune
   # FairGRAPE's final fine-tune optimizer (deprecated name of prune.fairgrape.finetune_optimizer)
   c.prune.fairgrape_finetune_optimizer = c.prune.fairgrape.get_ref("finetune_optimizer")
   # its learning rate (deprecated name of prune.fairgrape.finetune_learning_rate)
@@ -288,8 +290,10 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise ConfigError(f"config file {path!r} does not exist (configs are in the repository's "
-                      "configs/ folder, e.g. configs/demo.py)")
+    raise ConfigError(
+      f"config file {path!r} does not exist (configs are in the repository's "
+      "configs/ folder, e.g. configs/demo.py)"
+    )
   name = "fairjax_config_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
@@ -299,8 +303,9 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
-def compare_section(methods: tuple[str, ...] | None = None,
-                    sparsities: tuple[float, ...] = (0.5, 0.8, 0.9)) -> ml_collections.ConfigDict:
+def compare_section(
+  methods: tuple[str, ...] | None = None, sparsities: tuple[float, ...] = (0.5, 0.8, 0.9)
+) -> ml_collections.ConfigDict:
   """The ``config.compare`` section of a comparison config (``configs/compare.py``).
 
   Its presence makes ``python -m fairjax.main`` run :func:`fairjax.compare.run` (every method in
@@ -337,8 +342,11 @@ def _meanings_of(fn, prefix: str) -> dict[str, str]:
     if not (isinstance(target, ast.Name) and target.id == "c" and parts):
       continue
     value = node.value
-    if isinstance(value, ast.Call) and not value.args and getattr(
-        value.func, "attr", None) == "ConfigDict":
+    if (
+      isinstance(value, ast.Call)
+      and not value.args
+      and getattr(value.func, "attr", None) == "ConfigDict"
+    ):
       continue
     above, line = [], node.lineno - 1
     while line >= 1 and lines[line - 1].strip().startswith("#"):
@@ -359,8 +367,9 @@ def key_meanings() -> dict[str, str]:
     return {}
 
 
-def config_items(config, meanings: Mapping[str, str] | None = None,
-                 prefix: str = "") -> Iterator[tuple[str, Any]]:
+def config_items(
+  config, meanings: Mapping[str, str] | None = None, prefix: str = ""
+) -> Iterator[tuple[str, Any]]:
   """``(dotted key, value)`` of every leaf of ``config``, in :func:`base_config`'s order; a
   sub-dict with a meaning of its own (``model.kwargs``) is one leaf."""
   meanings = key_meanings() if meanings is None else meanings
@@ -370,8 +379,9 @@ def config_items(config, meanings: Mapping[str, str] | None = None,
     # base_config's order (a ConfigDict iterates sorted): a section ranks as its first key;
     # keys that base_config does not know come last.
     path = prefix + key
-    return next((i for i, m in enumerate(order) if m == path or m.startswith(path + ".")),
-                len(order))
+    return next(
+      (i for i, m in enumerate(order) if m == path or m.startswith(path + ".")), len(order)
+    )
 
   for key in sorted(config.keys(), key=lambda k: (rank(k), k)):
     value = config[key]
@@ -390,24 +400,36 @@ def _validate_compare(config) -> None:
     _fail("compare.methods", methods, f"must be a non-empty tuple of methods from {PRUNE_METHODS}")
   for m in methods:
     if m not in PRUNE_METHODS:
-      _fail("compare.methods", tuple(methods),
-            f"{m!r} is not a pruning method; each must be one of {PRUNE_METHODS}")
+      _fail(
+        "compare.methods",
+        tuple(methods),
+        f"{m!r} is not a pruning method; each must be one of {PRUNE_METHODS}",
+      )
   if len(set(methods)) != len(methods):
     _fail("compare.methods", tuple(methods), "must not name a method twice")
   sparsities = cmp.sparsities
   if isinstance(sparsities, (str, int, float)) or not sparsities:
-    _fail("compare.sparsities", sparsities,
-          "must be a non-empty tuple of target weight sparsities in (0, 1), e.g. (0.5, 0.9)")
+    _fail(
+      "compare.sparsities",
+      sparsities,
+      "must be a non-empty tuple of target weight sparsities in (0, 1), e.g. (0.5, 0.9)",
+    )
   for s in sparsities:
     if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 < s < 1.0:
-      _fail("compare.sparsities", tuple(sparsities),
-            f"{s!r} is outside (0, 1): a target sparsity is a fraction of pruned weights below "
-            "1 (the dense model, sparsity 0, is always in the table)")
+      _fail(
+        "compare.sparsities",
+        tuple(sparsities),
+        f"{s!r} is outside (0, 1): a target sparsity is a fraction of pruned weights below "
+        "1 (the dense model, sparsity 0, is always in the table)",
+      )
   if len(set(float(s) for s in sparsities)) != len(sparsities):
     _fail("compare.sparsities", tuple(sparsities), "must not name a sparsity twice")
   if config.prune.target_sparsity is not None:
-    _fail("prune.target_sparsity", config.prune.target_sparsity,
-          "is set by the comparison from config.compare.sparsities; leave it unset (None)")
+    _fail(
+      "prune.target_sparsity",
+      config.prune.target_sparsity,
+      "is set by the comparison from config.compare.sparsities; leave it unset (None)",
+    )
 
 
 def _validate_pretrained(config) -> None:
@@ -419,22 +441,30 @@ def _validate_pretrained(config) -> None:
     _fail("model.pretrained", m.pretrained, "must be a file path, or '' for random init")
   if not m.pretrained:
     if m.require_pretrained:
-      _fail("model.pretrained", m.pretrained,
-            f"this protocol starts from ImageNet weights; download the torchvision file for "
-            f"{m.name} (README, 'Reproduce a paper') and pass its path, or set "
-            "--config.model.require_pretrained=False to train from random init")
+      _fail(
+        "model.pretrained",
+        m.pretrained,
+        f"this protocol starts from ImageNet weights; download the torchvision file for "
+        f"{m.name} (README, 'Reproduce a paper') and pass its path, or set "
+        "--config.model.require_pretrained=False to train from random init",
+      )
     return
   if m.name not in pretrained.PRETRAINED_MODELS:
-    _fail("model.name", m.name,
-          f"has no pretrained layout; with model.pretrained use one of "
-          f"{pretrained.PRETRAINED_MODELS}")
+    _fail(
+      "model.name",
+      m.name,
+      f"has no pretrained layout; with model.pretrained use one of {pretrained.PRETRAINED_MODELS}",
+    )
   if not os.path.isfile(m.pretrained):
     _fail("model.pretrained", m.pretrained, "is not a file (give the path of the weights file)")
   if not os.access(m.pretrained, os.R_OK):
     _fail("model.pretrained", m.pretrained, "is not readable (check its permissions)")
   if config.data.imagenet_normalization is False:
-    _fail("data.imagenet_normalization", False,
-          "ImageNet-pretrained weights expect ImageNet-normalised inputs; leave it None or True")
+    _fail(
+      "data.imagenet_normalization",
+      False,
+      "ImageNet-pretrained weights expect ImageNet-normalised inputs; leave it None or True",
+    )
 
 
 def _validate_faces(d) -> None:
@@ -446,14 +476,18 @@ def _validate_faces(d) -> None:
     key, why = problem
     _fail(f"data.{key}", d[key], why)
   if d.name == "fairface" and not 0.0 < d.fairface_validation_fraction < 1.0:
-    _fail("data.fairface_validation_fraction", d.fairface_validation_fraction,
-          "must be in (0, 1)")
+    _fail("data.fairface_validation_fraction", d.fairface_validation_fraction, "must be in (0, 1)")
   if d.name == "utkface" and d.utkface_races not in faces.UTKFACE_RACE_COUNTS:
     _fail("data.utkface_races", d.utkface_races, "must be 4 (without 'Others') or 5")
   if faces.is_multilabel(d.name, faces.resolve_task(d.name, d.task)) and (
-      d.sampling == "class_balanced"):
-    _fail("data.sampling", d.sampling, "a multi-label task has no single class per image to "
-          "balance; use 'uniform' or 'group_balanced'")
+    d.sampling == "class_balanced"
+  ):
+    _fail(
+      "data.sampling",
+      d.sampling,
+      "a multi-label task has no single class per image to "
+      "balance; use 'uniform' or 'group_balanced'",
+    )
 
 
 def _check_multilabel_method(method_name: str, where: str) -> None:
@@ -462,9 +496,10 @@ def _check_multilabel_method(method_name: str, where: str) -> None:
 
   if not methods_api.get_method(method_name).supports_multilabel:
     raise ConfigError(
-        f"config.{where}={method_name!r}: this method cannot score a multi-label task (a "
-        "scoring function registered without a 'loss' parameter assumes one class per "
-        "image); pick another method, or give its score_fn a loss= parameter")
+      f"config.{where}={method_name!r}: this method cannot score a multi-label task (a "
+      "scoring function registered without a 'loss' parameter assumes one class per "
+      "image); pick another method, or give its score_fn a loss= parameter"
+    )
 
 
 def imagenet_normalization(config) -> bool:
@@ -476,15 +511,30 @@ def imagenet_normalization(config) -> bool:
 # Deprecated key -> its new key (the per-method sections); both names are one field in
 # base_config for one release, and the command line warns when an old name is used.
 DEPRECATED_KEYS = {
-    **{f"prune.fairgrape_{k}": f"prune.fairgrape.{k}"
-       for k in ("keep_per_iter", "prune_rate", "finetune_epochs", "finetune_optimizer",
-                 "finetune_learning_rate")},
-    **{f"prune.snnl_{k}": f"prune.snnl.{k}"
-       for k in ("layers", "temperature", "include_self", "channels_per_step", "scope")},
-    **{old: "prune.retrain_epochs"
-       for old in ("prune.finetune_epochs", "prune.fairgrape.retrain_epochs",
-                   "prune.snnl.finetune_epochs", "prune.fairgrape_retrain_epochs",
-                   "prune.snnl_finetune_epochs")},
+  **{
+    f"prune.fairgrape_{k}": f"prune.fairgrape.{k}"
+    for k in (
+      "keep_per_iter",
+      "prune_rate",
+      "finetune_epochs",
+      "finetune_optimizer",
+      "finetune_learning_rate",
+    )
+  },
+  **{
+    f"prune.snnl_{k}": f"prune.snnl.{k}"
+    for k in ("layers", "temperature", "include_self", "channels_per_step", "scope")
+  },
+  **{
+    old: "prune.retrain_epochs"
+    for old in (
+      "prune.finetune_epochs",
+      "prune.fairgrape.retrain_epochs",
+      "prune.snnl.finetune_epochs",
+      "prune.fairgrape_retrain_epochs",
+      "prune.snnl_finetune_epochs",
+    )
+  },
 }
 _OLD_NAMES: dict[str, list[str]] = {}
 for _old, _new in DEPRECATED_KEYS.items():
@@ -509,8 +559,11 @@ def deprecated_in_file(path: str) -> list[tuple[str, str]]:
     return []
   with open(path) as f:
     text = f.read()
-  return [(old, new) for old, new in DEPRECATED_KEYS.items()
-          if re.search(r"\." + re.escape(old) + r"\s*=[^=]", text)]
+  return [
+    (old, new)
+    for old, new in DEPRECATED_KEYS.items()
+    if re.search(r"\." + re.escape(old) + r"\s*=[^=]", text)
+  ]
 
 
 def fail(field: str, value: Any, requirement: str) -> None:
@@ -518,10 +571,19 @@ def fail(field: str, value: Any, requirement: str) -> None:
   <requirement> (fix it in the config file or with --config.<field>=...)``; a field with a
   deprecated name also names that (``config.<old>=<value>``), which a user may have set."""
   olds = _OLD_NAMES.get(field, [])
-  alias = (f" (deprecated name{'s' if len(olds) > 1 else ''}: "
-           + ", ".join(f"config.{old}={value!r}" for old in olds) + ")") if olds else ""
-  raise ConfigError(f"config.{field}={value!r}{alias}: {requirement} "
-                    f"(fix it in the config file or with --config.{field}=...)")
+  alias = (
+    (
+      f" (deprecated name{'s' if len(olds) > 1 else ''}: "
+      + ", ".join(f"config.{old}={value!r}" for old in olds)
+      + ")"
+    )
+    if olds
+    else ""
+  )
+  raise ConfigError(
+    f"config.{field}={value!r}{alias}: {requirement} "
+    f"(fix it in the config file or with --config.{field}=...)"
+  )
 
 
 _fail = fail
@@ -530,9 +592,10 @@ _fail = fail
 def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> None:
   """Checks every field a run depends on; raises :class:`ConfigError` on the first bad one."""
   from fairjax import models  # the registry is the source of truth for model names
+
   CONVENTIONS, SAMPLINGS, AUGMENTS, OPTIMIZERS, CURVATURE_METHODS = (
-      _owned(n) for n in ("CONVENTIONS", "SAMPLINGS", "AUGMENTS", "OPTIMIZERS",
-                          "CURVATURE_METHODS"))
+    _owned(n) for n in ("CONVENTIONS", "SAMPLINGS", "AUGMENTS", "OPTIMIZERS", "CURVATURE_METHODS")
+  )
 
   # NaN / inf pass most range checks below (every comparison with NaN is False) and would only
   # surface as a diverged or nonsensical run.
@@ -556,14 +619,23 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   if d.augment not in AUGMENTS:
     _fail("data.augment", d.augment, f"must be one of {AUGMENTS}")
   if d.name != "demo" and not d.manual_dir and not d.data_dir:
-    _fail("data.manual_dir", d.manual_dir,
-          f"must point to your {d.name} files (see README, 'Bring real data')")
-  if (isinstance(d.split_fractions, str) or len(d.split_fractions) != 3
-      or not all(isinstance(f, (int, float)) and not isinstance(f, bool)
-                 for f in d.split_fractions)
-      or abs(sum(d.split_fractions) - 1.0) > 1e-6 or min(d.split_fractions) <= 0):
-    _fail("data.split_fractions", tuple(d.split_fractions),
-          "must be three positive numbers (train, validation, test) summing to 1")
+    _fail(
+      "data.manual_dir",
+      d.manual_dir,
+      f"must point to your {d.name} files (see README, 'Bring real data')",
+    )
+  if (
+    isinstance(d.split_fractions, str)
+    or len(d.split_fractions) != 3
+    or not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in d.split_fractions)
+    or abs(sum(d.split_fractions) - 1.0) > 1e-6
+    or min(d.split_fractions) <= 0
+  ):
+    _fail(
+      "data.split_fractions",
+      tuple(d.split_fractions),
+      "must be three positive numbers (train, validation, test) summing to 1",
+    )
   if d.name == "isic2019" and d.sensitive_attribute not in ("sex", "age"):
     _fail("data.sensitive_attribute", d.sensitive_attribute, "must be 'sex' or 'age'")
   if d.name == "fitzpatrick17k" and d.label_granularity not in (114, 9, 3):
@@ -573,9 +645,10 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   if d.name in ("fairface", "utkface", "celeba"):
     _validate_faces(d)
     from fairjax.data import faces
+
     if faces.is_multilabel(d.name, faces.resolve_task(d.name, d.task)):
       _check_multilabel_method(config.prune.method, "prune.method")
-      for m in (config.compare.methods if "compare" in config else ()):
+      for m in config.compare.methods if "compare" in config else ():
         if m in _prune_methods():
           _check_multilabel_method(m, "compare.methods")
   if d.on_bad_image not in ("skip", "error"):
@@ -587,8 +660,11 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
     if not 0.0 < d.minority_fraction < 1.0:
       _fail("data.minority_fraction", d.minority_fraction, "must be in (0, 1)")
     if d.eval_minority_fraction is not None and not 0.0 < d.eval_minority_fraction < 1.0:
-      _fail("data.eval_minority_fraction", d.eval_minority_fraction,
-            "must be in (0, 1), or None for data.minority_fraction")
+      _fail(
+        "data.eval_minority_fraction",
+        d.eval_minority_fraction,
+        "must be in (0, 1), or None for data.minority_fraction",
+      )
     if not 0.0 < d.minority_contrast <= 1.0:
       _fail("data.minority_contrast", d.minority_contrast, "must be in (0, 1]")
     if not 0.0 <= d.shortcut_strength <= 0.5:
@@ -605,8 +681,11 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
       _fail("data.third_group_fraction", third, "must be in [0, 0.5] (0 = two groups)")
 
   if d.imagenet_normalization is not None and not isinstance(d.imagenet_normalization, bool):
-    _fail("data.imagenet_normalization", d.imagenet_normalization,
-          "must be True, False, or None (= True)")
+    _fail(
+      "data.imagenet_normalization",
+      d.imagenet_normalization,
+      "must be True, False, or None (= True)",
+    )
 
   if config.model.name not in models.list_models():
     _fail("model.name", config.model.name, f"must be one of {tuple(models.list_models())}")
@@ -631,10 +710,14 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
 
   p = config.prune
   from fairjax.pruning import api as methods_api  # lazy: importing the methods pulls in jax
+
   methods_api.get_method(p.method)  # ConfigError naming prune.method if unknown
   if p.target_sparsity is not None and not 0.0 < p.target_sparsity < 1.0:
-    _fail("prune.target_sparsity", p.target_sparsity,
-          "must be in (0, 1), or None for the ordinary stopping rule")
+    _fail(
+      "prune.target_sparsity",
+      p.target_sparsity,
+      "must be in (0, 1), or None for the ordinary stopping rule",
+    )
   if p.curvature not in CURVATURE_METHODS:
     _fail("prune.curvature", p.curvature, f"must be one of {CURVATURE_METHODS}")
   if not 0.0 < p.step_fraction < 1.0:
@@ -642,8 +725,11 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
   if not 0.0 <= p.max_sparsity < 1.0:
     _fail("prune.max_sparsity", p.max_sparsity, "must be in [0, 1)")
   if not 0.0 <= p.max_accuracy_drop <= 1.0:
-    _fail("prune.max_accuracy_drop", p.max_accuracy_drop,
-          "must be in [0, 1] (accuracy units, 0.03 = 3 points)")
+    _fail(
+      "prune.max_accuracy_drop",
+      p.max_accuracy_drop,
+      "must be in [0, 1] (accuracy units, 0.03 = 3 points)",
+    )
   if p.scope not in ("global", "layer"):
     _fail("prune.scope", p.scope, "must be 'global' or 'layer'")
   if p.get("report_step", "best") not in ("best", "last"):
@@ -653,21 +739,34 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
       _fail(f"prune.{key}", p[key], "must be an integer >= 1")
   chunk = p.curvature_chunk_size
   if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
-    _fail("prune.curvature_chunk_size", chunk,
-          "must be an integer >= 0 (samples per curvature call; 0 = the whole batch)")
+    _fail(
+      "prune.curvature_chunk_size",
+      chunk,
+      "must be an integer >= 0 (samples per curvature call; 0 = the whole batch)",
+    )
   budget = p.curvature_memory_budget_bytes
   if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-    _fail("prune.curvature_memory_budget_bytes", budget,
-          "must be an integer >= 0 (bytes per curvature call, e.g. 2000000000; 0 = no budget)")
+    _fail(
+      "prune.curvature_memory_budget_bytes",
+      budget,
+      "must be an integer >= 0 (bytes per curvature call, e.g. 2000000000; 0 = no budget)",
+    )
   excluded = p.exclude_layers
   if isinstance(excluded, str) or not all(isinstance(x, str) and x for x in excluded):
-    _fail("prune.exclude_layers", excluded,
-          "must be a tuple of module paths such as ('conv0', 'fc1'), or () to prune every layer")
+    _fail(
+      "prune.exclude_layers",
+      excluded,
+      "must be a tuple of module paths such as ('conv0', 'fc1'), or () to prune every layer",
+    )
   retrain = p.retrain_epochs
-  if retrain is not None and (isinstance(retrain, bool) or not isinstance(retrain, int)
-                              or retrain < 0):
-    _fail("prune.retrain_epochs", retrain,
-          "must be an integer >= 0 (epochs after every step), or None for the method's default")
+  if retrain is not None and (
+    isinstance(retrain, bool) or not isinstance(retrain, int) or retrain < 0
+  ):
+    _fail(
+      "prune.retrain_epochs",
+      retrain,
+      "must be an integer >= 0 (epochs after every step), or None for the method's default",
+    )
   # Every registered method checks its own settings (fairjax.pruning.api.PruneMethod.validate),
   # whichever method runs: a config file is checked whole.
   for name in methods_api.method_names():
@@ -680,14 +779,23 @@ def validate_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> No
     _fail("parallel.num_devices", n, "must be an integer >= 0 (devices per process; 0 = all)")
 
   r = config.report
-  if (isinstance(r.bootstrap_samples, bool) or not isinstance(r.bootstrap_samples, int)
-      or r.bootstrap_samples < 1):
+  if (
+    isinstance(r.bootstrap_samples, bool)
+    or not isinstance(r.bootstrap_samples, int)
+    or r.bootstrap_samples < 1
+  ):
     _fail("report.bootstrap_samples", r.bootstrap_samples, "must be an integer >= 1")
-  if (isinstance(r.bootstrap_seed, bool) or not isinstance(r.bootstrap_seed, int)
-      or r.bootstrap_seed < 0):
+  if (
+    isinstance(r.bootstrap_seed, bool)
+    or not isinstance(r.bootstrap_seed, int)
+    or r.bootstrap_seed < 0
+  ):
     _fail("report.bootstrap_seed", r.bootstrap_seed, "must be an integer >= 0")
-  if (isinstance(r.confidence, bool) or not isinstance(r.confidence, (int, float))
-      or not 0.0 < r.confidence < 1.0):
+  if (
+    isinstance(r.confidence, bool)
+    or not isinstance(r.confidence, (int, float))
+    or not 0.0 < r.confidence < 1.0
+  ):
     _fail("report.confidence", r.confidence, "must be in (0, 1), e.g. 0.95")
   if not isinstance(r.plots, bool):
     _fail("report.plots", r.plots, "must be True or False")
@@ -704,35 +812,54 @@ def validate_data(config, data) -> None:
   demo = data.name == "demo"
   batch = config.train.batch_size
   if batch > n_train:
-    _fail("train.batch_size", batch,
-          f"must be at most the training split's size ({n_train} samples of {data.name}), or "
-          "an epoch has no full batch" + (" (or raise config.data.num_train)" if demo else ""))
+    _fail(
+      "train.batch_size",
+      batch,
+      f"must be at most the training split's size ({n_train} samples of {data.name}), or "
+      "an epoch has no full batch" + (" (or raise config.data.num_train)" if demo else ""),
+    )
   names = tuple(data.group_names)
   from fairjax.pruning import api as methods_api
+
   methods_api.get_method(config.prune.method).validate(config, data)
   if getattr(data, "multilabel", False):
     _check_multilabel_method(config.prune.method, "prune.method")
     if config.data.sampling == "class_balanced":
-      _fail("data.sampling", config.data.sampling, "a multi-label task has no single class per "
-            "image to balance; use 'uniform' or 'group_balanced'")
+      _fail(
+        "data.sampling",
+        config.data.sampling,
+        "a multi-label task has no single class per "
+        "image to balance; use 'uniform' or 'group_balanced'",
+      )
   if config.prune.privileged_group and config.prune.privileged_group not in names:
-    _fail("prune.privileged_group", config.prune.privileged_group,
-          f"must be a group of {data.name}, one of {names}, or '' for the group with the "
-          "higher dense validation accuracy")
+    _fail(
+      "prune.privileged_group",
+      config.prune.privileged_group,
+      f"must be a group of {data.name}, one of {names}, or '' for the group with the "
+      "higher dense validation accuracy",
+    )
   if config.prune.batch_size % len(names):
-    _fail("prune.batch_size", config.prune.batch_size,
-          f"must be a multiple of the number of groups ({len(names)}: {names}); the "
-          "group-balanced scoring batches hold as many samples of each group")
+    _fail(
+      "prune.batch_size",
+      config.prune.batch_size,
+      f"must be a multiple of the number of groups ({len(names)}: {names}); the "
+      "group-balanced scoring batches hold as many samples of each group",
+    )
   # Group-balanced batches draw from every group of the training split, and the group metrics
   # of every evaluation need every group: an absent group would end the run after training.
   for split in ("train", "validation", "test"):
     counts = [int((data.groups[split] == g).sum()) for g in range(len(names))]
     for name, count in zip(names, counts):
       if count == 0:
-        hint = (f"raise config.data.num_{split} or the group's share "
-                "(config.data.minority_fraction, config.data.eval_minority_fraction)" if demo else
-                "change config.data.split_fractions or config.data.split_seed, or add samples "
-                "of that group to the data")
-        raise ConfigError(f"the {split} split of {data.name} has no sample of group {name!r} "
-                          f"(group counts {dict(zip(names, counts))}); every group needs "
-                          f"samples in every split: {hint}")
+        hint = (
+          f"raise config.data.num_{split} or the group's share "
+          "(config.data.minority_fraction, config.data.eval_minority_fraction)"
+          if demo
+          else "change config.data.split_fractions or config.data.split_seed, or add samples "
+          "of that group to the data"
+        )
+        raise ConfigError(
+          f"the {split} split of {data.name} has no sample of group {name!r} "
+          f"(group counts {dict(zip(names, counts))}); every group needs "
+          f"samples in every split: {hint}"
+        )

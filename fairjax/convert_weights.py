@@ -21,14 +21,14 @@ from fairjax.models import pretrained
 
 
 class _Parser(argparse.ArgumentParser):
-
   def error(self, message: str):  # one line, no usage block
     print(f"convert_weights: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
-def convert(in_path: str | os.PathLike, out_path: str | os.PathLike,
-            model: str | None = None) -> str:
+def convert(
+  in_path: str | os.PathLike, out_path: str | os.PathLike, model: str | None = None
+) -> str:
   """Writes the fairjax-native file ``out_path`` from the weights file ``in_path``.
 
   Args:
@@ -54,18 +54,19 @@ def convert(in_path: str | os.PathLike, out_path: str | os.PathLike,
     if name not in pretrained.PRETRAINED_MODELS:
       what = f"it looks like {name}" if name else "its keys match no known architecture"
       raise pretrained.PretrainedError(
-          f"{in_path}: cannot tell which supported model the weights belong to ({what}); pass "
-          f"--model NAME, one of {', '.join(pretrained.PRETRAINED_MODELS)}")
+        f"{in_path}: cannot tell which supported model the weights belong to ({what}); pass "
+        f"--model NAME, one of {', '.join(pretrained.PRETRAINED_MODELS)}"
+      )
   pretrained._check_name(name)
   flat, file_format = pretrained._read_canonical(name, in_path, read)
   head = flat[f"params/{pretrained._HEAD[name]}/kernel"]
   metadata = {
-      "format": pretrained.NATIVE_FORMAT,
-      "format_version": pretrained.NATIVE_FORMAT_VERSION,
-      "model": name,
-      "num_classes": str(head.shape[1]),
-      "source": os.path.basename(in_path),
-      "source_format": file_format,
+    "format": pretrained.NATIVE_FORMAT,
+    "format_version": pretrained.NATIVE_FORMAT_VERSION,
+    "model": name,
+    "num_classes": str(head.shape[1]),
+    "source": os.path.basename(in_path),
+    "source_format": file_format,
   }
   tmp = f"{out_path}.tmp-{os.getpid()}"
   try:
@@ -84,8 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = _Parser(prog="python -m fairjax.convert_weights", description=__doc__.split("\n")[0])
   parser.add_argument("input", metavar="IN", help="torchvision state_dict (.pth/.safetensors)")
   parser.add_argument("output", metavar="OUT", help="fairjax-native .safetensors to write")
-  parser.add_argument("--model", choices=pretrained.PRETRAINED_MODELS, default=None,
-                      help="architecture (default: recognised from the key names)")
+  parser.add_argument(
+    "--model",
+    choices=pretrained.PRETRAINED_MODELS,
+    default=None,
+    help="architecture (default: recognised from the key names)",
+  )
   args = parser.parse_args(argv)
   try:
     name = convert(args.input, args.output, args.model)

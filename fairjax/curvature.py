@@ -124,8 +124,13 @@ _FAST_GROUPED_CONVS = True
 # and bench/curvature.py can compare each fast path with the generic one.
 FAST_FAMILIES = ("conv", "dense", "dense_general", "norm")
 _FAST_FAMILIES = frozenset(FAST_FAMILIES)
-_FAMILY = {nn.Conv: "conv", nn.Dense: "dense", nn.DenseGeneral: "dense_general",
-           nn.LayerNorm: "norm", nn.RMSNorm: "norm"}
+_FAMILY = {
+  nn.Conv: "conv",
+  nn.Dense: "dense",
+  nn.DenseGeneral: "dense_general",
+  nn.LayerNorm: "norm",
+  nn.RMSNorm: "norm",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,14 +187,14 @@ def _as_tuple(value: Any, rank: int) -> tuple[int, ...]:
   return tuple(int(v) for v in value)
 
 
-def _conv_geometry(module: nn.Conv, in_shape: tuple[int, ...],
-                   grouped: bool = True) -> dict | None:
+def _conv_geometry(module: nn.Conv, in_shape: tuple[int, ...], grouped: bool = True) -> dict | None:
   """Returns the conv's geometry, or None when the closed form does not apply.
 
   ``grouped=False`` rejects feature-grouped convs (they then take the generic path).
   """
-  kernel_size = _as_tuple(module.kernel_size, 1 if isinstance(module.kernel_size, int) else
-                          len(module.kernel_size))
+  kernel_size = _as_tuple(
+    module.kernel_size, 1 if isinstance(module.kernel_size, int) else len(module.kernel_size)
+  )
   rank = len(kernel_size)
   if not 1 <= rank <= 3 or len(in_shape) != rank + 2:
     return None
@@ -207,12 +212,12 @@ def _conv_geometry(module: nn.Conv, in_shape: tuple[int, ...],
   if not isinstance(padding, str):
     padding = tuple(tuple(int(v) for v in pair) for pair in padding)
   return dict(
-      kernel_size=kernel_size,
-      strides=_as_tuple(module.strides, rank),
-      padding=padding,
-      input_dilation=_as_tuple(module.input_dilation, rank),
-      kernel_dilation=_as_tuple(module.kernel_dilation, rank),
-      feature_group_count=groups,
+    kernel_size=kernel_size,
+    strides=_as_tuple(module.strides, rank),
+    padding=padding,
+    input_dilation=_as_tuple(module.input_dilation, rank),
+    kernel_dilation=_as_tuple(module.kernel_dilation, rank),
+    feature_group_count=groups,
   )
 
 
@@ -225,8 +230,13 @@ _NORM_MODULES = (nn.LayerNorm, nn.RMSNorm)
 _FAST_MODULES = (nn.Dense, nn.DenseGeneral, nn.Conv) + _NORM_MODULES
 
 
-def _dense_spec(module: nn.Module, path: Path, in_shape: tuple[int, ...],
-                out_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> LayerSpec | None:
+def _dense_spec(
+  module: nn.Module,
+  path: Path,
+  in_shape: tuple[int, ...],
+  out_shape: tuple[int, ...],
+  kernel_shape: tuple[int, ...],
+) -> LayerSpec | None:
   """The dense spec of a plain ``nn.Dense`` / ``nn.DenseGeneral`` call, or None.
 
   DenseGeneral must have no ``batch_dims`` (a kernel per batch index is not a shared weight)
@@ -252,8 +262,14 @@ def _dense_spec(module: nn.Module, path: Path, in_shape: tuple[int, ...],
   return LayerSpec(path, "dense", in_shape, out_shape, module.use_bias, contract_axes=axes)
 
 
-def _norm_spec(module: nn.Module, path: Path, in_shape: tuple[int, ...],
-               out_shape: tuple[int, ...], owned: set, flat_params: Mapping) -> LayerSpec | None:
+def _norm_spec(
+  module: nn.Module,
+  path: Path,
+  in_shape: tuple[int, ...],
+  out_shape: tuple[int, ...],
+  owned: set,
+  flat_params: Mapping,
+) -> LayerSpec | None:
   """The spec of a plain ``nn.LayerNorm`` / ``nn.RMSNorm`` call with per-feature scale/bias on
   the last axis and statistics over non-batch axes only, or None."""
   use_scale = bool(module.use_scale)
@@ -273,10 +289,15 @@ def _norm_spec(module: nn.Module, path: Path, in_shape: tuple[int, ...],
   return LayerSpec(path, "norm", in_shape, out_shape, use_bias, use_scale=use_scale)
 
 
-def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[int],
-                    apply_kwargs: Mapping[str, Any] | None = None, *,
-                    grouped_convs: bool = True,
-                    families: Sequence[str] = FAST_FAMILIES) -> tuple[LayerSpec, ...]:
+def discover_layers(
+  model: nn.Module,
+  variables: PyTree,
+  image_shape: Sequence[int],
+  apply_kwargs: Mapping[str, Any] | None = None,
+  *,
+  grouped_convs: bool = True,
+  families: Sequence[str] = FAST_FAMILIES,
+) -> tuple[LayerSpec, ...]:
   """Finds the module calls of ``model`` that the closed-form fast paths can handle.
 
   Runs one abstract (shape-only) per-sample forward pass. A module is recognised when it is a
@@ -308,11 +329,15 @@ def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[i
     module = context.module
     # Input passed positionally (the probe pass reads args[0]); LayerNorm's keyword-only mask
     # is allowed, any other keyword argument leaves the call to the generic path.
-    if (context.method_name == "__call__" and len(args) == 1 and
-        any(_is_plain(module, base) for base in _FAST_MODULES) and
-        set(kwargs) <= ({"mask"} if isinstance(module, _NORM_MODULES) else set())):
+    if (
+      context.method_name == "__call__"
+      and len(args) == 1
+      and any(_is_plain(module, base) for base in _FAST_MODULES)
+      and set(kwargs) <= ({"mask"} if isinstance(module, _NORM_MODULES) else set())
+    ):
       calls.setdefault(_module_path(module), []).append(
-          (module, tuple(args[0].shape), tuple(out.shape)))
+        (module, tuple(args[0].shape), tuple(out.shape))
+      )
     elif context.method_name == "__call__" and any(_is_plain(module, b) for b in _FAST_MODULES):
       calls.setdefault(_module_path(module), []).append(None)  # called another way: generic
     return out
@@ -330,7 +355,7 @@ def discover_layers(model: nn.Module, variables: PyTree, image_shape: Sequence[i
     if len(uses) != 1 or uses[0] is None:  # shared weights: squares of summed gradients
       continue
     module, in_shape, out_shape = uses[0]
-    owned = {k[len(path):] for k in flat_params if k[:len(path)] == path}
+    owned = {k[len(path) :] for k in flat_params if k[: len(path)] == path}
     family = next(f for base, f in _FAMILY.items() if _is_plain(module, base))
     # The root module is never a norm spec: the probe pass re-applies norms unbound.
     if in_shape[0] != 1 or family not in families or (family == "norm" and not path):
@@ -415,8 +440,9 @@ def sigmoid_loss_hessian_factor(logits: jax.Array) -> jax.Array:
   return jnp.sqrt(variance)[:, :, None] * eye[None]
 
 
-def _sigmoid_columns(logits: jax.Array, labels: jax.Array, method: str, rng: jax.Array | None,
-                     num_samples: int) -> jax.Array:
+def _sigmoid_columns(
+  logits: jax.Array, labels: jax.Array, method: str, rng: jax.Array | None, num_samples: int
+) -> jax.Array:
   """:func:`_columns` of the attribute-summed sigmoid BCE: ``float[N, A, K]``."""
   p = jax.nn.sigmoid(logits)
   if method == "exact":
@@ -431,8 +457,14 @@ def _sigmoid_columns(logits: jax.Array, labels: jax.Array, method: str, rng: jax
   raise ValueError(f"method={method!r} has no column factor")
 
 
-def _columns(logits: jax.Array, labels: jax.Array, method: str, rng: jax.Array | None,
-             num_samples: int, loss: str = _scoring.SOFTMAX) -> jax.Array:
+def _columns(
+  logits: jax.Array,
+  labels: jax.Array,
+  method: str,
+  rng: jax.Array | None,
+  num_samples: int,
+  loss: str = _scoring.SOFTMAX,
+) -> jax.Array:
   """Per-sample loss-Hessian factors ``float[N, C, K]`` for the backward columns."""
   logits = jax.lax.stop_gradient(logits)
   if loss == _scoring.SIGMOID:
@@ -461,12 +493,18 @@ def _patches(spec: LayerSpec, x: jax.Array) -> tuple[jax.Array, bool]:
   """
   rank = len(spec.kernel_size)
   if any(d != 1 for d in spec.input_dilation):
-    spatial = "DHW"[3 - rank:]
+    spatial = "DHW"[3 - rank :]
     dims = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
     patches = jax.lax.conv_general_dilated_patches(
-        x, spec.kernel_size, spec.strides, spec.padding,
-        lhs_dilation=spec.input_dilation, rhs_dilation=spec.kernel_dilation,
-        dimension_numbers=dims, precision=jax.lax.Precision.HIGHEST)
+      x,
+      spec.kernel_size,
+      spec.strides,
+      spec.padding,
+      lhs_dilation=spec.input_dilation,
+      rhs_dilation=spec.kernel_dilation,
+      dimension_numbers=dims,
+      precision=jax.lax.Precision.HIGHEST,
+    )
     return patches.reshape(x.shape[0], -1, patches.shape[-1]), False
   patches = jnp.stack(_shifted_windows(spec, x), axis=-2)  # [n, *out, prod(kernel), C_in]
   return patches.reshape(x.shape[0], -1, patches.shape[-2] * patches.shape[-1]), True
@@ -478,19 +516,22 @@ def _shifted_windows(spec: LayerSpec, x: jax.Array) -> list[jax.Array]:
   Pad + one strided slice per tap, in kernel order. Needs ``input_dilation == 1``.
   """
   rank = len(spec.kernel_size)
-  in_spatial = x.shape[1:1 + rank]
+  in_spatial = x.shape[1 : 1 + rank]
   window = tuple((k - 1) * d + 1 for k, d in zip(spec.kernel_size, spec.kernel_dilation))
   pads = spec.padding
   if isinstance(pads, str):
     pads = jax.lax.padtype_to_pads(in_spatial, window, spec.strides, pads)
   x = jnp.pad(x, ((0, 0),) + tuple(tuple(p) for p in pads) + ((0, 0),))
-  out_spatial = tuple((size + lo + hi - w) // s + 1 for size, (lo, hi), w, s in
-                      zip(in_spatial, pads, window, spec.strides))
+  out_spatial = tuple(
+    (size + lo + hi - w) // s + 1
+    for size, (lo, hi), w, s in zip(in_spatial, pads, window, spec.strides)
+  )
   windows = []
   for offset in itertools.product(*(range(k) for k in spec.kernel_size)):
     index = (slice(None),) + tuple(
-        slice(o * d, o * d + (n - 1) * s + 1, s)
-        for o, d, n, s in zip(offset, spec.kernel_dilation, out_spatial, spec.strides))
+      slice(o * d, o * d + (n - 1) * s + 1, s)
+      for o, d, n, s in zip(offset, spec.kernel_dilation, out_spatial, spec.strides)
+    )
     windows.append(x[index])
   return windows
 
@@ -500,8 +541,9 @@ def _chunks(total: int, size: int) -> list[slice]:
   return [slice(i, min(i + size, total)) for i in range(0, total, size)]
 
 
-def _per_sample_sq_sum(x: jax.Array, cot: jax.Array, weights: jax.Array,
-                       max_block: int) -> jax.Array:
+def _per_sample_sq_sum(
+  x: jax.Array, cot: jax.Array, weights: jax.Array, max_block: int
+) -> jax.Array:
   """``sum_n w[n, g] sum_c (x[n]^T cot[n, c])**2`` for all groups -> ``[G, I, O]``.
 
   Args:
@@ -538,7 +580,7 @@ def _per_sample_sq_sum(x: jax.Array, cot: jax.Array, weights: jax.Array,
     sq = None
     for c0 in range(0, k, block):
       # (o, i) output order: up to ~10% faster than (i, o) for XLA:CPU's dot kernels.
-      grads = jnp.einsum("ncpo,npi->ncoi", cot[sl, c0:c0 + block], x[sl])
+      grads = jnp.einsum("ncpo,npi->ncoi", cot[sl, c0 : c0 + block], x[sl])
       part = jnp.sum(grads * grads, axis=1)
       sq = part if sq is None else sq + part
     part = jnp.tensordot(weights[sl], sq, axes=(0, 0))
@@ -552,8 +594,14 @@ def _bias_sq_sum(cot: jax.Array, weights: jax.Array) -> jax.Array:
   return weights.T @ jnp.sum(bias_grads * bias_grads, axis=1)
 
 
-def _conv_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array,
-               kernel_shape: tuple[int, ...], max_block: int) -> dict[str, jax.Array]:
+def _conv_diag(
+  spec: LayerSpec,
+  x: jax.Array,
+  cot: jax.Array,
+  weights: jax.Array,
+  kernel_shape: tuple[int, ...],
+  max_block: int,
+) -> dict[str, jax.Array]:
   """Per-group kernel/bias diagonal of one conv from inputs and output cotangents.
 
   Args:
@@ -586,8 +634,9 @@ def _conv_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array
   return out
 
 
-def _depthwise_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array,
-                    max_block: int) -> jax.Array:
+def _depthwise_diag(
+  spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array, max_block: int
+) -> jax.Array:
   """Kernel diagonal ``[G, *kernel_size, 1, C_out]`` of a conv with one input channel per group.
 
   Args:
@@ -612,8 +661,9 @@ def _depthwise_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.
   taps = len(windows)
   acc = None
   for sl in _chunks(n, max_block // max(k * taps * f * m, 1)):
-    grads = jnp.stack([jnp.sum(w[sl][:, None, ..., None] * cot[sl], axis=positions)
-                       for w in windows], axis=2)  # [n, K, T, F, M]
+    grads = jnp.stack(
+      [jnp.sum(w[sl][:, None, ..., None] * cot[sl], axis=positions) for w in windows], axis=2
+    )  # [n, K, T, F, M]
     part = jnp.tensordot(weights[sl], jnp.sum(grads * grads, axis=1), axes=(0, 0))
     acc = part if acc is None else acc + part
   return acc.reshape((weights.shape[1],) + tuple(spec.kernel_size) + (1, f * m))
@@ -621,9 +671,12 @@ def _depthwise_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.
 
 def _is_depthwise(spec: LayerSpec) -> bool:
   """One input channel per feature group and no input dilation (shifted windows apply)."""
-  return (spec.kind == "conv" and spec.feature_group_count > 1 and
-          spec.in_shape[-1] == spec.feature_group_count and
-          all(d == 1 for d in spec.input_dilation))
+  return (
+    spec.kind == "conv"
+    and spec.feature_group_count > 1
+    and spec.in_shape[-1] == spec.feature_group_count
+    and all(d == 1 for d in spec.input_dilation)
+  )
 
 
 def _depthwise_apply(spec: LayerSpec, module: nn.Conv, x: jax.Array) -> jax.Array:
@@ -649,8 +702,9 @@ def _depthwise_apply(spec: LayerSpec, module: nn.Conv, x: jax.Array) -> jax.Arra
   return out if bias is None else out + bias
 
 
-def _grouped_conv_kernel_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array,
-                              max_block: int) -> jax.Array:
+def _grouped_conv_kernel_diag(
+  spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array, max_block: int
+) -> jax.Array:
   """Kernel diagonal ``[G, *kernel_size, C_in / F, C_out]`` of a conv with ``F`` feature groups.
 
   Args:
@@ -677,8 +731,9 @@ def _grouped_conv_kernel_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, wei
   if kernel_major:  # (tap, group, channel) -> (group, tap, channel)
     patches = patches.reshape(n, p, taps, f, i).transpose(0, 1, 3, 2, 4)
   patches = patches.reshape(n, p, f, taps * i)  # channel-major is (group, channel, tap) already
-  per_group = jax.vmap(lambda xf, cf: _per_sample_sq_sum(xf, cf, weights, max(max_block // f, 1)),
-                       in_axes=(2, 3))(patches, cot)  # [F, G, taps * I, O]
+  per_group = jax.vmap(
+    lambda xf, cf: _per_sample_sq_sum(xf, cf, weights, max(max_block // f, 1)), in_axes=(2, 3)
+  )(patches, cot)  # [F, G, taps * I, O]
   num_groups = weights.shape[1]
   if kernel_major:
     acc = per_group.reshape((f, num_groups) + tuple(spec.kernel_size) + (i, o))
@@ -689,8 +744,9 @@ def _grouped_conv_kernel_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, wei
   return acc.reshape((num_groups,) + tuple(spec.kernel_size) + (i, c_out))
 
 
-def _dense_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array,
-                max_block: int) -> dict[str, jax.Array]:
+def _dense_diag(
+  spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array, max_block: int
+) -> dict[str, jax.Array]:
   """Per-group kernel/bias diagonal of one Dense layer.
 
   Args:
@@ -715,8 +771,9 @@ def _dense_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Arra
   return out
 
 
-def _dense_general_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array,
-                        max_block: int) -> dict[str, jax.Array]:
+def _dense_general_diag(
+  spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: jax.Array, max_block: int
+) -> dict[str, jax.Array]:
   """Per-group kernel/bias diagonal of an ``nn.Dense`` / ``nn.DenseGeneral`` call (design.md
   section 1.12).
 
@@ -735,7 +792,7 @@ def _dense_general_diag(spec: LayerSpec, x: jax.Array, cot: jax.Array, weights: 
   axes = spec.contract_axes
   ndim = len(spec.in_shape)
   in_dims = tuple(spec.in_shape[a] for a in axes)
-  features = tuple(spec.out_shape[ndim - len(axes):])
+  features = tuple(spec.out_shape[ndim - len(axes) :])
   x = jnp.moveaxis(x, [1 + a for a in axes], list(range(ndim + 1 - len(axes), ndim + 1)))
   x = x.reshape(n, -1, math.prod(in_dims))
   cot = cot.reshape(n, k, -1, math.prod(features))
@@ -756,8 +813,9 @@ def _normalized(module: nn.Module, x: jax.Array, kwargs: Mapping[str, Any]) -> j
   return module.clone(parent=None, **bare).apply({}, x, **kwargs)
 
 
-def _norm_diag(spec: LayerSpec, xhat: jax.Array, cot: jax.Array,
-               weights: jax.Array) -> dict[str, jax.Array]:
+def _norm_diag(
+  spec: LayerSpec, xhat: jax.Array, cot: jax.Array, weights: jax.Array
+) -> dict[str, jax.Array]:
   """Per-group scale/bias diagonal of a LayerNorm/RMSNorm over the last axis (design.md
   section 1.12).
 
@@ -790,15 +848,28 @@ def _split_params(params: PyTree, specs: Sequence[LayerSpec]) -> tuple[dict, dic
   return fixed, generic
 
 
-def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
-                      labels: jax.Array, groups: jax.Array, rng: jax.Array | None, *,
-                      num_groups: int, method: str, num_samples: int, chunk_size: int | None,
-                      apply_kwargs: Mapping[str, Any], max_block: int,
-                      grouped_convs: bool = True, families: frozenset = _FAST_FAMILIES,
-                      loss: str = _scoring.SOFTMAX) -> tuple[PyTree, jax.Array]:
+def _ggn_columns_diag(
+  model: nn.Module,
+  variables: PyTree,
+  images: jax.Array,
+  labels: jax.Array,
+  groups: jax.Array,
+  rng: jax.Array | None,
+  *,
+  num_groups: int,
+  method: str,
+  num_samples: int,
+  chunk_size: int | None,
+  apply_kwargs: Mapping[str, Any],
+  max_block: int,
+  grouped_convs: bool = True,
+  families: frozenset = _FAST_FAMILIES,
+  loss: str = _scoring.SOFTMAX,
+) -> tuple[PyTree, jax.Array]:
   """exact / mc / empirical_fisher: one vmapped forward + K-column VJP per sample chunk."""
-  specs = discover_layers(model, variables, images.shape[1:], apply_kwargs,
-                          grouped_convs=grouped_convs, families=families)
+  specs = discover_layers(
+    model, variables, images.shape[1:], apply_kwargs, grouped_convs=grouped_convs, families=families
+  )
   params, others = _scoring.split_variables(variables)
   fixed, generic = _split_params(params, specs)
   by_key = {s.key: s for s in specs}
@@ -832,7 +903,8 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
   def one_sample(image, label, key):
     probes = {s.key: jnp.zeros(s.out_shape, dtype) for s in specs}
     logits, vjp_fn, acts = jax.vjp(
-        lambda g, pr: sample_logits(g, pr, image), generic, probes, has_aux=True)
+      lambda g, pr: sample_logits(g, pr, image), generic, probes, has_aux=True
+    )
     cols = _columns(logits[None], label[None], method, key, num_samples, loss)[0]  # [C, K]
     generic_cot, probe_cot = jax.vmap(vjp_fn, in_axes=1)(cols)
     return acts, generic_cot, probe_cot
@@ -869,23 +941,36 @@ def _ggn_columns_diag(model: nn.Module, variables: PyTree, images: jax.Array,
   flat_out = {}
   for path, leaf in traverse_util.flatten_dict(params).items():
     value = totals.get(path)
-    flat_out[path] = (jnp.zeros((num_groups,) + leaf.shape, leaf.dtype) if value is None
-                      else value.astype(leaf.dtype))
+    flat_out[path] = (
+      jnp.zeros((num_groups,) + leaf.shape, leaf.dtype)
+      if value is None
+      else value.astype(leaf.dtype)
+    )
   return traverse_util.unflatten_dict(flat_out), counts
 
 
-def _hutchinson_diag(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
-                     groups: jax.Array, rng: jax.Array, *, num_groups: int, num_samples: int,
-                     apply_kwargs: Mapping[str, Any],
-                     loss: str = _scoring.SOFTMAX) -> tuple[PyTree, jax.Array]:
+def _hutchinson_diag(
+  model: nn.Module,
+  variables: PyTree,
+  images: jax.Array,
+  labels: jax.Array,
+  groups: jax.Array,
+  rng: jax.Array,
+  *,
+  num_groups: int,
+  num_samples: int,
+  apply_kwargs: Mapping[str, Any],
+  loss: str = _scoring.SOFTMAX,
+) -> tuple[PyTree, jax.Array]:
   """Hutchinson estimate of each group's Hessian diagonal, ``mean_v v * (H_g v)``."""
   params, others = _scoring.split_variables(variables)
   weights, counts = _scoring.group_weights(groups, num_groups, _scoring.params_dtype(params))
 
   def group_grads(p):
     _, vjp_fn = jax.vjp(
-        lambda q: _scoring.per_sample_loss(model, q, others, images, labels, apply_kwargs,
-                                           loss=loss), p)
+      lambda q: _scoring.per_sample_loss(model, q, others, images, labels, apply_kwargs, loss=loss),
+      p,
+    )
     # A Python loop over groups re-uses one forward; vmapping the VJP over groups would batch
     # the conv weight gradients into slow grouped convolutions on XLA:CPU (design.md section 1).
     return [vjp_fn(weights[:, g])[0] for g in range(num_groups)]
@@ -896,40 +981,100 @@ def _hutchinson_diag(model: nn.Module, variables: PyTree, images: jax.Array, lab
   # XLA:CPU (design.md section 1).
   for key in jax.random.split(rng, num_samples):
     keys = jax.random.split(key, len(leaves))
-    probe = jax.tree.unflatten(treedef, [
-        jax.random.rademacher(k, leaf.shape, dtype=leaf.dtype) for k, leaf in zip(keys, leaves)])
+    probe = jax.tree.unflatten(
+      treedef,
+      [jax.random.rademacher(k, leaf.shape, dtype=leaf.dtype) for k, leaf in zip(keys, leaves)],
+    )
     _, hvps = jax.jvp(group_grads, (params,), (probe,))
     est = jax.tree.map(lambda v, *hv: v[None] * jnp.stack(hv), probe, *hvps)
     acc = est if acc is None else jax.tree.map(jnp.add, acc, est)
   return jax.tree.map(lambda a: a / num_samples, acc), counts
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_groups", "method", "num_samples",
-                                             "chunk_size", "apply_kwargs", "max_block",
-                                             "grouped_convs", "families", "loss"))
-def _per_group_diag(model, variables, images, labels, groups, rng, *, num_groups, method,
-                    num_samples, chunk_size, apply_kwargs, max_block, grouped_convs=True,
-                    families=_FAST_FAMILIES, loss=_scoring.SOFTMAX):
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    "model",
+    "num_groups",
+    "method",
+    "num_samples",
+    "chunk_size",
+    "apply_kwargs",
+    "max_block",
+    "grouped_convs",
+    "families",
+    "loss",
+  ),
+)
+def _per_group_diag(
+  model,
+  variables,
+  images,
+  labels,
+  groups,
+  rng,
+  *,
+  num_groups,
+  method,
+  num_samples,
+  chunk_size,
+  apply_kwargs,
+  max_block,
+  grouped_convs=True,
+  families=_FAST_FAMILIES,
+  loss=_scoring.SOFTMAX,
+):
   apply_kwargs = dict(apply_kwargs)
   if method == "hutchinson":
-    return _hutchinson_diag(model, variables, images, labels, groups, rng,
-                            num_groups=num_groups, num_samples=num_samples,
-                            apply_kwargs=apply_kwargs, loss=loss)
-  return _ggn_columns_diag(model, variables, images, labels, groups, rng,
-                           num_groups=num_groups, method=method, num_samples=num_samples,
-                           chunk_size=chunk_size, apply_kwargs=apply_kwargs,
-                           max_block=max_block, grouped_convs=grouped_convs, families=families,
-                           loss=loss)
+    return _hutchinson_diag(
+      model,
+      variables,
+      images,
+      labels,
+      groups,
+      rng,
+      num_groups=num_groups,
+      num_samples=num_samples,
+      apply_kwargs=apply_kwargs,
+      loss=loss,
+    )
+  return _ggn_columns_diag(
+    model,
+    variables,
+    images,
+    labels,
+    groups,
+    rng,
+    num_groups=num_groups,
+    method=method,
+    num_samples=num_samples,
+    chunk_size=chunk_size,
+    apply_kwargs=apply_kwargs,
+    max_block=max_block,
+    grouped_convs=grouped_convs,
+    families=families,
+    loss=loss,
+  )
 
 
-def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
-                   groups: jax.Array, *, num_groups: int, method: str = "exact",
-                   rng: jax.Array | None = None, num_samples: int = 1,
-                   chunk_size: int | None = None, apply_kwargs: Mapping[str, Any] | None = None,
-                   return_counts: bool = False,
-                   max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
-                   loss: str = _scoring.SOFTMAX,
-                   memory_budget_bytes: int | None = None) -> PyTree:
+def per_group_diag(
+  model: nn.Module,
+  variables: PyTree,
+  images: jax.Array,
+  labels: jax.Array,
+  groups: jax.Array,
+  *,
+  num_groups: int,
+  method: str = "exact",
+  rng: jax.Array | None = None,
+  num_samples: int = 1,
+  chunk_size: int | None = None,
+  apply_kwargs: Mapping[str, Any] | None = None,
+  return_counts: bool = False,
+  max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+  loss: str = _scoring.SOFTMAX,
+  memory_budget_bytes: int | None = None,
+) -> PyTree:
   """Diagonal GGN (or Hessian estimate) of every group's mean cross-entropy, in one pass.
 
   See the module docstring and design.md section 1 for the definition and the algorithm.
@@ -995,10 +1140,22 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
   """
   if nnx_adapter.is_nnx(model):  # design.md section 1.11: the same pass on a Linen view
     model, variables, bridge = nnx_adapter.to_linen(model, variables, images, apply_kwargs)
-    out = per_group_diag(model, variables, images, labels, groups, num_groups=num_groups,
-                         method=method, rng=rng, num_samples=num_samples, chunk_size=chunk_size,
-                         apply_kwargs=apply_kwargs, return_counts=return_counts,
-                         max_block_elements=max_block_elements, loss=loss)
+    out = per_group_diag(
+      model,
+      variables,
+      images,
+      labels,
+      groups,
+      num_groups=num_groups,
+      method=method,
+      rng=rng,
+      num_samples=num_samples,
+      chunk_size=chunk_size,
+      apply_kwargs=apply_kwargs,
+      return_counts=return_counts,
+      max_block_elements=max_block_elements,
+      loss=loss,
+    )
     return (bridge.to_nnx(out[0]), out[1]) if return_counts else bridge.to_nnx(out)
   if method not in METHODS:
     raise ValueError(f"method={method!r} is not one of {METHODS}")
@@ -1011,32 +1168,48 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
       raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   _scoring.check_loss(loss)
   label_ndim = 2 if loss == _scoring.SIGMOID else 1
-  if (images.shape[0] != labels.shape[0] or labels.shape[:1] != groups.shape
-      or labels.ndim != label_ndim):
-    raise ValueError(f"images {images.shape}, labels {labels.shape} and groups {groups.shape} "
-                     "must share the leading batch dimension (labels [N] for "
-                     f"{_scoring.SOFTMAX!r}, [N, A] for {_scoring.SIGMOID!r})")
-  kwargs = dict(num_groups=num_groups, method=method,
-                num_samples=num_samples if method in ("mc", "hutchinson") else 1,
-                apply_kwargs=_scoring.freeze(apply_kwargs), max_block=max_block_elements,
-                grouped_convs=bool(_FAST_GROUPED_CONVS), families=frozenset(_FAST_FAMILIES),
-                loss=loss)
+  if (
+    images.shape[0] != labels.shape[0]
+    or labels.shape[:1] != groups.shape
+    or labels.ndim != label_ndim
+  ):
+    raise ValueError(
+      f"images {images.shape}, labels {labels.shape} and groups {groups.shape} "
+      "must share the leading batch dimension (labels [N] for "
+      f"{_scoring.SOFTMAX!r}, [N, A] for {_scoring.SIGMOID!r})"
+    )
+  kwargs = dict(
+    num_groups=num_groups,
+    method=method,
+    num_samples=num_samples if method in ("mc", "hutchinson") else 1,
+    apply_kwargs=_scoring.freeze(apply_kwargs),
+    max_block=max_block_elements,
+    grouped_convs=bool(_FAST_GROUPED_CONVS),
+    families=frozenset(_FAST_FAMILIES),
+    loss=loss,
+  )
   n = images.shape[0]
   traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, groups))
   compiled = None
   if memory_budget_bytes:
-    if isinstance(memory_budget_bytes, bool) or int(memory_budget_bytes) != memory_budget_bytes \
-        or memory_budget_bytes < 0:
+    if (
+      isinstance(memory_budget_bytes, bool)
+      or int(memory_budget_bytes) != memory_budget_bytes
+      or memory_budget_bytes < 0
+    ):
       raise ValueError(f"memory_budget_bytes must be an integer >= 0, got {memory_budget_bytes!r}")
     if traced:
-      raise ValueError("memory_budget_bytes needs an eager per_group_diag call (under an outer "
-                       "jax.jit XLA plans the whole batch at once); pass chunk_size instead")
+      raise ValueError(
+        "memory_budget_bytes needs an eager per_group_diag call (under an outer "
+        "jax.jit XLA plans the whole batch at once); pass chunk_size instead"
+      )
     if method == "hutchinson" and num_samples > _PROBES_PER_CALL:
       plan_kwargs = dict(kwargs, num_samples=_PROBES_PER_CALL)
     else:
       plan_kwargs = kwargs
     budget_chunk, compiled = budget_chunk_size(
-        variables, images, labels, groups, rng, int(memory_budget_bytes), plan_kwargs, model)
+      variables, images, labels, groups, rng, int(memory_budget_bytes), plan_kwargs, model
+    )
     if chunk_size is not None and chunk_size < budget_chunk:
       compiled = None
     chunk_size = budget_chunk if chunk_size is None else min(chunk_size, budget_chunk)
@@ -1045,14 +1218,32 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
   if method == "hutchinson" and num_samples > _PROBES_PER_CALL and not traced:
     # Probes are unrolled in the program (see _hutchinson_diag); called eagerly, blocks of
     # probes run as separate calls so compile time stays that of one block.
-    blocks = [min(_PROBES_PER_CALL, num_samples - i) for i in range(0, num_samples, _PROBES_PER_CALL)]
-    parts = [per_group_diag(model, variables, images, labels, groups, num_groups=num_groups,
-                            method=method, rng=jax.random.fold_in(rng, b), num_samples=k,
-                            chunk_size=chunk_size, apply_kwargs=apply_kwargs, return_counts=True,
-                            max_block_elements=max_block_elements, loss=loss)
-             for b, k in enumerate(blocks)]
-    diag = jax.tree.map(lambda *leaves: sum(k * leaf for k, leaf in zip(blocks, leaves)) /
-                        num_samples, *[d for d, _ in parts])
+    blocks = [
+      min(_PROBES_PER_CALL, num_samples - i) for i in range(0, num_samples, _PROBES_PER_CALL)
+    ]
+    parts = [
+      per_group_diag(
+        model,
+        variables,
+        images,
+        labels,
+        groups,
+        num_groups=num_groups,
+        method=method,
+        rng=jax.random.fold_in(rng, b),
+        num_samples=k,
+        chunk_size=chunk_size,
+        apply_kwargs=apply_kwargs,
+        return_counts=True,
+        max_block_elements=max_block_elements,
+        loss=loss,
+      )
+      for b, k in enumerate(blocks)
+    ]
+    diag = jax.tree.map(
+      lambda *leaves: sum(k * leaf for k, leaf in zip(blocks, leaves)) / num_samples,
+      *[d for d, _ in parts],
+    )
     return (diag, parts[0][1]) if return_counts else diag
   if chunk_size is None or chunk_size >= n or traced:
     # Under an outer jit the chunks stay inside one XLA program; XLA:CPU then plans buffers
@@ -1060,12 +1251,14 @@ def per_group_diag(model: nn.Module, variables: PyTree, images: jax.Array, label
     if compiled is not None and compiled[0] == n:  # the budget's own executable for the batch
       diag, counts = compiled[1](variables, images, labels, groups, rng)
     else:
-      diag, counts = _per_group_diag(model, variables, images, labels, groups, rng,
-                                     chunk_size=chunk_size, **kwargs)
+      diag, counts = _per_group_diag(
+        model, variables, images, labels, groups, rng, chunk_size=chunk_size, **kwargs
+      )
   else:
     executable = compiled[1] if compiled is not None and compiled[0] == chunk_size else None
-    diag, counts = _eager_chunks(model, variables, images, labels, groups, rng, chunk_size,
-                                 kwargs, executable)
+    diag, counts = _eager_chunks(
+      model, variables, images, labels, groups, rng, chunk_size, kwargs, executable
+    )
   return (diag, counts) if return_counts else diag
 
 
@@ -1084,13 +1277,24 @@ def _plan_bytes(compiled: Any) -> int | None:
     return None
   if stats is None or not hasattr(stats, "temp_size_in_bytes"):
     return None
-  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes +
-             stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+  return int(
+    stats.argument_size_in_bytes
+    + stats.output_size_in_bytes
+    + stats.temp_size_in_bytes
+    - stats.alias_size_in_bytes
+  )
 
 
-def budget_chunk_size(variables: PyTree, images: jax.Array, labels: jax.Array,
-                      groups: jax.Array, rng: jax.Array | None, budget: int,
-                      kwargs: Mapping[str, Any], model: nn.Module) -> tuple[int, Any]:
+def budget_chunk_size(
+  variables: PyTree,
+  images: jax.Array,
+  labels: jax.Array,
+  groups: jax.Array,
+  rng: jax.Array | None,
+  budget: int,
+  kwargs: Mapping[str, Any],
+  model: nn.Module,
+) -> tuple[int, Any]:
   """The largest chunk of samples whose pass fits ``budget`` bytes (design.md section 1.12).
 
   ``plan(c)`` is XLA's compiled memory plan of one :func:`per_group_diag` call on ``c``
@@ -1117,25 +1321,38 @@ def budget_chunk_size(variables: PyTree, images: jax.Array, labels: jax.Array,
   """
   n = images.shape[0]
   sds = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
-  key = (model, jax.tree.structure(variables),
-         tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(variables)),
-         sds(images), sds(labels), sds(groups), rng is None,
-         tuple(sorted(kwargs.items())), budget)
+  key = (
+    model,
+    jax.tree.structure(variables),
+    tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(variables)),
+    sds(images),
+    sds(labels),
+    sds(groups),
+    rng is None,
+    tuple(sorted(kwargs.items())),
+    budget,
+  )
   if key in _BUDGET_CACHE:
     return _BUDGET_CACHE[key]
 
   def compile_chunk(c):
-    args = (variables, jax.ShapeDtypeStruct((c,) + images.shape[1:], images.dtype),
-            jax.ShapeDtypeStruct((c,) + labels.shape[1:], labels.dtype),
-            jax.ShapeDtypeStruct((c,), groups.dtype), rng)
+    args = (
+      variables,
+      jax.ShapeDtypeStruct((c,) + images.shape[1:], images.dtype),
+      jax.ShapeDtypeStruct((c,) + labels.shape[1:], labels.dtype),
+      jax.ShapeDtypeStruct((c,), groups.dtype),
+      rng,
+    )
     compiled = _per_group_diag.lower(model, *args, chunk_size=None, **kwargs).compile()
     return compiled, _plan_bytes(compiled)
 
   exe1, plan1 = compile_chunk(1)
   if plan1 is None:
-    warnings.warn("per_group_diag: memory_analysis() gives no memory plan on this backend; "
-                  "memory_budget_bytes is ignored and the whole batch runs at once",
-                  stacklevel=3)
+    warnings.warn(
+      "per_group_diag: memory_analysis() gives no memory plan on this backend; "
+      "memory_budget_bytes is ignored and the whole batch runs at once",
+      stacklevel=3,
+    )
     result = (n, None)
   else:
     out = int(exe1.memory_analysis().output_size_in_bytes)
@@ -1161,9 +1378,11 @@ def budget_chunk_size(variables: PyTree, images: jax.Array, labels: jax.Array,
         break
       chunk = balanced(min(chunk - 1, guess(max((plan - plan1) // (chunk - 1), 1))))
     if chunk == 1 and total(plan1, 1) > budget:
-      warnings.warn(f"per_group_diag: memory_budget_bytes={budget} is below the plan of a "
-                    f"one-sample chunk ({total(plan1, 1)} bytes); using one-sample chunks",
-                    stacklevel=3)
+      warnings.warn(
+        f"per_group_diag: memory_budget_bytes={budget} is below the plan of a "
+        f"one-sample chunk ({total(plan1, 1)} bytes); using one-sample chunks",
+        stacklevel=3,
+      )
     result = (chunk, last if last[0] == chunk else (1, exe1) if chunk == 1 else None)
   if len(_BUDGET_CACHE) >= _BUDGET_CACHE_SIZE:
     _BUDGET_CACHE.pop(next(iter(_BUDGET_CACHE)))
@@ -1171,8 +1390,9 @@ def budget_chunk_size(variables: PyTree, images: jax.Array, labels: jax.Array,
   return result
 
 
-def _eager_chunks(model, variables, images, labels, groups, rng, chunk_size, kwargs,
-                  executable=None):
+def _eager_chunks(
+  model, variables, images, labels, groups, rng, chunk_size, kwargs, executable=None
+):
   """One compiled call per chunk of ``chunk_size`` samples: peak memory is one chunk's.
 
   The last chunk is padded with group ``-1`` rows (they count nowhere) so every call has the
@@ -1189,11 +1409,24 @@ def _eager_chunks(model, variables, images, labels, groups, rng, chunk_size, kwa
     key = None if rng is None else jax.random.fold_in(rng, index)
     if executable is not None:  # compiled already (memory budget), same static arguments
       return executable(variables, chunk["image"], chunk["label"], chunk["group"], key)
-    return _per_group_diag(model, variables, chunk["image"], chunk["label"], chunk["group"], key,
-                           chunk_size=None, **kwargs)
+    return _per_group_diag(
+      model,
+      variables,
+      chunk["image"],
+      chunk["label"],
+      chunk["group"],
+      key,
+      chunk_size=None,
+      **kwargs,
+    )
 
-  diag, counts = _scoring.accumulate(chunk_diag, _scoring.split_batch(batch, chunk_size),
-                                     caller="per_group_diag", weighted=True, mean=True)
+  diag, counts = _scoring.accumulate(
+    chunk_diag,
+    _scoring.split_batch(batch, chunk_size),
+    caller="per_group_diag",
+    weighted=True,
+    mean=True,
+  )
   return diag, jnp.sum(jnp.stack(counts), axis=0)
 
 

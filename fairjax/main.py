@@ -46,8 +46,14 @@ _DEMO_CONFIG = os.path.join(_CONFIGS_DIR, "demo.py")
 
 EXIT_BAD_INPUT = 2
 # The flags this module defines (absl adds its own: --help, --verbosity, ...).
-FLAG_NAMES = ("config", "workdir", "show_config", "coordinator_address", "num_processes",
-              "process_id")
+FLAG_NAMES = (
+  "config",
+  "workdir",
+  "show_config",
+  "coordinator_address",
+  "num_processes",
+  "process_id",
+)
 _CONFIG_FLAG = re.compile(r"^--?config(=|$)")
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)(?:=(.*))?$", re.DOTALL)
 
@@ -72,8 +78,10 @@ def _shown_path(path: str) -> str:
 
 
 def _help_text() -> str:
-  lines = ["", "Shipped configs (--config=PATH; add --show_config to list a config's keys and "
-           "their meaning):"]
+  lines = [
+    "",
+    "Shipped configs (--config=PATH; add --show_config to list a config's keys and their meaning):",
+  ]
   configs = shipped_configs()
   width = max((len(p) for p, _ in configs), default=0)
   lines += [f"  {p.ljust(width)}  {doc}" for p, doc in configs]
@@ -117,27 +125,47 @@ def _define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   # argv always names a config file (parse_command_line inserts the demo), so the default is
   # only shown by --help, never loaded.
   config_flags.DEFINE_config_file(
-      "config", _shown_path(_DEMO_CONFIG), "Run configuration file (configs/*.py with "
-      "get_config(); listed above). Override any key with --config.KEY=VALUE.",
-      flag_values=flag_values, lock_config=True, sys_argv=list(argv))
+    "config",
+    _shown_path(_DEMO_CONFIG),
+    "Run configuration file (configs/*.py with "
+    "get_config(); listed above). Override any key with --config.KEY=VALUE.",
+    flag_values=flag_values,
+    lock_config=True,
+    sys_argv=list(argv),
+  )
   flags.DEFINE_string(
-      "workdir", None, "Directory for checkpoints, results.json and plots "
-      "(default: ./workdir/<config file name>). Rerun with the same workdir to resume.",
-      flag_values=flag_values)
+    "workdir",
+    None,
+    "Directory for checkpoints, results.json and plots "
+    "(default: ./workdir/<config file name>). Rerun with the same workdir to resume.",
+    flag_values=flag_values,
+  )
   flags.DEFINE_bool(
-      "show_config", False, "Print the resolved config (after the --config.KEY=VALUE "
-      "overrides), every key with its meaning, and exit without computing anything.",
-      flag_values=flag_values)
+    "show_config",
+    False,
+    "Print the resolved config (after the --config.KEY=VALUE "
+    "overrides), every key with its meaning, and exit without computing anything.",
+    flag_values=flag_values,
+  )
   flags.DEFINE_string(
-      "coordinator_address", None, "Multi-host: host:port of process 0 (jax.distributed); "
-      "default: auto-detected under SLURM / Open MPI / Cloud TPU, else one process.",
-      flag_values=flag_values)
+    "coordinator_address",
+    None,
+    "Multi-host: host:port of process 0 (jax.distributed); "
+    "default: auto-detected under SLURM / Open MPI / Cloud TPU, else one process.",
+    flag_values=flag_values,
+  )
   flags.DEFINE_integer(
-      "num_processes", None, "Multi-host: total number of processes (one per host).",
-      flag_values=flag_values)
+    "num_processes",
+    None,
+    "Multi-host: total number of processes (one per host).",
+    flag_values=flag_values,
+  )
   flags.DEFINE_integer(
-      "process_id", None, "Multi-host: this process's id in [0, num_processes).",
-      flag_values=flag_values)
+    "process_id",
+    None,
+    "Multi-host: this process's id in [0, num_processes).",
+    flag_values=flag_values,
+  )
 
 
 def _config_spec(argv: Sequence[str]) -> str | None:
@@ -148,7 +176,7 @@ def _config_spec(argv: Sequence[str]) -> str | None:
       break
     m = _CONFIG_FLAG.match(arg)
     if m:
-      spec = arg[m.end():] if m.group(1) == "=" else (argv[i + 1] if i + 1 < len(argv) else "")
+      spec = arg[m.end() :] if m.group(1) == "=" else (argv[i + 1] if i + 1 < len(argv) else "")
   return spec
 
 
@@ -161,8 +189,10 @@ def load_config_spec(spec: str) -> ml_collections.ConfigDict:
   path, _, arg = spec.partition(":")
   flag = f"--config={spec}"
   if not path:
-    raise CliError(f"{flag}: no file given; pass a config file such as --config=configs/demo.py "
-                   f"(shipped: {_shipped_list()})")
+    raise CliError(
+      f"{flag}: no file given; pass a config file such as --config=configs/demo.py "
+      f"(shipped: {_shipped_list()})"
+    )
   if not os.path.isfile(path):
     what = "is a directory" if os.path.isdir(path) else "no such file"
     raise CliError(f"{flag}: {what}; pass a config file (shipped: {_shipped_list()}; see --help)")
@@ -172,23 +202,30 @@ def load_config_spec(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
   except SyntaxError as e:
-    raise CliError(f"{flag}: syntax error at line {e.lineno}: {e.msg}; fix the config "
-                   "file") from None
+    raise CliError(
+      f"{flag}: syntax error at line {e.lineno}: {e.msg}; fix the config file"
+    ) from None
   except Exception as e:  # the file is user code: any failure is bad input, reported in one line
-    raise CliError(f"{flag}: loading it raised {type(e).__name__}: {_first_line(e)}; fix the "
-                   "config file") from None
+    raise CliError(
+      f"{flag}: loading it raised {type(e).__name__}: {_first_line(e)}; fix the config file"
+    ) from None
   get_config = getattr(module, "get_config", None)
   if not callable(get_config):
-    raise CliError(f"{flag}: the file defines no get_config(); a config file defines "
-                   "get_config() returning an ml_collections.ConfigDict (see configs/demo.py)")
+    raise CliError(
+      f"{flag}: the file defines no get_config(); a config file defines "
+      "get_config() returning an ml_collections.ConfigDict (see configs/demo.py)"
+    )
   try:
     config = get_config(*([arg] if arg else []))
   except Exception as e:
-    raise CliError(f"{flag}: get_config() raised {type(e).__name__}: {_first_line(e)}; fix "
-                   "the config file") from None
+    raise CliError(
+      f"{flag}: get_config() raised {type(e).__name__}: {_first_line(e)}; fix the config file"
+    ) from None
   if not isinstance(config, ml_collections.ConfigDict):
-    raise CliError(f"{flag}: get_config() returned {type(config).__name__}, not an "
-                   "ml_collections.ConfigDict; fix the config file (see configs/demo.py)")
+    raise CliError(
+      f"{flag}: get_config() returned {type(config).__name__}, not an "
+      "ml_collections.ConfigDict; fix the config file (see configs/demo.py)"
+    )
   return config
 
 
@@ -223,24 +260,31 @@ def _nearest(word: str, candidates: Sequence[str], n: int = 3) -> list[str]:
   near = difflib.get_close_matches(word, candidates, n=n, cutoff=0.6)
   if not near:
     last = word.rsplit(".", 1)[-1]
-    close = set(difflib.get_close_matches(last, [c.rsplit(".", 1)[-1] for c in candidates],
-                                          n=n, cutoff=0.6))
+    close = set(
+      difflib.get_close_matches(last, [c.rsplit(".", 1)[-1] for c in candidates], n=n, cutoff=0.6)
+    )
     near = [c for c in candidates if c.rsplit(".", 1)[-1] in close][:n]
   return near
 
 
-def _unknown_key_error(argv: Sequence[str], base: ml_collections.ConfigDict,
-                       spec: str) -> CliError | None:
+def _unknown_key_error(
+  argv: Sequence[str], base: ml_collections.ConfigDict, spec: str
+) -> CliError | None:
   for arg in argv[1:]:
     m = _OVERRIDE.match(arg)
     if not m or _has_key(base, m.group(1)):
       continue
     key = m.group(1)
     near = _nearest(key, _all_keys(base))
-    hint = ("did you mean " + " or ".join(f"--config.{k}" for k in near) + "?" if near
-            else "no key is similar")
-    return CliError(f"--config.{key}: {_shown_path(spec)} has no key {key!r}; {hint} "
-                    "(--show_config lists every key with its meaning)")
+    hint = (
+      "did you mean " + " or ".join(f"--config.{k}" for k in near) + "?"
+      if near
+      else "no key is similar"
+    )
+    return CliError(
+      f"--config.{key}: {_shown_path(spec)} has no key {key!r}; {hint} "
+      "(--show_config lists every key with its meaning)"
+    )
   return None
 
 
@@ -259,15 +303,22 @@ def _describe_type(field_type: Any, current: Any) -> str:
   return getattr(field_type, "__name__", str(field_type))
 
 
-def _bad_value_error(e: flags.Error, argv: Sequence[str],
-                     base: ml_collections.ConfigDict) -> CliError:
+def _bad_value_error(
+  e: flags.Error, argv: Sequence[str], base: ml_collections.ConfigDict
+) -> CliError:
   message = _first_line(e)
   m = re.match(r"flag --config\.([^=\s:]+)=", message)
   if not m:
     return CliError(f"{message}; see --help")
   key = m.group(1)
-  given = next((am.group(2) for am in map(_OVERRIDE.match, argv[1:])
-                if am and am.group(1) == key and am.group(2) is not None), None)
+  given = next(
+    (
+      am.group(2)
+      for am in map(_OVERRIDE.match, argv[1:])
+      if am and am.group(1) == key and am.group(2) is not None
+    ),
+    None,
+  )
   if given is None:  # "--config.a.b" alone: absl reads it as a boolean switch
     return CliError(f"--config.{key}: missing value; write --config.{key}=VALUE")
   try:
@@ -276,26 +327,37 @@ def _bad_value_error(e: flags.Error, argv: Sequence[str],
   except (AttributeError, KeyError, IndexError, TypeError, ValueError):
     return CliError(f"{message}; see --help")
   if isinstance(current, ml_collections.ConfigDict):
-    return CliError(f"--config.{key}={given}: config.{key} is a section, not a value; set its "
-                    f"keys one by one, e.g. --config.{key}.{next(iter(current.keys()), 'KEY')}"
-                    "=VALUE (--show_config lists them)")
-  return CliError(f"--config.{key}={given}: config.{key} takes "
-                  f"{_describe_type(field_type, current)}, not {given!r} (its value now: "
-                  f"{current!r})")
+    return CliError(
+      f"--config.{key}={given}: config.{key} is a section, not a value; set its "
+      f"keys one by one, e.g. --config.{key}.{next(iter(current.keys()), 'KEY')}"
+      "=VALUE (--show_config lists them)"
+    )
+  return CliError(
+    f"--config.{key}={given}: config.{key} takes "
+    f"{_describe_type(field_type, current)}, not {given!r} (its value now: "
+    f"{current!r})"
+  )
 
 
-def _flag_error(e: flags.Error, argv: Sequence[str], base: ml_collections.ConfigDict,
-                flag_values: flags.FlagValues) -> CliError:
+def _flag_error(
+  e: flags.Error,
+  argv: Sequence[str],
+  base: ml_collections.ConfigDict,
+  flag_values: flags.FlagValues,
+) -> CliError:
   """A one-line CliError for an absl / ml_collections flag parsing error."""
   if isinstance(e, flags.UnrecognizedFlagError):
     name = e.flagname
     near = difflib.get_close_matches(name, FLAG_NAMES + ("help",), n=2, cutoff=0.6)
-    hint = ("; did you mean " + " or ".join(f"--{n}" for n in near) + "?" if near else "")
-    return CliError(f"--{name}: unknown flag{hint} (fairjax's flags: --config=FILE, "
-                    "--config.KEY=VALUE, --workdir=DIR, --show_config; see --help)")
+    hint = "; did you mean " + " or ".join(f"--{n}" for n in near) + "?" if near else ""
+    return CliError(
+      f"--{name}: unknown flag{hint} (fairjax's flags: --config=FILE, "
+      "--config.KEY=VALUE, --workdir=DIR, --show_config; see --help)"
+    )
   if isinstance(e, _ml_config_flags.FlagOrderError) and "before a value for --config" in str(e):
-    return CliError(f"{_first_line(e)}; put --config=FILE first, then its --config.KEY=VALUE "
-                    "overrides")
+    return CliError(
+      f"{_first_line(e)}; put --config=FILE first, then its --config.KEY=VALUE overrides"
+    )
   if isinstance(e, flags.IllegalFlagValueError):
     return _bad_value_error(e, argv, base)
   message = _first_line(e)
@@ -305,8 +367,9 @@ def _flag_error(e: flags.Error, argv: Sequence[str], base: ml_collections.Config
   return CliError(f"{message}; see --help")
 
 
-def parse_command_line(argv: Sequence[str],
-                       flag_values: flags.FlagValues | None = None) -> Invocation:
+def parse_command_line(
+  argv: Sequence[str], flag_values: flags.FlagValues | None = None
+) -> Invocation:
   """Parses ``argv`` (``argv[0]`` is the program) into an :class:`Invocation`.
 
   Every problem is a :class:`CliError` naming the flag and how to fix it: an unknown flag or
@@ -334,26 +397,36 @@ def parse_command_line(argv: Sequence[str],
     raise _flag_error(e, argv, base, flag_values) from None
   if len(rest) > 1:
     extra = rest[1]
-    hint = (f"did you mean --config={extra}?" if extra.endswith(".py") else
-            "flags are written --name=value (see --help)")
+    hint = (
+      f"did you mean --config={extra}?"
+      if extra.endswith(".py")
+      else "flags are written --name=value (see --help)"
+    )
     raise CliError(f"unexpected argument {extra!r}; {hint}")
   config = flag_values["config"].value
   if config is None:
-    raise CliError("no --config given and configs/demo.py was not found; pass "
-                   "--config=path/to/config.py")
+    raise CliError(
+      "no --config given and configs/demo.py was not found; pass --config=path/to/config.py"
+    )
   workdir = flag_values["workdir"].value
   if workdir is None:
     name = os.path.splitext(os.path.basename(spec.partition(":")[0]))[0]
     workdir = os.path.join("workdir", name)
   elif not workdir.strip():
-    raise CliError("--workdir is empty; pass a directory (created if missing), e.g. "
-                   "--workdir=workdir/demo")
+    raise CliError(
+      "--workdir is empty; pass a directory (created if missing), e.g. --workdir=workdir/demo"
+    )
   overrides = tuple(a for a in argv[1:] if _OVERRIDE.match(a))
-  return Invocation(config=config, config_spec=given or "", workdir=workdir,
-                    show_config=bool(flag_values["show_config"].value), overrides=overrides,
-                    coordinator_address=flag_values["coordinator_address"].value,
-                    num_processes=flag_values["num_processes"].value,
-                    process_id=flag_values["process_id"].value)
+  return Invocation(
+    config=config,
+    config_spec=given or "",
+    workdir=workdir,
+    show_config=bool(flag_values["show_config"].value),
+    overrides=overrides,
+    coordinator_address=flag_values["coordinator_address"].value,
+    num_processes=flag_values["num_processes"].value,
+    process_id=flag_values["process_id"].value,
+  )
 
 
 def format_config(config: ml_collections.ConfigDict, title: str = "") -> str:
@@ -367,8 +440,7 @@ def format_config(config: ml_collections.ConfigDict, title: str = "") -> str:
       value = value.to_dict()
     lines.append(f"{key} = {value!r}")
     meaning = meanings.get(key) or "(not a key of fairjax.config.base_config; no description)"
-    lines += textwrap.wrap(meaning, width=96, initial_indent="    # ",
-                           subsequent_indent="    # ")
+    lines += textwrap.wrap(meaning, width=96, initial_indent="    # ", subsequent_indent="    # ")
   return "\n".join(lines)
 
 
@@ -379,23 +451,38 @@ def execute(inv: Invocation) -> None:
     CliError: bad input, caught before anything is computed wherever it can be (config
       values, the workdir and data_dir, the dataset against the config), else when found.
   """
-  from fairjax.config import (ConfigError, deprecated_in_file, deprecated_overrides,
-                              validate_config)
-  from fairjax.data.errors import (BadImageError, CsvFormatError, DataDirError,
-                                   DatasetNotFoundError, unwritable_directory)
+  from fairjax.config import ConfigError, deprecated_in_file, deprecated_overrides, validate_config
+  from fairjax.data.errors import (
+    BadImageError,
+    CsvFormatError,
+    DataDirError,
+    DatasetNotFoundError,
+    unwritable_directory,
+  )
   from fairjax.models.pretrained import PretrainedError
 
   config = inv.config
   for old, new in deprecated_overrides(inv.overrides):
-    logging.warning("--config.%s is deprecated and will be removed in the next release: use "
-                    "--config.%s (the same setting)", old, new)
+    logging.warning(
+      "--config.%s is deprecated and will be removed in the next release: use "
+      "--config.%s (the same setting)",
+      old,
+      new,
+    )
   for old, new in deprecated_in_file(inv.config_spec.partition(":")[0]):
-    logging.warning("%s sets config.%s, a deprecated name that will be removed in the next "
-                    "release: use config.%s (the same setting)", inv.config_spec, old, new)
+    logging.warning(
+      "%s sets config.%s, a deprecated name that will be removed in the next "
+      "release: use config.%s (the same setting)",
+      inv.config_spec,
+      old,
+      new,
+    )
   if inv.show_config:
-    title = (f"{inv.config_spec or 'configs/demo.py (the default)'}"
-             + (" with " + " ".join(inv.overrides) if inv.overrides else "")
-             + "; set a key with --config.KEY=VALUE")
+    title = (
+      f"{inv.config_spec or 'configs/demo.py (the default)'}"
+      + (" with " + " ".join(inv.overrides) if inv.overrides else "")
+      + "; set a key with --config.KEY=VALUE"
+    )
     print(format_config(config, title))
   try:
     validate_config(config)
@@ -405,13 +492,20 @@ def execute(inv: Invocation) -> None:
     return
   problem = unwritable_directory(inv.workdir)
   if problem:
-    raise CliError(f"--workdir={inv.workdir} {problem}; pass a directory you can write to "
-                   "(created if missing)")
+    raise CliError(
+      f"--workdir={inv.workdir} {problem}; pass a directory you can write to (created if missing)"
+    )
   data_dir = config.data.data_dir
-  if config.data.name != "demo" and data_dir and os.path.exists(data_dir) and not os.path.isdir(
-      data_dir):
-    raise CliError(f"config.data.data_dir={data_dir!r} is a file, not a directory; pass a "
-                   "directory with --config.data.data_dir=... (or '' for <workdir>/tfds)")
+  if (
+    config.data.name != "demo"
+    and data_dir
+    and os.path.exists(data_dir)
+    and not os.path.isdir(data_dir)
+  ):
+    raise CliError(
+      f"config.data.data_dir={data_dir!r} is a file, not a directory; pass a "
+      "directory with --config.data.data_dir=... (or '' for <workdir>/tfds)"
+    )
 
   from fairjax import parallel, pipeline  # here, so that --help and flag errors stay fast
 
@@ -420,11 +514,13 @@ def execute(inv: Invocation) -> None:
   except ValueError as e:
     raise CliError(str(e)) from None
   workdir = inv.workdir
-  logging.info("fairjax: config %s, workdir %s", inv.config_spec or _DEMO_CONFIG,
-               os.path.abspath(workdir))
+  logging.info(
+    "fairjax: config %s, workdir %s", inv.config_spec or _DEMO_CONFIG, os.path.abspath(workdir)
+  )
   try:
     if "compare" in config:  # configs/compare.py: every method from one dense model
       from fairjax import compare
+
       compare.run(config, workdir)
     else:
       pipeline.run(config, workdir)
@@ -432,22 +528,30 @@ def execute(inv: Invocation) -> None:
     raise CliError(str(e)) from None
   except DatasetNotFoundError as e:
     first, *details = str(e).splitlines()
-    hint = ("; put the files listed above there and pass the folder with "
-            "--config.data.manual_dir=PATH" if details else "")
+    hint = (
+      "; put the files listed above there and pass the folder with --config.data.manual_dir=PATH"
+      if details
+      else ""
+    )
     raise CliError(first.rstrip(".") + hint, details) from None
   except PretrainedError as e:
     raise CliError(f"config.model.pretrained: {e}") from None
   except CsvFormatError as e:
-    raise CliError(f"{e}; fix that line of the file (or download it again) in "
-                   "config.data.manual_dir") from None
+    raise CliError(
+      f"{e}; fix that line of the file (or download it again) in config.data.manual_dir"
+    ) from None
   except BadImageError as e:
     # tfds_common's own hint names the builder argument; name the config key instead.
     problem = _first_line(e).split(" (on_bad_image='error'")[0]
-    raise CliError(f"{problem}; fix or remove the image, or pass "
-                   "--config.data.on_bad_image=skip to skip and count bad images") from None
+    raise CliError(
+      f"{problem}; fix or remove the image, or pass "
+      "--config.data.on_bad_image=skip to skip and count bad images"
+    ) from None
   except DataDirError as e:
-    raise CliError(f"config.data.data_dir: {e}; pass a writable --config.data.data_dir=DIR "
-                   "(or '' for <workdir>/tfds)") from None
+    raise CliError(
+      f"config.data.data_dir: {e}; pass a writable --config.data.data_dir=DIR "
+      "(or '' for <workdir>/tfds)"
+    ) from None
   except FloatingPointError as e:
     raise CliError(f"{e} (workdir {workdir}; checkpoints are kept, rerun to resume)") from None
 

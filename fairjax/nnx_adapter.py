@@ -74,8 +74,9 @@ def param_dict(model: nnx.Module) -> dict:
 
 # ------------------------------------------------------------------------------------ routing
 
-_routes: contextvars.ContextVar[dict[int, Any]] = contextvars.ContextVar("fairjax_nnx_routes",
-                                                                          default={})
+_routes: contextvars.ContextVar[dict[int, Any]] = contextvars.ContextVar(
+  "fairjax_nnx_routes", default={}
+)
 _patch_lock = threading.Lock()
 _patch_depth = 0
 
@@ -118,32 +119,49 @@ def _routing(routes: dict[int, Any]):
 def _linen_twin(node: Any) -> tuple[str, tuple[tuple[str, Any], ...]] | None:
   """``(kind, Linen constructor kwargs)`` of a routable NNX layer, else None."""
   if type(node).__call__ is _LINEAR_CALL and isinstance(node, nnx.Linear):
-    if (node.dot_general is not jax.lax.dot_general or node.preferred_element_type is not None
-        or node.promote_dtype is not _DEFAULT_LINEAR_PROMOTE):
+    if (
+      node.dot_general is not jax.lax.dot_general
+      or node.preferred_element_type is not None
+      or node.promote_dtype is not _DEFAULT_LINEAR_PROMOTE
+    ):
       return None
-    return "dense", (("features", node.out_features), ("use_bias", node.use_bias),
-                     ("dtype", node.dtype), ("param_dtype", node.param_dtype),
-                     ("precision", node.precision))
+    return "dense", (
+      ("features", node.out_features),
+      ("use_bias", node.use_bias),
+      ("dtype", node.dtype),
+      ("param_dtype", node.param_dtype),
+      ("precision", node.precision),
+    )
   if type(node).__call__ is _CONV_CALL and isinstance(node, nnx.Conv):
-    if (node.conv_general_dilated is not jax.lax.conv_general_dilated or node.mask is not None
-        or node.preferred_element_type is not None
-        or node.promote_dtype is not _DEFAULT_CONV_PROMOTE):
+    if (
+      node.conv_general_dilated is not jax.lax.conv_general_dilated
+      or node.mask is not None
+      or node.preferred_element_type is not None
+      or node.promote_dtype is not _DEFAULT_CONV_PROMOTE
+    ):
       return None
     padding = node.padding
     if not isinstance(padding, (str, int)):
       padding = tuple(p if isinstance(p, int) else tuple(p) for p in padding)
     hashable = lambda v: v if isinstance(v, (int, type(None))) else tuple(v)  # noqa: E731
-    return "conv", (("features", node.out_features), ("kernel_size", tuple(node.kernel_size)),
-                    ("strides", hashable(node.strides)), ("padding", padding),
-                    ("input_dilation", hashable(node.input_dilation)),
-                    ("kernel_dilation", hashable(node.kernel_dilation)),
-                    ("feature_group_count", node.feature_group_count),
-                    ("use_bias", node.use_bias), ("dtype", node.dtype),
-                    ("param_dtype", node.param_dtype), ("precision", node.precision))
+    return "conv", (
+      ("features", node.out_features),
+      ("kernel_size", tuple(node.kernel_size)),
+      ("strides", hashable(node.strides)),
+      ("padding", padding),
+      ("input_dilation", hashable(node.input_dilation)),
+      ("kernel_dilation", hashable(node.kernel_dilation)),
+      ("feature_group_count", node.feature_group_count),
+      ("use_bias", node.use_bias),
+      ("dtype", node.dtype),
+      ("param_dtype", node.param_dtype),
+      ("precision", node.precision),
+    )
   return None
 
 
 # ------------------------------------------------------------------------------------- bridge
+
 
 @dataclasses.dataclass(frozen=True)
 class Bridge:
@@ -200,8 +218,9 @@ class NNXAsLinen(nn.Module):
     leaves = [None] * len(b.param_paths)
     rest_paths = [i for i, p in enumerate(b.param_paths) if p[:-1] not in routed_layers]
     if rest_paths:
-      template = traverse_util.unflatten_dict({
-          b.param_paths[i]: jnp.zeros(*b.param_shapes[i]) for i in rest_paths})
+      template = traverse_util.unflatten_dict(
+        {b.param_paths[i]: jnp.zeros(*b.param_shapes[i]) for i in rest_paths}
+      )
       flat = traverse_util.flatten_dict(self.param(REST, lambda _: template))
       for i in rest_paths:
         leaves[i] = flat[b.param_paths[i]]
@@ -211,10 +230,15 @@ class NNXAsLinen(nn.Module):
         leaves[i] = dup.get(str(i), jnp.zeros(*b.param_shapes[i]))
     other = self.variables.get(_OTHER, {})
     other_leaves = [other[str(i)] for i in range(len(other))]
-    module = nnx.merge(b.graphdef, jax.tree.unflatten(b.param_def, leaves),
-                       jax.tree.unflatten(b.other_def, other_leaves))
-    children = {name: (nn.Dense if kind == "dense" else nn.Conv)(**dict(cfg), name=name)
-                for name, _, kind, cfg in b.routed}
+    module = nnx.merge(
+      b.graphdef,
+      jax.tree.unflatten(b.param_def, leaves),
+      jax.tree.unflatten(b.other_def, other_leaves),
+    )
+    children = {
+      name: (nn.Dense if kind == "dense" else nn.Conv)(**dict(cfg), name=name)
+      for name, _, kind, cfg in b.routed
+    }
     nodes = dict(nnx.iter_graph(module))
     routes = {id(nodes[layer]): children[name] for layer, name in routed_layers.items()}
     with _routing(routes):
@@ -225,8 +249,10 @@ def _check_inference_mode(model: nnx.Module) -> None:
   for path, node in nnx.iter_graph(model):
     where = ".".join(str(p) for p in path) or "the model"
     if isinstance(node, nnx.BatchNorm) and not node.use_running_average:
-      raise ValueError(f"nnx.BatchNorm at {where} uses batch statistics, which couple the "
-                       "samples; call model.eval() (or set use_running_average=True) first")
+      raise ValueError(
+        f"nnx.BatchNorm at {where} uses batch statistics, which couple the "
+        "samples; call model.eval() (or set use_running_average=True) first"
+      )
     if isinstance(node, nnx.Dropout) and not node.deterministic and node.rate > 0:
       raise ValueError(f"nnx.Dropout at {where} is active; call model.eval() first")
 
@@ -237,11 +263,14 @@ def _build(model: nnx.Module, route: bool, skip: frozenset = frozenset()) -> tup
   param_paths = tuple(tuple(path) for path, _ in nnx.to_flat_state(params))
   param_leaves = [leaf for _, leaf in with_paths]
   # The leaf order of the State pytree must be that of its flat paths (it is in flax 0.12).
-  keys = tuple(tuple(getattr(k, "key", getattr(k, "idx", None)) for k in kp[:-1])
-               for kp, _ in with_paths)
+  keys = tuple(
+    tuple(getattr(k, "key", getattr(k, "idx", None)) for k in kp[:-1]) for kp, _ in with_paths
+  )
   if keys != param_paths:
-    raise ValueError("fairjax cannot map this nnx.Module's Param state onto its leaves "
-                     f"(flax {flax.__version__}); please report it")
+    raise ValueError(
+      "fairjax cannot map this nnx.Module's Param state onto its leaves "
+      f"(flax {flax.__version__}); please report it"
+    )
   owned: dict[NNXPath, set] = {}
   for path in param_paths:
     owned.setdefault(path[:-1], set()).add(path[-1])
@@ -259,9 +288,14 @@ def _build(model: nnx.Module, route: bool, skip: frozenset = frozenset()) -> tup
       names.add(name)
       routed.append((name, tuple(path), twin[0], twin[1]))
   other_leaves, other_def = jax.tree.flatten(other)
-  bridge = Bridge(graphdef, param_def, other_def, param_paths,
-                  tuple((tuple(jnp.shape(x)), jnp.result_type(x)) for x in param_leaves),
-                  tuple(routed))
+  bridge = Bridge(
+    graphdef,
+    param_def,
+    other_def,
+    param_paths,
+    tuple((tuple(jnp.shape(x)), jnp.result_type(x)) for x in param_leaves),
+    tuple(routed),
+  )
   pure = traverse_util.unflatten_dict(dict(zip(param_paths, param_leaves)))
   variables = {"params": bridge.to_linen(pure)}
   if other_leaves:
@@ -269,8 +303,9 @@ def _build(model: nnx.Module, route: bool, skip: frozenset = frozenset()) -> tup
   return bridge, variables
 
 
-def _unread_layers(bridge: Bridge, variables: dict, example: jax.ShapeDtypeStruct,
-                   kwargs: Mapping[str, Any]) -> frozenset:
+def _unread_layers(
+  bridge: Bridge, variables: dict, example: jax.ShapeDtypeStruct, kwargs: Mapping[str, Any]
+) -> frozenset:
   """NNX paths of routed layers whose own weights the forward reads (not only by calling the
   layer): one abstract trace with those weights as separate inputs."""
   routed_layers = {layer for _, layer, _, _ in bridge.routed}
@@ -278,11 +313,13 @@ def _unread_layers(bridge: Bridge, variables: dict, example: jax.ShapeDtypeStruc
   if not index:
     return frozenset()
   dup = {str(i): jax.ShapeDtypeStruct(*bridge.param_shapes[i]) for i in index}
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
-                          variables)
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), variables
+  )
   module = NNXAsLinen(bridge)
   closed = jax.make_jaxpr(lambda d, v, x: module.apply({**v, _ROUTED: d}, x, **kwargs))(
-      dup, abstract, example)
+    dup, abstract, example
+  )
   jaxpr = closed.jaxpr
   n_dup = len(jax.tree.leaves(dup))
   dup_vars = dict(zip(jaxpr.invars[:n_dup], sorted(dup)))  # dict leaves flatten in key order
@@ -298,9 +335,14 @@ _ROUTE_LAYERS = True
 _BRIDGES: dict[Any, tuple[Bridge, frozenset]] = {}
 
 
-def to_linen(model: nnx.Module, variables: Any, images: jax.Array,
-             apply_kwargs: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None, *,
-             fast_paths: bool | None = None) -> tuple[NNXAsLinen, dict, Bridge]:
+def to_linen(
+  model: nnx.Module,
+  variables: Any,
+  images: jax.Array,
+  apply_kwargs: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+  *,
+  fast_paths: bool | None = None,
+) -> tuple[NNXAsLinen, dict, Bridge]:
   """An NNX module as ``(linen_module, linen_variables, bridge)`` for the Linen scorers.
 
   Args:
@@ -321,12 +363,13 @@ def to_linen(model: nnx.Module, variables: Any, images: jax.Array,
     :class:`Bridge` whose ``to_nnx`` / ``to_linen`` convert results and masks.
   """
   if variables is not None:
-    raise ValueError("for an nnx.Module pass variables=None: the module carries its own state "
-                     "(use nnx.update to score other weights)")
+    raise ValueError(
+      "for an nnx.Module pass variables=None: the module carries its own state "
+      "(use nnx.update to score other weights)"
+    )
   _check_inference_mode(model)
   fast_paths = _ROUTE_LAYERS if fast_paths is None else fast_paths
-  kwargs = dict(apply_kwargs.items() if isinstance(apply_kwargs, Mapping) else
-                (apply_kwargs or ()))
+  kwargs = dict(apply_kwargs.items() if isinstance(apply_kwargs, Mapping) else (apply_kwargs or ()))
   bridge, linen_variables = _build(model, fast_paths)
   example = jax.ShapeDtypeStruct((1,) + tuple(images.shape[1:]), images.dtype)
   key = (bridge, example.shape, example.dtype, tuple(sorted(kwargs.items())))

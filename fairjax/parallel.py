@@ -53,8 +53,10 @@ def detected_cluster() -> str | None:
   SLURM with more than one task (``srun``), Open MPI with more than one rank (``mpirun``), and
   multi-host Cloud TPU slices (``TPU_WORKER_HOSTNAMES`` lists several hosts).
   """
-  if os.environ.get("SLURM_JOB_ID") and (_env_int("SLURM_STEP_NUM_TASKS")
-                                         or _env_int("SLURM_NTASKS") or 1) > 1:
+  if (
+    os.environ.get("SLURM_JOB_ID")
+    and (_env_int("SLURM_STEP_NUM_TASKS") or _env_int("SLURM_NTASKS") or 1) > 1
+  ):
     return "slurm"
   if (_env_int("OMPI_COMM_WORLD_SIZE") or 1) > 1:
     return "openmpi"
@@ -63,9 +65,11 @@ def detected_cluster() -> str | None:
   return None
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> bool:
   """Starts multi-host JAX (``jax.distributed.initialize``) when there is more than one process.
 
   Must run before any computation touches a device. With any argument given, they are passed
@@ -98,11 +102,16 @@ def initialize_distributed(coordinator_address: str | None = None,
     return True
   if num_processes == 1 and coordinator_address is None:
     return False  # explicitly one process: nothing to coordinate
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
-  logging.info("multi-host: process %d of %d, %d local / %d global devices",
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
+  logging.info(
+    "multi-host: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True
 
 
@@ -118,15 +127,18 @@ def mesh_devices(num_devices: int = 0) -> list[jax.Device]:
   """
   local = jax.local_device_count()
   if num_devices < 0 or num_devices > local:
-    raise ValueError(f"config.parallel.num_devices={num_devices}: this process has {local} "
-                     f"{jax.default_backend()} device(s); use 0 (all) or a number in [1, {local}] "
-                     "(fix it with --config.parallel.num_devices=...)")
+    raise ValueError(
+      f"config.parallel.num_devices={num_devices}: this process has {local} "
+      f"{jax.default_backend()} device(s); use 0 (all) or a number in [1, {local}] "
+      "(fix it with --config.parallel.num_devices=...)"
+    )
   per_process = num_devices or local
   by_process: dict[int, list[jax.Device]] = {}
   for d in jax.devices():  # same order in every process, so every process builds the same mesh
     by_process.setdefault(d.process_index, []).append(d)
-  return [d for p in sorted(by_process) for d in sorted(by_process[p], key=lambda d: d.id)
-          [:per_process]]
+  return [
+    d for p in sorted(by_process) for d in sorted(by_process[p], key=lambda d: d.id)[:per_process]
+  ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,9 +175,10 @@ class DataParallel:
     """Raises a ValueError naming ``config.<field>`` unless it splits evenly over the mesh."""
     if batch_size % self.num_devices:
       raise ValueError(
-          f"config.{field}={batch_size}: must be divisible by the {self.num_devices} devices of "
-          f"the data-parallel mesh (fix it with --config.{field}=..., or choose the device count "
-          "with --config.parallel.num_devices=...)")
+        f"config.{field}={batch_size}: must be divisible by the {self.num_devices} devices of "
+        f"the data-parallel mesh (fix it with --config.{field}=..., or choose the device count "
+        "with --config.parallel.num_devices=...)"
+      )
 
   def replicate(self, tree: PyTree) -> PyTree:
     """``tree`` with every array leaf replicated on the mesh (identity when not :attr:`active`).
@@ -186,8 +199,7 @@ class DataParallel:
         return jax.device_put(x, sharding)  # a global array: XLA reshards it
       if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         # Typed keys have no numpy form: replicate their raw data and re-wrap it.
-        return jax.random.wrap_key_data(put(jax.random.key_data(x)),
-                                        impl=jax.random.key_impl(x))
+        return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
       host = np.asarray(x)
       return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -206,17 +218,23 @@ class DataParallel:
     Each process passes the same global array and feeds only its own rows
     (``jax.make_array_from_process_local_data``).
     """
-    if isinstance(x, jax.Array) and (not x.is_fully_addressable or x.sharding.is_equivalent_to(
-        self.batch_sharding, x.ndim)):
+    if isinstance(x, jax.Array) and (
+      not x.is_fully_addressable or x.sharding.is_equivalent_to(self.batch_sharding, x.ndim)
+    ):
       return x  # already global / already split over this mesh
     host = np.asarray(x)
     self.check_batch_size(host.shape[0], field)
     local = host[self._local_rows(host.shape[0])]
     return jax.make_array_from_process_local_data(self.batch_sharding, local, host.shape)
 
-  def shard_batch(self, batch: Mapping[str, Any], field: str, *,
-                  keys: Sequence[str] | None = None,
-                  uneven: str = "error") -> dict[str, Any]:
+  def shard_batch(
+    self,
+    batch: Mapping[str, Any],
+    field: str,
+    *,
+    keys: Sequence[str] | None = None,
+    uneven: str = "error",
+  ) -> dict[str, Any]:
     """A host batch dict -> the same dict with ``keys`` (default: all) split over the mesh.
 
     Args:
@@ -239,17 +257,28 @@ class DataParallel:
       return {k: (self.replicate(v) if k in keys else v) for k, v in batch.items()}
     return {k: (self.shard_array(v, field) if k in keys else v) for k, v in batch.items()}
 
-  def shard_batches(self, batches: Iterable[Mapping[str, Any]], field: str, *,
-                    keys: Sequence[str] | None = None,
-                    uneven: str = "error") -> Iterator[dict[str, Any]]:
+  def shard_batches(
+    self,
+    batches: Iterable[Mapping[str, Any]],
+    field: str,
+    *,
+    keys: Sequence[str] | None = None,
+    uneven: str = "error",
+  ) -> Iterator[dict[str, Any]]:
     """:meth:`shard_batch` over an iterable (lazily); the iterable itself when not active."""
     if not self.active:
       return iter(batches)
     return (self.shard_batch(b, field, keys=keys, uneven=uneven) for b in batches)
 
-  def jit(self, fn: Callable[..., Any], *, batch_argnums: Sequence[int],
-          num_args: int, out_batch: Any = False,
-          donate_argnums: Sequence[int] = ()) -> Callable[..., Any]:
+  def jit(
+    self,
+    fn: Callable[..., Any],
+    *,
+    batch_argnums: Sequence[int],
+    num_args: int,
+    out_batch: Any = False,
+    donate_argnums: Sequence[int] = (),
+  ) -> Callable[..., Any]:
     """``jax.jit(fn)`` with explicit shardings: batch arguments split, the rest replicated.
 
     Args:
@@ -261,11 +290,11 @@ class DataParallel:
         ``(new_state, metrics)``); a single bool applies to the whole output.
       donate_argnums: as in ``jax.jit``.
     """
-    ins = tuple(self.batch_sharding if i in batch_argnums else self.replicated
-                for i in range(num_args))
+    ins = tuple(
+      self.batch_sharding if i in batch_argnums else self.replicated for i in range(num_args)
+    )
     outs = jax.tree.map(lambda b: self.batch_sharding if b else self.replicated, out_batch)
-    return jax.jit(fn, in_shardings=ins, out_shardings=outs,
-                   donate_argnums=tuple(donate_argnums))
+    return jax.jit(fn, in_shardings=ins, out_shardings=outs, donate_argnums=tuple(donate_argnums))
 
 
 @functools.lru_cache(maxsize=8)
@@ -286,6 +315,7 @@ def to_host(x: Any) -> np.ndarray:
   """
   if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
     from jax.experimental import multihost_utils
+
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
 

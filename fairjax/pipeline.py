@@ -38,15 +38,39 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fairjax import (checkpoint, masks, models, parallel, references, report, run_report,
-                     schedules, stopping, train)
-from fairjax.batches import (data_parallel, epoch_batches, host_chunks, scoring_batches,
-                             train_step_fn, train_tx, uniform_train_batches)
+from fairjax import (
+  checkpoint,
+  masks,
+  models,
+  parallel,
+  references,
+  report,
+  run_report,
+  schedules,
+  stopping,
+  train,
+)
+from fairjax.batches import (
+  data_parallel,
+  epoch_batches,
+  host_chunks,
+  scoring_batches,
+  train_step_fn,
+  train_tx,
+  uniform_train_batches,
+)
 from fairjax.config import ConfigError, validate_config, validate_data
 from fairjax.data import DatasetSplits, load_dataset
-from fairjax.evaluation import (TEST_PREDICTIONS, evaluate_split, paired_bootstrap, predict_split,
-                                sparsity, split_metrics, warn_incomplete_metrics,
-                                write_predictions)
+from fairjax.evaluation import (
+  TEST_PREDICTIONS,
+  evaluate_split,
+  paired_bootstrap,
+  predict_split,
+  sparsity,
+  split_metrics,
+  warn_incomplete_metrics,
+  write_predictions,
+)
 from fairjax.fit_loop import FINETUNE_STORE, PRETRAINED_JSON, finetune_final, train_dense
 from fairjax.models import pretrained
 from fairjax.pruning import api as methods_api
@@ -55,12 +79,36 @@ from fairjax.run_report import story
 
 PyTree = Any
 
-__all__ = ["FINETUNE_STORE", "PRETRAINED_JSON", "REFERENCE_JSON", "TEST_PREDICTIONS",
-           "WALL_TIME_JSON", "WallClock", "context", "data_parallel", "dense_model",
-           "dense_provenance", "dense_stage", "epoch_batches", "evaluate_split", "finetune_final",
-           "load", "make_model", "paired_bootstrap", "predict_split", "prune_iterative",
-           "prune_run", "resolve_roles", "run", "snnl_layers", "split_metrics", "stop_reason",
-           "story", "target_ratio", "train_dense"]
+__all__ = [
+  "FINETUNE_STORE",
+  "PRETRAINED_JSON",
+  "REFERENCE_JSON",
+  "TEST_PREDICTIONS",
+  "WALL_TIME_JSON",
+  "WallClock",
+  "context",
+  "data_parallel",
+  "dense_model",
+  "dense_provenance",
+  "dense_stage",
+  "epoch_batches",
+  "evaluate_split",
+  "finetune_final",
+  "load",
+  "make_model",
+  "paired_bootstrap",
+  "predict_split",
+  "prune_iterative",
+  "prune_run",
+  "resolve_roles",
+  "run",
+  "snnl_layers",
+  "split_metrics",
+  "stop_reason",
+  "story",
+  "target_ratio",
+  "train_dense",
+]
 
 
 def _to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -88,8 +136,10 @@ def resolve_roles(config, data: DatasetSplits, dense_val: Mapping[str, Any]):
   privileged = None
   if config.prune.privileged_group:
     if config.prune.privileged_group not in data.group_names:
-      raise ValueError(f"config.prune.privileged_group={config.prune.privileged_group!r} is not a "
-                       f"group of {data.name}: {data.group_names}")
+      raise ValueError(
+        f"config.prune.privileged_group={config.prune.privileged_group!r} is not a "
+        f"group of {data.name}: {data.group_names}"
+      )
     privileged = data.group_names.index(config.prune.privileged_group)
   return fairprune.group_roles(acc, privileged=privileged)
 
@@ -128,22 +178,33 @@ _slimming_summary = snnl_channels.slimming_summary
 target_ratio = schedules.target_ratio
 
 
-def context(config, model, data: DatasetSplits, workdir: str = "",
-            roles: tuple[int, tuple[int, ...]] | None = None) -> methods_api.RunContext:
+def context(
+  config,
+  model,
+  data: DatasetSplits,
+  workdir: str = "",
+  roles: tuple[int, tuple[int, ...]] | None = None,
+) -> methods_api.RunContext:
   """The :class:`fairjax.pruning.api.RunContext` of a run: the config, model, data, workdir,
   data-parallel mesh, group roles and the batch providers the pruning methods use."""
   steps_per_epoch = max(1, len(data.labels["train"]) // config.train.batch_size)
   return methods_api.RunContext(
-      config=config, model=model, data=data, workdir=workdir, dp=data_parallel(config),
-      roles=roles,
-      scoring_batches=functools.partial(scoring_batches, config, data),
-      uniform_batches=functools.partial(uniform_train_batches, config, data),
-      train_tx=lambda epochs: train_tx(config, steps_per_epoch, max(1, epochs)),
-      steps_per_epoch=steps_per_epoch)
+    config=config,
+    model=model,
+    data=data,
+    workdir=workdir,
+    dp=data_parallel(config),
+    roles=roles,
+    scoring_batches=functools.partial(scoring_batches, config, data),
+    uniform_batches=functools.partial(uniform_train_batches, config, data),
+    train_tx=lambda epochs: train_tx(config, steps_per_epoch, max(1, epochs)),
+    steps_per_epoch=steps_per_epoch,
+  )
 
 
-def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits, workdir: str,
-                    dense_val: dict, roles) -> tuple[train.TrainState, list[dict], int]:
+def prune_iterative(
+  config, model, dense: train.TrainState, data: DatasetSplits, workdir: str, dense_val: dict, roles
+) -> tuple[train.TrainState, list[dict], int]:
   """Iterative pruning with ``config.prune.method`` and a checkpoint after every step.
 
   FairPrune (design.md section 2) and the baselines (section 4) score the weights and prune
@@ -174,8 +235,12 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
   retrain_epochs = method.retrain_epochs(ctx)
   store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, checkpoint.PRUNE_STORE))
   state = dense.replace(tx=tx, opt_state=tx.init(dense.params))
-  state = train.set_mask(state, dp.replicate(method.prepare_mask(
-      ctx, state.params, masks.init_mask(state.params, ctx.prunable))))
+  state = train.set_mask(
+    state,
+    dp.replicate(
+      method.prepare_mask(ctx, state.params, masks.init_mask(state.params, ctx.prunable))
+    ),
+  )
   # Replicated on the mesh (identity on one device): checkpoints restore onto this sharding.
   state = dp.replicate(state)
   steps = [{"step": 0, "sparsity": 0.0, "validation": dense_val, **method.step_info(ctx, state)}]
@@ -187,15 +252,18 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
     if meta.get("method", "fairprune") != name:
       store.close()
       # A config problem (one-line CLI error), caught before any step mixes the two methods.
-      raise ConfigError(f"config.prune.method={name!r}: {workdir} already holds pruning steps of "
-                        f"method {meta.get('method', 'fairprune')!r}; use another --workdir")
-    items = store.restore(latest, {"params": state.params, "batch_stats": state.batch_stats,
-                                   "mask": state.mask})
-    state = state.replace(params=items["params"], batch_stats=items["batch_stats"],
-                          mask=items["mask"])
+      raise ConfigError(
+        f"config.prune.method={name!r}: {workdir} already holds pruning steps of "
+        f"method {meta.get('method', 'fairprune')!r}; use another --workdir"
+      )
+    items = store.restore(
+      latest, {"params": state.params, "batch_stats": state.batch_stats, "mask": state.mask}
+    )
+    state = state.replace(
+      params=items["params"], batch_stats=items["batch_stats"], mask=items["mask"]
+    )
     steps, stop = meta["steps"], meta["stop"]
-    logging.info("%s: resuming after step %d (sparsity %.3f)", name, latest,
-                 steps[-1]["sparsity"])
+    logging.info("%s: resuming after step %d (sparsity %.3f)", name, latest, steps[-1]["sparsity"])
 
   step = len(steps) - 1
   while not stop["stopped"] and step < p.max_steps:
@@ -206,40 +274,68 @@ def prune_iterative(config, model, dense: train.TrainState, data: DatasetSplits,
     # instead of having already decayed to zero after the first step's fine-tuning.
     state = dp.replicate(train.set_mask(state, new_mask, reset_opt_state=bool(retrain_epochs)))
     if retrain_epochs:
-      state, _ = train.fit(state, epoch_batches(config, data, config.seed * 31 + step),
-                           epochs=retrain_epochs, rng=dp.replicate(jax.random.key(step)),
-                           log_every=0, donate=False, step_fn=train_step_fn(config))
+      state, _ = train.fit(
+        state,
+        epoch_batches(config, data, config.seed * 31 + step),
+        epochs=retrain_epochs,
+        rng=dp.replicate(jax.random.key(step)),
+        log_every=0,
+        donate=False,
+        step_fn=train_step_fn(config),
+      )
     val = evaluate_split(state, data, "validation", config)
-    steps.append({"step": step, "sparsity": val["sparsity"], "validation": val,
-                  **method.step_info(ctx, state)})
-    stop = stopping.update_stop(stop, val, dense_val, p,
-                                end=method.schedule_end(ctx, state, step))
+    steps.append(
+      {"step": step, "sparsity": val["sparsity"], "validation": val, **method.step_info(ctx, state)}
+    )
+    stop = stopping.update_stop(stop, val, dense_val, p, end=method.schedule_end(ctx, state, step))
     eodd, drop = _num(val["eodd"]), dense_val["accuracy"] - val["accuracy"]
-    logging.info("%s step %d: sparsity %.3f | val acc %.4f (drop %+.4f) eodd %.4f "
-                 "[%.1fs]%s", name, step, val["sparsity"], val["accuracy"], drop, eodd,
-                 time.perf_counter() - t0, f" -> stop: {stop['reason']}" if stop["stopped"] else "")
+    logging.info(
+      "%s step %d: sparsity %.3f | val acc %.4f (drop %+.4f) eodd %.4f [%.1fs]%s",
+      name,
+      step,
+      val["sparsity"],
+      val["accuracy"],
+      drop,
+      eodd,
+      time.perf_counter() - t0,
+      f" -> stop: {stop['reason']}" if stop["stopped"] else "",
+    )
     # "method" lets a resumed run refuse another method's steps (the step history would mix).
-    store.save(step, {"params": state.params, "batch_stats": state.batch_stats,
-                      "mask": state.mask}, metadata={"steps": steps, "stop": stop,
-                                                     "method": name})
+    store.save(
+      step,
+      {"params": state.params, "batch_stats": state.batch_stats, "mask": state.mask},
+      metadata={"steps": steps, "stop": stop, "method": name},
+    )
   if not stop["stopped"]:
     stop.update(stopped=True, reason=f"max_steps={p.max_steps} reached")
 
   chosen = stopping.choose_step(steps, dense_val, p)
   if chosen == 0:
-    logging.warning("%s: no pruning step stayed within max_accuracy_drop=%s; reporting "
-                    "the dense model", name, p.max_accuracy_drop)
+    logging.warning(
+      "%s: no pruning step stayed within max_accuracy_drop=%s; reporting the dense model",
+      name,
+      p.max_accuracy_drop,
+    )
     store.close()
     return dense.replace(mask=None), steps, 0
-  items = store.restore(chosen, {"params": state.params, "batch_stats": state.batch_stats,
-                                 "mask": state.mask})
+  items = store.restore(
+    chosen, {"params": state.params, "batch_stats": state.batch_stats, "mask": state.mask}
+  )
   store.close()
-  final = state.replace(params=items["params"], batch_stats=items["batch_stats"],
-                        mask=items["mask"])
-  logging.info("%s: %s; chose step %d (%s)", name, stop["reason"], chosen,
-               "the last step, on the target sparsity" if p.target_sparsity is not None else
-               "the last step, prune.report_step='last'" if p.get("report_step") == "last" else
-               "lowest validation Eodd within the accuracy limit")
+  final = state.replace(
+    params=items["params"], batch_stats=items["batch_stats"], mask=items["mask"]
+  )
+  logging.info(
+    "%s: %s; chose step %d (%s)",
+    name,
+    stop["reason"],
+    chosen,
+    "the last step, on the target sparsity"
+    if p.target_sparsity is not None
+    else "the last step, prune.report_step='last'"
+    if p.get("report_step") == "last"
+    else "lowest validation Eodd within the accuracy limit",
+  )
   return final, steps, chosen
 
 
@@ -251,16 +347,29 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validate_config(config)
   dp = data_parallel(config)  # fails fast (one-line ConfigError): batch sizes the mesh can't split
   if dp.active:
-    logging.info("data parallel: %d devices (%s) in %d process(es)", dp.num_devices,
-                 jax.default_backend(), jax.process_count())
+    logging.info(
+      "data parallel: %d devices (%s) in %d process(es)",
+      dp.num_devices,
+      jax.default_backend(),
+      jax.process_count(),
+    )
   os.makedirs(workdir, exist_ok=True)
   clock = WallClock(workdir)
   data, model = load(config, workdir)
-  dense, dense_val, dense_test, roles, dense_predictions = dense_stage(config, model, data,
-                                                                       workdir)
-  return prune_run(config, model, data, dense, dense_val, dense_test, roles, workdir,
-                   clock=clock, extra=dense_provenance(workdir),
-                   dense_predictions=dense_predictions)
+  dense, dense_val, dense_test, roles, dense_predictions = dense_stage(config, model, data, workdir)
+  return prune_run(
+    config,
+    model,
+    data,
+    dense,
+    dense_val,
+    dense_test,
+    roles,
+    workdir,
+    clock=clock,
+    extra=dense_provenance(workdir),
+    dense_predictions=dense_predictions,
+  )
 
 
 WALL_TIME_JSON = "wall_time.json"
@@ -282,8 +391,11 @@ class WallClock:
     sessions = state["sessions"]
     if sessions and sessions[-1]["seconds"] is None:  # killed before it could close
       last = sessions[-1]
-      sessions[-1] = {**last, "seconds": max(0.0, _newest_mtime(workdir, self.path)
-                                             - last["started"]), "killed": True}
+      sessions[-1] = {
+        **last,
+        "seconds": max(0.0, _newest_mtime(workdir, self.path) - last["started"]),
+        "killed": True,
+      }
     self.sessions = sessions + [{"started": self.start, "seconds": None}]
     if parallel.is_main_process():
       checkpoint.write_json_atomic(self.path, {"sessions": self.sessions})
@@ -318,16 +430,23 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> tuple[DatasetSplits
   return data, make_model(config, data)
 
 
-def dense_model(config: ml_collections.ConfigDict, model, data: DatasetSplits, workdir: str
-                ) -> tuple[train.TrainState, dict, dict, tuple[int, tuple[int, ...]]]:
+def dense_model(
+  config: ml_collections.ConfigDict, model, data: DatasetSplits, workdir: str
+) -> tuple[train.TrainState, dict, dict, tuple[int, tuple[int, ...]]]:
   """Trains or restores the dense model of ``workdir``; returns it, its validation and test
   metrics and the group roles ``(unprivileged id, privileged ids)`` (:func:`resolve_roles`)."""
   return dense_stage(config, model, data, workdir)[:4]
 
 
-def dense_stage(config: ml_collections.ConfigDict, model, data: DatasetSplits, workdir: str
-                ) -> tuple[train.TrainState, dict, dict, tuple[int, tuple[int, ...]],
-                           tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def dense_stage(
+  config: ml_collections.ConfigDict, model, data: DatasetSplits, workdir: str
+) -> tuple[
+  train.TrainState,
+  dict,
+  dict,
+  tuple[int, tuple[int, ...]],
+  tuple[np.ndarray, np.ndarray, np.ndarray],
+]:
   """:func:`dense_model` plus the dense model's test ``(labels, predictions, groups)``, which
   :func:`prune_run` pairs with the pruned model's in the bootstrap (no second test pass)."""
   dense = train_dense(config, model, data, workdir)
@@ -336,9 +455,13 @@ def dense_stage(config: ml_collections.ConfigDict, model, data: DatasetSplits, w
   dense_test = {**split_metrics(config, data, *test_predictions), "sparsity": sparsity(dense.mask)}
   warn_incomplete_metrics(data, dense_test)
   unpriv, priv = resolve_roles(config, data, dense_val)
-  logging.info("dense test: acc %.4f macro-F1 %.4f eodd %.4f; unprivileged group: %s",
-               dense_test["accuracy"], dense_test["macro_f1"], _num(dense_test["eodd"]),
-               data.group_names[unpriv])
+  logging.info(
+    "dense test: acc %.4f macro-F1 %.4f eodd %.4f; unprivileged group: %s",
+    dense_test["accuracy"],
+    dense_test["macro_f1"],
+    _num(dense_test["eodd"]),
+    data.group_names[unpriv],
+  )
   _compare_with_published(config, data, test_predictions, dense_test, workdir)
   return dense, dense_val, dense_test, (unpriv, priv), test_predictions
 
@@ -346,16 +469,20 @@ def dense_stage(config: ml_collections.ConfigDict, model, data: DatasetSplits, w
 REFERENCE_JSON = "dense_reference.json"
 
 
-def _compare_with_published(config, data: DatasetSplits, test_predictions, dense_test: dict,
-                            workdir: str) -> None:
+def _compare_with_published(
+  config, data: DatasetSplits, test_predictions, dense_test: dict, workdir: str
+) -> None:
   """Logs the dense test figures beside the published unpruned ones of the dataset (if any)
   and stores them in ``<workdir>/dense_reference.json``, beside the dense checkpoints."""
   reference = references.reference_for(config.data.name)
   if reference is None:
     return
   same = reference.convention == config.fairness_convention
-  in_convention = dense_test if same else split_metrics(
-      config, data, *test_predictions, convention=reference.convention)
+  in_convention = (
+    dense_test
+    if same
+    else split_metrics(config, data, *test_predictions, convention=reference.convention)
+  )
   comparison = references.compare_dense(reference, in_convention)
   logging.info("%s", references.describe(comparison))
   if parallel.is_main_process():
@@ -374,12 +501,21 @@ def dense_provenance(workdir: str) -> dict[str, Any]:
   return out
 
 
-def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
-              dense: train.TrainState, dense_val: dict, dense_test: dict, roles, workdir: str, *,
-              plots: bool = True, extra: Mapping[str, Any] | None = None,
-              clock: WallClock | None = None,
-              dense_predictions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-              ) -> dict[str, Any]:
+def prune_run(
+  config: ml_collections.ConfigDict,
+  model,
+  data: DatasetSplits,
+  dense: train.TrainState,
+  dense_val: dict,
+  dense_test: dict,
+  roles,
+  workdir: str,
+  *,
+  plots: bool = True,
+  extra: Mapping[str, Any] | None = None,
+  clock: WallClock | None = None,
+  dense_predictions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
   """Prunes ``dense`` with ``config.prune.method`` in ``workdir`` (resuming its checkpoints),
   fine-tunes FairGRAPE's result (:func:`finetune_final`), evaluates on the test split, draws the
   paired bootstrap of pruned against dense (:func:`paired_bootstrap`) and writes
@@ -401,11 +537,14 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
   if dense_predictions is None:
     dense_predictions = predict_split(dense, data, "test", config)
   labels, pruned_pred, groups = predict_split(final, data, "test", config)
-  if not (np.array_equal(labels, dense_predictions[0])
-          and np.array_equal(groups, dense_predictions[2])):
+  if not (
+    np.array_equal(labels, dense_predictions[0]) and np.array_equal(groups, dense_predictions[2])
+  ):
     raise RuntimeError("the dense and pruned test predictions are not of the same samples")
-  pruned_test = {**split_metrics(config, data, labels, pruned_pred, groups),
-                 "sparsity": sparsity(final.mask)}
+  pruned_test = {
+    **split_metrics(config, data, labels, pruned_pred, groups),
+    "sparsity": sparsity(final.mask),
+  }
   warn_incomplete_metrics(data, pruned_test)  # as evaluate_split does for a test split
   predictions = {"dense": dense_predictions[1], "pruned": pruned_pred}
   boot = paired_bootstrap(config, data, labels, groups, predictions)
@@ -413,24 +552,22 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
   # unprivileged one when there are more than two): null, and their names in privileged_groups.
   privileged_name = data.group_names[priv[0]] if len(priv) == 1 else None
   results = {
-      "schema_version": 1,
-      "config": _to_dict(config),
-      "dataset": data.describe(),
-      "fairness_convention": config.fairness_convention,
-      "privileged_group": privileged_name,
-      **({} if len(priv) == 1 else
-         {"privileged_groups": [data.group_names[g] for g in priv]}),
-      "unprivileged_group": data.group_names[unpriv],
-      "method": config.prune.method,
-      "dense": dense_test,
-      "pruned": pruned_test,
-      "chosen_step": chosen,
-      "steps": steps,
-      "summary": {**report.summarize(dense_test, pruned_test),
-                  **report.summarize_bootstrap(boot)},
-      "bootstrap": boot,
-      # The README promises the key for every method: null unless snnl_channels slims.
-      "slimming": None,
+    "schema_version": 1,
+    "config": _to_dict(config),
+    "dataset": data.describe(),
+    "fairness_convention": config.fairness_convention,
+    "privileged_group": privileged_name,
+    **({} if len(priv) == 1 else {"privileged_groups": [data.group_names[g] for g in priv]}),
+    "unprivileged_group": data.group_names[unpriv],
+    "method": config.prune.method,
+    "dense": dense_test,
+    "pruned": pruned_test,
+    "chosen_step": chosen,
+    "steps": steps,
+    "summary": {**report.summarize(dense_test, pruned_test), **report.summarize_bootstrap(boot)},
+    "bootstrap": boot,
+    # The README promises the key for every method: null unless snnl_channels slims.
+    "slimming": None,
   }
   results.update(methods_api.get_method(config.prune.method).report(ctx, final))
   if finetune is not None:
@@ -444,12 +581,21 @@ def prune_run(config: ml_collections.ConfigDict, model, data: DatasetSplits,
     written += run_report.plots(ctx, dense, steps, chosen)
   results["wall_seconds"] = clock.total()
   path = report.write_results(workdir, results) if parallel.is_main_process() else workdir
-  logging.info("pruned test (step %d%s): acc %.4f macro-F1 %.4f eodd %.4f sparsity %.3f -> %s",
-               chosen, ", fine-tuned" if finetune is not None else "", pruned_test["accuracy"],
-               pruned_test["macro_f1"], _num(pruned_test["eodd"]), pruned_test["sparsity"], path)
+  logging.info(
+    "pruned test (step %d%s): acc %.4f macro-F1 %.4f eodd %.4f sparsity %.3f -> %s",
+    chosen,
+    ", fine-tuned" if finetune is not None else "",
+    pruned_test["accuracy"],
+    pruned_test["macro_f1"],
+    _num(pruned_test["eodd"]),
+    pruned_test["sparsity"],
+    path,
+  )
   files = [os.path.abspath(f) for f in (path, *written, clock.path)] + [
-      os.path.abspath(os.path.join(workdir, n)) for n in (PRETRAINED_JSON, REFERENCE_JSON)
-      if os.path.exists(os.path.join(workdir, n))]
+    os.path.abspath(os.path.join(workdir, n))
+    for n in (PRETRAINED_JSON, REFERENCE_JSON)
+    if os.path.exists(os.path.join(workdir, n))
+  ]
   checkpoints = os.path.abspath(os.path.join(workdir, "checkpoints"))
   for line in story(results, stop_reason(workdir, config), files, checkpoints):
     logging.info("%s", line)
@@ -472,8 +618,8 @@ def stop_reason(workdir: str, config) -> str | None:
 
 # -- FairGRAPE's final fine-tune -----------------------------------------------------------------
 
+
 def _slimming_summary(config, model, final: train.TrainState) -> dict[str, Any] | None:
   """``results["slimming"]`` of ``snnl_channels``
   (:func:`fairjax.pruning.snnl_channels.slimming_summary`, :func:`fairjax.slimming.summary`)."""
   return snnl_channels.slimming_summary(config, model, final)
-

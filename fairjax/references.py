@@ -38,8 +38,8 @@ class Reference:
 _KONG = "Kong et al. (MICCAI 2024), public code, unpruned ImageNet-pretrained VGG-11"
 
 PUBLISHED: dict[str, Reference] = {
-    "fitzpatrick17k": Reference(_KONG, macro_f1=0.5513, eodd=0.1636),
-    "isic2019": Reference(_KONG, macro_f1=0.7862, eodd=0.0209),
+  "fitzpatrick17k": Reference(_KONG, macro_f1=0.5513, eodd=0.1636),
+  "isic2019": Reference(_KONG, macro_f1=0.7862, eodd=0.0209),
 }
 
 
@@ -63,17 +63,18 @@ def compare_dense(reference: Reference, dense_metrics: Mapping[str, Any]) -> dic
   """
   yours_f1 = float(dense_metrics["macro_f1"])
   yours_eodd = dense_metrics.get("eodd")
-  yours_eodd = None if yours_eodd is None or not math.isfinite(float(yours_eodd)) else float(
-      yours_eodd)
+  yours_eodd = (
+    None if yours_eodd is None or not math.isfinite(float(yours_eodd)) else float(yours_eodd)
+  )
   return {
-      "source": reference.source,
-      "convention": reference.convention,
-      "published": {"macro_f1": reference.macro_f1, "eodd": reference.eodd},
-      "yours": {"macro_f1": yours_f1, "eodd": yours_eodd},
-      "difference": {
-          "macro_f1": yours_f1 - reference.macro_f1,
-          "eodd": None if yours_eodd is None else yours_eodd - reference.eodd,
-      },
+    "source": reference.source,
+    "convention": reference.convention,
+    "published": {"macro_f1": reference.macro_f1, "eodd": reference.eodd},
+    "yours": {"macro_f1": yours_f1, "eodd": yours_eodd},
+    "difference": {
+      "macro_f1": yours_f1 - reference.macro_f1,
+      "eodd": None if yours_eodd is None else yours_eodd - reference.eodd,
+    },
   }
 
 
@@ -81,6 +82,8 @@ def describe(comparison: Mapping[str, Any]) -> str:
   """One log line: the user's dense figures beside the published ones."""
   yours, published = comparison["yours"], comparison["published"]
   eodd = "n/a" if yours["eodd"] is None else f"{yours['eodd']:.4f}"
-  return (f"dense test vs published ({comparison['source']}, {comparison['convention']} "
-          f"convention): macro-F1 {yours['macro_f1']:.4f} (published {published['macro_f1']:.4f}),"
-          f" Eodd {eodd} (published {published['eodd']:.4f})")
+  return (
+    f"dense test vs published ({comparison['source']}, {comparison['convention']} "
+    f"convention): macro-F1 {yours['macro_f1']:.4f} (published {published['macro_f1']:.4f}),"
+    f" Eodd {eodd} (published {published['eodd']:.4f})"
+  )

@@ -63,6 +63,7 @@ def step_fraction(fraction: float) -> Schedule:
 
   def schedule(step: int) -> float:
     return 1.0 - (1.0 - fraction) ** max(0, step)
+
   return schedule
 
 
@@ -98,7 +99,8 @@ def fairgrape(keep_per_iter: float, prune_rate: float) -> Schedule:
   def schedule(step: int) -> float:
     if step < 0:
       raise ValueError(f"step must be >= 0, got {step}")
-    return min(1.0 - keep_per_iter ** step, prune_rate)
+    return min(1.0 - keep_per_iter**step, prune_rate)
+
   return schedule
 
 

@@ -24,8 +24,13 @@ def initial_stop(dense_val: Mapping[str, Any]) -> dict[str, Any]:
   return {"best": _num(dense_val["eodd"]), "bad_steps": 0, "stopped": False, "reason": ""}
 
 
-def update_stop(stop: Mapping[str, Any], val: Mapping[str, Any], dense_val: Mapping[str, Any],
-                cfg: Mapping[str, Any], end: str | None = None) -> dict[str, Any]:
+def update_stop(
+  stop: Mapping[str, Any],
+  val: Mapping[str, Any],
+  dense_val: Mapping[str, Any],
+  cfg: Mapping[str, Any],
+  end: str | None = None,
+) -> dict[str, Any]:
   """The stop record after a step with validation metrics ``val`` (``eodd``, ``accuracy``,
   ``sparsity``).
 
@@ -66,8 +71,9 @@ def update_stop(stop: Mapping[str, Any], val: Mapping[str, Any], dense_val: Mapp
   return out
 
 
-def choose_step(steps: Sequence[Mapping[str, Any]], dense_val: Mapping[str, Any],
-                cfg: Mapping[str, Any]) -> int:
+def choose_step(
+  steps: Sequence[Mapping[str, Any]], dense_val: Mapping[str, Any], cfg: Mapping[str, Any]
+) -> int:
   """The reported step: the lowest validation Eodd among the steps within
   ``max_accuracy_drop`` of the dense validation accuracy (ties: the earlier step); the last
   step in ``target_sparsity`` mode or with ``report_step="last"`` (FairGRAPE's protocol
@@ -78,9 +84,12 @@ def choose_step(steps: Sequence[Mapping[str, Any]], dense_val: Mapping[str, Any]
     steps: step records (``steps[0]`` is the dense model), each with ``step`` and
       ``validation`` (``accuracy``, ``eodd``).
   """
-  eligible = [s for s in steps[1:]
-              if dense_val["accuracy"] - s["validation"]["accuracy"] <= cfg["max_accuracy_drop"]
-              and s["validation"]["eodd"] is not None]
+  eligible = [
+    s
+    for s in steps[1:]
+    if dense_val["accuracy"] - s["validation"]["accuracy"] <= cfg["max_accuracy_drop"]
+    and s["validation"]["eodd"] is not None
+  ]
   if cfg["target_sparsity"] is not None or cfg.get("report_step", "best") == "last":
     eligible = list(steps[-1:]) if len(steps) > 1 else []
   if not eligible:

@@ -31,13 +31,23 @@ DEMO = "configs/demo.py"
 # rule that can fire early, no figures (tests of the figures turn them on again with PLOTS).
 # Seconds of compute; most of a run is JAX start-up and compilation.
 TINY = [
-    "--config.data.num_train=256", "--config.data.num_validation=96", "--config.data.num_test=96",
-    "--config.data.image_size=16", "--config.model.kwargs.width=4", "--config.model.kwargs.hidden=8",
-    "--config.train.epochs=3", "--config.train.batch_size=32", "--config.train.patience=10",
-    "--config.prune.num_batches=1", "--config.prune.batch_size=16", "--config.prune.max_steps=3",
-    "--config.prune.patience=10", "--config.prune.step_fraction=0.05",
-    "--config.prune.max_accuracy_drop=1.0", "--config.prune.scope=layer",
-    "--config.report.plots=False",
+  "--config.data.num_train=256",
+  "--config.data.num_validation=96",
+  "--config.data.num_test=96",
+  "--config.data.image_size=16",
+  "--config.model.kwargs.width=4",
+  "--config.model.kwargs.hidden=8",
+  "--config.train.epochs=3",
+  "--config.train.batch_size=32",
+  "--config.train.patience=10",
+  "--config.prune.num_batches=1",
+  "--config.prune.batch_size=16",
+  "--config.prune.max_steps=3",
+  "--config.prune.patience=10",
+  "--config.prune.step_fraction=0.05",
+  "--config.prune.max_accuracy_drop=1.0",
+  "--config.prune.scope=layer",
+  "--config.report.plots=False",
 ]
 PLOTS = "--config.report.plots=True"  # after TINY: the last override of a key wins
 
@@ -47,19 +57,33 @@ STEP_ITEMS = ("params", "batch_stats", "mask")
 
 def cli_cmd(workdir: str, *overrides: str, config: str = DEMO) -> list[str]:
   """The command line of ``python -m fairjax.main --config=CONFIG --workdir=WORKDIR *overrides``."""
-  return [sys.executable, "-m", "fairjax.main", f"--config={config}", f"--workdir={workdir}",
-          *overrides]
+  return [
+    sys.executable,
+    "-m",
+    "fairjax.main",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    *overrides,
+  ]
 
 
-def run_cli(workdir: str, *overrides: str, config: str = DEMO, timeout: float = 600,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+  workdir: str, *overrides: str, config: str = DEMO, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
   """Runs the CLI to its end; stdout/stderr captured as text."""
-  return subprocess.run(cli_cmd(workdir, *overrides, config=config), cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    cli_cmd(workdir, *overrides, config=config),
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
-def run_cli_ok(workdir: str, *overrides: str, config: str = DEMO,
-               timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli_ok(
+  workdir: str, *overrides: str, config: str = DEMO, timeout: float = 600
+) -> subprocess.CompletedProcess:
   """:func:`run_cli`, asserting exit code 0 (the failure shows the end of stderr)."""
   res = run_cli(workdir, *overrides, config=config, timeout=timeout)
   assert res.returncode == 0, res.stderr[-4000:]
@@ -85,14 +109,20 @@ def kill_when(proc: subprocess.Popen, path: str, timeout: float = 300) -> None:
   proc.wait()
 
 
-def kill_then_resume(workdir: str, markers: Sequence[str], *overrides: str, config: str = DEMO,
-                     timeout: float = 600) -> subprocess.CompletedProcess:
+def kill_then_resume(
+  workdir: str, markers: Sequence[str], *overrides: str, config: str = DEMO, timeout: float = 600
+) -> subprocess.CompletedProcess:
   """Starts the run once per marker and SIGKILLs it when ``workdir/marker`` appears (a
   checkpoint), checking that no results.json was written; then reruns the same command to its
   end (exit code 0) and returns that last, resumed run."""
   for marker in markers:
-    proc = subprocess.Popen(cli_cmd(workdir, *overrides, config=config), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+      cli_cmd(workdir, *overrides, config=config),
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
     kill_when(proc, os.path.join(workdir, marker))
     assert not os.path.exists(os.path.join(workdir, "results.json")), marker
   return run_cli_ok(workdir, *overrides, config=config, timeout=timeout)
@@ -103,8 +133,7 @@ def assert_same_results(a: dict, b: dict, keys: Sequence[str]) -> None:
     assert a[key] == b[key], key
 
 
-def restore_step(workdir: str, store: str, step: int,
-                 items: Sequence[str] = STEP_ITEMS) -> dict:
+def restore_step(workdir: str, store: str, step: int, items: Sequence[str] = STEP_ITEMS) -> dict:
   """``items`` of checkpoint ``step`` of the run's ``store`` ("prune", "finetune", "dense")."""
   from fairjax import checkpoint
 
@@ -157,8 +186,9 @@ def parse_config(*overrides: str, config: str = DEMO):
   argv = ["fairjax.main", f"--config={os.path.join(REPO, config)}", *overrides]
   flag_values = flags.FlagValues()
   # sys_argv: the overrides are looked up in this argv instead of the test runner's sys.argv.
-  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
-                                           lock_config=True, sys_argv=argv)
+  holder = config_flags.DEFINE_config_file(
+    "config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv
+  )
   with warnings.catch_warnings():  # ml_collections loads the config file with load_module()
     warnings.filterwarnings("ignore", "the load_module", DeprecationWarning)
     flag_values(argv)

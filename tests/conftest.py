@@ -24,10 +24,14 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                  float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1.0)))
-jax.config.update("jax_persistent_cache_min_entry_size_bytes",
-                  int(os.environ.get("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", 0)))
+jax.config.update(
+  "jax_persistent_cache_min_compile_time_secs",
+  float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1.0)),
+)
+jax.config.update(
+  "jax_persistent_cache_min_entry_size_bytes",
+  int(os.environ.get("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", 0)),
+)
 
 
 def _x64_on():
@@ -49,8 +53,10 @@ def _no_module_leaves_float64_on(request):
   ``jax_enable_x64`` at import time (collection imports every module first) fails at its first
   test, and one that leaves it on fails at its last (as a teardown error)."""
   assert not _x64_on(), (
-      f"float64 is switched on at the start of {request.module.__name__}: a test module switched "
-      "jax_enable_x64 process-wide (import time or a test); use the float64 fixture instead")
+    f"float64 is switched on at the start of {request.module.__name__}: a test module switched "
+    "jax_enable_x64 process-wide (import time or a test); use the float64 fixture instead"
+  )
   yield
   assert not _x64_on(), (
-      f"{request.module.__name__} left jax_enable_x64 switched on; use the float64 fixture")
+    f"{request.module.__name__} left jax_enable_x64 switched on; use the float64 fixture"
+  )

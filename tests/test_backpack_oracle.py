@@ -23,7 +23,6 @@ import jax.numpy as jnp  # noqa: E402
 # The mirror lives in bench/, which is not an installed package: import it from the repo root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import torch_mirror  # noqa: E402
-
 from fairjax import curvature  # noqa: E402
 from fairjax.models import get_model  # noqa: E402
 
@@ -83,8 +82,15 @@ def _backpack_exact_per_group(tmodel, images, labels, groups):
 def test_diag_ggn_exact_matches_backpack(setup):
   model, variables, tmodel, images, labels, groups = setup
   expected = _backpack_exact_per_group(tmodel, images, labels, groups)
-  got = curvature.per_group_diag(model, variables, jnp.asarray(images), jnp.asarray(labels),
-                                 jnp.asarray(groups), num_groups=NUM_GROUPS, method="exact")
+  got = curvature.per_group_diag(
+    model,
+    variables,
+    jnp.asarray(images),
+    jnp.asarray(labels),
+    jnp.asarray(groups),
+    num_groups=NUM_GROUPS,
+    method="exact",
+  )
   assert set(expected) == set(got)
   for module_name, leaves in expected.items():
     assert set(leaves) == set(got[module_name])

@@ -48,6 +48,7 @@ def assert_prunable_close(got, want, mask, **kw):
       assert g is None
     else:
       np.testing.assert_allclose(g, w, **kw)
+
   masks.map_with_mask(check, mask, got, want)
 
 
@@ -55,8 +56,9 @@ def test_magnitude(setup):
   _, variables, _, _, mask = setup
   got = baselines.magnitude_scores(variables["params"], mask)
   assert got["Dense_0"]["bias"] is None
-  np.testing.assert_array_equal(got["Dense_0"]["kernel"],
-                                jnp.abs(variables["params"]["Dense_0"]["kernel"]))
+  np.testing.assert_array_equal(
+    got["Dense_0"]["kernel"], jnp.abs(variables["params"]["Dense_0"]["kernel"])
+  )
 
 
 def test_random_reproducible(setup):
@@ -97,8 +99,10 @@ def test_obd_against_hessian_diagonal(setup):
 def test_accumulate_scores_sums_and_drops_padding(setup):
   model, variables, images, labels, mask = setup
   fn = lambda x, y: baselines.snip_scores(model, variables, x, y, mask)
-  batches = [{"image": images[:5], "label": labels[:5]},
-             {"image": images[5:], "label": labels[5:], "valid": np.array([True, False, True])}]
+  batches = [
+    {"image": images[:5], "label": labels[:5]},
+    {"image": images[5:], "label": labels[5:], "valid": np.array([True, False, True])},
+  ]
   got = baselines.accumulate_scores(fn, batches)
   keep = np.array([5, 7])
   want = jax.tree.map(jnp.add, fn(images[:5], labels[:5]), fn(images[keep], labels[keep]))

@@ -13,18 +13,32 @@ import time
 import numpy as np
 import pytest
 
-from tests.cli_helpers import (TINY, assert_cli_error, assert_same_results, config_error,
-                               load_json, parse_config, restore_step, run_cli, run_cli_ok)
+from tests.cli_helpers import (
+  TINY,
+  assert_cli_error,
+  assert_same_results,
+  config_error,
+  load_json,
+  parse_config,
+  restore_step,
+  run_cli,
+  run_cli_ok,
+)
 
 METHODS = ("magnitude", "random")
 SPARSITIES = (0.5, 0.75)
-CMP = ["--config.train.epochs=2", "--config.prune.max_steps=2",
-       "--config.prune.finetune_epochs=0",  # configs/compare.py fine-tunes; not here (below)
-       f"--config.compare.methods={METHODS!r}", f"--config.compare.sparsities={SPARSITIES!r}",
-       # In the ordinary mode each of these rules would end a run after step 1 (sparsity 0.29 or
-       # 0.5 > 0.2, patience 1, no accuracy drop allowed); target mode must ignore them.
-       "--config.prune.max_sparsity=0.2", "--config.prune.patience=1",
-       "--config.prune.max_accuracy_drop=0.0"]
+CMP = [
+  "--config.train.epochs=2",
+  "--config.prune.max_steps=2",
+  "--config.prune.finetune_epochs=0",  # configs/compare.py fine-tunes; not here (below)
+  f"--config.compare.methods={METHODS!r}",
+  f"--config.compare.sparsities={SPARSITIES!r}",
+  # In the ordinary mode each of these rules would end a run after step 1 (sparsity 0.29 or
+  # 0.5 > 0.2, patience 1, no accuracy drop allowed); target mode must ignore them.
+  "--config.prune.max_sparsity=0.2",
+  "--config.prune.patience=1",
+  "--config.prune.max_accuracy_drop=0.0",
+]
 COMPARE = "configs/compare.py"
 
 
@@ -36,6 +50,7 @@ def comparison(tmp_path_factory):
 
 def _names():
   from fairjax import compare
+
   return [compare.run_name(m, s) for m in METHODS for s in SPARSITIES]
 
 
@@ -46,7 +61,8 @@ def test_comparison_writes_table_csv_and_plot(comparison):
   cmp = load_json(workdir, "compare.json")
   rows = cmp["rows"]
   assert [(r["method"], r["target_sparsity"]) for r in rows] == (
-      [("dense", 0.0)] + [(m, s) for m in METHODS for s in SPARSITIES])
+    [("dense", 0.0)] + [(m, s) for m in METHODS for s in SPARSITIES]
+  )
   assert rows[0]["sparsity"] == 0.0 and rows[0]["accuracy"] == cmp["dense"]["accuracy"]
   for name, row in zip(_names(), rows[1:]):
     results = load_json(os.path.join(workdir, "runs", name))
@@ -70,8 +86,16 @@ def test_comparison_writes_table_csv_and_plot(comparison):
   with open(os.path.join(workdir, "compare.csv")) as f:
     table = list(csv.DictReader(f))
   assert [r["method"] for r in table] == [r["method"] for r in rows]
-  assert {"achieved sparsity", "Eodd", "Eopp0", "Eopp1", "acc light", "acc dark",
-          "disparity of degradation", "macro-F1"} <= set(table[0])
+  assert {
+    "achieved sparsity",
+    "Eodd",
+    "Eopp0",
+    "Eopp1",
+    "acc light",
+    "acc dark",
+    "disparity of degradation",
+    "macro-F1",
+  } <= set(table[0])
   assert float(table[2]["Eodd"]) == rows[2]["eodd"]  # full precision in the CSV
   with open(os.path.join(workdir, "compare.md")) as f:
     md = f.read()
@@ -83,7 +107,8 @@ def test_comparison_writes_table_csv_and_plot(comparison):
   for col in ("Δacc [CI]", "ΔEodd [CI]", "Δacc light [CI]", "Δacc dark [CI]", "mechanism"):
     assert col in cells, col
   from fairjax import report as rep
-  lines = md.strip().splitlines()[-len(_names()):]
+
+  lines = md.strip().splitlines()[-len(_names()) :]
   for name, row, csv_row, line in zip(_names(), rows[1:], table[1:], lines):
     summary = load_json(os.path.join(workdir, "runs", name))["summary"]
     values = dict(zip(cells, (c.strip() for c in line.strip("|").split("|"))))
@@ -131,6 +156,7 @@ def test_every_run_started_from_the_same_dense_model(comparison):
 
   class _State:  # what dense_fingerprint reads
     params, batch_stats = dense["best_params"], dense["best_batch_stats"]
+
   assert compare.dense_fingerprint(_State) == cmp["dense_fingerprint"]
 
 
@@ -141,8 +167,11 @@ def test_resume_recomputes_only_the_missing_run(comparison, tmp_path):
   names = _names()
   gone = names[1]
   shutil.rmtree(os.path.join(workdir, "runs", gone))
-  before = {n: os.stat(os.path.join(workdir, "runs", n, "results.json")).st_mtime_ns
-            for n in names if n != gone}
+  before = {
+    n: os.stat(os.path.join(workdir, "runs", n, "results.json")).st_mtime_ns
+    for n in names
+    if n != gone
+  }
   time.sleep(0.01)
   res = run_cli_ok(workdir, *TINY, *CMP, config=COMPARE)
   assert "restored the finished run" in res.stderr  # the dense model is not retrained
@@ -153,8 +182,9 @@ def test_resume_recomputes_only_the_missing_run(comparison, tmp_path):
   old = load_json(os.path.join(reference, "runs", gone))
   new = load_json(os.path.join(workdir, "runs", gone))
   # Recomputed from scratch, identically.
-  assert_same_results(old, new, ("dense", "pruned", "steps", "summary", "chosen_step",
-                                 "dense_fingerprint"))
+  assert_same_results(
+    old, new, ("dense", "pruned", "steps", "summary", "chosen_step", "dense_fingerprint")
+  )
   for name in ("compare.md", "compare.csv"):
     with open(os.path.join(reference, name)) as a, open(os.path.join(workdir, name)) as b:
       assert a.read() == b.read(), name
@@ -167,12 +197,15 @@ def test_rerun_with_another_config_is_refused(comparison, tmp_path):
   assert_cli_error(res, "config.prune.scope")
 
 
-@pytest.mark.parametrize("override,needle", [
+@pytest.mark.parametrize(
+  "override,needle",
+  [
     ("--config.compare.methods=('magnitude','magic')", "'magic' is not a pruning method"),
     ("--config.compare.sparsities=(0.5,1.0)", "1.0 is outside (0, 1)"),
     ("--config.compare.sparsities=(-0.1,)", "-0.1 is outside (0, 1)"),
     ("--config.prune.target_sparsity=0.5", "config.prune.target_sparsity=0.5"),
-])
+  ],
+)
 def test_bad_compare_config_fails_fast_with_one_line(override, needle):
   """In-process: the CLI's config parsing, then the ``validate_config`` call ``fairjax.main``
   makes before anything is computed (test_main checks the CLI's side: stderr, exit code 2)."""
@@ -185,12 +218,15 @@ def test_bad_compare_config_fails_fast_with_one_line(override, needle):
 
 def _config(**compare):
   from fairjax.config import base_config, compare_section
+
   c = base_config()
   c.compare = compare_section(**compare)
   return c
 
 
-@pytest.mark.parametrize("compare,needle", [
+@pytest.mark.parametrize(
+  "compare,needle",
+  [
     ({"methods": ()}, "config.compare.methods=()"),
     ({"methods": ("fairprune", "fairprune")}, "twice"),
     ({"methods": ("fairprune", "FairGRAPE")}, "'FairGRAPE' is not a pruning method"),
@@ -198,9 +234,11 @@ def _config(**compare):
     ({"sparsities": (0.9, 1.5)}, "1.5 is outside (0, 1)"),
     ({"sparsities": ()}, "config.compare.sparsities=()"),
     ({"sparsities": (0.5, 0.5)}, "twice"),
-])
+  ],
+)
 def test_validate_compare_section(compare, needle):
   from fairjax.config import ConfigError, validate_config
+
   with pytest.raises(ConfigError, match="config.compare") as e:
     validate_config(_config(**compare))
   assert needle in str(e.value)
@@ -211,24 +249,46 @@ def test_aggregate_mean_std_over_seeds():
   from fairjax import compare
 
   def cmp(eodds, accs):
-    rows = [{"method": m, "target_sparsity": s, "sparsity": s, "accuracy": a, "macro_f1": 0.5,
-             "eodd": e, "eopp0": 0.1, "eopp1": None, "accuracy_a": a, "accuracy_b": a,
-             "disparity_of_degradation": 0.0, "channels": "", "steps": 2}
-            for (m, s), e, a in zip([("dense", 0.0), ("magnitude", 0.5)], eodds, accs)]
-    return {"methods": ["magnitude"], "sparsities": [0.5], "fairness_convention": "sum",
-            "dataset": {"group_names": ["a", "b"]}, "rows": rows}
+    rows = [
+      {
+        "method": m,
+        "target_sparsity": s,
+        "sparsity": s,
+        "accuracy": a,
+        "macro_f1": 0.5,
+        "eodd": e,
+        "eopp0": 0.1,
+        "eopp1": None,
+        "accuracy_a": a,
+        "accuracy_b": a,
+        "disparity_of_degradation": 0.0,
+        "channels": "",
+        "steps": 2,
+      }
+      for (m, s), e, a in zip([("dense", 0.0), ("magnitude", 0.5)], eodds, accs)
+    ]
+    return {
+      "methods": ["magnitude"],
+      "sparsities": [0.5],
+      "fairness_convention": "sum",
+      "dataset": {"group_names": ["a", "b"]},
+      "rows": rows,
+    }
 
-  rows = compare.aggregate([cmp([0.2, 0.4], [0.8, 0.6]), cmp([0.2, 0.1], [0.8, 0.7]),
-                            cmp([0.2, 0.1], [0.8, 0.8])])
+  rows = compare.aggregate(
+    [cmp([0.2, 0.4], [0.8, 0.6]), cmp([0.2, 0.1], [0.8, 0.7]), cmp([0.2, 0.1], [0.8, 0.8])]
+  )
   assert [(r["method"], r["target_sparsity"], r["num_seeds"]) for r in rows] == [
-      ("dense", 0.0, 3), ("magnitude", 0.5, 3)]
+    ("dense", 0.0, 3),
+    ("magnitude", 0.5, 3),
+  ]
   assert rows[1]["eodd"]["mean"] == pytest.approx(0.2)
   assert rows[1]["eodd"]["std"] == pytest.approx(np.std([0.4, 0.1, 0.1]))  # population std
-  assert rows[1]["accuracy"] == pytest.approx({"mean": 0.7, "std": np.std([0.6, 0.7, 0.8]),
-                                               "n": 3})
+  assert rows[1]["accuracy"] == pytest.approx({"mean": 0.7, "std": np.std([0.6, 0.7, 0.8]), "n": 3})
   assert rows[1]["eopp1"] == {"mean": None, "std": None, "n": 0}
   assert rows[0]["eodd"]["std"] == pytest.approx(0.0, abs=1e-15)
   from fairjax import report
+
   table = report.markdown_table(rows, compare.aggregate_columns(["a", "b"]))
   assert "0.200 ± 0.141" in table and "n/a" in table
   other = cmp([0.2, 0.4], [0.8, 0.6])
@@ -245,10 +305,11 @@ def test_target_ratio_is_geometric_and_exact_at_the_end():
   for target, steps in ((0.9, 4), (0.5, 1), (0.99, 7), (0.3, 3)):
     r = [target_ratio(i, target, steps) for i in range(steps + 2)]
     assert r[0] == 0.0 and r[steps] == target and r[steps + 1] == target  # exact, no shortfall
-    kept = [1 - x for x in r[:steps + 1]]
+    kept = [1 - x for x in r[: steps + 1]]
     # Every step keeps the same share of the still-kept weights: (1 - target)**(1 / steps).
-    np.testing.assert_allclose([b / a for a, b in zip(kept, kept[1:])],
-                               (1 - target) ** (1 / steps), rtol=1e-12)
+    np.testing.assert_allclose(
+      [b / a for a, b in zip(kept, kept[1:])], (1 - target) ** (1 / steps), rtol=1e-12
+    )
 
 
 def test_snnl_target_plan_counts_channels():

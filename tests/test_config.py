@@ -8,15 +8,22 @@ import types
 
 import pytest
 
-from fairjax.config import (DEPRECATED_KEYS, ConfigError, base_config, deprecated_overrides,
-                            load_config_file, validate_config)
+from fairjax.config import (
+  DEPRECATED_KEYS,
+  ConfigError,
+  base_config,
+  deprecated_overrides,
+  load_config_file,
+  validate_config,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONFIGS, "*.py"))),
-                         ids=os.path.basename)
+@pytest.mark.parametrize(
+  "path", sorted(glob.glob(os.path.join(CONFIGS, "*.py"))), ids=os.path.basename
+)
 def test_every_config_file_loads_and_validates(path, tmp_path):
   config = load_config_file(path)
   if config.data.name != "demo":
@@ -73,8 +80,9 @@ def test_deprecated_names_are_the_same_field(old, new):
 
   default = _get(base_config(), new)
   # A value of the field's type different from the default, set through the OLD name.
-  value = {int: 3, float: 0.5, str: "global" if "scope" in new else "sgd",
-           bool: True}.get(type(default), 7)
+  value = {int: 3, float: 0.5, str: "global" if "scope" in new else "sgd", bool: True}.get(
+    type(default), 7
+  )
   if new == "prune.snnl.layers":
     value = ("conv1",)
   if new == "prune.snnl.temperature":
@@ -109,8 +117,12 @@ def test_bad_retrain_epochs_names_every_name_a_user_may_have_set():
     validate_config(config)
   message = str(e.value)
   assert message.startswith("config.prune.retrain_epochs=-1 (deprecated names: ")
-  for old in ("prune.finetune_epochs", "prune.snnl.finetune_epochs",
-              "prune.fairgrape.retrain_epochs", "prune.fairgrape_retrain_epochs"):
+  for old in (
+    "prune.finetune_epochs",
+    "prune.snnl.finetune_epochs",
+    "prune.fairgrape.retrain_epochs",
+    "prune.fairgrape_retrain_epochs",
+  ):
     assert f"config.{old}=-1" in message
 
 
@@ -122,13 +134,16 @@ def test_command_line_warns_for_deprecated_names(tmp_path, caplog):
   from fairjax import main
 
   cfg = tmp_path / "old.py"
-  cfg.write_text("import os\nfrom fairjax.config import load_config_file\n\n\n"
-                 "def get_config():\n"
-                 f"  config = load_config_file({os.path.join(CONFIGS, 'demo.py')!r})\n"
-                 "  config.prune.fairgrape_keep_per_iter = 0.8\n  return config\n")
-  inv = main.parse_command_line(["fairjax.main", f"--config={cfg}",
-                                 "--config.prune.finetune_epochs=2", "--show_config"],
-                                flags.FlagValues())
+  cfg.write_text(
+    "import os\nfrom fairjax.config import load_config_file\n\n\n"
+    "def get_config():\n"
+    f"  config = load_config_file({os.path.join(CONFIGS, 'demo.py')!r})\n"
+    "  config.prune.fairgrape_keep_per_iter = 0.8\n  return config\n"
+  )
+  inv = main.parse_command_line(
+    ["fairjax.main", f"--config={cfg}", "--config.prune.finetune_epochs=2", "--show_config"],
+    flags.FlagValues(),
+  )
   assert inv.config.prune.retrain_epochs == 2 and inv.config.prune.fairgrape.keep_per_iter == 0.8
   with caplog.at_level("WARNING"):
     main.execute(inv)

@@ -27,6 +27,7 @@ def pool2(x):
 
 class TinyNet(nn.Module):
   """conv -> (BN) -> act -> pool -> strided conv -> act -> dense -> act -> dense."""
+
   act: str = "relu"
   bn: bool = False
 
@@ -75,14 +76,18 @@ def _init(model, x, seed=2):
   v = jax.tree.map(lambda a: a.astype(jnp.float64), v)
   if "batch_stats" in v:  # non-trivial running statistics
     v["batch_stats"] = jax.tree.map(
-        lambda a: a + 0.3 * jax.random.uniform(jax.random.key(7), a.shape, a.dtype),
-        v["batch_stats"])
+      lambda a: a + 0.3 * jax.random.uniform(jax.random.key(7), a.shape, a.dtype), v["batch_stats"]
+    )
   return v
 
 
 def _flat_groups(tree, num_groups):
-  return np.stack([np.asarray(jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a[i], tree))[0])
-                   for i in range(num_groups)])
+  return np.stack(
+    [
+      np.asarray(jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a[i], tree))[0])
+      for i in range(num_groups)
+    ]
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
@@ -157,8 +162,9 @@ def test_dense_over_extra_axis_uses_chunked_per_sample_path():
   v = _init(model, x)
   assert len(curvature.discover_layers(model, v, x.shape[1:])) == 2
   ref = _brute_force_ggn(model, v, x, y, g, 3)
-  got = _flat_groups(curvature.per_group_diag(model, v, x, y, g, num_groups=3,
-                                              max_block_elements=64), 3)
+  got = _flat_groups(
+    curvature.per_group_diag(model, v, x, y, g, num_groups=3, max_block_elements=64), 3
+  )
   np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10)
 
 
@@ -206,8 +212,9 @@ def test_groups_are_separated_and_empty_groups_are_zero():
 
   # Unknown group ids (-1) contribute nowhere.
   g_unknown = g.at[0].set(-1)
-  with_unknown, counts = curvature.per_group_diag(model, v, x, y, g_unknown, num_groups=4,
-                                                  return_counts=True)
+  with_unknown, counts = curvature.per_group_diag(
+    model, v, x, y, g_unknown, num_groups=4, return_counts=True
+  )
   assert int(counts.sum()) == 8
 
 
@@ -216,15 +223,23 @@ def test_chunking_and_jit_do_not_change_the_result():
   model = TinyNet(bn=True)
   v = _init(model, x)
   ref = curvature.per_group_diag(model, v, x, y, g, num_groups=3)
-  chunked = curvature.per_group_diag(model, v, x, y, g, num_groups=3, chunk_size=3,
-                                     max_block_elements=100)
+  chunked = curvature.per_group_diag(
+    model, v, x, y, g, num_groups=3, chunk_size=3, max_block_elements=100
+  )
   jitted = jax.jit(curvature.per_group_diag, static_argnames=("model", "num_groups", "method"))(
-      model, v, x, y, g, num_groups=3, method="exact")
+    model, v, x, y, g, num_groups=3, method="exact"
+  )
   # Under jit the chunks are traced into one program (in-graph chunking path).
-  jitted_chunked = jax.jit(functools.partial(curvature.per_group_diag, chunk_size=3),
-                           static_argnames=("model", "num_groups"))(model, v, x, y, g, num_groups=3)
-  for a, b, c, d in zip(jax.tree.leaves(ref), jax.tree.leaves(chunked), jax.tree.leaves(jitted),
-                        jax.tree.leaves(jitted_chunked)):
+  jitted_chunked = jax.jit(
+    functools.partial(curvature.per_group_diag, chunk_size=3),
+    static_argnames=("model", "num_groups"),
+  )(model, v, x, y, g, num_groups=3)
+  for a, b, c, d in zip(
+    jax.tree.leaves(ref),
+    jax.tree.leaves(chunked),
+    jax.tree.leaves(jitted),
+    jax.tree.leaves(jitted_chunked),
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-16)
     np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-16)
     np.testing.assert_allclose(a, d, rtol=1e-12, atol=1e-16)
@@ -242,16 +257,20 @@ def test_empirical_fisher_is_squared_gradient_at_true_labels():
 
   per_sample = np.asarray(jax.vmap(jax.grad(nll), in_axes=(None, 0, 0))(flat, x, y)) ** 2
   ref = np.stack([per_sample[np.asarray(g) == gg].mean(0) for gg in range(3)])
-  got = _flat_groups(curvature.per_group_diag(model, v, x, y, g, num_groups=3,
-                                              method="empirical_fisher"), 3)
+  got = _flat_groups(
+    curvature.per_group_diag(model, v, x, y, g, num_groups=3, method="empirical_fisher"), 3
+  )
   np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-14)
 
 
 def _draws(model, v, x, y, g, method, num, num_samples=1):
   """``num`` independent estimates, vmapped over PRNG keys: [num, G, P]."""
   keys = jax.random.split(jax.random.key(123), num)
-  est = jax.vmap(lambda k: curvature.per_group_diag(
-      model, v, x, y, g, num_groups=3, method=method, rng=k, num_samples=num_samples))(keys)
+  est = jax.vmap(
+    lambda k: curvature.per_group_diag(
+      model, v, x, y, g, num_groups=3, method=method, rng=k, num_samples=num_samples
+    )
+  )(keys)
   return np.stack([_flat_groups(jax.tree.map(lambda a: a[i], est), 3) for i in range(num)])
 
 
@@ -260,8 +279,11 @@ def test_estimators_are_unbiased(method, target):
   x, y, g = _batch(n=7, size=4)
   model = TinyNet()
   v = _init(model, x)
-  exact = (_brute_force_ggn(model, v, x, y, g, 3) if target == "ggn"
-           else _hessian_diag(model, v, x, y, g, 3))
+  exact = (
+    _brute_force_ggn(model, v, x, y, g, 3)
+    if target == "ggn"
+    else _hessian_diag(model, v, x, y, g, 3)
+  )
   draws = _draws(model, v, x, y, g, method, num=300)
   mean = draws.mean(0)
   stderr = draws.std(0, ddof=1) / np.sqrt(draws.shape[0])
@@ -308,8 +330,10 @@ def test_weighted_group_mean_equals_union_of_batches():
   model = TinyNet()
   v = _init(model, x)
   whole = curvature.per_group_diag(model, v, x, y, g, num_groups=3)
-  parts = [curvature.per_group_diag(model, v, x[s], y[s], g[s], num_groups=3, return_counts=True)
-           for s in (slice(0, 5), slice(5, 14))]
+  parts = [
+    curvature.per_group_diag(model, v, x[s], y[s], g[s], num_groups=3, return_counts=True)
+    for s in (slice(0, 5), slice(5, 14))
+  ]
   combined = curvature.weighted_group_mean([p[0] for p in parts], [p[1] for p in parts])
   for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(combined)):
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-15)
@@ -343,8 +367,8 @@ def test_sharded_batch_gives_the_same_result():
           np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
       print("SHARDED_OK")
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=300)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  res = subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+  )
   assert "SHARDED_OK" in res.stdout, res.stderr[-3000:]

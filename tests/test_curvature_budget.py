@@ -15,9 +15,16 @@ from fairjax import curvature
 pytestmark = pytest.mark.usefixtures("float64")  # scoped float64 (tests/conftest.py)
 
 N = 9
-KWARGS = dict(num_groups=2, method="exact", num_samples=1, apply_kwargs=(),
-              max_block=curvature.DEFAULT_MAX_BLOCK_ELEMENTS, grouped_convs=True,
-              families=frozenset(curvature.FAST_FAMILIES), loss="softmax_cross_entropy")
+KWARGS = dict(
+  num_groups=2,
+  method="exact",
+  num_samples=1,
+  apply_kwargs=(),
+  max_block=curvature.DEFAULT_MAX_BLOCK_ELEMENTS,
+  grouped_convs=True,
+  families=frozenset(curvature.FAST_FAMILIES),
+  loss="softmax_cross_entropy",
+)
 
 
 class Net(nn.Module):
@@ -63,14 +70,18 @@ def test_budget_picks_a_chunk_whose_plan_fits_and_results_do_not_change(setup):
     if compiled is not None and chunk > 1:  # the checked plan of the chosen chunk fits
       assert compiled[0] == chunk
       assert curvature._plan_bytes(compiled[1]) + out <= budget
-    got = _flat(curvature.per_group_diag(model, v, x, y, g, num_groups=2,
-                                         memory_budget_bytes=budget))
+    got = _flat(
+      curvature.per_group_diag(model, v, x, y, g, num_groups=2, memory_budget_bytes=budget)
+    )
     np.testing.assert_allclose(got, whole, rtol=1e-12, atol=1e-15)
     chunks.append(chunk)
   assert chunks[0] <= chunks[1]
   # With chunk_size as well the smaller one wins; the result is still the same.
-  got = _flat(curvature.per_group_diag(model, v, x, y, g, num_groups=2, chunk_size=2,
-                                       memory_budget_bytes=1 << 40))
+  got = _flat(
+    curvature.per_group_diag(
+      model, v, x, y, g, num_groups=2, chunk_size=2, memory_budget_bytes=1 << 40
+    )
+  )
   np.testing.assert_allclose(got, whole, rtol=1e-12, atol=1e-15)
 
 
@@ -92,8 +103,11 @@ def test_budget_rejects_bad_values_and_outer_jit(setup):
   with pytest.raises(ValueError, match="memory_budget_bytes must be an integer >= 0"):
     curvature.per_group_diag(model, v, x, y, g, num_groups=2, memory_budget_bytes=-5)
   with pytest.raises(ValueError, match="eager"):
-    jax.jit(lambda xx: curvature.per_group_diag(model, v, xx, y, g, num_groups=2,
-                                                memory_budget_bytes=1 << 30))(x)
+    jax.jit(
+      lambda xx: curvature.per_group_diag(
+        model, v, xx, y, g, num_groups=2, memory_budget_bytes=1 << 30
+      )
+    )(x)
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # 0 = off: no plan, no warning
     curvature.per_group_diag(model, v, x, y, g, num_groups=2, memory_budget_bytes=0)
@@ -110,8 +124,7 @@ def test_scorers_pass_the_budget_on(setup):
   assert _chunk(setup, budget)[0] < N
   batches = [{"image": x, "label": y, "group": g}]
   want, _ = fairprune.average_group_diag(model, v, batches, num_groups=2)
-  got, _ = fairprune.average_group_diag(model, v, batches, num_groups=2,
-                                        memory_budget_bytes=budget)
+  got, _ = fairprune.average_group_diag(model, v, batches, num_groups=2, memory_budget_bytes=budget)
   np.testing.assert_allclose(_flat(got), _flat(want), rtol=1e-12, atol=1e-15)
   mask = masks.init_mask(v["params"])
   want = baselines.obd_scores(model, v, x, y, mask)

@@ -24,6 +24,7 @@ def x64():
 
 class InvertedResidual(nn.Module):
   """MobileNetV2 block: 1x1 expand + BN + ReLU6, 3x3 depthwise + BN + ReLU6, 1x1 project + BN."""
+
   features: int
   expand: int
   stride: int
@@ -35,8 +36,9 @@ class InvertedResidual(nn.Module):
     h = jax.nn.relu6(bn()(nn.Conv(hidden, (1, 1), use_bias=False)(x)))
     # Explicit padding as in MobileNetV2 ports: symmetric for stride 1, (0, 1) for stride 2.
     pad = ((1, 1), (1, 1)) if self.stride == 1 else ((0, 1), (0, 1))
-    h = nn.Conv(hidden, (3, 3), strides=self.stride, padding=pad, feature_group_count=hidden,
-                use_bias=False)(h)
+    h = nn.Conv(
+      hidden, (3, 3), strides=self.stride, padding=pad, feature_group_count=hidden, use_bias=False
+    )(h)
     h = jax.nn.relu6(bn()(h))
     h = bn()(nn.Conv(self.features, (1, 1), use_bias=False)(h))
     if self.stride == 1 and self.features == x.shape[-1]:
@@ -63,10 +65,10 @@ class GroupedNet(nn.Module):
     # 4 -> 8 channels, G = 2: 2 input channels per group, channel multiplier 2.
     x = jax.nn.relu(nn.Conv(8, (3, 3), feature_group_count=2, padding=1)(x))
     # Depthwise with multiplier 2 (8 -> 16), stride 2, asymmetric padding.
-    x = jnp.tanh(nn.Conv(16, (3, 3), strides=2, feature_group_count=8,
-                         padding=((1, 0), (0, 1)))(x))
-    x = jnp.tanh(nn.Conv(16, (2, 2), feature_group_count=16, input_dilation=2, padding=1,
-                         use_bias=False)(x))
+    x = jnp.tanh(nn.Conv(16, (3, 3), strides=2, feature_group_count=8, padding=((1, 0), (0, 1)))(x))
+    x = jnp.tanh(
+      nn.Conv(16, (2, 2), feature_group_count=16, input_dilation=2, padding=1, use_bias=False)(x)
+    )
     return nn.Dense(NUM_CLASSES)(x.reshape(x.shape[0], -1))
 
 
@@ -83,13 +85,18 @@ def _setup(name, n=7, size=6):
   v = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.key(2), x))
   if "batch_stats" in v:  # non-trivial running statistics, so BN is not the identity
     v["batch_stats"] = jax.tree.map(
-        lambda a: a + 0.3 * jax.random.uniform(k3, a.shape, a.dtype), v["batch_stats"])
+      lambda a: a + 0.3 * jax.random.uniform(k3, a.shape, a.dtype), v["batch_stats"]
+    )
   return model, v, x, y, g
 
 
 def _flat(tree):
-  return np.stack([np.asarray(jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a[i], tree))[0])
-                   for i in range(NUM_GROUPS)])
+  return np.stack(
+    [
+      np.asarray(jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a[i], tree))[0])
+      for i in range(NUM_GROUPS)
+    ]
+  )
 
 
 def _brute_force_ggn(model, v, x, g):
@@ -113,12 +120,16 @@ def _brute_force_ggn_jit(model, v, x, g):
 
 
 def _grouped_conv_paths(model, v, x):
-  return {s.path: s.feature_group_count for s in curvature.discover_layers(model, v, x.shape[1:])
-          if s.kind == "conv" and s.feature_group_count > 1}
+  return {
+    s.path: s.feature_group_count
+    for s in curvature.discover_layers(model, v, x.shape[1:])
+    if s.kind == "conv" and s.feature_group_count > 1
+  }
 
 
 def _generic(monkeypatch, fn):
   """Runs ``fn`` with grouped convs forced onto the generic path (and proves they are)."""
+
   def refuse(*args, **kwargs):
     raise AssertionError("grouped conv took the fast path with the switch off")
 
@@ -134,7 +145,9 @@ def test_discover_layers_reports_grouped_convs_as_fast():
   # Every conv and the head: 3 convs per block, none left to the generic path.
   assert [s.kind for s in specs] == ["conv"] * 6 + ["dense"]
   assert _grouped_conv_paths(model, v, x) == {
-      ("InvertedResidual_0", "Conv_1"): 12, ("InvertedResidual_1", "Conv_1"): 8}
+    ("InvertedResidual_0", "Conv_1"): 12,
+    ("InvertedResidual_1", "Conv_1"): 8,
+  }
   depthwise = [s for s in specs if s.feature_group_count > 1]
   assert [s.strides for s in depthwise] == [(1, 1), (2, 2)]
   assert [s.padding for s in depthwise] == [((1, 1), (1, 1)), ((0, 1), (0, 1))]
@@ -153,12 +166,16 @@ def test_exact_matches_explicit_jacobian_and_generic_path(name, monkeypatch):
   assert np.abs(ref).max() > 1e-3
   fast = _flat(curvature.per_group_diag(model, v, x, y, g, num_groups=NUM_GROUPS))
   np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-10)
-  generic = _flat(_generic(monkeypatch, lambda: curvature.per_group_diag(
-      model, v, x, y, g, num_groups=NUM_GROUPS)))
+  generic = _flat(
+    _generic(
+      monkeypatch, lambda: curvature.per_group_diag(model, v, x, y, g, num_groups=NUM_GROUPS)
+    )
+  )
   np.testing.assert_allclose(fast, generic, rtol=1e-12, atol=1e-15)
   # Chunked per-sample blocks (max_block_elements forces one sample per block) change nothing.
-  chunked = _flat(curvature.per_group_diag(model, v, x, y, g, num_groups=NUM_GROUPS,
-                                           max_block_elements=16))
+  chunked = _flat(
+    curvature.per_group_diag(model, v, x, y, g, num_groups=NUM_GROUPS, max_block_elements=16)
+  )
   np.testing.assert_allclose(chunked, fast, rtol=1e-12, atol=1e-15)
 
 
@@ -168,8 +185,9 @@ def test_sampled_methods_match_generic_path(name, method, monkeypatch):
   model, v, x, y, g = _setup(name)
   kwargs = dict(num_groups=NUM_GROUPS, method=method, rng=jax.random.key(5), num_samples=3)
   fast = _flat(curvature.per_group_diag(model, v, x, y, g, **kwargs))
-  generic = _flat(_generic(monkeypatch, lambda: curvature.per_group_diag(model, v, x, y, g,
-                                                                         **kwargs)))
+  generic = _flat(
+    _generic(monkeypatch, lambda: curvature.per_group_diag(model, v, x, y, g, **kwargs))
+  )
   assert np.abs(fast).max() > 1e-4
   np.testing.assert_allclose(fast, generic, rtol=1e-12, atol=1e-15)
 
@@ -178,8 +196,9 @@ def test_mc_is_unbiased_on_depthwise_block():
   model, v, x, y, g = _setup("mobilenet_block", size=4)
   exact = _brute_force_ggn(model, v, x, g)
   keys = jax.random.split(jax.random.key(123), 200)
-  draws = jax.vmap(lambda k: curvature.per_group_diag(
-      model, v, x, y, g, num_groups=NUM_GROUPS, method="mc", rng=k))(keys)
+  draws = jax.vmap(
+    lambda k: curvature.per_group_diag(model, v, x, y, g, num_groups=NUM_GROUPS, method="mc", rng=k)
+  )(keys)
   draws = np.stack([_flat(jax.tree.map(lambda a: a[i], draws)) for i in range(len(keys))])
   mean = draws.mean(0)
   stderr = draws.std(0, ddof=1) / np.sqrt(len(keys))

@@ -21,6 +21,7 @@ NUM_GROUPS = 3
 class TinyViT(nn.Module):
   """Patch-embed conv, class token, learned position parameter, one pre-norm block
   (MultiHeadDotProductAttention + GELU MLP), final LayerNorm, Dense head on the class token."""
+
   dim: int = 8
   heads: int = 2
 
@@ -71,15 +72,22 @@ def _setup(name, n=7):
   # Non-trivial norm scales and biases (init is ones / zeros).
   rs = np.random.RandomState(3)
   v = jax.tree_util.tree_map_with_path(
-      lambda p, a: np.asarray(a) + 0.3 * rs.randn(*a.shape) if p[-1].key in ("scale", "bias")
-      else np.asarray(a), v)
+    lambda p, a: (
+      np.asarray(a) + 0.3 * rs.randn(*a.shape) if p[-1].key in ("scale", "bias") else np.asarray(a)
+    ),
+    v,
+  )
   v = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), v)
   return model, v, x, y, g
 
 
 def _flat(tree):
-  return np.stack([np.asarray(jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a[i], tree))[0])
-                   for i in range(NUM_GROUPS)])
+  return np.stack(
+    [
+      np.asarray(jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a[i], tree))[0])
+      for i in range(NUM_GROUPS)
+    ]
+  )
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -110,8 +118,19 @@ def _diag(name, monkeypatch=None, families=None, **kwargs):
 def test_discover_layers_finds_attention_mlp_and_norms():
   model, v, x, _, _ = _setup("vit")
   specs = {s.key: s for s in curvature.discover_layers(model, v, x.shape[1:])}
-  assert set(specs) == {"patch", "ln1", "attn/query", "attn/key", "attn/value", "attn/out", "ln2",
-                        "fc1", "fc2", "norm", "head"}
+  assert set(specs) == {
+    "patch",
+    "ln1",
+    "attn/query",
+    "attn/key",
+    "attn/value",
+    "attn/out",
+    "ln2",
+    "fc1",
+    "fc2",
+    "norm",
+    "head",
+  }
   assert specs["attn/query"].contract_axes == (2,)  # [1, T, D] -> [1, T, heads, head_dim]
   assert specs["attn/out"].contract_axes == (2, 3)  # [1, T, heads, head_dim] -> [1, T, D]
   assert specs["fc1"].in_shape == (1, 5, 8) and specs["ln1"].kind == "norm"

@@ -47,10 +47,15 @@ def _fairface_tree(root: pathlib.Path) -> dict:
   rows = {"train": [], "val": []}
   for split, n in (("train", 42), ("val", 14)):
     for i in range(n):
-      rows[split].append({
-          "file": f"{split}/{i + 1}.jpg", "age": faces.FAIRFACE_AGES[(i * 5) % 9],
-          "gender": faces.GENDER_NAMES[(i // 7) % 2], "race": faces.FAIRFACE_RACES[i % 7],
-          "service_test": "True" if i % 3 else "False"})
+      rows[split].append(
+        {
+          "file": f"{split}/{i + 1}.jpg",
+          "age": faces.FAIRFACE_AGES[(i * 5) % 9],
+          "gender": faces.GENDER_NAMES[(i // 7) % 2],
+          "race": faces.FAIRFACE_RACES[i % 7],
+          "service_test": "True" if i % 3 else "False",
+        }
+      )
   write_csv(root / fairface.TRAIN_CSV, header, rows["train"])
   write_csv(root / fairface.VAL_CSV, header, rows["val"])
   for r in rows["train"] + rows["val"]:
@@ -58,8 +63,11 @@ def _fairface_tree(root: pathlib.Path) -> dict:
   corrupt, missing = rows["train"][3]["file"], rows["val"][2]["file"]
   _corrupt(root / corrupt)
   (root / missing).unlink()
-  return {"rows": {r["file"]: r for r in rows["train"] + rows["val"]},
-          "train_files": [r["file"] for r in rows["train"]], "bad": {corrupt, missing}}
+  return {
+    "rows": {r["file"]: r for r in rows["train"] + rows["val"]},
+    "train_files": [r["file"] for r in rows["train"]],
+    "bad": {corrupt, missing},
+  }
 
 
 def _utk_name(age, gender, race, i) -> str:
@@ -71,8 +79,10 @@ def _utkface_tree(root: pathlib.Path) -> dict:
   good = [_utk_name(20 + i, i % 2, i % 5, i) for i in range(40)]
   for name in good:
     _jpeg(folder / name, name)
-  bad_names = ["61_1_20170109142408075.jpg.chip.jpg",  # no race field (a real UTKFace name)
-               "30_2_1_20170109150557335.jpg.chip.jpg"]  # gender 2
+  bad_names = [
+    "61_1_20170109142408075.jpg.chip.jpg",  # no race field (a real UTKFace name)
+    "30_2_1_20170109150557335.jpg.chip.jpg",
+  ]  # gender 2
   for name in bad_names:
     _jpeg(folder / name, name)
   corrupt = good[6]  # race 1, gender 0
@@ -92,14 +102,14 @@ def _celeba_tree(root: pathlib.Path) -> dict:
   (root / celeba.ATTR_FILE).write_text("\n".join(lines) + "\n")
   partition = {image: SPLITS[0 if i < 14 else 1 if i < 19 else 2] for i, image in enumerate(images)}
   (root / celeba.PARTITION_FILE).write_text(
-      "".join(f"{image} {SPLITS.index(s)}\n" for image, s in partition.items()))
+    "".join(f"{image} {SPLITS.index(s)}\n" for image, s in partition.items())
+  )
   for image in images:
     _jpeg(root / celeba.IMAGE_DIR / image, image, size=(8, 10))
   corrupt, missing = images[1], images[20]
   _corrupt(root / celeba.IMAGE_DIR / corrupt)
   (root / celeba.IMAGE_DIR / missing).unlink()
-  return {"values": dict(zip(images, values)), "partition": partition,
-          "bad": {corrupt, missing}}
+  return {"values": dict(zip(images, values)), "partition": partition, "bad": {corrupt, missing}}
 
 
 class _Messages(logging.Handler):
@@ -135,19 +145,26 @@ def built(tmp_path_factory):
   root = tmp_path_factory.mktemp("faces")
   for name in ("fairface", "utkface", "celeba"):
     (root / name).mkdir()
-  trees = {"fairface": _fairface_tree(root / "fairface"),
-           "utkface": _utkface_tree(root / "utkface"), "celeba": _celeba_tree(root / "celeba")}
+  trees = {
+    "fairface": _fairface_tree(root / "fairface"),
+    "utkface": _utkface_tree(root / "utkface"),
+    "celeba": _celeba_tree(root / "celeba"),
+  }
   handler = _Messages()
   logging.getLogger("absl").addHandler(handler)
   try:
     out = {}
     for key, name, overrides in (
-        ("fairface_race", "fairface", {}), ("fairface_gender", "fairface", {"task": "gender"}),
-        ("utkface_race4", "utkface", {}), ("utkface_gender5", "utkface",
-                                           {"task": "gender", "utkface_races": 5}),
-        ("celeba", "celeba", {}), ("celeba_multilabel", "celeba", {"task": "multilabel"})):
-      data = load_dataset(_data_cfg(name, root / name, root / "tfds", **overrides),
-                          workdir=str(root))
+      ("fairface_race", "fairface", {}),
+      ("fairface_gender", "fairface", {"task": "gender"}),
+      ("utkface_race4", "utkface", {}),
+      ("utkface_gender5", "utkface", {"task": "gender", "utkface_races": 5}),
+      ("celeba", "celeba", {}),
+      ("celeba_multilabel", "celeba", {"task": "multilabel"}),
+    ):
+      data = load_dataset(
+        _data_cfg(name, root / name, root / "tfds", **overrides), workdir=str(root)
+      )
       out[key] = (data, _records(data))
   finally:
     logging.getLogger("absl").removeHandler(handler)
@@ -170,8 +187,10 @@ def _check_common(data: DatasetSplits, records, expect_image_ids: set[str]) -> N
 
 
 def _group_counts(records, names) -> dict[str, dict[str, int]]:
-  return {s: {n: sum(int(r["group"]) == g for r in records[s]) for g, n in enumerate(names)}
-          for s in SPLITS}
+  return {
+    s: {n: sum(int(r["group"]) == g for r in records[s]) for g, n in enumerate(names)}
+    for s in SPLITS
+  }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,13 +223,16 @@ def test_fairface_race_task(built):
   described = data.describe()
   assert described["group_counts"] == _group_counts(records, data.group_names)
   expected = collections.Counter(
-      tree["rows"][f]["gender"] for f in tree["rows"] if f.startswith("val/")
-      and f not in tree["bad"])
+    tree["rows"][f]["gender"] for f in tree["rows"] if f.startswith("val/") and f not in tree["bad"]
+  )
   assert described["group_counts"]["test"] == dict(expected)
-  both = collections.Counter(tree["rows"][f]["gender"] for f in tree["train_files"]
-                             if f not in tree["bad"])
-  assert {g: described["group_counts"]["train"][g] + described["group_counts"]["validation"][g]
-          for g in faces.GENDER_NAMES} == dict(both)
+  both = collections.Counter(
+    tree["rows"][f]["gender"] for f in tree["train_files"] if f not in tree["bad"]
+  )
+  assert {
+    g: described["group_counts"]["train"][g] + described["group_counts"]["validation"][g]
+    for g in faces.GENDER_NAMES
+  } == dict(both)
 
 
 def test_fairface_gender_task_has_seven_race_groups(built):
@@ -220,21 +242,27 @@ def test_fairface_gender_task_has_seven_race_groups(built):
   assert data.class_names == ("Male", "Female") and data.num_classes == 2
   assert data.group_names == faces.FAIRFACE_RACES and data.num_groups == 7
   for split in SPLITS:  # The same images in the same splits whatever the task.
-    assert ({r["image_id"] for r in records[split]}
-            == {r["image_id"] for r in race_records[split]})
+    assert {r["image_id"] for r in records[split]} == {r["image_id"] for r in race_records[split]}
     for rec in records[split]:
       row = tree["rows"][rec["image_id"].decode()]
       assert (data.class_names[rec["label"]], data.group_names[rec["group"]]) == (
-          row["gender"], row["race"])
+        row["gender"],
+        row["race"],
+      )
   counts = data.describe()["group_counts"]["test"]
-  expected = collections.Counter(tree["rows"][f]["race"] for f in tree["rows"]
-                                 if f.startswith("val/") and f not in tree["bad"])
+  expected = collections.Counter(
+    tree["rows"][f]["race"] for f in tree["rows"] if f.startswith("val/") and f not in tree["bad"]
+  )
   assert counts == {race: expected.get(race, 0) for race in faces.FAIRFACE_RACES}
 
 
 def test_fairface_split_assignment_is_seeded():
-  rows = [fairface.FairFaceRow(file=f"train/{i}.jpg", race=i % 7, gender=i % 2, age=i % 9,
-                               service_test=False, line=i + 2) for i in range(2000)]
+  rows = [
+    fairface.FairFaceRow(
+      file=f"train/{i}.jpg", race=i % 7, gender=i % 2, age=i % 9, service_test=False, line=i + 2
+    )
+    for i in range(2000)
+  ]
   split = fairface.fairface_split_assignment(rows, 0.1, seed=0)
   assert set(split.values()) == {"train", "validation"}
   assert abs(collections.Counter(split.values())["validation"] / 2000 - 0.1) < 0.01
@@ -242,20 +270,25 @@ def test_fairface_split_assignment_is_seeded():
   assert fairface.fairface_split_assignment(rows, 0.1, seed=1) != split
   assert fairface.make_config(image_size=64, task="gender").name == "gender_race_64"
   assert fairface.make_config(task="age", group="race", validation_fraction=0.2, seed=3).name == (
-      "age_race_128_val20_seed3")
+    "age_race_128_val20_seed3"
+  )
 
 
-@pytest.mark.parametrize("line, field, problem", [
+@pytest.mark.parametrize(
+  "line, field, problem",
+  [
     ("train/9.jpg,20-29,Male,Martian,False", "race", "unknown race"),
     ("train/9.jpg,20-29,male,White,False", "gender", "unknown gender"),
     ("train/9.jpg,20-29,Male,White", "service_test", "expected 5 fields, found 4"),
     ("train/1.jpg,20-29,Male,White,False", "file", "duplicate"),
     ("../secret.jpg,20-29,Male,White,False", "file", "not a path inside the image root"),
-])
+  ],
+)
 def test_fairface_bad_row_names_file_line_field(tmp_path, line, field, problem):
   path = tmp_path / fairface.TRAIN_CSV
-  path.write_text("file,age,gender,race,service_test\ntrain/1.jpg,3-9,Female,Indian,True\n"
-                  + line + "\n")
+  path.write_text(
+    "file,age,gender,race,service_test\ntrain/1.jpg,3-9,Female,Indian,True\n" + line + "\n"
+  )
   with pytest.raises(CsvFormatError) as err:
     fairface.read_fairface_csv(path)
   assert (err.value.line, err.value.field) == (3, field)
@@ -293,8 +326,9 @@ def test_utkface_race_task_four_races(built):
   total = collections.Counter()
   for split in SPLITS:
     total.update(described[split])
-  expected = collections.Counter(faces.GENDER_NAMES[utkface.parse_utkface_name(n).gender]
-                                 for n in kept - {tree["corrupt"]})
+  expected = collections.Counter(
+    faces.GENDER_NAMES[utkface.parse_utkface_name(n).gender] for n in kept - {tree["corrupt"]}
+  )
   assert dict(total) == dict(expected)
 
 
@@ -319,18 +353,22 @@ def test_utkface_gender_task_five_races(built):
       assert race4.get(rec["image_id"], split) == split
 
 
-@pytest.mark.parametrize("name, reason", [
+@pytest.mark.parametrize(
+  "name, reason",
+  [
     ("61_1_20170109142408075.jpg.chip.jpg", "3 of the 4 fields"),
     ("39_1_20170116174525125.jpg.chip.jpg", "3 of the 4 fields"),
     ("24_0_1_20170116220224657 .jpg.chip.jpg", "is not <age>"),
     ("30_1_7_20170116220224657.jpg.chip.jpg", "race 7"),
     ("notes.txt", "is not <age>"),
-])
+  ],
+)
 def test_utkface_bad_names_are_reasons_not_guesses(name, reason):
   result = utkface.parse_utkface_name(name)
   assert isinstance(result, str) and reason in result
   assert utkface.parse_utkface_name("1_0_4_20161219140623097.jpg") == utkface.UtkFaceFile(
-      name="1_0_4_20161219140623097.jpg", age=1, gender=0, race=4)
+    name="1_0_4_20161219140623097.jpg", age=1, gender=0, race=4
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +399,8 @@ def test_celeba_attribute_task(built):
     if image not in tree["bad"]:
       expected[split]["Male" if tree["values"][image][male] == 1 else "Female"] += 1
   assert data.describe()["group_counts"] == {
-      s: {g: expected[s].get(g, 0) for g in data.group_names} for s in SPLITS}
+    s: {g: expected[s].get(g, 0) for g in data.group_names} for s in SPLITS
+  }
 
 
 def test_celeba_multilabel_task(built):
@@ -396,8 +435,9 @@ def test_celeba_malformed_files_name_file_and_line(tmp_path):
   path = _celeba_files(tmp_path, [good, short], "000001.jpg 0\n000002.jpg 0\n") / celeba.ATTR_FILE
   with pytest.raises(CsvFormatError, match=r"list_attr_celeba\.txt, line 4.*found 40"):
     celeba.read_attribute_file(path)
-  path.write_text(f"2\n{' '.join(faces.CELEBA_ATTRIBUTES)}\n{good}\n"
-                  + "000002.jpg" + "  1" * 39 + " 0\n")
+  path.write_text(
+    f"2\n{' '.join(faces.CELEBA_ATTRIBUTES)}\n{good}\n" + "000002.jpg" + "  1" * 39 + " 0\n"
+  )
   with pytest.raises(CsvFormatError, match=r"line 4, field 'Young': expected 1 or -1"):
     celeba.read_attribute_file(path)
   path.write_text(f"3\n{' '.join(faces.CELEBA_ATTRIBUTES)}\n{good}\n")
@@ -407,8 +447,9 @@ def test_celeba_malformed_files_name_file_and_line(tmp_path):
   path.write_text(f"1\n{' '.join(faces.CELEBA_ATTRIBUTES)}\n{good}\n")
   (tmp_path / celeba.PARTITION_FILE).write_text("000001.jpg 0\n000009.jpg 2\n")
   with pytest.raises(CsvFormatError, match=r"list_eval_partition\.txt, line 2.*'000009\.jpg'"):
-    tfds_common.load_source("celeba", "train", manual_dir=tmp_path, data_dir=tmp_path / "d",
-                            image_size=8)
+    tfds_common.load_source(
+      "celeba", "train", manual_dir=tmp_path, data_dir=tmp_path / "d", image_size=8
+    )
   (tmp_path / celeba.PARTITION_FILE).write_text("000001.jpg 3\n")
   with pytest.raises(CsvFormatError, match=r"line 1, field 'partition'"):
     celeba.read_partition_file(tmp_path / celeba.PARTITION_FILE)
@@ -418,42 +459,52 @@ def test_celeba_malformed_files_name_file_and_line(tmp_path):
 # Errors and config.
 
 
-@pytest.mark.parametrize("name, expected_file", [
-    ("fairface", fairface.TRAIN_CSV), ("utkface", utkface.IMAGE_DIR), ("celeba", celeba.ATTR_FILE)])
+@pytest.mark.parametrize(
+  "name, expected_file",
+  [("fairface", fairface.TRAIN_CSV), ("utkface", utkface.IMAGE_DIR), ("celeba", celeba.ATTR_FILE)],
+)
 def test_missing_or_empty_manual_dir(name, expected_file, tmp_path):
   missing = tmp_path / "nowhere"
   with pytest.raises(DatasetNotFoundError) as err:
-    tfds_common.load_source(name, "train", manual_dir=missing, data_dir=tmp_path / "d",
-                            image_size=8)
+    tfds_common.load_source(
+      name, "train", manual_dir=missing, data_dir=tmp_path / "d", image_size=8
+    )
   first = str(err.value).splitlines()[0]
   assert str(missing) in first and "does not exist" in first
   assert expected_file in str(err.value)
   empty = tmp_path / "empty"
   empty.mkdir()
   with pytest.raises(DatasetNotFoundError, match="is empty"):
-    tfds_common.load_source(name, "train", manual_dir=empty, data_dir=tmp_path / "d",
-                            image_size=8)
+    tfds_common.load_source(name, "train", manual_dir=empty, data_dir=tmp_path / "d", image_size=8)
 
 
 def test_utkface_folder_without_jpegs(tmp_path):
   (tmp_path / "README.txt").write_text("no images here\n")
   with pytest.raises(DatasetNotFoundError, match="no UTKFace/ folder with"):
-    tfds_common.load_source("utkface", "train", manual_dir=tmp_path, data_dir=tmp_path / "d",
-                            image_size=8)
+    tfds_common.load_source(
+      "utkface", "train", manual_dir=tmp_path, data_dir=tmp_path / "d", image_size=8
+    )
 
 
-@pytest.mark.parametrize("overrides, needles", [
+@pytest.mark.parametrize(
+  "overrides, needles",
+  [
     ({"name": "celeba", "task": "multi"}, ("config.data.task='multi'", "'multilabel'")),
     ({"name": "celeba", "celeba_attribute": "Male"}, ("config.data.celeba_attribute='Male'",)),
     ({"name": "celeba", "celeba_attribute": "smiling"}, ("39 CelebA attributes",)),
     ({"name": "fairface", "task": "ethnicity"}, ("config.data.task='ethnicity'", "'race'")),
-    ({"name": "fairface", "task": "race", "face_group": "race"},
-     ("config.data.face_group='race'", "('gender', 'age')")),
+    (
+      {"name": "fairface", "task": "race", "face_group": "race"},
+      ("config.data.face_group='race'", "('gender', 'age')"),
+    ),
     ({"name": "utkface", "task": "age"}, ("config.data.task='age'",)),
     ({"name": "utkface", "utkface_races": 6}, ("config.data.utkface_races=6",)),
-    ({"name": "fairface", "fairface_validation_fraction": 0.0},
-     ("config.data.fairface_validation_fraction=0.0",)),
-])
+    (
+      {"name": "fairface", "fairface_validation_fraction": 0.0},
+      ("config.data.fairface_validation_fraction=0.0",),
+    ),
+  ],
+)
 def test_config_refuses_bad_face_options(overrides, needles):
   cfg = fj_config.base_config()
   cfg.data.manual_dir = "/somewhere"
@@ -474,16 +525,27 @@ def test_config_accepts_face_datasets():
     cfg.data.manual_dir = "/somewhere"
     fj_config.validate_config(cfg)
   meanings = fj_config.key_meanings()
-  for key in ("task", "face_group", "fairface_validation_fraction", "utkface_races",
-              "celeba_attribute"):
+  for key in (
+    "task",
+    "face_group",
+    "fairface_validation_fraction",
+    "utkface_races",
+    "celeba_attribute",
+  ):
     assert len(meanings[f"data.{key}"]) > 20, key
 
 
 def test_on_bad_image_error_names_the_file(built, tmp_path):
   corrupt = built["trees"]["utkface"]["corrupt"]
   with pytest.raises(BadImageError, match=f"cannot decode image file .*{corrupt}"):
-    tfds_common.load_source("utkface", "train", manual_dir=built["root"] / "utkface",
-                            data_dir=tmp_path, image_size=8, on_bad_image="error")
+    tfds_common.load_source(
+      "utkface",
+      "train",
+      manual_dir=built["root"] / "utkface",
+      data_dir=tmp_path,
+      image_size=8,
+      on_bad_image="error",
+    )
 
 
 def test_fairface_gender_protocol_batches_hold_every_race(built):

@@ -17,25 +17,26 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
-import tensorflow_datasets as tfds
-
-from tests.csv_helpers import read_csv, write_csv
 from fairjax.data import fitzpatrick17k as fitz
 from fairjax.data import isic2019 as isic
 from fairjax.data import tfds_common
 from fairjax.data.tfds_common import BadImageError, CsvFormatError, DatasetNotFoundError
+from tests.csv_helpers import read_csv, write_csv
 
-_SHARED = pathlib.Path(os.environ.get(
+_SHARED = pathlib.Path(
+  os.environ.get(
     "FAIRJAX_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-))
+  )
+)
 ISIC_DIR = _SHARED / "isic2019"
 FITZ_CSV = _SHARED / "fitzpatrick17k" / "fitzpatrick17k.csv"
 
 needs_real_csvs = pytest.mark.skipif(
-    not (ISIC_DIR / isic.GROUND_TRUTH_CSV).exists() or not FITZ_CSV.exists(),
-    reason="real metadata CSVs not found (set FAIRJAX_SHARED_DATA)",
+  not (ISIC_DIR / isic.GROUND_TRUTH_CSV).exists() or not FITZ_CSV.exists(),
+  reason="real metadata CSVs not found (set FAIRJAX_SHARED_DATA)",
 )
 pytestmark = needs_real_csvs
 
@@ -53,8 +54,6 @@ def _colour(key: str) -> tuple[int, int, int]:
 def _write_jpeg(path: pathlib.Path, key: str, size=(48, 36)) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   Image.new("RGB", size, _colour(key)).save(path, format="JPEG", quality=95)
-
-
 
 
 class _BlockTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -90,7 +89,7 @@ def _all_records(name_and_config: str, data_dir, splits) -> dict[str, list[dict]
   out = {}
   for split in splits:
     source = tfds.data_source(
-        name_and_config, split=split, data_dir=os.fspath(data_dir), download=False
+      name_and_config, split=split, data_dir=os.fspath(data_dir), download=False
     )
     out[split] = [source[i] for i in range(len(source))]
   return out
@@ -114,8 +113,16 @@ def test_isic_real_csv_counts(isic_rows):
   assert len(isic_rows) == 25_331
   assert all(r.label is not None for r in isic_rows)  # UNK is never positive in training.
   counts = collections.Counter(isic.CLASS_NAMES[r.label] for r in isic_rows)
-  assert counts == {"NV": 12875, "MEL": 4522, "BCC": 3323, "BKL": 2624, "AK": 867,
-                    "SCC": 628, "VASC": 253, "DF": 239}
+  assert counts == {
+    "NV": 12875,
+    "MEL": 4522,
+    "BCC": 3323,
+    "BKL": 2624,
+    "AK": 867,
+    "SCC": 628,
+    "VASC": 253,
+    "DF": 239,
+  }
   sex = collections.Counter(isic.group_of(r, "sex") for r in isic_rows)
   assert sex == {0: 11661, 1: 13286, -1: 384}  # design.md section 6: 384 rows without sex.
   age = collections.Counter(isic.group_of(r, "age") for r in isic_rows)
@@ -179,8 +186,9 @@ def test_assign_splits_weights_units_and_validates():
   for name, target in zip(tfds_common.SPLITS, (0.6, 0.2, 0.2)):
     assert abs(per_split[name] / total - target) < 0.01, per_split
   # Many one-unit strata are spread over the splits instead of all landing in train.
-  single = tfds_common.assign_splits({f"s{i}": 1 for i in range(300)}, seed=0,
-                                     strata={f"s{i}": f"class{i}" for i in range(300)})
+  single = tfds_common.assign_splits(
+    {f"s{i}": 1 for i in range(300)}, seed=0, strata={f"s{i}": f"class{i}" for i in range(300)}
+  )
   assert 0.5 < collections.Counter(single.values())["train"] / 300 < 0.7
   with pytest.raises(ValueError, match="sum to 1"):
     tfds_common.assign_splits(sizes, (0.5, 0.2, 0.2))
@@ -216,7 +224,9 @@ def _isic_subset_manual_dir(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
     _write_jpeg(manual / isic.IMAGE_DIR / f"{image}.jpg", image)
   (manual / isic.IMAGE_DIR / f"{corrupt}.jpg").write_bytes(np.random.default_rng(0).bytes(500))
   return manual, {
-      "meta": {meta[i]["image"]: meta[i] for i in pick}, "corrupt": corrupt, "missing": missing,
+    "meta": {meta[i]["image"]: meta[i] for i in pick},
+    "corrupt": corrupt,
+    "missing": missing,
   }
 
 
@@ -227,11 +237,17 @@ def isic_build(tmp_path_factory):
   data_dir = root / "tfds"
   with _BlockTensorFlow() as blocker:
     source = tfds_common.load_source(
-        "isic2019", "train", manual_dir=manual, data_dir=data_dir, image_size=64
+      "isic2019", "train", manual_dir=manual, data_dir=data_dir, image_size=64
     )
     records = _all_records("isic2019/sex_64", data_dir, tfds_common.SPLITS)
-  return {"manual": manual, "data_dir": data_dir, "source": source, "records": records,
-          "tf_attempts": blocker.attempts, **info}
+  return {
+    "manual": manual,
+    "data_dir": data_dir,
+    "source": source,
+    "records": records,
+    "tf_attempts": blocker.attempts,
+    **info,
+  }
 
 
 def test_isic_build_end_to_end(isic_build):
@@ -255,8 +271,16 @@ def test_isic_build_end_to_end(isic_build):
   n_unknown = 0
   for split, recs in records.items():
     for rec in recs:
-      assert set(rec) == {"image", "label", "group", "image_id", "sex", "age_approx",
-                          "lesion_id", "anatom_site_general"}
+      assert set(rec) == {
+        "image",
+        "label",
+        "group",
+        "image_id",
+        "sex",
+        "age_approx",
+        "lesion_id",
+        "anatom_site_general",
+      }
       assert rec["image"].dtype == np.uint8 and rec["image"].shape == (64, 64, 3)
       image_id = rec["image_id"].decode()
       row = meta[image_id]
@@ -266,7 +290,7 @@ def test_isic_build_end_to_end(isic_build):
       assert rec["sex"].decode() == row["sex"]
       assert rec["age_approx"] == (int(float(row["age_approx"])) if row["age_approx"] else -1)
       assert isic.CLASS_NAMES[rec["label"]] == next(
-          c for c in isic.CLASS_NAMES if _gt_value(isic_build["manual"], image_id, c)
+        c for c in isic.CLASS_NAMES if _gt_value(isic_build["manual"], image_id, c)
       )
       # The stored pixels are the synthesised colour of this very image.
       np.testing.assert_allclose(rec["image"].reshape(-1, 3).mean(0), _colour(image_id), atol=6)
@@ -290,18 +314,31 @@ def _gt_value(manual, image_id, column) -> bool:
 
 def test_isic_prepared_dataset_is_reused_without_manual_dir(isic_build):
   source = tfds_common.load_source(
-      "isic2019", "validation", manual_dir=None, data_dir=isic_build["data_dir"], image_size=64
+    "isic2019", "validation", manual_dir=None, data_dir=isic_build["data_dir"], image_size=64
   )
   assert len(source) == len(isic_build["records"]["validation"])
   with pytest.raises(BadImageError, match="skipped 2"):
-    tfds_common.load_source("isic2019", "test", manual_dir=None,
-                            data_dir=isic_build["data_dir"], image_size=64, on_bad_image="error")
+    tfds_common.load_source(
+      "isic2019",
+      "test",
+      manual_dir=None,
+      data_dir=isic_build["data_dir"],
+      image_size=64,
+      on_bad_image="error",
+    )
 
 
 def test_isic_on_bad_image_error(isic_build, tmp_path):
   with pytest.raises(BadImageError) as err:
-    tfds_common.load_source("isic2019", "train", manual_dir=isic_build["manual"],
-                            data_dir=tmp_path, image_size=32, attribute="age", on_bad_image="error")
+    tfds_common.load_source(
+      "isic2019",
+      "train",
+      manual_dir=isic_build["manual"],
+      data_dir=tmp_path,
+      image_size=32,
+      attribute="age",
+      on_bad_image="error",
+    )
   assert isic_build["missing"] in str(err.value) or isic_build["corrupt"] in str(err.value)
 
 
@@ -330,8 +367,13 @@ def fitz_build(tmp_path_factory):
   with _BlockTensorFlow() as blocker:
     for unknown in fitz.UNKNOWN_SKIN_CHOICES:
       source = tfds_common.load_source(
-          "fitzpatrick17k", "train", manual_dir=manual, data_dir=data_dir, image_size=16,
-          label_granularity=9, unknown_skin=unknown,
+        "fitzpatrick17k",
+        "train",
+        manual_dir=manual,
+        data_dir=data_dir,
+        image_size=16,
+        label_granularity=9,
+        unknown_skin=unknown,
       )
       name = source.dataset_info.full_name.split("/")[0] + "/" + source.dataset_info.config_name
       out[unknown] = (source, _all_records(name, data_dir, source.dataset_info.splits.keys()))
@@ -350,8 +392,14 @@ def test_fitzpatrick_build_end_to_end(fitz_build):
     seen = set()
     for recs in records.values():
       for rec in recs:
-        assert set(rec) == {"image", "label", "group", "image_id", "fitzpatrick_scale",
-                            "fitzpatrick_centaur"}
+        assert set(rec) == {
+          "image",
+          "label",
+          "group",
+          "image_id",
+          "fitzpatrick_scale",
+          "fitzpatrick_centaur",
+        }
         assert rec["image"].dtype == np.uint8 and rec["image"].shape == (16, 16, 3)
         md5 = rec["image_id"].decode()
         seen.add(md5)
@@ -380,7 +428,7 @@ def test_missing_or_empty_manual_dir(name, tmp_path):
   missing = tmp_path / "nowhere"
   with pytest.raises(DatasetNotFoundError) as err:
     tfds_common.load_source(
-        name, "train", manual_dir=missing, data_dir=tmp_path / "d", image_size=16
+      name, "train", manual_dir=missing, data_dir=tmp_path / "d", image_size=16
     )
   assert str(missing) in str(err.value) and "does not exist" in str(err.value)
   expected_file = isic.GROUND_TRUTH_CSV if name == "isic2019" else fitz.CSV_NAME
@@ -396,15 +444,17 @@ def test_missing_or_empty_manual_dir(name, tmp_path):
 def test_manual_dir_missing_file_is_named(tmp_path):
   (tmp_path / isic.GROUND_TRUTH_CSV).write_text("image\n")
   with pytest.raises(DatasetNotFoundError, match=isic.METADATA_CSV):
-    tfds_common.load_source("isic2019", "train", manual_dir=tmp_path, data_dir=tmp_path / "d",
-                            image_size=16)
+    tfds_common.load_source(
+      "isic2019", "train", manual_dir=tmp_path, data_dir=tmp_path / "d", image_size=16
+    )
 
 
 def test_fitzpatrick_manual_dir_without_images(tmp_path):
   (tmp_path / fitz.CSV_NAME).write_bytes(FITZ_CSV.read_bytes()[:2000])
   with pytest.raises(DatasetNotFoundError, match="no images/ folder and no"):
-    tfds_common.load_source("fitzpatrick17k", "train", manual_dir=tmp_path,
-                            data_dir=tmp_path / "d", image_size=16)
+    tfds_common.load_source(
+      "fitzpatrick17k", "train", manual_dir=tmp_path, data_dir=tmp_path / "d", image_size=16
+    )
 
 
 def test_builder_reports_missing_manual_dir_through_tfds(tmp_path):
@@ -412,7 +462,7 @@ def test_builder_reports_missing_manual_dir_through_tfds(tmp_path):
   builder = tfds_common.make_builder("isic2019", data_dir=tmp_path, image_size=16)
   with pytest.raises(DatasetNotFoundError, match="nowhere"):
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(tmp_path / "nowhere"))
+      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(tmp_path / "nowhere"))
     )
 
 
@@ -425,8 +475,9 @@ def test_malformed_isic_row_names_file_line_field(isic_build, tmp_path):
   rows[3]["NV"] = "yes"  # Data row 4 = line 5 of the file.
   write_csv(manual / isic.GROUND_TRUTH_CSV, header, rows)
   with pytest.raises(CsvFormatError) as err:
-    tfds_common.load_source("isic2019", "train", manual_dir=manual, data_dir=tmp_path / "d",
-                            image_size=16)
+    tfds_common.load_source(
+      "isic2019", "train", manual_dir=manual, data_dir=tmp_path / "d", image_size=16
+    )
   message = str(err.value)
   assert isic.GROUND_TRUTH_CSV in message and "line 5" in message and "'NV'" in message
   assert (err.value.line, err.value.field) == (5, "NV")
@@ -436,8 +487,9 @@ def test_malformed_metadata_and_fitzpatrick_rows(tmp_path):
   meta = tmp_path / "meta.csv"
   meta.write_text("image,age_approx,lesion_id,sex\nA,40,,female\nB,forty,,male\n")
   gt = tmp_path / "gt.csv"
-  gt.write_text("image," + ",".join(isic.CLASS_NAMES) + ",UNK\n"
-                "A,1.0,0,0,0,0,0,0,0,0\nB,0,1.0,0,0,0,0,0,0,0\n")
+  gt.write_text(
+    "image," + ",".join(isic.CLASS_NAMES) + ",UNK\nA,1.0,0,0,0,0,0,0,0,0\nB,0,1.0,0,0,0,0,0,0,0\n"
+  )
   with pytest.raises(CsvFormatError, match=r"meta\.csv, line 3, field 'age_approx'"):
     isic.read_isic_csvs(gt, meta)
   # UNK rows are dropped by the builder (counted), not errors.
@@ -449,13 +501,17 @@ def test_malformed_metadata_and_fitzpatrick_rows(tmp_path):
   f.write_text("md5hash,fitzpatrick_scale,label,nine_partition_label\nabc,2,acne,inflammatory\n")
   with pytest.raises(CsvFormatError, match=r"line 1, field 'three_partition_label'"):
     fitz.read_fitzpatrick_csv(f)
-  f.write_text("md5hash,fitzpatrick_scale,label,nine_partition_label,three_partition_label\n"
-               "abc,2,acne,inflammatory,non-neoplastic\n"
-               "def,7,acne,inflammatory,non-neoplastic\n")
+  f.write_text(
+    "md5hash,fitzpatrick_scale,label,nine_partition_label,three_partition_label\n"
+    "abc,2,acne,inflammatory,non-neoplastic\n"
+    "def,7,acne,inflammatory,non-neoplastic\n"
+  )
   with pytest.raises(CsvFormatError, match=r"line 3, field 'fitzpatrick_scale'"):
     fitz.read_fitzpatrick_csv(f)
-  f.write_text("md5hash,fitzpatrick_scale,label,nine_partition_label,three_partition_label\n"
-               "abc,2,acne,inflammatory\n")
+  f.write_text(
+    "md5hash,fitzpatrick_scale,label,nine_partition_label,three_partition_label\n"
+    "abc,2,acne,inflammatory\n"
+  )
   with pytest.raises(CsvFormatError, match=r"line 2, field 'three_partition_label'"):
     fitz.read_fitzpatrick_csv(f)
 
@@ -465,7 +521,8 @@ def test_config_names_and_options():
   config = isic.make_config(image_size=64, attribute="age", seed=2)
   assert config.name == "age_64_split60-20-20_seed2"
   assert fitz.make_config(label_granularity=3, unknown_skin="dark", image_size=224).name == (
-      "3classes_dark_224")
+    "3classes_dark_224"
+  )
   assert isic.Isic2019.DEFAULT_BUILDER_CONFIG_NAME in isic.Isic2019.builder_configs
   assert fitz.Fitzpatrick17k.DEFAULT_BUILDER_CONFIG_NAME in fitz.Fitzpatrick17k.builder_configs
   with pytest.raises(ValueError, match="attribute"):

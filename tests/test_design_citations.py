@@ -39,9 +39,10 @@ _GAP = r"[\s#]*"  # words of a citation may be split by spaces, line breaks and 
 _NUM = r"\d+(?:\.\d+)?"  # a section ("1") or a subsection ("1.7")
 _NUMS = rf"{_NUM}(?:{_GAP}(?:-|–|,|and|&){_GAP}(?:§{_GAP})?{_NUM})*"
 CITATION = re.compile(
-    rf"\b(?P<page>design|style)\.md"
-    rf"(?:{_GAP}(?:sections?\b|s\.|§)?{_GAP}(?P<nums>{_NUMS})(?![\d.]\d)"
-    rf"(?:{_GAP},{_GAP}(?:\"(?P<title>[A-Za-z`][^\"]{{0,80}})\"|``(?P<term>[^`]{{1,40}})``))?)?")
+  rf"\b(?P<page>design|style)\.md"
+  rf"(?:{_GAP}(?:sections?\b|s\.|§)?{_GAP}(?P<nums>{_NUMS})(?![\d.]\d)"
+  rf"(?:{_GAP},{_GAP}(?:\"(?P<title>[A-Za-z`][^\"]{{0,80}})\"|``(?P<term>[^`]{{1,40}})``))?)?"
+)
 HEADING = re.compile(r"^(?P<level>#{1,6})\s+(?P<text>.*?)\s*$")
 SECTION = re.compile(r"^(?P<num>\d+)\.\s+\S")
 
@@ -88,11 +89,17 @@ def find_citations(text: str, where: str) -> list[Citation]:
   for m in CITATION.finditer(text):
     line = text.count("\n", 0, m.start()) + 1
     sections, subsections = _numbers(m["nums"]) if m["nums"] else ((), ())
-    found.append(Citation(
-        where=f"{where}:{line}", page=f"{m['page']}.md",
-        sections=sections, subsections=subsections,
+    found.append(
+      Citation(
+        where=f"{where}:{line}",
+        page=f"{m['page']}.md",
+        sections=sections,
+        subsections=subsections,
         title=_normalise(m["title"]) if m["title"] else None,
-        term=m["term"], text=_normalise(m.group(0))))
+        term=m["term"],
+        text=_normalise(m.group(0)),
+      )
+    )
   return found
 
 
@@ -131,21 +138,22 @@ def check(citation: Citation, pages: dict[str, dict[int, Section] | None]) -> li
   for n in citation.sections:
     section = sections.get(n)
     if section is None:
-      errors.append(f"{where}: docs/{citation.page} has no section {n} "
-                    f"(it has {sorted(sections)})")
+      errors.append(f"{where}: docs/{citation.page} has no section {n} (it has {sorted(sections)})")
       continue
-    if citation.title and not any(citation.title.lower() in h.lower()
-                                  for h in section.headings):
-      errors.append(f"{where}: no heading of docs/{citation.page} section {n} contains "
-                    f"{citation.title!r} (headings: {section.headings})")
+    if citation.title and not any(citation.title.lower() in h.lower() for h in section.headings):
+      errors.append(
+        f"{where}: no heading of docs/{citation.page} section {n} contains "
+        f"{citation.title!r} (headings: {section.headings})"
+      )
     for sub in citation.subsections:
       if sub.split(".")[0] == str(n) and not any(
-          re.match(rf"{re.escape(sub)}\.?\s", h + " ") for h in section.headings[1:]):
+        re.match(rf"{re.escape(sub)}\.?\s", h + " ") for h in section.headings[1:]
+      ):
         errors.append(f"{where}: docs/{citation.page} section {n} has no subsection {sub}")
-    if citation.term and not re.search(rf"(?<!\w){re.escape(citation.term)}(?!\w)",
-                                       section.body):
-      errors.append(f"{where}: {citation.term!r} does not occur in docs/{citation.page} "
-                    f"section {n}")
+    if citation.term and not re.search(rf"(?<!\w){re.escape(citation.term)}(?!\w)", section.body):
+      errors.append(
+        f"{where}: {citation.term!r} does not occur in docs/{citation.page} section {n}"
+      )
   return errors
 
 
@@ -230,7 +238,9 @@ def test_every_citation_resolves():
 _D = "design" + ".md"
 
 
-@pytest.mark.parametrize("text, sections, title, term", [
+@pytest.mark.parametrize(
+  "text, sections, title, term",
+  [
     (f"({_D} section 1)", (1,), None, None),
     (f"({_D} sections 0 and 5)", (0, 5), None, None),
     (f"({_D} sections 2-4)", (2, 3, 4), None, None),
@@ -253,11 +263,16 @@ _D = "design" + ".md"
     (f'slow ({_D} section 1, "XLA:CPU\n    pitfalls").', (1,), "XLA:CPU pitfalls", None),
     (f'  # slow ({_D} section 1, "XLA:CPU\n  # pitfalls").', (1,), "XLA:CPU pitfalls", None),
     (f"  # see {_D}\n  # sections 2\n  # and 4.", (2, 4), None, None),
-])
+  ],
+)
 def test_citation_forms(text, sections, title, term):
   (citation,) = find_citations(text, "x")
   assert (citation.page, citation.sections, citation.title, citation.term) == (
-      "design.md", sections, title, term)
+    "design.md",
+    sections,
+    title,
+    term,
+  )
 
 
 def test_style_citation_is_found():
@@ -278,7 +293,9 @@ loops are slow; r_i lives here
 """
 
 
-@pytest.mark.parametrize("text, problem", [
+@pytest.mark.parametrize(
+  "text, problem",
+  [
     (f"({_D} section 7)", "has no section 7"),
     (f"({_D} sections 0-2)", "has no section 2"),
     (f'({_D} section 0, "XLA:CPU pitfalls")', "no heading"),  # title under another section
@@ -287,7 +304,8 @@ loops are slow; r_i lives here
     (f"({_D} section 0, ``keep``)", "does not occur"),  # whole words only
     (f"({_D} section 1.2)", "has no subsection 1.2"),
     ("(style" + ".md)", "does not exist"),
-])
+  ],
+)
 def test_broken_citations_are_reported(text, problem):
   pages = {"design.md": parse_sections(_FAKE), "style.md": None}
   (citation,) = find_citations(text, "x")
@@ -297,8 +315,12 @@ def test_broken_citations_are_reported(text, problem):
 
 def test_good_citations_pass_on_the_fake_page():
   pages = {"design.md": parse_sections(_FAKE)}
-  for text in (f'({_D} section 1, "XLA:CPU\n  # pitfalls")', f"({_D} sections 0-1)",
-               f"({_D} section 1.1)",
-               f"({_D} section 1, ``r_i``)", f"({_D})"):
+  for text in (
+    f'({_D} section 1, "XLA:CPU\n  # pitfalls")',
+    f"({_D} sections 0-1)",
+    f"({_D} section 1.1)",
+    f"({_D} section 1, ``r_i``)",
+    f"({_D})",
+  ):
     (citation,) = find_citations(text, "x")
     assert check(citation, pages) == [], text

@@ -29,18 +29,29 @@ LANGS = {"python", "bash", "text"}
 # Modules whose whole public API must be documented (design.md section 0: the kernels and the
 # methods a researcher imports). A public name is one defined in the module without a leading _.
 DOCUMENTED_MODULES = (
-    "fairjax.bootstrap", "fairjax.curvature", "fairjax.masks", "fairjax.metrics", "fairjax.snnl",
-    "fairjax.slimming",
-    "fairjax.pruning.fairprune", "fairjax.pruning.fairgrape", "fairjax.pruning.baselines",
-    "fairjax.data.pipeline", "fairjax.data.synthetic", "fairjax.models.pretrained",
-    "fairjax.pruning.api", "fairjax.schedules", "fairjax.stopping", "fairjax.nnx_adapter",
+  "fairjax.bootstrap",
+  "fairjax.curvature",
+  "fairjax.masks",
+  "fairjax.metrics",
+  "fairjax.snnl",
+  "fairjax.slimming",
+  "fairjax.pruning.fairprune",
+  "fairjax.pruning.fairgrape",
+  "fairjax.pruning.baselines",
+  "fairjax.data.pipeline",
+  "fairjax.data.synthetic",
+  "fairjax.models.pretrained",
+  "fairjax.pruning.api",
+  "fairjax.schedules",
+  "fairjax.stopping",
+  "fairjax.nnx_adapter",
 )
 # Public names documented elsewhere or internal by nature (say why).
 NOT_DOCUMENTED = {
-    "fairjax.curvature.LayerSpec": "returned by discover_layers; fields in its docstring",
-    "fairjax.data.pipeline.Source": "the record protocol, described in prose",
-    "fairjax.slimming.as_slim_model": "used by slim_sequential_cnn; docstring",
-    "fairjax.slimming.SlimSequentialCNN": "returned by slim_sequential_cnn",
+  "fairjax.curvature.LayerSpec": "returned by discover_layers; fields in its docstring",
+  "fairjax.data.pipeline.Source": "the record protocol, described in prose",
+  "fairjax.slimming.as_slim_model": "used by slim_sequential_cnn; docstring",
+  "fairjax.slimming.SlimSequentialCNN": "returned by slim_sequential_cnn",
 }
 
 
@@ -74,7 +85,7 @@ def parse_blocks(text: str) -> list[Block]:
         assert lang == "python", f"api.md:{pending[1]}: skip marker before a {lang!r} block"
         reason = pending[0]
         pending = None
-      blocks.append(Block(lang, i + 2, "\n".join(lines[i + 1:end]), reason))
+      blocks.append(Block(lang, i + 2, "\n".join(lines[i + 1 : end]), reason))
       i = end
     elif stripped and pending is not None:
       raise AssertionError(f"api.md:{pending[1]}: skip marker not directly followed by a block")
@@ -98,7 +109,9 @@ def test_parser_finds_markers_and_rejects_stray_ones():
   text = "x\n<!-- docs-test: skip (needs data) -->\n\n```python\na = 1\n```\n```bash\nls\n```\n"
   parsed = parse_blocks(text)
   assert [(b.lang, b.line, b.source, b.skip_reason) for b in parsed] == [
-      ("python", 5, "a = 1", "needs data"), ("bash", 8, "ls", None)]
+    ("python", 5, "a = 1", "needs data"),
+    ("bash", 8, "ls", None),
+  ]
   with pytest.raises(AssertionError, match="not directly followed"):
     parse_blocks("<!-- docs-test: skip (why) -->\ntext\n```python\na = 1\n```\n")
   with pytest.raises(AssertionError, match="malformed marker"):
@@ -127,7 +140,8 @@ def test_skipped_blocks_import_and_name_real_attributes(blocks):
         module = namespace.get(node.value.id)
         if isinstance(module, types.ModuleType):
           assert hasattr(module, node.attr), (
-              f"api.md:{block.line - 1 + node.lineno}: {node.value.id}.{node.attr} does not exist")
+            f"api.md:{block.line - 1 + node.lineno}: {node.value.id}.{node.attr} does not exist"
+          )
 
 
 def test_examples_run(blocks, tmp_path, monkeypatch):
@@ -140,8 +154,9 @@ def test_examples_run(blocks, tmp_path, monkeypatch):
     try:
       exec(_compile(block), namespace)
     except Exception:
-      pytest.fail(f"the example at docs/api.md:{block.line} failed:\n{traceback.format_exc()}",
-                  pytrace=False)
+      pytest.fail(
+        f"the example at docs/api.md:{block.line} failed:\n{traceback.format_exc()}", pytrace=False
+      )
     ran += 1
   assert ran >= 18
 
@@ -149,9 +164,13 @@ def test_examples_run(blocks, tmp_path, monkeypatch):
 def _public_names(module: types.ModuleType) -> list[str]:
   names = getattr(module, "__all__", None)
   if names is None:
-    names = [n for n, obj in vars(module).items()
-             if not n.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
-             and getattr(obj, "__module__", None) == module.__name__]
+    names = [
+      n
+      for n, obj in vars(module).items()
+      if not n.startswith("_")
+      and (inspect.isfunction(obj) or inspect.isclass(obj))
+      and getattr(obj, "__module__", None) == module.__name__
+    ]
   return sorted(n for n in names if callable(getattr(module, n)))
 
 
@@ -160,6 +179,9 @@ def test_public_api_is_documented(module_name):
   with open(API_MD, encoding="utf-8") as f:
     text = f.read()
   module = importlib.import_module(module_name)
-  missing = [n for n in _public_names(module) if f"{module_name}.{n}" not in NOT_DOCUMENTED
-             and not re.search(rf"\b{re.escape(n)}\b", text)]
+  missing = [
+    n
+    for n in _public_names(module)
+    if f"{module_name}.{n}" not in NOT_DOCUMENTED and not re.search(rf"\b{re.escape(n)}\b", text)
+  ]
   assert not missing, f"{module_name}: public {missing} not in docs/api.md; document them there"

@@ -29,8 +29,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def _config(name: str, arg: str | None = None):
   import importlib.util
 
-  spec = importlib.util.spec_from_file_location(f"test_configs_{name}", REPO / "configs" /
-                                                f"{name}.py")
+  spec = importlib.util.spec_from_file_location(
+    f"test_configs_{name}", REPO / "configs" / f"{name}.py"
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
@@ -55,8 +56,11 @@ def weights(tmp_path_factory) -> str:
 def trees(tmp_path_factory) -> dict:
   root = tmp_path_factory.mktemp("face_trees")
   out = {}
-  for name, make in (("fairface", _fairface_tree), ("utkface", _utkface_tree),
-                     ("celeba", _celeba_tree)):
+  for name, make in (
+    ("fairface", _fairface_tree),
+    ("utkface", _utkface_tree),
+    ("celeba", _celeba_tree),
+  ):
     (root / name).mkdir()
     out[name] = (root / name, make(root / name))
   return out
@@ -82,13 +86,18 @@ def _tiny(config, manual_dir, weights, tfds_dir, *, full: bool):
 
 # The trees hold a few dozen images: larger held-out shares than the protocols' put both groups
 # into every split (the run refuses a split without a group before training).
-HELD_OUT = {"fairface": {"fairface_validation_fraction": 0.5},
-            "utkface": {"split_fractions": (0.5, 0.25, 0.25)}, "celeba": {}}
+HELD_OUT = {
+  "fairface": {"fairface_validation_fraction": 0.5},
+  "utkface": {"split_fractions": (0.5, 0.25, 0.25)},
+  "celeba": {},
+}
 
 
 def _expected_counts(records_by_split, names):
-  return {s: {n: sum(int(r == g) for r in records_by_split[s]) for g, n in enumerate(names)}
-          for s in ("train", "validation", "test")}
+  return {
+    s: {n: sum(int(r == g) for r in records_by_split[s]) for g, n in enumerate(names)}
+    for s in ("train", "validation", "test")
+  }
 
 
 def _check_run(results, data_groups, group_names, keep_per_iter, full):
@@ -107,7 +116,8 @@ def _check_run(results, data_groups, group_names, keep_per_iter, full):
   phases = [[1, 1e-4], [1, 1e-5]] if full else [[1, 1e-4]]
   assert ft["schedule"] == "phases" and ft["phases"] == phases
   assert ft["epochs"] == len(phases) and [h["epoch"] for h in ft["history"]] == list(
-      range(len(phases)))
+    range(len(phases))
+  )
   assert results["pruned"]["sparsity"] == results["steps"][2]["sparsity"]
 
 
@@ -141,16 +151,21 @@ def _groups_of_tree(name, tree, data):
     return out
   male = faces.CELEBA_ATTRIBUTES.index("Male")
   for split in ("train", "validation", "test"):
-    out[split] = [0 if tree["values"][image][male] == 1 else 1
-                  for image, s in tree["partition"].items()
-                  if s == split and image not in tree["bad"]]
+    out[split] = [
+      0 if tree["values"][image][male] == 1 else 1
+      for image, s in tree["partition"].items()
+      if s == split and image not in tree["bad"]
+    ]
   return out
 
 
 # (config file, its argument): FairFace and UTKFace run their gender tasks, whose 7 and 4 race
 # groups are the many-group settings, and whose two classes give both runs the same programs.
-RUNS = {"fairface": ("fairface", "gender"), "utkface": ("utkface", "gender"),
-        "celeba": ("celeba", None)}
+RUNS = {
+  "fairface": ("fairface", "gender"),
+  "utkface": ("utkface", "gender"),
+  "celeba": ("celeba", None),
+}
 
 
 def _run(name, trees, weights, workdir, tfds_dir):
@@ -183,8 +198,9 @@ def test_face_protocol_runs_end_to_end(name, trees, weights, tmp_path, request):
     config, results = _run(name, trees, weights, workdir, tmp_path / "tfds")
   data = load_dataset(config.data, workdir=str(workdir))
   groups = _groups_of_tree(name, trees[name][1], data)
-  _check_run(results, groups, data.group_names, config.prune.fairgrape.keep_per_iter,
-             full=name == "celeba")
+  _check_run(
+    results, groups, data.group_names, config.prune.fairgrape.keep_per_iter, full=name == "celeba"
+  )
   if name == "celeba":  # the multi-label task: 39 sigmoid outputs, metrics per attribute
     assert results["dataset"]["task"] == "multilabel" and results["dataset"]["num_classes"] == 39
     assert len(results["pruned"]["attribute_accuracy"]) == 39
@@ -194,8 +210,10 @@ def test_face_protocol_runs_end_to_end(name, trees, weights, tmp_path, request):
   else:  # the gender tasks: every race a group, FairGRAPE's importance per race
     assert results["dataset"]["task"] == "multiclass"
     assert len(data.group_names) == (7 if name == "fairface" else 4)
-    assert results["privileged_group"] is None and len(results["privileged_groups"]) == len(
-        data.group_names) - 1
+    assert (
+      results["privileged_group"] is None
+      and len(results["privileged_groups"]) == len(data.group_names) - 1
+    )
 
 
 def test_killed_celeba_multilabel_run_resumes_to_identical_masks(celeba_run, monkeypatch):
@@ -224,8 +242,9 @@ def test_killed_celeba_multilabel_run_resumes_to_identical_masks(celeba_run, mon
   with pytest.raises(Killed):
     pipeline.run(config, str(workdir))
   assert not (workdir / "results.json").exists()
-  assert [int(p.name) for p in (workdir / "checkpoints" / "prune").iterdir()
-          if p.name.isdigit()] == [1]
+  assert [
+    int(p.name) for p in (workdir / "checkpoints" / "prune").iterdir() if p.name.isdigit()
+  ] == [1]
   monkeypatch.setattr(checkpoint.CheckpointStore, "save", save)
   resumed = pipeline.run(config, str(workdir))
   for key in ("dense", "pruned", "steps", "chosen_step", "final_finetune", "bootstrap"):
@@ -245,9 +264,10 @@ def test_protocol_settings_follow_fairgrapes_code(tmp_path):
   weights = tmp_path / "w.pth"
   weights.write_bytes(b"x")
   for name, keep, phases, task in (
-      ("fairface", 0.9, ((13, 1e-4), (3, 1e-5), (3, 1e-6)), "race"),
-      ("utkface", 0.975, ((13, 1e-4), (3, 1e-5), (3, 1e-6)), "race"),
-      ("celeba", 0.9, ((8, 1e-4), (1, 1e-5), (1, 1e-6)), "multilabel")):
+    ("fairface", 0.9, ((13, 1e-4), (3, 1e-5), (3, 1e-6)), "race"),
+    ("utkface", 0.975, ((13, 1e-4), (3, 1e-5), (3, 1e-6)), "race"),
+    ("celeba", 0.9, ((8, 1e-4), (1, 1e-5), (1, 1e-6)), "multilabel"),
+  ):
     c = _config(name)
     c.data.manual_dir, c.model.pretrained = "/data", str(weights)
     validate_config(c)
@@ -260,7 +280,7 @@ def test_protocol_settings_follow_fairgrapes_code(tmp_path):
     assert c.prune.batch_size == 64 and c.prune.scope == "layer"
     assert c.prune.max_sparsity == 0.9 and c.prune.report_step == "last"
     # Enough iterations for 99% (the schedule itself ends at max_sparsity).
-    assert keep ** c.prune.max_steps <= 0.01
+    assert keep**c.prune.max_steps <= 0.01
   gender = _config("fairface", "gender")
   assert gender.data.task == "gender" and gender.prune.batch_size == 63  # 7 races x 9
   assert _config("utkface", "gender").prune.batch_size == 64  # 4 races x 16

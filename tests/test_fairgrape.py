@@ -74,15 +74,23 @@ def test_group_importance_matches_per_group_grad(setup):
 
 def test_accumulate_importance_sums_batches_and_drops_padding(setup):
   model, variables, images, labels, groups, mask = setup
-  batches = [{"image": images[:6], "label": labels[:6], "group": groups[:6]},
-             {"image": images[6:], "label": labels[6:], "group": groups[6:],
-              "valid": np.array([True, True, False, True])}]
+  batches = [
+    {"image": images[:6], "label": labels[:6], "group": groups[:6]},
+    {
+      "image": images[6:],
+      "label": labels[6:],
+      "group": groups[6:],
+      "valid": np.array([True, True, False, True]),
+    },
+  ]
   got = fg.accumulate_importance(model, variables, batches, mask, num_groups=2)
   g2 = np.asarray(groups[6:]).copy()
   g2[2] = -1
   want = jax.tree.map(
-      jnp.add, brute_importance(model, variables, images[:6], labels[:6], groups[:6], mask, 2),
-      brute_importance(model, variables, images[6:], labels[6:], g2, mask, 2))
+    jnp.add,
+    brute_importance(model, variables, images[:6], labels[:6], groups[:6], mask, 2),
+    brute_importance(model, variables, images[6:], labels[6:], g2, mask, 2),
+  )
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10), got, want)
   with pytest.raises(ValueError):
     fg.accumulate_importance(model, variables, [], mask, num_groups=2)
@@ -153,12 +161,16 @@ def test_greedy_rejects_bad_input():
 
 def test_fairgrape_mask_layer_and_global():
   rng = np.random.default_rng(0)
-  params = {"a": {"kernel": np.zeros((10, 10))}, "b": {"kernel": np.zeros((4, 5)),
-                                                       "bias": np.zeros(5)}}
+  params = {
+    "a": {"kernel": np.zeros((10, 10))},
+    "b": {"kernel": np.zeros((4, 5)), "bias": np.zeros(5)},
+  }
   mask = masks.init_mask(params)
   mask["a"]["kernel"] = jnp.asarray(rng.random((10, 10)) > 0.2)
-  imp = {"a": {"kernel": rng.random((2, 10, 10))}, "b": {"kernel": rng.random((2, 4, 5)),
-                                                         "bias": None}}
+  imp = {
+    "a": {"kernel": rng.random((2, 10, 10))},
+    "b": {"kernel": rng.random((2, 4, 5)), "bias": None},
+  }
   new = fg.fairgrape_mask(imp, mask, 0.5)
   assert new["b"]["bias"] is None
   assert int(new["a"]["kernel"].sum()) == 50 and int(new["b"]["kernel"].sum()) == 10
@@ -225,8 +237,11 @@ def test_greedy_matches_reference_across_chunks(monkeypatch, chunk, threads):
       base = rng.lognormal(sigma=1.5, size=(1, n))
       correlated = base * rng.lognormal(sigma=0.3, size=(num_groups, n))  # many repeats
       ties = rng.integers(0, 3, size=(num_groups, n)).astype(float)
-      for imp in (rng.lognormal(size=(num_groups, n)) * rng.lognormal(size=(num_groups, 1)),
-                  correlated, ties):
+      for imp in (
+        rng.lognormal(size=(num_groups, n)) * rng.lognormal(size=(num_groups, 1)),
+        correlated,
+        ties,
+      ):
         for keep in sorted({1, n // 2, int(0.9 * n), n - 1}):
           check_same(imp, keep, threads=threads)
 

@@ -7,16 +7,27 @@ Subprocesses (tests/cli_helpers.py; absl flags are global).
 import numpy as np
 import pytest
 
-from tests.cli_helpers import (TINY, assert_same_results, kill_then_resume, latest_step,
-                               load_json, restore_step, run_cli_ok)
+from tests.cli_helpers import (
+  TINY,
+  assert_same_results,
+  kill_then_resume,
+  latest_step,
+  load_json,
+  restore_step,
+  run_cli_ok,
+)
 
 # Two iterations (r = 0.1, 0.15; see test_methods_cli), then two fine-tune epochs. With
 # max_accuracy_drop=1.0 (TINY) every step is eligible, so a pruned step (>= 1) is chosen.
-GRAPE = ["--config.train.epochs=2", "--config.prune.method=fairgrape",
-         "--config.prune.max_steps=3", "--config.prune.fairgrape_prune_rate=0.15",
-         "--config.prune.fairgrape_keep_per_iter=0.9",
-         "--config.prune.fairgrape_finetune_epochs=2",
-         "--config.prune.fairgrape_finetune_learning_rate=0.01"]
+GRAPE = [
+  "--config.train.epochs=2",
+  "--config.prune.method=fairgrape",
+  "--config.prune.max_steps=3",
+  "--config.prune.fairgrape_prune_rate=0.15",
+  "--config.prune.fairgrape_keep_per_iter=0.9",
+  "--config.prune.fairgrape_finetune_epochs=2",
+  "--config.prune.fairgrape_finetune_learning_rate=0.01",
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +38,7 @@ def finished(tmp_path_factory):
 
 def _leaves(tree):
   import jax
+
   return dict(jax.tree_util.tree_flatten_with_path(tree)[0])
 
 
@@ -46,8 +58,12 @@ def test_final_finetune_is_recorded_and_keeps_the_mask(finished):
   assert ft["validation_after"] == ft["history"][-1]["validation"]
   report.validate_results({**results, "pruned": ft["test_before"]})  # full split metrics
   # The mask is kept: same sparsity before and after, on validation and test.
-  assert results["pruned"]["sparsity"] == ft["test_before"]["sparsity"] == \
-      results["steps"][chosen]["sparsity"] > 0
+  assert (
+    results["pruned"]["sparsity"]
+    == ft["test_before"]["sparsity"]
+    == results["steps"][chosen]["sparsity"]
+    > 0
+  )
   assert "fairgrape final fine-tune epoch 2/2" in res.stderr
 
   before = restore_step(workdir, "prune", chosen)
@@ -73,8 +89,11 @@ def test_killed_during_final_finetune_resumes_identically(finished, tmp_path):
   workdir = str(tmp_path / "killed")
   res = kill_then_resume(workdir, ("checkpoints/finetune/0",), *TINY, *GRAPE)
   assert "fairgrape final fine-tune: resuming after epoch 1" in res.stderr  # 1-based in logs
-  assert_same_results(load_json(reference), load_json(workdir),
-                      ("dense", "pruned", "steps", "summary", "chosen_step", "final_finetune"))
+  assert_same_results(
+    load_json(reference),
+    load_json(workdir),
+    ("dense", "pruned", "steps", "summary", "chosen_step", "final_finetune"),
+  )
 
 
 def test_finetune_skipped_for_other_methods_and_zero_epochs():
@@ -86,8 +105,7 @@ def test_finetune_skipped_for_other_methods_and_zero_epochs():
   c.prune.fairgrape_finetune_epochs = 0
   sentinel = object()
   # Returns before touching state, data or workdir.
-  assert pipeline.finetune_final(c, None, sentinel, None, "/nonexistent", [], 3) == (sentinel,
-                                                                                      None)
+  assert pipeline.finetune_final(c, None, sentinel, None, "/nonexistent", [], 3) == (sentinel, None)
   c.prune.fairgrape_finetune_epochs = 2
   assert pipeline.finetune_final(c, None, sentinel, None, "/nonexistent", [], 0)[1] is None
   c.prune.method = "magnitude"

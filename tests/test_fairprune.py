@@ -13,9 +13,17 @@ from fairjax.pruning import fairprune
 def test_saliency_matches_the_formula_and_prunes_privileged_weights_first():
   params = {"fc": {"kernel": jnp.array([[1.0, 2.0], [3.0, 0.5]]), "bias": jnp.zeros(2)}}
   # h[g] per weight: weight (0,0) matters only to the privileged group 0.
-  diag = {"fc": {"kernel": jnp.array([[[4.0, 1.0], [0.0, 2.0]],     # group 0 (privileged)
-                                      [[0.0, 1.0], [1.0, 2.0]]]),   # group 1 (unprivileged)
-                 "bias": jnp.zeros((2, 2))}}
+  diag = {
+    "fc": {
+      "kernel": jnp.array(
+        [
+          [[4.0, 1.0], [0.0, 2.0]],  # group 0 (privileged)
+          [[0.0, 1.0], [1.0, 2.0]],
+        ]
+      ),  # group 1 (unprivileged)
+      "bias": jnp.zeros((2, 2)),
+    }
+  }
   s = fairprune.saliency(params, diag, unprivileged=1, privileged=(0,), beta=0.5)
   theta = np.array([[1.0, 2.0], [3.0, 0.5]])
   h0 = np.array([[4.0, 1.0], [0.0, 2.0]])
@@ -58,9 +66,10 @@ def test_average_group_diag_weights_batches_by_counts_and_rejects_empty_groups()
   y = jnp.arange(12) % 3
   g = jnp.array([0, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1])
   v = model.init(jax.random.key(1), x)
-  batches = [{"image": x[:5], "label": y[:5], "group": g[:5]},
-             {"image": x[5:], "label": y[5:], "group": g[5:],
-              "valid": jnp.array([True] * 6 + [False])}]  # last row is padding
+  batches = [
+    {"image": x[:5], "label": y[:5], "group": g[:5]},
+    {"image": x[5:], "label": y[5:], "group": g[5:], "valid": jnp.array([True] * 6 + [False])},
+  ]  # last row is padding
   avg, counts = fairprune.average_group_diag(model, v, batches, num_groups=2)
   keep = np.arange(11)
   ref = curvature.per_group_diag(model, v, x[keep], y[keep], g[keep], num_groups=2)
@@ -68,5 +77,6 @@ def test_average_group_diag_weights_batches_by_counts_and_rejects_empty_groups()
   for a, b in zip(jax.tree.leaves(avg), jax.tree.leaves(ref)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
   with pytest.raises(ValueError, match=r"group\(s\) \[1\] had no samples"):
-    fairprune.average_group_diag(model, v, [{"image": x, "label": y, "group": jnp.zeros(12, jnp.int32)}],
-                                 num_groups=2)
+    fairprune.average_group_diag(
+      model, v, [{"image": x, "label": y, "group": jnp.zeros(12, jnp.int32)}], num_groups=2
+    )

@@ -9,9 +9,20 @@ import os
 
 import pytest
 
-from tests.cli_helpers import (PLOTS, TINY, assert_cli_error, assert_same_results,
-                               assert_trees_equal, config_error, kill_then_resume, load_json,
-                               parse_config, restore_step, run_cli, run_cli_ok)
+from tests.cli_helpers import (
+  PLOTS,
+  TINY,
+  assert_cli_error,
+  assert_same_results,
+  assert_trees_equal,
+  config_error,
+  kill_then_resume,
+  load_json,
+  parse_config,
+  restore_step,
+  run_cli,
+  run_cli_ok,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +66,8 @@ def test_results_carry_paired_intervals_and_the_mechanism(finished_run):
       assert boot["models"][name][key]["estimate"] == pytest.approx(results[name][key])
   diff = boot["differences"]["pruned - dense"]
   assert summary["accuracy_difference"]["estimate"] == pytest.approx(
-      results["pruned"]["accuracy"] - results["dense"]["accuracy"])
+    results["pruned"]["accuracy"] - results["dense"]["accuracy"]
+  )
   assert summary["mechanism"] == diff["mechanism"]["group_accuracy"]["label"]
   assert summary["mechanism_macro_f1"] == diff["mechanism"]["group_macro_f1"]["label"]
   assert summary["mechanism"] in bootstrap.MECHANISM_LABELS
@@ -65,26 +77,41 @@ def test_results_carry_paired_intervals_and_the_mechanism(finished_run):
   # test_predictions.npz holds exactly what was resampled: the same bootstrap, recomputed from
   # it without any model, gives the stored intervals.
   stored = np.load(os.path.join(workdir, "test_predictions.npz"))
-  shape = {"num_classes": results["dataset"]["num_classes"], "num_groups": 2,
-           "group_names": results["dataset"]["group_names"]}
+  shape = {
+    "num_classes": results["dataset"]["num_classes"],
+    "num_groups": 2,
+    "group_names": results["dataset"]["group_names"],
+  }
   for name in ("dense", "pruned"):
     m = metrics.evaluate(stored["labels"], stored[name], stored["groups"], **shape)
     assert m["accuracy"] == results[name]["accuracy"] and m["eodd"] == results[name]["eodd"]
-  again = bootstrap.bootstrap(stored["labels"], stored["groups"],
-                              {"dense": stored["dense"], "pruned": stored["pruned"]},
-                              **shape, num_samples=1000, seed=0, pairs=[("pruned", "dense")])
+  again = bootstrap.bootstrap(
+    stored["labels"],
+    stored["groups"],
+    {"dense": stored["dense"], "pruned": stored["pruned"]},
+    **shape,
+    num_samples=1000,
+    seed=0,
+    pairs=[("pruned", "dense")],
+  )
   assert again["differences"] == json_roundtrip(boot["differences"])
   # The last lines say it in words, with the paths of the files written.
-  tail = res.stderr[res.stderr.index("what was pruned: fairprune"):]
+  tail = res.stderr[res.stderr.index("what was pruned: fairprune") :]
   assert "mechanism (test split, pruned − dense, 95% paired bootstrap" in tail
   assert summary["mechanism"] in tail and "reported model:" in tail
-  for name in ("results.json", "test_predictions.npz", "tradeoff.png",
-               "saliency_histograms.png", "wall_time.json"):
+  for name in (
+    "results.json",
+    "test_predictions.npz",
+    "tradeoff.png",
+    "saliency_histograms.png",
+    "wall_time.json",
+  ):
     assert os.path.join(workdir, name) in tail, name
 
 
 def json_roundtrip(obj):
   import json
+
   return json.loads(json.dumps(obj))
 
 
@@ -110,7 +137,9 @@ def test_killed_run_resumes_to_identical_results(finished_run, tmp_path):
   assert_trees_equal(*(restore_step(wd, "prune", a["chosen_step"]) for wd in (reference, workdir)))
 
 
-@pytest.mark.parametrize("override,needle", [
+@pytest.mark.parametrize(
+  "override,needle",
+  [
     ("--config.prune.max_sparsity=1.5", "config.prune.max_sparsity=1.5"),
     ("--config.prune.beta=0", "config.prune.beta=0"),
     ("--config.model.name=alexnet", "config.model.name='alexnet'"),
@@ -129,16 +158,23 @@ def test_killed_run_resumes_to_identical_results(finished_run, tmp_path):
     ("--config.prune.speedup_repeats=-1", "config.prune.speedup_repeats=-1"),
     ("--config.prune.speedup_batch_size=0", "config.prune.speedup_batch_size=0"),
     ("--config.prune.fairgrape_finetune_epochs=-1", "config.prune.fairgrape_finetune_epochs=-1"),
-    ("--config.prune.fairgrape_finetune_optimizer=lamb",
-     "config.prune.fairgrape_finetune_optimizer='lamb'"),
-    ("--config.prune.fairgrape_finetune_learning_rate=0",
-     "config.prune.fairgrape_finetune_learning_rate=0"),
+    (
+      "--config.prune.fairgrape_finetune_optimizer=lamb",
+      "config.prune.fairgrape_finetune_optimizer='lamb'",
+    ),
+    (
+      "--config.prune.fairgrape_finetune_learning_rate=0",
+      "config.prune.fairgrape_finetune_learning_rate=0",
+    ),
     ("--config.prune.target_sparsity=1.0", "config.prune.target_sparsity=1.0"),
     ("--config.parallel.num_devices=-1", "config.parallel.num_devices=-1"),
     ("--config.prune.curvature_chunk_size=-4", "config.prune.curvature_chunk_size=-4"),
-    ("--config.prune.curvature_memory_budget_bytes=-1",
-     "config.prune.curvature_memory_budget_bytes=-1"),
-])
+    (
+      "--config.prune.curvature_memory_budget_bytes=-1",
+      "config.prune.curvature_memory_budget_bytes=-1",
+    ),
+  ],
+)
 def test_bad_config_values_fail_fast_with_one_line(override, needle):
   """In-process: the override parsed as the CLI parses it, then the ``validate_config`` call
   that ``fairjax.main`` makes before anything is computed."""
@@ -163,8 +199,13 @@ def test_bad_config_value_cli_contract(tmp_path):
 def test_missing_dataset_directory_names_the_path(tmp_path):
   """End to end: an error raised inside the run (the dataset loader), not by validate_config."""
   missing = tmp_path / "no_such_isic"
-  res = run_cli(str(tmp_path / "wd"), f"--config.data.manual_dir={missing}",
-                "--config.model.require_pretrained=False", config="configs/isic.py", timeout=300)
+  res = run_cli(
+    str(tmp_path / "wd"),
+    f"--config.data.manual_dir={missing}",
+    "--config.model.require_pretrained=False",
+    config="configs/isic.py",
+    timeout=300,
+  )
   # A multi-line message (the expected files and where to get them), so not assert_cli_error.
   assert res.returncode == 2
   assert str(missing) in res.stderr and "Traceback" not in res.stderr
@@ -172,8 +213,15 @@ def test_missing_dataset_directory_names_the_path(tmp_path):
   assert "fairjax: error:" in res.stderr
 
 
-@pytest.mark.parametrize("key,value", [("minority_contrast", 0.0), ("minority_contrast", 1.5),
-                                       ("shortcut_strength", -0.1), ("shortcut_strength", 0.6)])
+@pytest.mark.parametrize(
+  "key,value",
+  [
+    ("minority_contrast", 0.0),
+    ("minority_contrast", 1.5),
+    ("shortcut_strength", -0.1),
+    ("shortcut_strength", 0.6),
+  ],
+)
 def test_demo_generator_knobs_are_validated(key, value):
   from fairjax.config import ConfigError, base_config, validate_config
 
@@ -194,11 +242,14 @@ def test_story_says_when_no_step_lowered_eodd(finished_run):
   for s in results["steps"][1:]:  # every step now worse than dense on validation Eodd
     s["validation"]["eodd"] = dense_val["eodd"] + 0.1
   results["chosen_step"] = 0
-  lines = pipeline.story(results, "validation Eodd did not improve for 5 steps", ["x/results.json"],
-                         "x/checkpoints")
+  lines = pipeline.story(
+    results, "validation Eodd did not improve for 5 steps", ["x/results.json"], "x/checkpoints"
+  )
   text = "\n".join(lines)
-  assert ("No pruning step lowered validation Eodd below the dense model's "
-          f"({dense_val['eodd']:.4f}) while staying within max_accuracy_drop=1.0") in text
+  assert (
+    "No pruning step lowered validation Eodd below the dense model's "
+    f"({dense_val['eodd']:.4f}) while staying within max_accuracy_drop=1.0"
+  ) in text
   assert "reported model: the dense model (step 0, nothing pruned)" in text
   assert "the loop stopped because validation Eodd did not improve for 5 steps" in text
   assert lines[-1] == "files written: x/results.json; checkpoints under x/checkpoints"

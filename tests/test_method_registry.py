@@ -46,7 +46,14 @@ def test_own_method_runs_through_the_pipeline(tmp_path):
   from fairjax.config import PRUNE_METHODS, base_config, validate_config
 
   assert NAME in PRUNE_METHODS and PRUNE_METHODS[:7] == (
-      "fairprune", "magnitude", "random", "snip", "obd", "fairgrape", "snnl_channels")
+    "fairprune",
+    "magnitude",
+    "random",
+    "snip",
+    "obd",
+    "fairgrape",
+    "snnl_channels",
+  )
   config = _tiny(base_config())
   config.prune.method = NAME
   validate_config(config)
@@ -75,7 +82,8 @@ def test_own_method_in_a_comparison(tmp_path):
   assert set(rows) == {"dense", NAME, "magnitude"}
   assert rows[NAME]["sparsity"] == pytest.approx(0.5, abs=1e-3)
   results = checkpoint.read_json(
-      os.path.join(tmp_path, "runs", compare.run_name(NAME, 0.5), report.RESULTS_FILENAME))
+    os.path.join(tmp_path, "runs", compare.run_name(NAME, 0.5), report.RESULTS_FILENAME)
+  )
   assert results["method"] == NAME and results["chosen_step"] == 2
   # w**2 ranks as |w|: the same masks as the built-in magnitude method, so the same figures.
   for key in ("sparsity", "accuracy", "eodd"):
@@ -110,7 +118,7 @@ def _doc_blocks() -> list[str]:
   with open(os.path.join(REPO, "docs", "api.md")) as f:
     text = f.read()
   start = text.index("## Your own pruning method")
-  section = text[start:text.index("\n## ", start + 1)]
+  section = text[start : text.index("\n## ", start + 1)]
   return re.findall(r"```python\n(.*?)```", section, re.S)
 
 

@@ -9,14 +9,24 @@ import os
 import numpy as np
 import pytest
 
-from tests.cli_helpers import (PLOTS, TINY, assert_cli_error, latest_step, load_json,
-                               restore_step, run_cli)
+from tests.cli_helpers import (
+  PLOTS,
+  TINY,
+  assert_cli_error,
+  latest_step,
+  load_json,
+  restore_step,
+  run_cli,
+)
 
 FAST = ["--config.train.epochs=2", "--config.prune.max_steps=2"]
 # FairGRAPE: keep 0.9 per iteration, rate 0.15 -> r_1 = 0.1, r_2 = min(0.19, 0.15) = 0.15, so the
 # schedule ends at step 2 (before max_steps=3 would), exercising its own stopping reason.
-GRAPE = ["--config.prune.max_steps=3", "--config.prune.fairgrape_prune_rate=0.15",
-         "--config.prune.fairgrape_keep_per_iter=0.9"]
+GRAPE = [
+  "--config.prune.max_steps=3",
+  "--config.prune.fairgrape_prune_rate=0.15",
+  "--config.prune.fairgrape_keep_per_iter=0.9",
+]
 METHODS = ("magnitude", "random", "snip", "obd", "fairgrape")
 
 
@@ -29,14 +39,18 @@ def runs(tmp_path_factory):
     if method not in cache:
       workdir = str(tmp_path_factory.mktemp(method))
       extra = GRAPE if method == "fairgrape" else []
-      cache[method] = (workdir, run_cli(workdir, *TINY, *FAST, f"--config.prune.method={method}",
-                                        *extra, PLOTS))
+      cache[method] = (
+        workdir,
+        run_cli(workdir, *TINY, *FAST, f"--config.prune.method={method}", *extra, PLOTS),
+      )
     return cache[method]
+
   return get
 
 
 def _prunable_sizes(mask):
   import jax
+
   return [np.size(m) for m in jax.tree.leaves(mask)]
 
 

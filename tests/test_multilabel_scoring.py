@@ -64,8 +64,9 @@ def _flat(tree):
 
 def _flat_groups(tree, num_groups=NUM_GROUPS):
   """Leaves [G, ...] -> float[G, P], parameters in ravel_pytree order."""
-  return np.concatenate([np.asarray(a).reshape(num_groups, -1) for a in jax.tree.leaves(tree)],
-                        axis=1)
+  return np.concatenate(
+    [np.asarray(a).reshape(num_groups, -1) for a in jax.tree.leaves(tree)], axis=1
+  )
 
 
 def _group_weights(g, num_groups=NUM_GROUPS):
@@ -83,7 +84,7 @@ def _per_sample_ggn(model, v, x):
 
   jac = jax.vmap(jax.jacobian(logits), in_axes=(None, 0))(flat, x)  # [N, A, P]
   p = jax.nn.sigmoid(jax.vmap(logits, in_axes=(None, 0))(flat, x))
-  return jnp.einsum("nap,na->np", jac ** 2, p * (1 - p))
+  return jnp.einsum("nap,na->np", jac**2, p * (1 - p))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -103,12 +104,15 @@ def test_per_sample_bce_is_summed_stable_and_in_the_params_dtype():
   got = bce(model, params, others, x, y)
   np.testing.assert_allclose(got, _bce(model.apply(v, x), y), rtol=1e-13)
   np.testing.assert_array_equal(
-      got, _scoring.per_sample_loss(model, params, others, x, y, loss=SIGMOID))
+    got, _scoring.per_sample_loss(model, params, others, x, y, loss=SIGMOID)
+  )
   # float64 labels of {0, 1} give the same as int labels.
   np.testing.assert_array_equal(got, bce(model, params, others, x, y.astype(jnp.float64)))
   # The default loss is the softmax cross-entropy, bit for bit.
-  np.testing.assert_array_equal(_scoring.per_sample_loss(model, params, others, x, y[:, 0]),
-                                _scoring.per_sample_ce(model, params, others, x, y[:, 0]))
+  np.testing.assert_array_equal(
+    _scoring.per_sample_loss(model, params, others, x, y[:, 0]),
+    _scoring.per_sample_ce(model, params, others, x, y[:, 0]),
+  )
 
   class Const(nn.Module):
     @nn.compact
@@ -120,8 +124,10 @@ def test_per_sample_bce_is_summed_stable_and_in_the_params_dtype():
   loss = _scoring.per_sample_bce(Const(), {"b": jnp.zeros(1)}, {}, x[:1], lab)
   np.testing.assert_allclose(loss, [400.0 + np.log(2.0)], rtol=1e-14)
   # float32 params: the float64 logits are cast to float32, the params dtype.
-  assert _scoring.per_sample_bce(Const(), {"b": jnp.zeros(1, jnp.float32)}, {}, x[:1],
-                                 lab).dtype == jnp.float32
+  assert (
+    _scoring.per_sample_bce(Const(), {"b": jnp.zeros(1, jnp.float32)}, {}, x[:1], lab).dtype
+    == jnp.float32
+  )
   with pytest.raises(ValueError, match="shape of the logits"):
     _scoring.per_sample_bce(model, params, others, x, y[:, :2])
   with pytest.raises(ValueError, match="loss="):
@@ -136,15 +142,15 @@ def test_sigmoid_loss_hessian_factor():
   np.testing.assert_array_equal(f, curvature.sigmoid_loss_hessian_factor(logits))
   # p (1 - p) as sigmoid(z) sigmoid(-z): at z = 60, 1 - p would round to 0.
   var = jax.nn.sigmoid(logits) * jax.nn.sigmoid(-logits)
-  np.testing.assert_allclose(f @ jnp.swapaxes(f, 1, 2), jax.vmap(jnp.diag)(var), rtol=1e-13,
-                             atol=0)
+  np.testing.assert_allclose(f @ jnp.swapaxes(f, 1, 2), jax.vmap(jnp.diag)(var), rtol=1e-13, atol=0)
   assert np.all(np.isfinite(f)) and np.all(f[0].diagonal()[:2] > 0)  # never exactly 0 or NaN
 
 
 def test_exact_matches_explicit_jacobian_and_relu_hessian():
   model, v, x, y, g = _setup()
-  diag, counts = curvature.per_group_diag(model, v, x, y, g, num_groups=NUM_GROUPS,
-                                          loss=SIGMOID, return_counts=True)
+  diag, counts = curvature.per_group_diag(
+    model, v, x, y, g, num_groups=NUM_GROUPS, loss=SIGMOID, return_counts=True
+  )
   np.testing.assert_array_equal(counts, [2, 3, 1])  # the -1 sample is counted nowhere
   w = _group_weights(g)
   ref = w.T @ np.asarray(_per_sample_ggn(model, v, x))
@@ -152,12 +158,12 @@ def test_exact_matches_explicit_jacobian_and_relu_hessian():
   assert np.abs(ref).max() > 1e-2
   np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
   # ReLU network: the GGN diagonal is the Hessian diagonal of the group's mean summed BCE.
-  np.testing.assert_allclose(got, _hessian_diag(model, v, x, y, jnp.asarray(w)), rtol=0,
-                             atol=1e-12)
+  np.testing.assert_allclose(got, _hessian_diag(model, v, x, y, jnp.asarray(w)), rtol=0, atol=1e-12)
   # (ref gives the unknown-group sample a zero weight: it counts nowhere.)
   # Chunked (eager, padded with group -1 rows) gives the same result.
-  chunked = curvature.per_group_diag(model, v, x, y, g, num_groups=NUM_GROUPS, loss=SIGMOID,
-                                     chunk_size=3)
+  chunked = curvature.per_group_diag(
+    model, v, x, y, g, num_groups=NUM_GROUPS, loss=SIGMOID, chunk_size=3
+  )
   np.testing.assert_allclose(_flat_groups(chunked), got, rtol=1e-12, atol=1e-16)
 
 
@@ -169,8 +175,11 @@ def test_empirical_fisher_is_squared_bce_gradient_at_true_labels():
     return _bce(model.apply({"params": unravel(theta)}, xi[None])[0], yi)
 
   sq = np.asarray(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(flat, x, y)) ** 2
-  got = _flat_groups(curvature.per_group_diag(model, v, x, y, g, num_groups=NUM_GROUPS,
-                                              loss=SIGMOID, method="empirical_fisher"))
+  got = _flat_groups(
+    curvature.per_group_diag(
+      model, v, x, y, g, num_groups=NUM_GROUPS, loss=SIGMOID, method="empirical_fisher"
+    )
+  )
   np.testing.assert_allclose(got, _group_weights(g).T @ sq, rtol=1e-11, atol=1e-15)
 
 
@@ -178,12 +187,30 @@ def test_empirical_fisher_is_squared_bce_gradient_at_true_labels():
 def test_estimators_are_unbiased(method):
   model, v, x, y, g = _setup()
   w = _group_weights(g)
-  exact = (w.T @ np.asarray(_per_sample_ggn(model, v, x)) if method == "mc"
-           else np.asarray(_hessian_diag(model, v, x, y, jnp.asarray(w))))
+  exact = (
+    w.T @ np.asarray(_per_sample_ggn(model, v, x))
+    if method == "mc"
+    else np.asarray(_hessian_diag(model, v, x, y, jnp.asarray(w)))
+  )
   # A loop of calls, not a vmap over keys: one small compiled program, 2-3x faster here.
-  draws = np.stack([_flat_groups(curvature.per_group_diag(
-      model, v, x, y, g, num_groups=NUM_GROUPS, method=method, rng=jax.random.key(i),
-      loss=SIGMOID)) for i in range(300)])
+  draws = np.stack(
+    [
+      _flat_groups(
+        curvature.per_group_diag(
+          model,
+          v,
+          x,
+          y,
+          g,
+          num_groups=NUM_GROUPS,
+          method=method,
+          rng=jax.random.key(i),
+          loss=SIGMOID,
+        )
+      )
+      for i in range(300)
+    ]
+  )
   mean = draws.mean(0)
   stderr = draws.std(0, ddof=1) / np.sqrt(draws.shape[0])
   varying = stderr > 1e-10
@@ -223,7 +250,7 @@ def test_snip_and_obd_match_brute_force():
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-16)
   obd = baselines.obd_scores(model, v, x, y, mask, loss=SIGMOID)
   h = np.asarray(_per_sample_ggn(model, v, x)).mean(0)
-  ref = unravel(0.5 * flat ** 2 * h)
+  ref = unravel(0.5 * flat**2 * h)
   for a, b in zip(jax.tree.leaves(obd), jax.tree.leaves(_keep_masked(ref, mask))):
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-16)
 
@@ -244,29 +271,45 @@ def test_fairgrape_importance_matches_brute_force():
   def group_loss(t, wg):
     return jnp.sum(wg * _bce(model.apply({"params": unravel(t)}, x), y))
 
-  ref = np.stack([np.asarray(flat * jax.grad(group_loss)(flat, w[:, k])) ** 2
-                  for k in range(NUM_GROUPS)])
+  ref = np.stack(
+    [np.asarray(flat * jax.grad(group_loss)(flat, w[:, k])) ** 2 for k in range(NUM_GROUPS)]
+  )
   got = fairgrape.group_importance(model, v, x, y, g, mask, num_groups=NUM_GROUPS, loss=SIGMOID)
   np.testing.assert_allclose(_flat_groups(got), ref, rtol=1e-12, atol=1e-20)
   assert float(got["Dense_0"]["kernel"][:, 0, 0].max()) == 0.0
   # Over batches (padding rows valid=False count nowhere): the sum of the batches' importance.
-  batches = [{"image": x[:4], "label": y[:4], "group": g[:4]},
-             {"image": jnp.concatenate([x[4:], x[:1]]), "label": jnp.concatenate([y[4:], y[:1]]),
-              "group": jnp.concatenate([g[4:], g[:1]]), "valid": jnp.array([1, 1, 1, 0])}]
-  total = fairgrape.accumulate_importance(model, v, batches, mask, num_groups=NUM_GROUPS,
-                                          loss=SIGMOID)
-  parts = [fairgrape.group_importance(model, v, x[s], y[s], g[s], mask, num_groups=NUM_GROUPS,
-                                      loss=SIGMOID) for s in (slice(0, 4), slice(4, None))]
-  np.testing.assert_allclose(_flat_groups(total),
-                             _flat_groups(parts[0]) + _flat_groups(parts[1]), rtol=1e-12)
+  batches = [
+    {"image": x[:4], "label": y[:4], "group": g[:4]},
+    {
+      "image": jnp.concatenate([x[4:], x[:1]]),
+      "label": jnp.concatenate([y[4:], y[:1]]),
+      "group": jnp.concatenate([g[4:], g[:1]]),
+      "valid": jnp.array([1, 1, 1, 0]),
+    },
+  ]
+  total = fairgrape.accumulate_importance(
+    model, v, batches, mask, num_groups=NUM_GROUPS, loss=SIGMOID
+  )
+  parts = [
+    fairgrape.group_importance(
+      model, v, x[s], y[s], g[s], mask, num_groups=NUM_GROUPS, loss=SIGMOID
+    )
+    for s in (slice(0, 4), slice(4, None))
+  ]
+  np.testing.assert_allclose(
+    _flat_groups(total), _flat_groups(parts[0]) + _flat_groups(parts[1]), rtol=1e-12
+  )
 
 
 def test_average_group_diag_passes_the_loss_on():
   model, v, x, y, g = _setup()
-  batches = [{"image": x[:4], "label": y[:4], "group": g[:4]},
-             {"image": x[4:], "label": y[4:], "group": g[4:]}]
-  diag, counts = fairprune.average_group_diag(model, v, batches, num_groups=NUM_GROUPS,
-                                              loss=SIGMOID)
+  batches = [
+    {"image": x[:4], "label": y[:4], "group": g[:4]},
+    {"image": x[4:], "label": y[4:], "group": g[4:]},
+  ]
+  diag, counts = fairprune.average_group_diag(
+    model, v, batches, num_groups=NUM_GROUPS, loss=SIGMOID
+  )
   np.testing.assert_array_equal(counts, [2, 3, 1])
   ref = _group_weights(g).T @ np.asarray(_per_sample_ggn(model, v, x))
   np.testing.assert_allclose(_flat_groups(diag), ref, rtol=0, atol=1e-12)

@@ -17,7 +17,6 @@ from fairjax import bootstrap, metrics, train
 from fairjax.data import DatasetSplits
 from fairjax.data import pipeline as input_pipeline
 
-
 BUILTIN = ("fairprune", "magnitude", "random", "snip", "obd", "fairgrape", "snnl_channels")
 
 
@@ -65,8 +64,9 @@ def test_train_step_is_the_mean_bce_gradient():
   p = 1 / (1 + np.exp(-(x @ w)))
   grad = x.T @ (p - labels) / labels.size
   bce = -(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean()
-  new, out = train.train_step(state, {"image": jnp.asarray(images), "label": labels},
-                              jax.random.key(1))
+  new, out = train.train_step(
+    state, {"image": jnp.asarray(images), "label": labels}, jax.random.key(1)
+  )
   np.testing.assert_allclose(out["loss"], bce, rtol=1e-6)
   np.testing.assert_allclose(out["accuracy"], np.mean((x @ w > 0) == labels), rtol=1e-6)
   np.testing.assert_allclose(new.params["fc"]["kernel"], w - 0.5 * grad, rtol=1e-5, atol=1e-7)
@@ -76,14 +76,23 @@ def _multilabel_data(n_per_split=(12, 9, 7), attrs=3, size=4) -> DatasetSplits:
   rng = np.random.default_rng(1)
   sources, labels, groups = {}, {}, {}
   for split, n in zip(("train", "validation", "test"), n_per_split):
-    arrays = {"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-              "label": rng.integers(0, 2, (n, attrs)).astype(np.int32),
-              "group": np.arange(n) % 2}
+    arrays = {
+      "image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+      "label": rng.integers(0, 2, (n, attrs)).astype(np.int32),
+      "group": np.arange(n) % 2,
+    }
     sources[split] = input_pipeline.ArraySource(arrays)
     labels[split], groups[split] = input_pipeline.scan_labels(sources[split])
-  return DatasetSplits(name="toy", sources=sources, num_classes=attrs,
-                       class_names=tuple(f"a{i}" for i in range(attrs)),
-                       group_names=("g0", "g1"), labels=labels, groups=groups, multilabel=True)
+  return DatasetSplits(
+    name="toy",
+    sources=sources,
+    num_classes=attrs,
+    class_names=tuple(f"a{i}" for i in range(attrs)),
+    group_names=("g0", "g1"),
+    labels=labels,
+    groups=groups,
+    multilabel=True,
+  )
 
 
 def test_batches_carry_label_rows():
@@ -91,11 +100,15 @@ def test_batches_carry_label_rows():
   assert data.labels["test"].shape == (7, 3) and data.loss == "sigmoid_binary_cross_entropy"
   batches = list(input_pipeline.eval_batches(data.sources["test"], batch_size=4, image_size=4))
   assert [b["label"].shape for b in batches] == [(4, 3), (4, 3)]
-  np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:7],
-                                data.labels["test"])
+  np.testing.assert_array_equal(
+    np.concatenate([b["label"] for b in batches])[:7], data.labels["test"]
+  )
   np.testing.assert_array_equal(batches[1]["label"][3], [0, 0, 0])  # the padding row
-  train_b = next(input_pipeline.train_batches(data.sources["train"], batch_size=5, image_size=4,
-                                              seed=0, sampling="group_balanced"))
+  train_b = next(
+    input_pipeline.train_batches(
+      data.sources["train"], batch_size=5, image_size=4, seed=0, sampling="group_balanced"
+    )
+  )
   assert train_b["label"].shape == (5, 3) and train_b["label"].dtype == np.int32
   with pytest.raises(ValueError, match="multi-label"):
     input_pipeline.epoch_indices(data.sources["train"], seed=0, sampling="class_balanced")
@@ -113,7 +126,8 @@ def test_evaluation_thresholds_logits_and_averages_attributes():
   labels, predictions, groups = evaluation.predict_split(state, data, "test", config)
   # Brute force: the model's logits on the normalised images, thresholded at 0.
   images = input_pipeline.normalize_images(
-      np.stack([data.sources["test"][i]["image"] for i in range(7)]))
+    np.stack([data.sources["test"][i]["image"] for i in range(7)])
+  )
   logits = np.asarray(state.apply_fn(state.variables(), jnp.asarray(images)))
   np.testing.assert_array_equal(predictions, (logits > 0).astype(int))
   np.testing.assert_array_equal(labels, data.labels["test"])
@@ -122,8 +136,7 @@ def test_evaluation_thresholds_logits_and_averages_attributes():
   assert out["accuracy"] == pytest.approx(np.mean(per_attr))
   for g, name in enumerate(("g0", "g1")):
     rows = groups == g
-    assert out["group_accuracy"][name] == pytest.approx(
-        np.mean(labels[rows] == predictions[rows]))
+    assert out["group_accuracy"][name] == pytest.approx(np.mean(labels[rows] == predictions[rows]))
   assert set(out["attribute_accuracy"]) == {"a0", "a1", "a2"}
   # The single-label keys are all there (results.json's schema only grows).
   single = metrics.evaluate(labels[:, 0], predictions[:, 0], groups, num_classes=2, num_groups=2)
@@ -145,19 +158,22 @@ def test_multilabel_bootstrap_equals_metrics_on_every_resample():
       row[members] = rng.choice(members, members.size)
     rows.append(row)
   indices = np.stack(rows)
-  reps = bootstrap.multilabel_bootstrap_replicates(labels, groups, preds, num_groups=2,
-                                                   convention="mean", indices=indices)
+  reps = bootstrap.multilabel_bootstrap_replicates(
+    labels, groups, preds, num_groups=2, convention="mean", indices=indices
+  )
   for r, row in enumerate(indices):
     for name, p in preds.items():
-      want = metrics.multilabel_evaluate(labels[row], p[row], groups[row], num_groups=2,
-                                         convention="mean")
+      want = metrics.multilabel_evaluate(
+        labels[row], p[row], groups[row], num_groups=2, convention="mean"
+      )
       for key in bootstrap.SCALAR_METRICS:
         got, ref = reps[name][key][r], want[key]
         assert (ref is None and np.isnan(got)) or got == pytest.approx(ref, abs=1e-12), key
       for key in bootstrap.GROUP_METRICS:
         np.testing.assert_allclose(reps[name][key][r], list(want[key].values()), atol=1e-12)
-  out = bootstrap.bootstrap_multilabel(labels, groups, preds, num_groups=2, num_samples=50,
-                                       seed=0, pairs=[("pruned", "dense")])
+  out = bootstrap.bootstrap_multilabel(
+    labels, groups, preds, num_groups=2, num_samples=50, seed=0, pairs=[("pruned", "dense")]
+  )
   assert out["task"] == "multilabel" and out["num_attributes"] == attrs
   point = metrics.multilabel_evaluate(labels, preds["pruned"], groups, num_groups=2)
   assert out["models"]["pruned"]["accuracy"]["estimate"] == pytest.approx(point["accuracy"])
@@ -165,8 +181,9 @@ def test_multilabel_bootstrap_equals_metrics_on_every_resample():
   leaf = out["differences"]["pruned - dense"]["accuracy"]
   assert leaf["low"] <= leaf["estimate"] <= leaf["high"] or leaf["low"] <= leaf["high"]
   # Seeded: the same intervals again.
-  again = bootstrap.bootstrap_multilabel(labels, groups, preds, num_groups=2, num_samples=50,
-                                         seed=0, pairs=[("pruned", "dense")])
+  again = bootstrap.bootstrap_multilabel(
+    labels, groups, preds, num_groups=2, num_samples=50, seed=0, pairs=[("pruned", "dense")]
+  )
   assert again == out
 
 
@@ -183,10 +200,12 @@ def test_config_refuses_what_a_multilabel_task_cannot_use():
   with pytest.raises(fj_config.ConfigError, match="config.data.sampling='class_balanced'"):
     fj_config.validate_config(cfg)
   cfg.data.sampling = "uniform"
-  api.register_method("_ml_test_label_free", lambda variables, batches: variables["params"],
-                      replace=True)
-  api.register_method("_ml_test_with_loss",
-                      lambda variables, batches, loss: variables["params"], replace=True)
+  api.register_method(
+    "_ml_test_label_free", lambda variables, batches: variables["params"], replace=True
+  )
+  api.register_method(
+    "_ml_test_with_loss", lambda variables, batches, loss: variables["params"], replace=True
+  )
   try:
     cfg.prune.method = "_ml_test_label_free"
     with pytest.raises(fj_config.ConfigError) as err:
@@ -219,8 +238,9 @@ def test_every_builtin_method_scores_a_multilabel_task(method):
   impl = api.get_method(method)
   tx = train.make_optimizer("adam", 1e-3)
   state = train.create_train_state(model, jax.random.key(0), (8, 8, 3), tx)
-  state = train.set_mask(state, impl.prepare_mask(ctx, state.params,
-                                                  masks.init_mask(state.params, ctx.prunable)))
+  state = train.set_mask(
+    state, impl.prepare_mask(ctx, state.params, masks.init_mask(state.params, ctx.prunable))
+  )
   new = impl.next_mask(ctx, state, 1)
   assert jax.tree.structure(new) == jax.tree.structure(state.mask)
   kept = sum(int(np.sum(m)) for m in jax.tree.leaves(new))

@@ -67,7 +67,8 @@ def to_linen_layout(tree):
   """NNX pure-dict layout -> LinenNet params layout (``head/i`` is ``fc{i}``)."""
   flat = traverse_util.flatten_dict(tree, keep_empty_nodes=True)
   return traverse_util.unflatten_dict(
-      {(f"fc{p[1]}",) + p[2:] if p[0] == "head" else p: v for p, v in flat.items()})
+    {(f"fc{p[1]}",) + p[2:] if p[0] == "head" else p: v for p, v in flat.items()}
+  )
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,10 @@ def setup():
   model.bn.var.set_value(stats[1] + 0.5)
   model.eval()
   params = nnx_adapter.param_dict(model)
-  variables = {"params": to_linen_layout(params),
-               "batch_stats": {"bn": {"mean": model.bn.mean[...], "var": model.bn.var[...]}}}
+  variables = {
+    "params": to_linen_layout(params),
+    "batch_stats": {"bn": {"mean": model.bn.mean[...], "var": model.bn.var[...]}},
+  }
   k1, k2 = jax.random.split(jax.random.key(0))
   x = jax.random.normal(k1, (7, 8, 8, 2), jnp.float64)
   y = jax.random.randint(k2, (7,), 0, NUM_CLASSES)
@@ -104,7 +107,11 @@ def test_same_function_and_routed_layers(setup):
   linen, linen_vars, bridge = nnx_adapter.to_linen(model, None, x)
   # Every Conv/Linear reaches curvature's closed forms through its Linen twin.
   assert [s.key for s in curvature.discover_layers(linen, linen_vars, x.shape[1:])] == [
-      "conv0", "conv1", "head.0", "head.1"]
+    "conv0",
+    "conv1",
+    "head.0",
+    "head.1",
+  ]
   assert set(linen_vars["params"]) == {"conv0", "conv1", "head.0", "head.1", "rest"}
   assert bridge.to_nnx(linen_vars["params"]).keys() == {"conv0", "bn", "conv1", "head"}
 
@@ -133,8 +140,9 @@ def test_generic_path_and_tied_weights(setup, monkeypatch):
   for m in (model, tied):
     assert nnx_adapter.to_linen(m, None, x)[2].routed == ()
     slow = curvature.per_group_diag(m, None, x, y, g, num_groups=3)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14),
-                 fast[m], slow)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14), fast[m], slow
+    )
 
 
 def test_scores_equal_linen(setup):
@@ -143,23 +151,35 @@ def test_scores_equal_linen(setup):
   linen_mask = masks.init_mask(variables["params"])
   assert_same(mask, linen_mask)
   lin = LinenNet()
-  assert_same(baselines.magnitude_scores(params, mask),
-              baselines.magnitude_scores(variables["params"], linen_mask))
-  assert_same(baselines.snip_scores(model, None, x, y, mask),
-              baselines.snip_scores(lin, variables, x, y, linen_mask))
-  assert_same(baselines.obd_scores(model, None, x, y, mask),
-              baselines.obd_scores(lin, variables, x, y, linen_mask))
-  assert_same(fairgrape.group_importance(model, None, x, y, g, mask, num_groups=3),
-              fairgrape.group_importance(lin, variables, x, y, g, linen_mask, num_groups=3))
+  assert_same(
+    baselines.magnitude_scores(params, mask),
+    baselines.magnitude_scores(variables["params"], linen_mask),
+  )
+  assert_same(
+    baselines.snip_scores(model, None, x, y, mask),
+    baselines.snip_scores(lin, variables, x, y, linen_mask),
+  )
+  assert_same(
+    baselines.obd_scores(model, None, x, y, mask),
+    baselines.obd_scores(lin, variables, x, y, linen_mask),
+  )
+  assert_same(
+    fairgrape.group_importance(model, None, x, y, g, mask, num_groups=3),
+    fairgrape.group_importance(lin, variables, x, y, g, linen_mask, num_groups=3),
+  )
   # Two batches of one shape (one compilation each way); sample 3 is in both.
-  batches = [{"image": x[:4], "label": y[:4], "group": g[:4]},
-             {"image": x[3:], "label": y[3:], "group": g[3:]}]
+  batches = [
+    {"image": x[:4], "label": y[:4], "group": g[:4]},
+    {"image": x[3:], "label": y[3:], "group": g[3:]},
+  ]
   diag, counts = fairprune.average_group_diag(model, None, batches, num_groups=3)
   want_diag, want_counts = fairprune.average_group_diag(lin, variables, batches, num_groups=3)
   np.testing.assert_array_equal(counts, want_counts)
   roles = dict(unprivileged=1, privileged=(0, 2), beta=0.5)
-  assert_same(fairprune.saliency(params, diag, **roles),
-              fairprune.saliency(variables["params"], want_diag, **roles))
+  assert_same(
+    fairprune.saliency(params, diag, **roles),
+    fairprune.saliency(variables["params"], want_diag, **roles),
+  )
 
 
 def test_bad_nnx_input(setup):

@@ -16,10 +16,14 @@ import sys
 import pytest
 
 nbformat = pytest.importorskip(
-    "nbformat", reason="nbformat not installed (pip install -e '.[test]' adds it)")
+  "nbformat", reason="nbformat not installed (pip install -e '.[test]' adds it)"
+)
 nbclient = pytest.importorskip(
-    "nbclient", reason="nbclient not installed (pip install -e '.[test]' adds it)")
-pytest.importorskip("ipykernel", reason="ipykernel not installed (pip install -e '.[test]' adds it)")
+  "nbclient", reason="nbclient not installed (pip install -e '.[test]' adds it)"
+)
+pytest.importorskip(
+  "ipykernel", reason="ipykernel not installed (pip install -e '.[test]' adds it)"
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "notebooks", "quickstart.ipynb")
@@ -36,8 +40,9 @@ def test_committed_notebook_is_valid_and_has_no_outputs():
   for i, cell in enumerate(nb.cells):
     if cell.cell_type == "code":
       assert cell.outputs == [] and cell.execution_count is None, (
-          f"cell {i} of {NOTEBOOK} has outputs; clear them before committing "
-          "(jupyter nbconvert --clear-output --inplace notebooks/quickstart.ipynb)")
+        f"cell {i} of {NOTEBOOK} has outputs; clear them before committing "
+        "(jupyter nbconvert --clear-output --inplace notebooks/quickstart.ipynb)"
+      )
 
 
 def _texts(cell) -> str:
@@ -60,15 +65,21 @@ def executed(tmp_path_factory):
   # the same packages as the test (the system kernelspec may name another `python`).
   spec_dir = workdir / "jupyter" / "kernels" / "python3"
   spec_dir.mkdir(parents=True)
-  (spec_dir / "kernel.json").write_text(json.dumps({
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-      "display_name": "Python 3 (fairjax test)", "language": "python"}))
+  (spec_dir / "kernel.json").write_text(
+    json.dumps(
+      {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (fairjax test)",
+        "language": "python",
+      }
+    )
+  )
   env = {
-      "FAIRJAX_NOTEBOOK_TINY": "1",
-      "JUPYTER_PATH": str(workdir / "jupyter"),
-      "PYTHONPATH": os.pathsep.join([REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
-      "JAX_PLATFORMS": "cpu",
-      "MPLBACKEND": "Agg",
+    "FAIRJAX_NOTEBOOK_TINY": "1",
+    "JUPYTER_PATH": str(workdir / "jupyter"),
+    "PYTHONPATH": os.pathsep.join([REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+    "JAX_PLATFORMS": "cpu",
+    "MPLBACKEND": "Agg",
   }
   run_dir = workdir / "run"
   run_dir.mkdir()
@@ -77,8 +88,11 @@ def executed(tmp_path_factory):
   os.environ.update(env)  # the kernel process inherits the test's environment
   try:
     client = nbclient.NotebookClient(
-        nb, kernel_name="python3", timeout=TIMEOUT_PER_CELL_S,
-        resources={"metadata": {"path": str(run_dir)}})
+      nb,
+      kernel_name="python3",
+      timeout=TIMEOUT_PER_CELL_S,
+      resources={"metadata": {"path": str(run_dir)}},
+    )
     client.execute()  # raises CellExecutionError (cell source + traceback) on any error
   finally:
     for k, v in old.items():

@@ -20,15 +20,22 @@ from tests.cli_helpers import REPO, TINY, assert_cli_error, cli_cmd, run_cli
 
 
 def _env(devices: int) -> dict:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   return env
 
 
 def _run_code(code: str, devices: int = 8, timeout: int = 300) -> str:
-  res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(devices),
-                       cwd=REPO, capture_output=True, text=True, timeout=timeout)
+  res = subprocess.run(
+    [sys.executable, "-c", textwrap.dedent(code)],
+    env=_env(devices),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   assert res.returncode == 0, res.stderr[-4000:]
   return res.stdout
 
@@ -62,7 +69,9 @@ def test_train_step_on_8_devices_equals_one_device():
   BatchNorm statistics as 8 partial sums plus an all-reduce instead of one sum, which changes
   rounding (measured max abs difference 2.6e-7 on these leaves), nothing else.
   """
-  out = _run_code(_PRELUDE + """
+  out = _run_code(
+    _PRELUDE
+    + """
     tx = train.make_optimizer("sgd", 0.1, momentum=0.9)
     s0 = train.create_train_state(model, jax.random.key(0, impl="rbg"), (8, 8, 3), tx)
     key = jax.random.key(1)
@@ -89,14 +98,17 @@ def test_train_step_on_8_devices_equals_one_device():
     # CPUs that reaches 1.2e-6 on a logit of 0.013 (measured on an AMD EPYC host).
     close(np.asarray(train.jit_eval_step(ref, {"image": x})), logits, 1e-5, 1e-5, "logits")
     print("TRAIN_OK")
-  """)
+  """
+  )
   assert "TRAIN_OK" in out
 
 
 def test_scoring_passes_sharded_equal_unsharded():
   """per_group_diag (chunked), SNNL, FairGRAPE importance, SNIP and OBD in float64: the sharded
   batch gives the host batch's result to 1e-10 (only the summation order differs)."""
-  out = _run_code(_PRELUDE + """
+  out = _run_code(
+    _PRELUDE
+    + """
     import flax.linen as nn
     jax.config.update("jax_enable_x64", True)
 
@@ -154,7 +166,8 @@ def test_scoring_passes_sharded_equal_unsharded():
     part = dp.shard_batch(make_batch(12), "prune.batch_size", uneven="replicate")
     assert part["image"].sharding.is_fully_replicated
     print("SCORES_OK")
-  """)
+  """
+  )
   assert "SCORES_OK" in out
 
 
@@ -222,9 +235,17 @@ def test_two_processes_feed_their_own_rows():
       np.testing.assert_array_equal(parallel.to_host(logits), b["image"] * 2.0)
       print("MULTIHOST_OK", pid)
   """)
-  procs = [subprocess.Popen([sys.executable, "-c", code, str(pid), str(port)], env=_env(2),
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for pid in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", code, str(pid), str(port)],
+      env=_env(2),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for pid in range(2)
+  ]
   outs = []
   for p in procs:
     try:
@@ -247,11 +268,25 @@ def _cli(workdir, devices, *extra):
 def _cli_two_processes(workdir):
   """The CLI as 2 processes x 2 CPU devices on this machine (jax.distributed over localhost)."""
   port = _free_port()
-  cmd = cli_cmd(workdir, *TINY, *FAST, "--config.prune.curvature_chunk_size=8",
-                f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2")
-  procs = [subprocess.Popen(cmd + [f"--process_id={pid}"], cwd=REPO, env=_env(2),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for pid in range(2)]
+  cmd = cli_cmd(
+    workdir,
+    *TINY,
+    *FAST,
+    "--config.prune.curvature_chunk_size=8",
+    f"--coordinator_address=127.0.0.1:{port}",
+    "--num_processes=2",
+  )
+  procs = [
+    subprocess.Popen(
+      cmd + [f"--process_id={pid}"],
+      cwd=REPO,
+      env=_env(2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for pid in range(2)
+  ]
   outs = []
   try:
     for p in procs:
@@ -293,6 +328,7 @@ def test_cli_on_8_devices_and_2_hosts_gives_the_one_device_results(tmp_path):
       assert a[key] == b[key], key
   assert a["steps"][-1]["sparsity"] > 0
   import jax
+
   items = []
   for workdir, _ in runs.values():
     store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, "prune"))
@@ -308,12 +344,18 @@ def test_cli_on_8_devices_and_2_hosts_gives_the_one_device_results(tmp_path):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("devices,override,needles", [
+@pytest.mark.parametrize(
+  "devices,override,needles",
+  [
     (8, "--config.train.batch_size=12", ("config.train.batch_size=12", "divisible by the 8")),
-    (8, "--config.prune.curvature_chunk_size=4",
-     ("config.prune.curvature_chunk_size=4", "divisible by the 8")),
+    (
+      8,
+      "--config.prune.curvature_chunk_size=4",
+      ("config.prune.curvature_chunk_size=4", "divisible by the 8"),
+    ),
     (1, "--config.parallel.num_devices=2", ("config.parallel.num_devices=2", "has 1 cpu device")),
-])
+  ],
+)
 def test_cli_device_mismatch_fails_fast(devices, override, needles, tmp_path):
   res = _cli(str(tmp_path), devices, override)
   assert_cli_error(res, *needles)
@@ -332,9 +374,14 @@ def test_host_chunks_give_the_whole_batch_curvature():
   model = models.get_model("small_cnn", num_classes=3, width=2, hidden=4)
   v = model.init(jax.random.key(0, impl="rbg"), jnp.zeros((1, 8, 8, 3)))
   rng = np.random.default_rng(0)
-  batches = [{"image": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
-              "label": rng.integers(0, 3, 16).astype(np.int32),
-              "group": (np.arange(16) % 3 == 0).astype(np.int32)} for _ in range(2)]
+  batches = [
+    {
+      "image": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
+      "label": rng.integers(0, 3, 16).astype(np.int32),
+      "group": (np.arange(16) % 3 == 0).astype(np.int32),
+    }
+    for _ in range(2)
+  ]
   chunks = list(pipeline._host_chunks(iter(batches), 6))
   assert [len(c["group"]) for c in chunks] == [6] * 6
   assert (chunks[2]["group"][4:] == -1).all() and (chunks[2]["group"][:4] >= 0).all()

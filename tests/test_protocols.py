@@ -15,12 +15,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.cli_helpers import (
+  assert_cli_error,
+  config_error,
+  load_json,
+  parse_config,
+  run_cli,
+  run_cli_ok,
+)
 from tests.csv_helpers import read_csv, write_csv
-from tests.cli_helpers import (assert_cli_error, config_error, load_json, parse_config,
-                               run_cli, run_cli_ok)
 
-_SHARED = pathlib.Path(os.environ.get(
-    "FAIRJAX_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
+_SHARED = pathlib.Path(
+  os.environ.get(
+    "FAIRJAX_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+  )
+)
 ISIC_DIR = _SHARED / "isic2019"
 
 # torchvision's vgg11: conv positions in `features` and their output channels, then the
@@ -35,13 +44,15 @@ def vgg11_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
   for index, cout in _VGG11_CONVS:
     std = np.sqrt(2.0 / (cin * 9))
     out[f"features.{index}.weight"] = (rng.standard_normal((cout, cin, 3, 3)) * std).astype(
-        np.float32)
+      np.float32
+    )
     out[f"features.{index}.bias"] = (rng.standard_normal(cout) * 0.01).astype(np.float32)
     cin = cout
   for index, (fin, fout) in zip((0, 3, 6), ((512 * 7 * 7, 4096), (4096, 4096), (4096, 1000))):
     std = np.sqrt(2.0 / fin)
     out[f"classifier.{index}.weight"] = rng.standard_normal((fout, fin), np.float32) * np.float32(
-        std)
+      std
+    )
     out[f"classifier.{index}.bias"] = np.zeros(fout, np.float32)
   return out
 
@@ -53,8 +64,6 @@ def vgg11_safetensors(tmp_path_factory) -> pathlib.Path:
   path = tmp_path_factory.mktemp("weights") / "vgg11-synthetic.safetensors"
   save_file(vgg11_state_dict(), os.fspath(path))
   return path
-
-
 
 
 @pytest.fixture(scope="module")
@@ -72,19 +81,26 @@ def isic_manual_dir(tmp_path_factory) -> pathlib.Path:
   rng = np.random.default_rng(0)
   for i in pick:
     pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(manual / "ISIC_2019_Training_Input" / f"{meta[i]['image']}.jpg",
-                                 quality=90)
+    Image.fromarray(pixels).save(
+      manual / "ISIC_2019_Training_Input" / f"{meta[i]['image']}.jpg", quality=90
+    )
   return manual
 
 
 # A tiny ISIC protocol run: 32x32 inputs (VGG-11's five pools leave 1x1, so the adaptive pool is
 # folded into fc0), one dense epoch, one FairPrune step. Everything else is configs/isic.py.
 TINY_ISIC = [
-    "--config.data.image_size=32", "--config.data.stored_image_size=32",
-    "--config.train.epochs=1", "--config.train.batch_size=8", "--config.train.eval_batch_size=16",
-    "--config.prune.num_batches=1", "--config.prune.batch_size=8", "--config.prune.max_steps=1",
-    "--config.prune.step_fraction=0.05", "--config.prune.max_accuracy_drop=1.0",
-    "--config.report.plots=False",
+  "--config.data.image_size=32",
+  "--config.data.stored_image_size=32",
+  "--config.train.epochs=1",
+  "--config.train.batch_size=8",
+  "--config.train.eval_batch_size=16",
+  "--config.prune.num_batches=1",
+  "--config.prune.batch_size=8",
+  "--config.prune.max_steps=1",
+  "--config.prune.step_fraction=0.05",
+  "--config.prune.max_accuracy_drop=1.0",
+  "--config.report.plots=False",
 ]
 
 
@@ -97,10 +113,15 @@ def test_isic_protocol_runs_from_pretrained_weights(tmp_path, isic_manual_dir, v
   from tests.cli_helpers import restore_step
 
   workdir = tmp_path / "run"
-  res = run_cli_ok(str(workdir), *TINY_ISIC, "--config.train.learning_rate=1e-30",
-                   f"--config.data.manual_dir={isic_manual_dir}",
-                   f"--config.model.pretrained={vgg11_safetensors}", config="configs/isic.py",
-                   timeout=900)
+  res = run_cli_ok(
+    str(workdir),
+    *TINY_ISIC,
+    "--config.train.learning_rate=1e-30",
+    f"--config.data.manual_dir={isic_manual_dir}",
+    f"--config.model.pretrained={vgg11_safetensors}",
+    config="configs/isic.py",
+    timeout=900,
+  )
   results = load_json(str(workdir))
   assert results["method"] == "fairprune" and results["dataset"]["name"] == "isic2019"
   pre = results["pretrained"]
@@ -119,26 +140,38 @@ def test_isic_protocol_runs_from_pretrained_weights(tmp_path, isic_manual_dir, v
   assert (workdir / "dense_reference.json").exists() and (workdir / "pretrained.json").exists()
 
   # The dense model started from the file (fc0 folded from 7x7 to the 1x1 map of 32x32 inputs).
-  expected = pretrained.load("vgg11", vgg11_safetensors, num_classes=8, rng=jax.random.key(2),
-                             image_size=32).variables
+  expected = pretrained.load(
+    "vgg11", vgg11_safetensors, num_classes=8, rng=jax.random.key(2), image_size=32
+  ).variables
   items = restore_step(str(workdir), "dense", 0, items=("params",))
   for layer in ("conv0", "conv7", "fc0", "fc1", "fc2"):
-    np.testing.assert_allclose(np.asarray(items["params"][layer]["kernel"]),
-                               np.asarray(expected["params"][layer]["kernel"]), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+      np.asarray(items["params"][layer]["kernel"]),
+      np.asarray(expected["params"][layer]["kernel"]),
+      rtol=0,
+      atol=1e-6,
+    )
 
 
 def test_bad_pretrained_file_is_one_line(tmp_path, isic_manual_dir):
   bad = tmp_path / "broken.safetensors"
   bad.write_bytes(b"not a safetensors file at all")
-  res = run_cli(str(tmp_path / "run"), *TINY_ISIC, f"--config.data.manual_dir={isic_manual_dir}",
-                f"--config.model.pretrained={bad}", config="configs/isic.py", timeout=600)
+  res = run_cli(
+    str(tmp_path / "run"),
+    *TINY_ISIC,
+    f"--config.data.manual_dir={isic_manual_dir}",
+    f"--config.model.pretrained={bad}",
+    config="configs/isic.py",
+    timeout=600,
+  )
   assert_cli_error(res, str(bad))
   assert not (tmp_path / "run" / "results.json").exists()
 
 
-@pytest.mark.parametrize("config_file,weights", [("configs/isic.py", "vgg11-8a719046.pth"),
-                                                 ("configs/fitzpatrick17k.py",
-                                                  "vgg11-8a719046.pth")])
+@pytest.mark.parametrize(
+  "config_file,weights",
+  [("configs/isic.py", "vgg11-8a719046.pth"), ("configs/fitzpatrick17k.py", "vgg11-8a719046.pth")],
+)
 def test_protocol_configs_require_pretrained_weights(config_file, weights):
   message = config_error("--config.data.manual_dir=/data", config=config_file)
   assert "config.model.pretrained=''" in message and weights.split("-")[0] in message
@@ -147,15 +180,20 @@ def test_protocol_configs_require_pretrained_weights(config_file, weights):
 
 def test_pretrained_config_errors(tmp_path):
   missing = tmp_path / "nope.pth"
-  assert "is not a file" in config_error(f"--config.model.pretrained={missing}",
-                                         "--config.data.manual_dir=/data",
-                                         config="configs/isic.py")
+  assert "is not a file" in config_error(
+    f"--config.model.pretrained={missing}",
+    "--config.data.manual_dir=/data",
+    config="configs/isic.py",
+  )
   weights = tmp_path / "w.safetensors"
   weights.write_bytes(b"x")
   message = config_error(f"--config.model.pretrained={weights}", "--config.model.name=small_cnn")
   assert "config.model.name='small_cnn'" in message and "vgg11" in message
-  message = config_error(f"--config.model.pretrained={weights}", "--config.model.name=vgg11",
-                         "--config.data.imagenet_normalization=False")
+  message = config_error(
+    f"--config.model.pretrained={weights}",
+    "--config.model.name=vgg11",
+    "--config.data.imagenet_normalization=False",
+  )
   assert "config.data.imagenet_normalization=False" in message
 
 
@@ -164,20 +202,34 @@ def test_protocol_configs_follow_the_papers(tmp_path):
 
   weights = tmp_path / "w.pth"
   weights.write_bytes(b"x")
-  isic = parse_config("--config.data.manual_dir=/data", f"--config.model.pretrained={weights}",
-                      config="configs/isic.py")
+  isic = parse_config(
+    "--config.data.manual_dir=/data",
+    f"--config.model.pretrained={weights}",
+    config="configs/isic.py",
+  )
   validate_config(isic)
-  assert (isic.model.name, isic.prune.method, isic.prune.finetune_epochs) == ("vgg11",
-                                                                             "fairprune", 0)
+  assert (isic.model.name, isic.prune.method, isic.prune.finetune_epochs) == (
+    "vgg11",
+    "fairprune",
+    0,
+  )
   assert isic.data.sensitive_attribute == "sex" and isic.model.kwargs.classifier_width == 4096
-  fitz = parse_config("--config.data.manual_dir=/data", f"--config.model.pretrained={weights}",
-                      config="configs/fitzpatrick17k.py")
+  fitz = parse_config(
+    "--config.data.manual_dir=/data",
+    f"--config.model.pretrained={weights}",
+    config="configs/fitzpatrick17k.py",
+  )
   validate_config(fitz)
   assert fitz.model.name == "vgg11" and fitz.prune.method == "snnl_channels"
   assert tuple(fitz.prune.snnl_layers) == ("conv7",) and fitz.prune.batch_size == 128
   t = fitz.train
   assert (t.optimizer, t.learning_rate, t.momentum, t.nesterov, t.weight_decay) == (
-      "sgd", 0.01, 0.9, True, 1e-5)
+    "sgd",
+    0.01,
+    0.9,
+    True,
+    1e-5,
+  )
   assert fitz.data.sampling == "class_balanced" and fitz.fairness_convention == "mean"
 
 

@@ -17,6 +17,7 @@ def test_step_fraction_and_target():
 
 def test_fairgrape_schedule_matches_the_kernel():
   from fairjax.pruning import fairgrape
+
   s = schedules.fairgrape(0.9, 0.5)
   for step in range(12):
     assert s(step) == fairgrape.cumulative_ratio(step, 0.9, 0.5)
@@ -35,6 +36,7 @@ def test_counts():
 
 def test_masks_use_the_schedule_rounding():
   import jax.numpy as jnp
+
   scores = {"w": {"kernel": jnp.arange(10.0).reshape(2, 5)}}
   mask = {"w": {"kernel": jnp.ones((2, 5), bool)}}
   pruned = masks.prune_lowest(scores, mask, 0.25)  # 2.5 -> 3 pruned

@@ -70,8 +70,14 @@ def test_per_sample_ce_matches_brute_force(setup):
   assert got.shape == (9,) and got.dtype == jnp.float64
   np.testing.assert_allclose(got, brute_ce(model, variables, images, labels), rtol=1e-13)
   # Frozen and mapping apply kwargs give the same losses.
-  again = _scoring.per_sample_ce(model, params, others, jnp.asarray(images), jnp.asarray(labels),
-                                 _scoring.freeze({"train": False}))
+  again = _scoring.per_sample_ce(
+    model,
+    params,
+    others,
+    jnp.asarray(images),
+    jnp.asarray(labels),
+    _scoring.freeze({"train": False}),
+  )
   np.testing.assert_array_equal(got, again)
 
 
@@ -80,8 +86,9 @@ def test_per_sample_ce_is_in_the_params_dtype(setup):
   _, variables, images, labels, _ = setup
   model = TinyNet(dtype=jnp.bfloat16)
   params = jax.tree.map(lambda x: x.astype(jnp.float32), variables["params"])
-  got = _scoring.per_sample_ce(model, params, {}, jnp.asarray(images, jnp.float32),
-                               jnp.asarray(labels))
+  got = _scoring.per_sample_ce(
+    model, params, {}, jnp.asarray(images, jnp.float32), jnp.asarray(labels)
+  )
   assert got.dtype == jnp.float32
   logits = model.apply({"params": params}, jnp.asarray(images, jnp.float32))
   assert logits.dtype == jnp.bfloat16
@@ -133,8 +140,9 @@ def test_group_weights_against_brute_force(setup):
 def test_unknown_padding_numpy_and_jax():
   groups = np.array([0, 1, 1, 0], np.int32)
   valid = np.array([True, False, True, False])
-  np.testing.assert_array_equal(_scoring.unknown_padding({"group": groups, "valid": valid}),
-                                [0, -1, 1, -1])
+  np.testing.assert_array_equal(
+    _scoring.unknown_padding({"group": groups, "valid": valid}), [0, -1, 1, -1]
+  )
   assert _scoring.unknown_padding({"group": groups}) is groups  # untouched without "valid"
   got = _scoring.unknown_padding({"group": jnp.asarray(groups), "valid": jnp.asarray(valid)})
   assert isinstance(got, jax.Array) and got.dtype == jnp.int32
@@ -142,8 +150,12 @@ def test_unknown_padding_numpy_and_jax():
 
 
 def test_pad_and_split_batch():
-  batch = {"image": np.arange(10.0).reshape(5, 2), "label": np.arange(5, dtype=np.int32),
-           "group": np.array([0, 1, 0, 1, 1], np.int32), "valid": np.ones(5, bool)}
+  batch = {
+    "image": np.arange(10.0).reshape(5, 2),
+    "label": np.arange(5, dtype=np.int32),
+    "group": np.array([0, 1, 0, 1, 1], np.int32),
+    "valid": np.ones(5, bool),
+  }
   chunks = list(_scoring.split_batch(batch, 2))
   assert len(chunks) == 3
   last = chunks[-1]
@@ -166,10 +178,10 @@ def _group_mean_ce_step(model, variables):
   params, others = _scoring.split_variables(variables)
 
   def step(_, batch):
-    losses = _scoring.per_sample_ce(model, params, others, jnp.asarray(batch["image"]),
-                                    jnp.asarray(batch["label"]))
-    weights, counts = _scoring.group_weights(jnp.asarray(batch["group"]), NUM_GROUPS,
-                                             losses.dtype)
+    losses = _scoring.per_sample_ce(
+      model, params, others, jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
+    )
+    weights, counts = _scoring.group_weights(jnp.asarray(batch["group"]), NUM_GROUPS, losses.dtype)
     return weights.T @ losses, counts
 
   return step
@@ -182,13 +194,15 @@ def test_accumulate_weighted_mean_equals_one_big_batch(setup, size):
   model, variables, images, labels, groups = setup
   batch = {"image": images, "label": labels, "group": groups}
   step = _group_mean_ce_step(model, variables)
-  got, counts = _scoring.accumulate(step, _scoring.split_batch(batch, size), caller="test",
-                                    weighted=True, mean=True)
+  got, counts = _scoring.accumulate(
+    step, _scoring.split_batch(batch, size), caller="test", weighted=True, mean=True
+  )
   want = brute_group_means(brute_ce(model, variables, images, labels), groups)
   np.testing.assert_allclose(got, want, rtol=1e-13)
   assert len(counts) == -(-9 // size)
-  np.testing.assert_array_equal(np.sum(np.stack(counts), axis=0),
-                                [np.sum(groups == g) for g in range(NUM_GROUPS)])
+  np.testing.assert_array_equal(
+    np.sum(np.stack(counts), axis=0), [np.sum(groups == g) for g in range(NUM_GROUPS)]
+  )
 
 
 def test_padding_rows_contribute_nothing(setup):
@@ -196,10 +210,12 @@ def test_padding_rows_contribute_nothing(setup):
   model, variables, images, labels, groups = setup
   step = _group_mean_ce_step(model, variables)
   clean = step(0, {"image": images, "label": labels, "group": groups})
-  junk = {"image": np.concatenate([images, 100.0 * images[:3]]),
-          "label": np.concatenate([labels, labels[:3]]),
-          "group": np.concatenate([groups, [0, 1, 0]]).astype(np.int32),
-          "valid": np.arange(12) < 9}
+  junk = {
+    "image": np.concatenate([images, 100.0 * images[:3]]),
+    "label": np.concatenate([labels, labels[:3]]),
+    "group": np.concatenate([groups, [0, 1, 0]]).astype(np.int32),
+    "valid": np.arange(12) < 9,
+  }
   marked = step(0, {**junk, "group": _scoring.unknown_padding(junk)})
   np.testing.assert_array_equal(marked[1], clean[1])
   np.testing.assert_allclose(marked[0], clean[0], rtol=1e-14)
@@ -207,11 +223,12 @@ def test_padding_rows_contribute_nothing(setup):
   mask = masks.init_mask(variables["params"])
   kw = dict(num_groups=NUM_GROUPS, apply_kwargs={"train": False})
   clean_batch = {"image": images, "label": labels, "group": groups}
-  for fn in (lambda b: fairgrape.accumulate_importance(model, variables, b, mask, **kw),
-             lambda b: fairprune.average_group_diag(model, variables, b, **kw)[0]):
+  for fn in (
+    lambda b: fairgrape.accumulate_importance(model, variables, b, mask, **kw),
+    lambda b: fairprune.average_group_diag(model, variables, b, **kw)[0],
+  ):
     want, got = fn([clean_batch]), fn([junk])
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300),
-                 want, got)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300), want, got)
 
 
 def test_accumulate_plain_sum_skip_and_errors():
@@ -232,8 +249,9 @@ def test_accumulate_on_host_sums_in_float64():
   # Sums of already-summed values and their counts (SNNL's anchors), read back to the host.
   sums = [jnp.asarray([1.0, 3.0], jnp.float32), jnp.asarray([2.0, 5.0], jnp.float32)]
   counts = [jnp.asarray(2, jnp.int32), jnp.asarray(3, jnp.int32)]
-  got, got_counts = _scoring.accumulate(lambda i, _: ({"a": sums[i]}, counts[i]), [{}, {}],
-                                        caller="test", mean=True, on_host=True)
+  got, got_counts = _scoring.accumulate(
+    lambda i, _: ({"a": sums[i]}, counts[i]), [{}, {}], caller="test", mean=True, on_host=True
+  )
   assert isinstance(got["a"], np.ndarray) and got["a"].dtype == np.float64
   np.testing.assert_array_equal(got["a"], [3.0 / 5, 8.0 / 5])
   assert [int(c) for c in got_counts] == [2, 3]
@@ -266,8 +284,11 @@ def test_obd_is_fairprune_with_one_group(setup, chunk_size):
   want = jax.tree.map(lambda w, d: 0.5 * w * w * d, params, h)
   # FairPrune's function with every sample in group 0.
   diag, _ = fairprune.average_group_diag(
-      model, {"params": params}, [{"image": images, "label": labels,
-                                   "group": np.zeros(9, np.int32)}], num_groups=1)
+    model,
+    {"params": params},
+    [{"image": images, "label": labels, "group": np.zeros(9, np.int32)}],
+    num_groups=1,
+  )
   terms = fairprune.group_terms(params, diag)
 
   def check(m, g, w, t):
@@ -300,21 +321,24 @@ def test_greedy_threads_is_an_argument():
 def test_curvature_reuses_the_shared_pieces(setup):
   # curvature.add_weighted / divide_by_counts / group_counts are the shared ones (same numbers).
   _, _, _, _, groups = setup
-  np.testing.assert_array_equal(curvature.group_counts(jnp.asarray(groups), NUM_GROUPS),
-                                _scoring.group_weights(jnp.asarray(groups), NUM_GROUPS,
-                                                       jnp.float32)[1])
+  np.testing.assert_array_equal(
+    curvature.group_counts(jnp.asarray(groups), NUM_GROUPS),
+    _scoring.group_weights(jnp.asarray(groups), NUM_GROUPS, jnp.float32)[1],
+  )
   a = {"x": jnp.asarray([[1.0, 2.0], [3.0, 4.0]])}
   c = jnp.asarray([2, 0])
   acc = curvature.add_weighted(None, a, c)
   np.testing.assert_array_equal(acc["x"], [[2.0, 4.0], [0.0, 0.0]])
-  np.testing.assert_array_equal(curvature.divide_by_counts(acc, [c])["x"],
-                                _scoring.divide_by_counts(acc, [c])["x"])
+  np.testing.assert_array_equal(
+    curvature.divide_by_counts(acc, [c])["x"], _scoring.divide_by_counts(acc, [c])["x"]
+  )
 
 
 def test_scoring_is_kernel_level():
   # design.md section 0: no fairjax import (curvature and snnl import it), no module state.
   import ast
   import inspect
+
   tree = ast.parse(inspect.getsource(_scoring))
   imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
   imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

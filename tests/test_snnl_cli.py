@@ -11,16 +11,35 @@ weights, so every pruned conv1 channel adds exactly 36/1312 to the reported spar
 import numpy as np
 import pytest
 
-from tests.cli_helpers import (TINY, assert_same_results, assert_trees_equal, kill_then_resume,
-                               latest_step, load_json, restore_step, run_cli_ok)
+from tests.cli_helpers import (
+  TINY,
+  assert_same_results,
+  assert_trees_equal,
+  kill_then_resume,
+  latest_step,
+  load_json,
+  restore_step,
+  run_cli_ok,
+)
 
-FAST = ["--config.train.epochs=2", "--config.prune.max_steps=2",
-        "--config.prune.method=snnl_channels", "--config.prune.speedup_batch_size=8",
-        "--config.prune.speedup_repeats=3"]
+FAST = [
+  "--config.train.epochs=2",
+  "--config.prune.max_steps=2",
+  "--config.prune.method=snnl_channels",
+  "--config.prune.speedup_batch_size=8",
+  "--config.prune.speedup_repeats=3",
+]
 CONV1_CHANNELS, WEIGHTS_PER_CHANNEL, PRUNABLE_WEIGHTS = 8, 36, 288 + 1024
 # results["slimming"] keys that are wall-clock measurements (differ between identical runs).
-TIMING_KEYS = ("speedup", "masked_median_s", "slim_median_s", "masked_compile_s",
-               "slim_compile_s", "masked_times_s", "slim_times_s")
+TIMING_KEYS = (
+  "speedup",
+  "masked_median_s",
+  "slim_median_s",
+  "masked_compile_s",
+  "slim_compile_s",
+  "masked_times_s",
+  "slim_times_s",
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +67,8 @@ def test_snnl_run_reports_and_prunes_channels(snnl_run):
   # method); the masked conv1 bias entries are not counted.
   for s in steps:
     assert s["sparsity"] == pytest.approx(
-        WEIGHTS_PER_CHANNEL * s["channels_removed"]["conv1"] / PRUNABLE_WEIGHTS, abs=1e-12)
+      WEIGHTS_PER_CHANNEL * s["channels_removed"]["conv1"] / PRUNABLE_WEIGHTS, abs=1e-12
+    )
     assert s["validation"]["sparsity"] == s["sparsity"]
   assert results["pruned"]["sparsity"] == steps[results["chosen_step"]]["sparsity"]
   slim = results["slimming"]
@@ -60,8 +80,9 @@ def test_snnl_run_reports_and_prunes_channels(snnl_run):
   channels = slim["channels"]["conv1"]
   assert channels["total"] == CONV1_CHANNELS
   assert channels["kept"] == chosen["channels_kept"]["conv1"]
-  assert channels["removed"] == chosen["channels_removed"]["conv1"] == len(
-      channels["removed_indices"])
+  assert (
+    channels["removed"] == chosen["channels_removed"]["conv1"] == len(channels["removed_indices"])
+  )
   # Removing one conv1 channel deletes its kernel slice (36) and bias (1) and its 4*4 = 16 fc0
   # input rows of 8 weights each (NHWC flatten): 165 parameters.
   assert slim["params_dense"] - slim["params_slim"] == channels["removed"] * (36 + 1 + 16 * 8)
@@ -123,7 +144,6 @@ def test_snnl_layers_default_pairs_batchnorm_and_rejects_bad_layers():
     snnl_layers(config, params)
 
 
-
 def test_reported_sparsity_counts_kernel_weights_only_by_hand():
   """SmallCNN(width=2, hidden=4, BN), 8x8 images, the demo's exclusions (conv0, fc1): the
   prunable kernels are conv1 (3*3*2*4 = 72, 18 per channel) and fc0 ((2*2*4) x 4 = 64), 136
@@ -144,19 +164,23 @@ def test_reported_sparsity_counts_kernel_weights_only_by_hand():
   assert _sparsity(mask) == 0.0
   # As snnl_channels does: all-True bias/BN leaves first, then the step's channel mask.
   mask = masks.channel_mask(params, mask, "conv1", jnp.ones(4, bool), norm_layer="bn1")
-  mask = masks.channel_mask(params, mask, "conv1", jnp.array([True, False, True, False]),
-                            norm_layer="bn1")
+  mask = masks.channel_mask(
+    params, mask, "conv1", jnp.array([True, False, True, False]), norm_layer="bn1"
+  )
   assert _sparsity(mask) == 36 / 136
   report = masks.sparsity_report(mask, kernels_only=True)
   assert report["layers"] == {
-      "conv1/kernel": {"total": 72, "kept": 36, "pruned": 36, "sparsity": 0.5},
-      "fc0/kernel": {"total": 64, "kept": 64, "pruned": 0, "sparsity": 0.0}}
+    "conv1/kernel": {"total": 72, "kept": 36, "pruned": 36, "sparsity": 0.5},
+    "fc0/kernel": {"total": 64, "kept": 64, "pruned": 0, "sparsity": 0.0},
+  }
   # The unfiltered report still counts every masked leaf (what "sparsity" used to be).
   assert masks.sparsity_report(mask)["global"]["sparsity"] == 42 / 148
   # For an unstructured kernel-only mask (every other method) both definitions agree.
-  plain = masks.prune_lowest(jax.tree.map(jnp.abs, params), masks.init_mask(
-      params, _prunable(config)), 0.25, scope="layer")
+  plain = masks.prune_lowest(
+    jax.tree.map(jnp.abs, params), masks.init_mask(params, _prunable(config)), 0.25, scope="layer"
+  )
   assert _sparsity(plain) == masks.sparsity_report(plain)["global"]["sparsity"] == 34 / 136
+
 
 # -- BatchNorm -----------------------------------------------------------------------------------
 
@@ -175,8 +199,9 @@ def _test_images(workdir, results, n=64):
 
   cfg = results["config"]["data"]
   data = load_dataset(cfg, workdir=workdir)
-  batch = next(input_pipeline.eval_batches(data.sources["test"], batch_size=n,
-                                           image_size=cfg["image_size"]))
+  batch = next(
+    input_pipeline.eval_batches(data.sources["test"], batch_size=n, image_size=cfg["image_size"])
+  )
   assert batch["valid"].all()
   return batch["image"]
 
@@ -190,8 +215,11 @@ def test_bn_pruned_channels_output_exactly_zero_and_slim_matches(snnl_bn_run):
 
   workdir, results = snnl_bn_run
   assert results["config"]["model"]["kwargs"]["use_bn"] is True
-  model = models.get_model("small_cnn", num_classes=results["dataset"]["num_classes"],
-                           **results["config"]["model"]["kwargs"])
+  model = models.get_model(
+    "small_cnn",
+    num_classes=results["dataset"]["num_classes"],
+    **results["config"]["model"]["kwargs"],
+  )
   images = _test_images(workdir, results)
   store = checkpoint.CheckpointStore(checkpoint.store_directory(workdir, "prune"))
   assert store.all_steps() == [1, 2]
@@ -207,8 +235,9 @@ def test_bn_pruned_channels_output_exactly_zero_and_slim_matches(snnl_bn_run):
       kwargs = {"train": train_mode}
       if train_mode:
         kwargs["mutable"] = ["batch_stats"]  # batch statistics; the update is discarded
-      acts = snnl.capture_activations(model, variables, images, ("conv1", "bn1"),
-                                      apply_kwargs=kwargs)
+      acts = snnl.capture_activations(
+        model, variables, images, ("conv1", "bn1"), apply_kwargs=kwargs
+      )
       conv, bn = np.asarray(acts["conv1"]), np.asarray(acts["bn1"])
       assert np.all(conv[..., dropped] == 0.0), (step, train_mode)
       assert np.all(bn[..., dropped] == 0.0), (step, train_mode)  # exactly, before the ReLU
@@ -224,18 +253,24 @@ def test_bn_pruned_channels_output_exactly_zero_and_slim_matches(snnl_bn_run):
 
     slim_model, slim_vars = slimming.slim_sequential_cnn(model, variables, {"conv1": keep})
     assert slim_model.conv_channels == (4, int(keep.sum()))
-    np.testing.assert_allclose(np.asarray(slim_model.apply(slim_vars, images)),
-                               np.asarray(model.apply(variables, images)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+      np.asarray(slim_model.apply(slim_vars, images)),
+      np.asarray(model.apply(variables, images)),
+      rtol=1e-5,
+      atol=1e-5,
+    )
     if step == results["chosen_step"]:
       # BN running stats are buffers: not counted; BN scale + shift are 2 params per channel.
       assert results["slimming"]["params_slim"] == slimming.count_params(slim_vars)
-      assert (results["slimming"]["params_dense"] - results["slimming"]["params_slim"]
-              == dropped.size * (36 + 1 + 2 + 16 * 8))
+      assert results["slimming"]["params_dense"] - results["slimming"][
+        "params_slim"
+      ] == dropped.size * (36 + 1 + 2 + 16 * 8)
   store.close()
   # Sparsity counts kernel weights only (BN scale/shift and conv bias are not weights here).
   for s in results["steps"]:
     assert s["sparsity"] == pytest.approx(
-        WEIGHTS_PER_CHANNEL * s["channels_removed"]["conv1"] / PRUNABLE_WEIGHTS, abs=1e-12)
+      WEIGHTS_PER_CHANNEL * s["channels_removed"]["conv1"] / PRUNABLE_WEIGHTS, abs=1e-12
+    )
 
 
 # -- kill and resume ---------------------------------------------------------------------------
@@ -251,10 +286,10 @@ def test_killed_snnl_run_resumes_to_identical_results(snnl_run, tmp_path):
   assert "dense model: restored the finished run" in res.stderr
 
   results = load_json(workdir)
-  assert_same_results(results, ref_results, ("dense", "pruned", "steps", "summary",
-                                             "chosen_step"))
-  untimed = [{k: v for k, v in r["slimming"].items() if k not in TIMING_KEYS}
-             for r in (ref_results, results)]
+  assert_same_results(results, ref_results, ("dense", "pruned", "steps", "summary", "chosen_step"))
+  untimed = [
+    {k: v for k, v in r["slimming"].items() if k not in TIMING_KEYS} for r in (ref_results, results)
+  ]
   assert untimed[0] == untimed[1]
   for step in (1, 2):
     assert_trees_equal(*(restore_step(wd, "prune", step) for wd in (reference, workdir)))
@@ -276,8 +311,7 @@ def test_slimming_summary_without_timing_and_for_the_dense_model():
   tx = train.make_optimizer("sgd", 0.1)
   state = train.create_train_state(model, jax.random.key(0, impl="rbg"), (8, 8, 3), tx)
   out = _slimming_summary(config, model, state)
-  assert out["channels"] == {"conv1": {"total": 4, "kept": 4, "removed": 0,
-                                       "removed_indices": []}}
+  assert out["channels"] == {"conv1": {"total": 4, "kept": 4, "removed": 0, "removed_indices": []}}
   assert out["params_slim"] == out["params_dense"] == (54 + 2) + (72 + 4) + (64 + 4) + (12 + 3)
   assert out["flops_slim"] == out["flops_dense"]
   for key in TIMING_KEYS:

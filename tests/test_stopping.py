@@ -56,7 +56,8 @@ def test_target_mode_only_the_schedule_stops():
 
 def _steps(*vals):
   return [{"step": 0, "validation": DENSE}] + [
-      {"step": i, "validation": v} for i, v in enumerate(vals, start=1)]
+    {"step": i, "validation": v} for i, v in enumerate(vals, start=1)
+  ]
 
 
 def test_choose_step():
@@ -73,4 +74,5 @@ def test_choose_step():
 @pytest.mark.parametrize("x,expected", [(2.5, 3), (2.4999, 2), (0.49, 0), (0.5, 1), (0.0, 0)])
 def test_round_half_up(x, expected):
   from fairjax import schedules
+
   assert schedules.round_half_up(x) == expected

@@ -62,15 +62,17 @@ class DatasetSplits:
   def describe(self) -> dict[str, Any]:
     """JSON-able summary for ``results.json``."""
     return {
-        "name": self.name,
-        "task": "multilabel" if self.multilabel else "multiclass",
-        "num_classes": self.num_classes,
-        "class_names": list(self.class_names),
-        "group_names": list(self.group_names),
-        "split_sizes": {s: int(len(self.labels[s])) for s in SPLITS},
-        "num_unknown_group": {s: int(np.sum(self.groups[s] < 0)) for s in SPLITS},
-        "group_counts": {s: {n: int(np.sum(self.groups[s] == g))
-                             for g, n in enumerate(self.group_names)} for s in SPLITS},
+      "name": self.name,
+      "task": "multilabel" if self.multilabel else "multiclass",
+      "num_classes": self.num_classes,
+      "class_names": list(self.class_names),
+      "group_names": list(self.group_names),
+      "split_sizes": {s: int(len(self.labels[s])) for s in SPLITS},
+      "num_unknown_group": {s: int(np.sum(self.groups[s] < 0)) for s in SPLITS},
+      "group_counts": {
+        s: {n: int(np.sum(self.groups[s] == g)) for g, n in enumerate(self.group_names)}
+        for s in SPLITS
+      },
     }
 
 
@@ -79,24 +81,34 @@ THIRD_GROUP_NAME = "other"
 
 
 def _demo(cfg: Mapping[str, Any]) -> DatasetSplits:
-  sizes = {"train": int(cfg["num_train"]), "validation": int(cfg["num_validation"]),
-           "test": int(cfg["num_test"])}
+  sizes = {
+    "train": int(cfg["num_train"]),
+    "validation": int(cfg["num_validation"]),
+    "test": int(cfg["num_test"]),
+  }
   generator = dict(
-      image_size=int(cfg["image_size"]),
-      minority_contrast=float(cfg.get("minority_contrast", 0.35)),
-      shortcut_strength=float(cfg.get("shortcut_strength", 0.0)),
-      color_cue=float(cfg.get("color_cue", 0.0)),
-      minority_color_noise=float(cfg.get("minority_color_noise", 0.0)))
+    image_size=int(cfg["image_size"]),
+    minority_contrast=float(cfg.get("minority_contrast", 0.35)),
+    shortcut_strength=float(cfg.get("shortcut_strength", 0.0)),
+    color_cue=float(cfg.get("color_cue", 0.0)),
+    minority_color_noise=float(cfg.get("minority_color_noise", 0.0)),
+  )
   train_fraction = float(cfg["minority_fraction"])
   eval_fraction = cfg.get("eval_minority_fraction", None)
   eval_fraction = train_fraction if eval_fraction is None else float(eval_fraction)
   # Each split has its own derived seed (synthetic._split_seed), so generating the evaluation
   # splits with another group share changes nothing in the training split.
-  arrays = synthetic.make_demo_splits(int(cfg["seed"]), {"train": sizes["train"]},
-                                      minority_fraction=train_fraction, **generator)
-  arrays.update(synthetic.make_demo_splits(
-      int(cfg["seed"]), {s: sizes[s] for s in ("validation", "test")},
-      minority_fraction=eval_fraction, **generator))
+  arrays = synthetic.make_demo_splits(
+    int(cfg["seed"]), {"train": sizes["train"]}, minority_fraction=train_fraction, **generator
+  )
+  arrays.update(
+    synthetic.make_demo_splits(
+      int(cfg["seed"]),
+      {s: sizes[s] for s in ("validation", "test")},
+      minority_fraction=eval_fraction,
+      **generator,
+    )
+  )
   group_names = tuple(synthetic.DEMO_GROUP_NAMES)
   third = float(cfg.get("third_group_fraction", 0.0))
   if third > 0:
@@ -112,9 +124,14 @@ def _demo(cfg: Mapping[str, Any]) -> DatasetSplits:
     group_names += (THIRD_GROUP_NAME,)
   sources = {s: pipeline.ArraySource(arrays[s]) for s in SPLITS}
   return DatasetSplits(
-      name="demo", sources=sources, num_classes=len(synthetic.DEMO_CLASS_NAMES),
-      class_names=tuple(synthetic.DEMO_CLASS_NAMES), group_names=group_names,
-      labels={s: arrays[s]["label"] for s in SPLITS}, groups={s: arrays[s]["group"] for s in SPLITS})
+    name="demo",
+    sources=sources,
+    num_classes=len(synthetic.DEMO_CLASS_NAMES),
+    class_names=tuple(synthetic.DEMO_CLASS_NAMES),
+    group_names=group_names,
+    labels={s: arrays[s]["label"] for s in SPLITS},
+    groups={s: arrays[s]["group"] for s in SPLITS},
+  )
 
 
 def _face_kwargs(name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,26 +140,40 @@ def _face_kwargs(name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
 
   task, group = cfg.get("task", ""), cfg.get("face_group", "")
   problem = faces.check_face_options(
-      name, task, group, cfg.get("celeba_attribute", faces.CELEBA_DEFAULT_ATTRIBUTE))
+    name, task, group, cfg.get("celeba_attribute", faces.CELEBA_DEFAULT_ATTRIBUTE)
+  )
   if problem:
     raise ValueError(f"config.data.{problem[0]}: {problem[1]}")
   if name == "fairface":
-    return {"task": faces.resolve_task(name, task), "group": group,
-            "validation_fraction": float(cfg.get("fairface_validation_fraction",
-                                                 faces.FAIRFACE_VALIDATION_FRACTION)),
-            "seed": int(cfg["split_seed"])}
+    return {
+      "task": faces.resolve_task(name, task),
+      "group": group,
+      "validation_fraction": float(
+        cfg.get("fairface_validation_fraction", faces.FAIRFACE_VALIDATION_FRACTION)
+      ),
+      "seed": int(cfg["split_seed"]),
+    }
   if name == "utkface":
-    return {"task": faces.resolve_task(name, task), "num_races": int(cfg.get("utkface_races", 4)),
-            "fractions": tuple(cfg["split_fractions"]), "seed": int(cfg["split_seed"])}
-  return {"attribute": cfg.get("celeba_attribute", faces.CELEBA_DEFAULT_ATTRIBUTE),
-          "task": faces.resolve_task(name, task)}
+    return {
+      "task": faces.resolve_task(name, task),
+      "num_races": int(cfg.get("utkface_races", 4)),
+      "fractions": tuple(cfg["split_fractions"]),
+      "seed": int(cfg["split_seed"]),
+    }
+  return {
+    "attribute": cfg.get("celeba_attribute", faces.CELEBA_DEFAULT_ATTRIBUTE),
+    "task": faces.resolve_task(name, task),
+  }
 
 
 def _tfds(name: str, cfg: Mapping[str, Any], workdir: str) -> DatasetSplits:
   from fairjax.data import tfds_common  # tfds is only imported for real datasets
 
   data_dir = cfg.get("data_dir") or os.path.join(workdir, "tfds")
-  kwargs: dict[str, Any] = {"fractions": tuple(cfg["split_fractions"]), "seed": int(cfg["split_seed"])}
+  kwargs: dict[str, Any] = {
+    "fractions": tuple(cfg["split_fractions"]),
+    "seed": int(cfg["split_seed"]),
+  }
   if name == "isic2019":
     kwargs["attribute"] = cfg["sensitive_attribute"]
   elif name == "fitzpatrick17k":
@@ -151,22 +182,35 @@ def _tfds(name: str, cfg: Mapping[str, Any], workdir: str) -> DatasetSplits:
   else:
     kwargs = _face_kwargs(name, cfg)
   sources = {
-      s: tfds_common.load_source(
-          name, s, manual_dir=cfg.get("manual_dir") or None, data_dir=data_dir,
-          image_size=int(cfg["stored_image_size"]), on_bad_image=cfg["on_bad_image"], **kwargs)
-      for s in SPLITS}
+    s: tfds_common.load_source(
+      name,
+      s,
+      manual_dir=cfg.get("manual_dir") or None,
+      data_dir=data_dir,
+      image_size=int(cfg["stored_image_size"]),
+      on_bad_image=cfg["on_bad_image"],
+      **kwargs,
+    )
+    for s in SPLITS
+  }
   info = sources["train"].dataset_info
   multilabel = info.metadata.get("task") == "multilabel"
   # A multi-label label is a Tensor feature without class names: the builder lists them.
-  class_names = tuple(info.metadata["label_names"] if multilabel
-                      else info.features["label"].names)
+  class_names = tuple(info.metadata["label_names"] if multilabel else info.features["label"].names)
   group_names = tuple(info.metadata["group_names"])
   labels, groups = {}, {}
   for s in SPLITS:
     labels[s], groups[s] = pipeline.scan_labels(sources[s])
-  return DatasetSplits(name=name, sources=sources, num_classes=len(class_names),
-                       class_names=class_names, group_names=group_names, labels=labels,
-                       groups=groups, multilabel=multilabel)
+  return DatasetSplits(
+    name=name,
+    sources=sources,
+    num_classes=len(class_names),
+    class_names=class_names,
+    group_names=group_names,
+    labels=labels,
+    groups=groups,
+    multilabel=multilabel,
+  )
 
 
 def load_dataset(cfg: Mapping[str, Any], *, workdir: str) -> DatasetSplits:

@@ -41,9 +41,9 @@ import tensorflow_datasets as tfds
 
 from fairjax.data import faces, tfds_common
 from fairjax.data.tfds_common import (
-    DEFAULT_IMAGE_SIZE,
-    CsvFormatError,
-    PendingExample,
+  DEFAULT_IMAGE_SIZE,
+  CsvFormatError,
+  PendingExample,
 )
 
 ATTR_FILE = "list_attr_celeba.txt"
@@ -75,21 +75,26 @@ def read_attribute_file(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndar
   try:
     count = int(lines[0].strip())
   except ValueError:
-    raise CsvFormatError(path, 1, "count",
-                         f"expected the number of images, got {lines[0]!r}") from None
+    raise CsvFormatError(
+      path, 1, "count", f"expected the number of images, got {lines[0]!r}"
+    ) from None
   names = tuple(lines[1].split()) if len(lines) > 1 else ()
   if names != faces.CELEBA_ATTRIBUTES:
-    raise CsvFormatError(path, 2, "names",
-                         f"expected CelebA's 40 attribute names, got {len(names)} names "
-                         f"starting {names[:3]}")
+    raise CsvFormatError(
+      path,
+      2,
+      "names",
+      f"expected CelebA's 40 attribute names, got {len(names)} names starting {names[:3]}",
+    )
   width = len(names) + 1
   for line, text in enumerate(lines[2:], start=3):
     fields = text.split()
     if not fields:
       continue
     if len(fields) != width:
-      raise CsvFormatError(path, line, "<row>",
-                           f"expected {width} columns (image and 40 values), found {len(fields)}")
+      raise CsvFormatError(
+        path, line, "<row>", f"expected {width} columns (image and 40 values), found {len(fields)}"
+      )
     image = fields[0]
     if image in rows:
       raise CsvFormatError(path, line, "image", f"duplicate image {image!r}")
@@ -98,8 +103,9 @@ def read_attribute_file(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndar
         raise CsvFormatError(path, line, name, f"expected 1 or -1, got {value!r}")
     rows[image] = (np.array([int(v) for v in fields[1:]], np.int8), line)
   if count != len(rows):
-    raise CsvFormatError(path, 1, "count",
-                         f"says {count} images but the file has {len(rows)} rows (truncated?)")
+    raise CsvFormatError(
+      path, 1, "count", f"says {count} images but the file has {len(rows)} rows (truncated?)"
+    )
   return rows
 
 
@@ -116,8 +122,9 @@ def read_partition_file(path: str | os.PathLike[str]) -> dict[str, tuple[str, in
       if not fields:
         continue
       if len(fields) != 2:
-        raise CsvFormatError(path, line, "<row>",
-                             f"expected 2 columns (image, partition), found {len(fields)}")
+        raise CsvFormatError(
+          path, line, "<row>", f"expected 2 columns (image, partition), found {len(fields)}"
+        )
       image, code = fields
       if code not in ("0", "1", "2"):
         raise CsvFormatError(path, line, "partition", f"expected 0, 1 or 2, got {code!r}")
@@ -145,10 +152,10 @@ class CelebAConfig(tfds_common.ImageBuilderConfig):
 
 
 def make_config(
-    *,
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    attribute: str = faces.CELEBA_DEFAULT_ATTRIBUTE,
-    task: str = "attribute",
+  *,
+  image_size: int = DEFAULT_IMAGE_SIZE,
+  attribute: str = faces.CELEBA_DEFAULT_ATTRIBUTE,
+  task: str = "attribute",
 ) -> CelebAConfig:
   """Config ``f"{attribute}_{image_size}"``, e.g. ``"Smiling_128"``, or
   ``f"multilabel_{image_size}"`` for ``task="multilabel"`` (``attribute`` unused); official
@@ -163,16 +170,21 @@ def make_config(
   image_size = tfds_common.check_image_size(image_size)
   if task == "multilabel":
     return CelebAConfig(
-        name=f"multilabel_{image_size}",
-        description=(f"{image_size}x{image_size} images, labels = the 39 attributes other than "
-                     "Male (multi-label), group = Male; official splits."),
-        image_size=image_size, task="multilabel",
+      name=f"multilabel_{image_size}",
+      description=(
+        f"{image_size}x{image_size} images, labels = the 39 attributes other than "
+        "Male (multi-label), group = Male; official splits."
+      ),
+      image_size=image_size,
+      task="multilabel",
     )
   return CelebAConfig(
-      name=f"{attribute}_{image_size}",
-      description=(f"{image_size}x{image_size} images, label = {attribute}, group = Male; "
-                   "official splits."),
-      image_size=image_size, attribute=attribute,
+    name=f"{attribute}_{image_size}",
+    description=(
+      f"{image_size}x{image_size} images, label = {attribute}, group = Male; official splits."
+    ),
+    image_size=image_size,
+    attribute=attribute,
   )
 
 
@@ -183,16 +195,19 @@ class CelebA(tfds_common.ManualImageBuilder):
   name = "celeba"  # not TFDS's derived "celeb_a", the name of its own CelebA builder
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: official splits, all 40 attributes kept; "
-                            "multi-label configs (39 labels)."}
+  RELEASE_NOTES = {
+    "1.0.0": "Initial release: official splits, all 40 attributes kept; "
+    "multi-label configs (39 labels)."
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   EXPECTED_FILES = (ATTR_FILE, PARTITION_FILE, IMAGE_DIR)
   BUILDER_CONFIGS = [
-      make_config(image_size=size, attribute=attribute)
-      for attribute in ("Smiling", "Attractive")
-      for size in tfds_common.PREDEFINED_IMAGE_SIZES
-  ] + [make_config(image_size=size, task="multilabel")
-       for size in tfds_common.PREDEFINED_IMAGE_SIZES]
+    make_config(image_size=size, attribute=attribute)
+    for attribute in ("Smiling", "Attractive")
+    for size in tfds_common.PREDEFINED_IMAGE_SIZES
+  ] + [
+    make_config(image_size=size, task="multilabel") for size in tfds_common.PREDEFINED_IMAGE_SIZES
+  ]
   DEFAULT_BUILDER_CONFIG_NAME = f"{faces.CELEBA_DEFAULT_ATTRIBUTE}_{DEFAULT_IMAGE_SIZE}"
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -205,27 +220,28 @@ class CelebA(tfds_common.ManualImageBuilder):
       label = tfds.features.ClassLabel(names=[f"not_{config.attribute}", config.attribute])
       label_names = [f"not_{config.attribute}", config.attribute]
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="CelebA aligned and cropped faces. " + (config.description or ""),
-        features=tfds.features.FeaturesDict({
-            "image": tfds_common.image_feature(config.image_size),
-            "label": label,
-            "group": np.int64,
-            "image_id": tfds.features.Text(),
-            "attributes": tfds.features.Tensor(shape=(len(faces.CELEBA_ATTRIBUTES),),
-                                               dtype=np.int8),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
-        citation="Liu, Luo, Wang and Tang, Deep Learning Face Attributes in the Wild, ICCV 2015.",
-        metadata=tfds.core.MetadataDict(
-            task=config.task,
-            attribute="" if multilabel else config.attribute,
-            label_names=label_names,
-            sensitive_attribute=faces.CELEBA_SENSITIVE_ATTRIBUTE,
-            group_names=list(faces.GENDER_NAMES),
-            attribute_names=list(faces.CELEBA_ATTRIBUTES),
-        ),
+      builder=self,
+      description="CelebA aligned and cropped faces. " + (config.description or ""),
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds_common.image_feature(config.image_size),
+          "label": label,
+          "group": np.int64,
+          "image_id": tfds.features.Text(),
+          "attributes": tfds.features.Tensor(shape=(len(faces.CELEBA_ATTRIBUTES),), dtype=np.int8),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
+      citation="Liu, Luo, Wang and Tang, Deep Learning Face Attributes in the Wild, ICCV 2015.",
+      metadata=tfds.core.MetadataDict(
+        task=config.task,
+        attribute="" if multilabel else config.attribute,
+        label_names=label_names,
+        sensitive_attribute=faces.CELEBA_SENSITIVE_ATTRIBUTE,
+        group_names=list(faces.GENDER_NAMES),
+        attribute_names=list(faces.CELEBA_ATTRIBUTES),
+      ),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -237,13 +253,20 @@ class CelebA(tfds_common.ManualImageBuilder):
     partition = read_partition_file(partition_path)
     for image, (_, line) in partition.items():
       if image not in attributes:
-        raise CsvFormatError(partition_path, line, "image",
-                             f"{image!r} has no row in {ATTR_FILE}; download both files again")
+        raise CsvFormatError(
+          partition_path,
+          line,
+          "image",
+          f"{image!r} has no row in {ATTR_FILE}; download both files again",
+        )
     for image, (_, line) in attributes.items():
       if image not in partition:
-        raise CsvFormatError(attr_path, line, "image",
-                             f"{image!r} has no row in {PARTITION_FILE}; download both files "
-                             "again")
+        raise CsvFormatError(
+          attr_path,
+          line,
+          "image",
+          f"{image!r} has no row in {PARTITION_FILE}; download both files again",
+        )
     images = image_folder(manual_dir)
     male_col = faces.CELEBA_ATTRIBUTES.index(faces.CELEBA_SENSITIVE_ATTRIBUTE)
     if config.task == "multilabel":
@@ -256,16 +279,22 @@ class CelebA(tfds_common.ManualImageBuilder):
 
       def label_of(values):
         return int(values[label_col] == 1)
+
     pending: dict[str, list[PendingExample]] = {}
     for image, (split, _) in partition.items():
       values = attributes[image][0]
-      pending.setdefault(split, []).append(PendingExample(
+      pending.setdefault(split, []).append(
+        PendingExample(
           key=image,
           image_path=os.path.join(images, image),
-          features={"label": label_of(values),
-                    "group": 0 if values[male_col] == 1 else 1,
-                    "image_id": image, "attributes": values},
-      ))
+          features={
+            "label": label_of(values),
+            "group": 0 if values[male_col] == 1 else 1,
+            "image_id": image,
+            "attributes": values,
+          },
+        )
+      )
     return self._splits_from_pending(pending)
 
 

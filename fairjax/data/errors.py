@@ -8,8 +8,13 @@ from __future__ import annotations
 import os
 import tempfile
 
-__all__ = ["BadImageError", "CsvFormatError", "DataDirError", "DatasetNotFoundError",
-           "unwritable_directory"]
+__all__ = [
+  "BadImageError",
+  "CsvFormatError",
+  "DataDirError",
+  "DatasetNotFoundError",
+  "unwritable_directory",
+]
 
 
 class DatasetNotFoundError(ValueError):

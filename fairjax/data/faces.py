@@ -16,11 +16,24 @@ GENDER_NAMES: tuple[str, str] = ("Male", "Female")
 # FairFace (Karkkainen & Joo, WACV 2021): the CSV spellings, in the order the dataset paper lists
 # them; class / group id = position.
 FAIRFACE_RACES: tuple[str, ...] = (
-    "White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian",
-    "Middle Eastern",
+  "White",
+  "Black",
+  "Latino_Hispanic",
+  "East Asian",
+  "Southeast Asian",
+  "Indian",
+  "Middle Eastern",
 )
 FAIRFACE_AGES: tuple[str, ...] = (
-    "0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70",
+  "0-2",
+  "3-9",
+  "10-19",
+  "20-29",
+  "30-39",
+  "40-49",
+  "50-59",
+  "60-69",
+  "more than 70",
 )
 FAIRFACE_ATTRIBUTES: tuple[str, ...] = ("race", "gender", "age")
 # Task -> sensitive attribute when data.face_group is "" (FairGRAPE's pairings; age is ours).
@@ -34,13 +47,46 @@ UTKFACE_RACE_COUNTS: tuple[int, ...] = (4, 5)  # 4: rows of "Others" are left ou
 
 # CelebA (Liu et al., ICCV 2015): the 40 columns of list_attr_celeba.txt, in file order.
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
-    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
-    "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup",
-    "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard",
-    "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns",
-    "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
-    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+  "5_o_Clock_Shadow",
+  "Arched_Eyebrows",
+  "Attractive",
+  "Bags_Under_Eyes",
+  "Bald",
+  "Bangs",
+  "Big_Lips",
+  "Big_Nose",
+  "Black_Hair",
+  "Blond_Hair",
+  "Blurry",
+  "Brown_Hair",
+  "Bushy_Eyebrows",
+  "Chubby",
+  "Double_Chin",
+  "Eyeglasses",
+  "Goatee",
+  "Gray_Hair",
+  "Heavy_Makeup",
+  "High_Cheekbones",
+  "Male",
+  "Mouth_Slightly_Open",
+  "Mustache",
+  "Narrow_Eyes",
+  "No_Beard",
+  "Oval_Face",
+  "Pale_Skin",
+  "Pointy_Nose",
+  "Receding_Hairline",
+  "Rosy_Cheeks",
+  "Sideburns",
+  "Smiling",
+  "Straight_Hair",
+  "Wavy_Hair",
+  "Wearing_Earrings",
+  "Wearing_Hat",
+  "Wearing_Lipstick",
+  "Wearing_Necklace",
+  "Wearing_Necktie",
+  "Young",
 )
 CELEBA_SENSITIVE_ATTRIBUTE = "Male"
 # "Smiling": close to balanced and a visible expression, not a judgement of looks ("Attractive"
@@ -51,13 +97,14 @@ CELEBA_DEFAULT_ATTRIBUTE = "Smiling"
 CELEBA_TASKS: tuple[str, ...] = ("attribute", "multilabel")
 # The labels of the multi-label task, in file order: every attribute but the sensitive one.
 CELEBA_LABEL_ATTRIBUTES: tuple[str, ...] = tuple(
-    a for a in CELEBA_ATTRIBUTES if a != CELEBA_SENSITIVE_ATTRIBUTE)
+  a for a in CELEBA_ATTRIBUTES if a != CELEBA_SENSITIVE_ATTRIBUTE
+)
 
 # data.task -> the tasks each dataset accepts ("" = the first one).
 TASKS: dict[str, tuple[str, ...]] = {
-    "fairface": FAIRFACE_ATTRIBUTES,
-    "utkface": UTKFACE_ATTRIBUTES,
-    "celeba": CELEBA_TASKS,
+  "fairface": FAIRFACE_ATTRIBUTES,
+  "utkface": UTKFACE_ATTRIBUTES,
+  "celeba": CELEBA_TASKS,
 }
 FACE_DATASETS: tuple[str, ...] = tuple(TASKS)
 
@@ -88,7 +135,7 @@ def is_multilabel(dataset: str, task: str) -> bool:
 
 
 def check_face_options(
-    dataset: str, task: str, group: str, celeba_attribute: str = CELEBA_DEFAULT_ATTRIBUTE
+  dataset: str, task: str, group: str, celeba_attribute: str = CELEBA_DEFAULT_ATTRIBUTE
 ) -> tuple[str, str] | None:
   """``(key, why)`` when these options cannot work, else None.
 
@@ -108,8 +155,9 @@ def check_face_options(
       return None  # data.celeba_attribute is not read
     if celeba_attribute not in CELEBA_ATTRIBUTES or celeba_attribute == "Male":
       return "celeba_attribute", (
-          f"{celeba_attribute!r} is not one of the 39 CelebA attributes other than 'Male' "
-          f"(e.g. {CELEBA_DEFAULT_ATTRIBUTE!r}; spelt as in list_attr_celeba.txt)")
+        f"{celeba_attribute!r} is not one of the 39 CelebA attributes other than 'Male' "
+        f"(e.g. {CELEBA_DEFAULT_ATTRIBUTE!r}; spelt as in list_attr_celeba.txt)"
+      )
     return None
   attributes = FAIRFACE_ATTRIBUTES if dataset == "fairface" else UTKFACE_ATTRIBUTES
   group = resolve_group(dataset, task, group)

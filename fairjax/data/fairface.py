@@ -40,10 +40,10 @@ import tensorflow_datasets as tfds
 
 from fairjax.data import faces, tfds_common
 from fairjax.data.tfds_common import (
-    DEFAULT_IMAGE_SIZE,
-    DEFAULT_SEED,
-    CsvFormatError,
-    PendingExample,
+  DEFAULT_IMAGE_SIZE,
+  DEFAULT_SEED,
+  CsvFormatError,
+  PendingExample,
 )
 
 TRAIN_CSV = "fairface_label_train.csv"
@@ -52,7 +52,9 @@ COLUMNS = ("file", "age", "gender", "race", "service_test")
 
 # Attribute -> names indexed by id.
 NAMES: dict[str, tuple[str, ...]] = {
-    "race": faces.FAIRFACE_RACES, "gender": faces.GENDER_NAMES, "age": faces.FAIRFACE_AGES,
+  "race": faces.FAIRFACE_RACES,
+  "gender": faces.GENDER_NAMES,
+  "age": faces.FAIRFACE_AGES,
 }
 
 _INSTRUCTIONS = f"""\
@@ -96,27 +98,30 @@ def read_fairface_csv(path: str | os.PathLike[str]) -> list[FairFaceRow]:
       raise CsvFormatError(path, line, "file", f"duplicate file {file!r}")
     parts = file.split("/")
     if file.startswith("/") or "\\" in file or ".." in parts:
-      raise CsvFormatError(path, line, "file",
-                           f"{file!r} is not a path inside the image root such as 'train/1.jpg'")
+      raise CsvFormatError(
+        path, line, "file", f"{file!r} is not a path inside the image root such as 'train/1.jpg'"
+      )
     seen.add(file)
     ids = {}
     for attribute, names in NAMES.items():
       if row[attribute] not in names:
-        raise CsvFormatError(path, line, attribute,
-                             f"unknown {attribute} {row[attribute]!r}; expected one of {names}")
+        raise CsvFormatError(
+          path, line, attribute, f"unknown {attribute} {row[attribute]!r}; expected one of {names}"
+        )
       ids[attribute] = names.index(row[attribute])
     service = row["service_test"].lower()
     if service not in ("true", "false"):
-      raise CsvFormatError(path, line, "service_test",
-                           f"expected True or False, got {row['service_test']!r}")
+      raise CsvFormatError(
+        path, line, "service_test", f"expected True or False, got {row['service_test']!r}"
+      )
     rows.append(FairFaceRow(file=file, service_test=service == "true", line=line, **ids))
   return rows
 
 
 def fairface_split_assignment(
-    train_rows: Sequence[FairFaceRow],
-    validation_fraction: float = faces.FAIRFACE_VALIDATION_FRACTION,
-    seed: int = DEFAULT_SEED,
+  train_rows: Sequence[FairFaceRow],
+  validation_fraction: float = faces.FAIRFACE_VALIDATION_FRACTION,
+  seed: int = DEFAULT_SEED,
 ) -> dict[str, str]:
   """file -> "train" or "validation" for the rows of the official training CSV.
 
@@ -143,12 +148,12 @@ class FairFaceConfig(tfds_common.ImageBuilderConfig):
 
 
 def make_config(
-    *,
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    task: str = "race",
-    group: str = "",
-    validation_fraction: float = faces.FAIRFACE_VALIDATION_FRACTION,
-    seed: int = DEFAULT_SEED,
+  *,
+  image_size: int = DEFAULT_IMAGE_SIZE,
+  task: str = "race",
+  group: str = "",
+  validation_fraction: float = faces.FAIRFACE_VALIDATION_FRACTION,
+  seed: int = DEFAULT_SEED,
 ) -> FairFaceConfig:
   """Config ``f"{task}_{group}_{image_size}"``, e.g. ``"race_gender_128"`` (plus
   ``"_val<percent>_seed<seed>"`` unless the validation share is 10 % and the seed 0).
@@ -164,14 +169,23 @@ def make_config(
   f = float(validation_fraction)
   if not 0.0 < f < 1.0:
     raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
-  suffix = ("" if (f, int(seed)) == (faces.FAIRFACE_VALIDATION_FRACTION, DEFAULT_SEED)
-            else f"_val{100 * f:g}_seed{int(seed)}")
+  suffix = (
+    ""
+    if (f, int(seed)) == (faces.FAIRFACE_VALIDATION_FRACTION, DEFAULT_SEED)
+    else f"_val{100 * f:g}_seed{int(seed)}"
+  )
   return FairFaceConfig(
-      name=f"{task}_{group}_{image_size}" + suffix,
-      description=(f"{image_size}x{image_size} images, label = {task}, group = {group}; "
-                   f"validation = {f:g} of train (seed {seed}), test = official val."),
-      image_size=image_size, task=task, group=group, validation_fraction=f, seed=int(seed),
-      fractions=(1.0 - f, f, 0.0),
+    name=f"{task}_{group}_{image_size}" + suffix,
+    description=(
+      f"{image_size}x{image_size} images, label = {task}, group = {group}; "
+      f"validation = {f:g} of train (seed {seed}), test = official val."
+    ),
+    image_size=image_size,
+    task=task,
+    group=group,
+    validation_fraction=f,
+    seed=int(seed),
+    fractions=(1.0 - f, f, 0.0),
   )
 
 
@@ -185,38 +199,42 @@ class FairFace(tfds_common.ManualImageBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   EXPECTED_FILES = (TRAIN_CSV, VAL_CSV, "train", "val")
   BUILDER_CONFIGS = [
-      make_config(image_size=size, task=task)
-      for task in faces.FAIRFACE_ATTRIBUTES
-      for size in tfds_common.PREDEFINED_IMAGE_SIZES
+    make_config(image_size=size, task=task)
+    for task in faces.FAIRFACE_ATTRIBUTES
+    for size in tfds_common.PREDEFINED_IMAGE_SIZES
   ]
   DEFAULT_BUILDER_CONFIG_NAME = f"race_gender_{DEFAULT_IMAGE_SIZE}"
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="FairFace: faces balanced over 7 race groups. " + (config.description or ""),
-        features=tfds.features.FeaturesDict({
-            "image": tfds_common.image_feature(config.image_size),
-            "label": tfds.features.ClassLabel(names=list(NAMES[config.task])),
-            "group": np.int64,
-            "image_id": tfds.features.Text(),
-            "race": np.int64,
-            "gender": np.int64,
-            "age": np.int64,
-            "service_test": np.bool_,
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://github.com/joojs/fairface",
-        citation=("Karkkainen and Joo, FairFace: Face Attribute Dataset for Balanced Race, "
-                  "Gender, and Age, WACV 2021."),
-        metadata=tfds.core.MetadataDict(
-            task=config.task,
-            sensitive_attribute=config.group,
-            group_names=list(NAMES[config.group]),
-            validation_fraction=config.validation_fraction,
-            seed=config.seed,
-        ),
+      builder=self,
+      description="FairFace: faces balanced over 7 race groups. " + (config.description or ""),
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds_common.image_feature(config.image_size),
+          "label": tfds.features.ClassLabel(names=list(NAMES[config.task])),
+          "group": np.int64,
+          "image_id": tfds.features.Text(),
+          "race": np.int64,
+          "gender": np.int64,
+          "age": np.int64,
+          "service_test": np.bool_,
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://github.com/joojs/fairface",
+      citation=(
+        "Karkkainen and Joo, FairFace: Face Attribute Dataset for Balanced Race, "
+        "Gender, and Age, WACV 2021."
+      ),
+      metadata=tfds.core.MetadataDict(
+        task=config.task,
+        sensitive_attribute=config.group,
+        group_names=list(NAMES[config.group]),
+        validation_fraction=config.validation_fraction,
+        seed=config.seed,
+      ),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -227,19 +245,30 @@ class FairFace(tfds_common.ManualImageBuilder):
     in_train = {r.file for r in train_rows}
     for r in test_rows:
       if r.file in in_train:
-        raise CsvFormatError(os.path.join(manual_dir, VAL_CSV), r.line, "file",
-                             f"{r.file!r} is also a row of {TRAIN_CSV}")
+        raise CsvFormatError(
+          os.path.join(manual_dir, VAL_CSV),
+          r.line,
+          "file",
+          f"{r.file!r} is also a row of {TRAIN_CSV}",
+        )
     split_of = fairface_split_assignment(train_rows, config.validation_fraction, config.seed)
     split_of.update({r.file: "test" for r in test_rows})
     pending: dict[str, list[PendingExample]] = {}
     for r in (*train_rows, *test_rows):
       ids: dict[str, Any] = {"race": r.race, "gender": r.gender, "age": r.age}
-      pending.setdefault(split_of[r.file], []).append(PendingExample(
+      pending.setdefault(split_of[r.file], []).append(
+        PendingExample(
           key=r.file,
           image_path=os.path.join(manual_dir, *r.file.split("/")),
-          features={"label": ids[config.task], "group": ids[config.group], "image_id": r.file,
-                    "service_test": r.service_test, **ids},
-      ))
+          features={
+            "label": ids[config.task],
+            "group": ids[config.group],
+            "image_id": r.file,
+            "service_test": r.service_test,
+            **ids,
+          },
+        )
+      )
     return self._splits_from_pending(pending)
 
 

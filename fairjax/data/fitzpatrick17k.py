@@ -36,12 +36,12 @@ import tensorflow_datasets as tfds
 
 from fairjax.data import tfds_common
 from fairjax.data.tfds_common import (
-    DEFAULT_FRACTIONS,
-    DEFAULT_IMAGE_SIZE,
-    DEFAULT_SEED,
-    CsvFormatError,
-    DatasetNotFoundError,
-    PendingExample,
+  DEFAULT_FRACTIONS,
+  DEFAULT_IMAGE_SIZE,
+  DEFAULT_SEED,
+  CsvFormatError,
+  DatasetNotFoundError,
+  PendingExample,
 )
 
 CSV_NAME = "fitzpatrick17k.csv"
@@ -51,56 +51,154 @@ IMAGE_DIR = "images"
 # from the public CSV) because TFDS needs them before any file is read. A CSV label outside these
 # lists is reported as a format error.
 LABEL_NAMES: tuple[str, ...] = (
-    "acanthosis nigricans", "acne", "acne vulgaris",
-    "acquired autoimmune bullous diseaseherpes gestationis", "acrodermatitis enteropathica",
-    "actinic keratosis", "allergic contact dermatitis", "aplasia cutis", "basal cell carcinoma",
-    "basal cell carcinoma morpheiform", "becker nevus", "behcets disease", "calcinosis cutis",
-    "cheilitis", "congenital nevus", "dariers disease", "dermatofibroma", "dermatomyositis",
-    "disseminated actinic porokeratosis", "drug eruption", "drug induced pigmentary changes",
-    "dyshidrotic eczema", "eczema", "ehlers danlos syndrome", "epidermal nevus",
-    "epidermolysis bullosa", "erythema annulare centrifigum", "erythema elevatum diutinum",
-    "erythema multiforme", "erythema nodosum", "factitial dermatitis", "fixed eruptions",
-    "folliculitis", "fordyce spots", "granuloma annulare", "granuloma pyogenic",
-    "hailey hailey disease", "halo nevus", "hidradenitis", "ichthyosis vulgaris",
-    "incontinentia pigmenti", "juvenile xanthogranuloma", "kaposi sarcoma", "keloid",
-    "keratosis pilaris", "langerhans cell histiocytosis", "lentigo maligna", "lichen amyloidosis",
-    "lichen planus", "lichen simplex", "livedo reticularis", "lupus erythematosus",
-    "lupus subacute", "lyme disease", "lymphangioma", "malignant melanoma", "melanoma", "milia",
-    "mucinosis", "mucous cyst", "mycosis fungoides", "myiasis", "naevus comedonicus",
-    "necrobiosis lipoidica", "nematode infection", "neurodermatitis", "neurofibromatosis",
-    "neurotic excoriations", "neutrophilic dermatoses", "nevocytic nevus",
-    "nevus sebaceous of jadassohn", "papilomatosis confluentes and reticulate", "paronychia",
-    "pediculosis lids", "perioral dermatitis", "photodermatoses", "pilar cyst", "pilomatricoma",
-    "pityriasis lichenoides chronica", "pityriasis rosea", "pityriasis rubra pilaris",
-    "porokeratosis actinic", "porokeratosis of mibelli", "porphyria", "port wine stain",
-    "prurigo nodularis", "psoriasis", "pustular psoriasis", "pyogenic granuloma", "rhinophyma",
-    "rosacea", "sarcoidosis", "scabies", "scleroderma", "scleromyxedema", "seborrheic dermatitis",
-    "seborrheic keratosis", "solid cystic basal cell carcinoma", "squamous cell carcinoma",
-    "stasis edema", "stevens johnson syndrome", "striae", "sun damaged skin",
-    "superficial spreading melanoma ssm", "syringoma", "telangiectases", "tick bite",
-    "tuberous sclerosis", "tungiasis", "urticaria", "urticaria pigmentosa", "vitiligo",
-    "xanthomas", "xeroderma pigmentosum",
+  "acanthosis nigricans",
+  "acne",
+  "acne vulgaris",
+  "acquired autoimmune bullous diseaseherpes gestationis",
+  "acrodermatitis enteropathica",
+  "actinic keratosis",
+  "allergic contact dermatitis",
+  "aplasia cutis",
+  "basal cell carcinoma",
+  "basal cell carcinoma morpheiform",
+  "becker nevus",
+  "behcets disease",
+  "calcinosis cutis",
+  "cheilitis",
+  "congenital nevus",
+  "dariers disease",
+  "dermatofibroma",
+  "dermatomyositis",
+  "disseminated actinic porokeratosis",
+  "drug eruption",
+  "drug induced pigmentary changes",
+  "dyshidrotic eczema",
+  "eczema",
+  "ehlers danlos syndrome",
+  "epidermal nevus",
+  "epidermolysis bullosa",
+  "erythema annulare centrifigum",
+  "erythema elevatum diutinum",
+  "erythema multiforme",
+  "erythema nodosum",
+  "factitial dermatitis",
+  "fixed eruptions",
+  "folliculitis",
+  "fordyce spots",
+  "granuloma annulare",
+  "granuloma pyogenic",
+  "hailey hailey disease",
+  "halo nevus",
+  "hidradenitis",
+  "ichthyosis vulgaris",
+  "incontinentia pigmenti",
+  "juvenile xanthogranuloma",
+  "kaposi sarcoma",
+  "keloid",
+  "keratosis pilaris",
+  "langerhans cell histiocytosis",
+  "lentigo maligna",
+  "lichen amyloidosis",
+  "lichen planus",
+  "lichen simplex",
+  "livedo reticularis",
+  "lupus erythematosus",
+  "lupus subacute",
+  "lyme disease",
+  "lymphangioma",
+  "malignant melanoma",
+  "melanoma",
+  "milia",
+  "mucinosis",
+  "mucous cyst",
+  "mycosis fungoides",
+  "myiasis",
+  "naevus comedonicus",
+  "necrobiosis lipoidica",
+  "nematode infection",
+  "neurodermatitis",
+  "neurofibromatosis",
+  "neurotic excoriations",
+  "neutrophilic dermatoses",
+  "nevocytic nevus",
+  "nevus sebaceous of jadassohn",
+  "papilomatosis confluentes and reticulate",
+  "paronychia",
+  "pediculosis lids",
+  "perioral dermatitis",
+  "photodermatoses",
+  "pilar cyst",
+  "pilomatricoma",
+  "pityriasis lichenoides chronica",
+  "pityriasis rosea",
+  "pityriasis rubra pilaris",
+  "porokeratosis actinic",
+  "porokeratosis of mibelli",
+  "porphyria",
+  "port wine stain",
+  "prurigo nodularis",
+  "psoriasis",
+  "pustular psoriasis",
+  "pyogenic granuloma",
+  "rhinophyma",
+  "rosacea",
+  "sarcoidosis",
+  "scabies",
+  "scleroderma",
+  "scleromyxedema",
+  "seborrheic dermatitis",
+  "seborrheic keratosis",
+  "solid cystic basal cell carcinoma",
+  "squamous cell carcinoma",
+  "stasis edema",
+  "stevens johnson syndrome",
+  "striae",
+  "sun damaged skin",
+  "superficial spreading melanoma ssm",
+  "syringoma",
+  "telangiectases",
+  "tick bite",
+  "tuberous sclerosis",
+  "tungiasis",
+  "urticaria",
+  "urticaria pigmentosa",
+  "vitiligo",
+  "xanthomas",
+  "xeroderma pigmentosum",
 )
 NINE_PARTITION_NAMES: tuple[str, ...] = (
-    "benign dermal", "benign epidermal", "benign melanocyte", "genodermatoses", "inflammatory",
-    "malignant cutaneous lymphoma", "malignant dermal", "malignant epidermal",
-    "malignant melanoma",
+  "benign dermal",
+  "benign epidermal",
+  "benign melanocyte",
+  "genodermatoses",
+  "inflammatory",
+  "malignant cutaneous lymphoma",
+  "malignant dermal",
+  "malignant epidermal",
+  "malignant melanoma",
 )
 THREE_PARTITION_NAMES: tuple[str, ...] = (
-    "benign", "malignant", "non-neoplastic",
+  "benign",
+  "malignant",
+  "non-neoplastic",
 )
 
 # Label granularity -> (CSV column, class names).
 GRANULARITIES: dict[int, tuple[str, tuple[str, ...]]] = {
-    114: ("label", LABEL_NAMES),
-    9: ("nine_partition_label", NINE_PARTITION_NAMES),
-    3: ("three_partition_label", THREE_PARTITION_NAMES),
+  114: ("label", LABEL_NAMES),
+  9: ("nine_partition_label", NINE_PARTITION_NAMES),
+  3: ("three_partition_label", THREE_PARTITION_NAMES),
 }
 GROUP_NAMES: tuple[str, str] = ("light", "dark")
 UNKNOWN_SKIN_CHOICES: tuple[str, ...] = ("exclude", "dark")
 
-_REQUIRED_COLUMNS = ("md5hash", "fitzpatrick_scale", "label", "nine_partition_label",
-                     "three_partition_label")
+_REQUIRED_COLUMNS = (
+  "md5hash",
+  "fitzpatrick_scale",
+  "label",
+  "nine_partition_label",
+  "three_partition_label",
+)
 
 _INSTRUCTIONS = f"""\
 Fitzpatrick-17k ships as a CSV of image URLs: download {CSV_NAME} from
@@ -152,11 +250,16 @@ def read_fitzpatrick_csv(path: str | os.PathLike[str]) -> list[FitzpatrickRow]:
     for column, names in GRANULARITIES.values():
       if row[column] not in names:
         raise CsvFormatError(path, line, column, f"unknown class {row[column]!r}")
-    rows.append(FitzpatrickRow(
-        md5hash=md5, line=line, label=row["label"],
+    rows.append(
+      FitzpatrickRow(
+        md5hash=md5,
+        line=line,
+        label=row["label"],
         nine_partition_label=row["nine_partition_label"],
-        three_partition_label=row["three_partition_label"], **scales,
-    ))
+        three_partition_label=row["three_partition_label"],
+        **scales,
+      )
+    )
   return rows
 
 
@@ -176,9 +279,9 @@ def _field(row: Mapping[str, Any] | FitzpatrickRow, name: str) -> Any:
 
 
 def fitzpatrick_split_assignment(
-    rows: Iterable[Mapping[str, Any] | FitzpatrickRow],
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seed: int = DEFAULT_SEED,
+  rows: Iterable[Mapping[str, Any] | FitzpatrickRow],
+  fractions: Sequence[float] = DEFAULT_FRACTIONS,
+  seed: int = DEFAULT_SEED,
 ) -> dict[str, str]:
   """md5hash -> "train" / "validation" / "test", by image, stratified by the 114-class label.
 
@@ -206,38 +309,40 @@ class Fitzpatrick17kConfig(tfds_common.ImageBuilderConfig):
 
 
 def make_config(
-    *,
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    label_granularity: int = 114,
-    unknown_skin: str = "exclude",
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seed: int = DEFAULT_SEED,
+  *,
+  image_size: int = DEFAULT_IMAGE_SIZE,
+  label_granularity: int = 114,
+  unknown_skin: str = "exclude",
+  fractions: Sequence[float] = DEFAULT_FRACTIONS,
+  seed: int = DEFAULT_SEED,
 ) -> Fitzpatrick17kConfig:
   """Config named e.g. ``"114classes_exclude_128"`` (plus a suffix for non-default splits)."""
   if label_granularity not in GRANULARITIES:
     raise ValueError(
-        f"label_granularity must be one of {sorted(GRANULARITIES)}, got {label_granularity!r}"
+      f"label_granularity must be one of {sorted(GRANULARITIES)}, got {label_granularity!r}"
     )
   if unknown_skin not in UNKNOWN_SKIN_CHOICES:
     raise ValueError(f"unknown_skin must be one of {UNKNOWN_SKIN_CHOICES}, got {unknown_skin!r}")
   image_size = tfds_common.check_image_size(image_size)
   fr = tfds_common.validate_fractions(fractions)
   return Fitzpatrick17kConfig(
-      name=f"{label_granularity}classes_{unknown_skin}_{image_size}"
-      + tfds_common.split_suffix(fr, seed),
-      description=(
-          f"{image_size}x{image_size} images, {label_granularity} classes "
-          f"({GRANULARITIES[label_granularity][0]}), skin type -1 -> {unknown_skin}, "
-          f"splits {fr}, seed {seed}."
-      ),
-      image_size=image_size, label_granularity=label_granularity, unknown_skin=unknown_skin,
-      fractions=fr, seed=int(seed),
+    name=f"{label_granularity}classes_{unknown_skin}_{image_size}"
+    + tfds_common.split_suffix(fr, seed),
+    description=(
+      f"{image_size}x{image_size} images, {label_granularity} classes "
+      f"({GRANULARITIES[label_granularity][0]}), skin type -1 -> {unknown_skin}, "
+      f"splits {fr}, seed {seed}."
+    ),
+    image_size=image_size,
+    label_granularity=label_granularity,
+    unknown_skin=unknown_skin,
+    fractions=fr,
+    seed=int(seed),
   )
 
 
 def image_path(manual_dir: str, md5hash: str) -> str:
-  """``<manual_dir>/images/<md5hash>.jpg``, or ``<manual_dir>/<md5hash>.jpg`` if only that exists.
-  """
+  """``<manual_dir>/images/<md5hash>.jpg``, or ``<manual_dir>/<md5hash>.jpg`` if only that exists."""
   preferred = os.path.join(manual_dir, IMAGE_DIR, f"{md5hash}.jpg")
   fallback = os.path.join(manual_dir, f"{md5hash}.jpg")
   return fallback if not os.path.exists(preferred) and os.path.exists(fallback) else preferred
@@ -251,10 +356,10 @@ class Fitzpatrick17k(tfds_common.ManualImageBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   EXPECTED_FILES = (CSV_NAME,)
   BUILDER_CONFIGS = [
-      make_config(image_size=size, label_granularity=g, unknown_skin=u)
-      for g in GRANULARITIES
-      for u in UNKNOWN_SKIN_CHOICES
-      for size in tfds_common.PREDEFINED_IMAGE_SIZES
+    make_config(image_size=size, label_granularity=g, unknown_skin=u)
+    for g in GRANULARITIES
+    for u in UNKNOWN_SKIN_CHOICES
+    for size in tfds_common.PREDEFINED_IMAGE_SIZES
   ]
   DEFAULT_BUILDER_CONFIG_NAME = f"114classes_exclude_{DEFAULT_IMAGE_SIZE}"
 
@@ -262,11 +367,11 @@ class Fitzpatrick17k(tfds_common.ManualImageBuilder):
     """Also requires an ``images/`` folder or some ``*.jpg`` directly in ``manual_dir``."""
     manual_dir = super().check_manual_dir(manual_dir)
     if not os.path.isdir(os.path.join(manual_dir, IMAGE_DIR)) and not any(
-        e.name.endswith(".jpg") for e in os.scandir(manual_dir)
+      e.name.endswith(".jpg") for e in os.scandir(manual_dir)
     ):
       raise DatasetNotFoundError(
-          f"{self.name}: manual_dir {manual_dir!r} has no {IMAGE_DIR}/ folder and no *.jpg.\n"
-          + self.MANUAL_DOWNLOAD_INSTRUCTIONS
+        f"{self.name}: manual_dir {manual_dir!r} has no {IMAGE_DIR}/ folder and no *.jpg.\n"
+        + self.MANUAL_DOWNLOAD_INSTRUCTIONS
       )
     return manual_dir
 
@@ -274,33 +379,35 @@ class Fitzpatrick17k(tfds_common.ManualImageBuilder):
     config = self.builder_config
     column, names = GRANULARITIES[config.label_granularity]
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "Fitzpatrick-17k clinical dermatology images with Fitzpatrick skin types. "
-            + (config.description or "")
-        ),
-        features=tfds.features.FeaturesDict({
-            "image": tfds_common.image_feature(config.image_size),
-            "label": tfds.features.ClassLabel(names=list(names)),
-            "group": np.int64,
-            "image_id": tfds.features.Text(),
-            "fitzpatrick_scale": np.int64,
-            "fitzpatrick_centaur": np.int64,
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://github.com/mattgroh/fitzpatrick17k",
-        citation=(
-            "Groh et al., Evaluating Deep Neural Networks Trained on Clinical Images in "
-            "Dermatology with the Fitzpatrick 17k Dataset, CVPR Workshops 2021."
-        ),
-        metadata=tfds.core.MetadataDict(
-            sensitive_attribute="skin_type",
-            group_names=list(GROUP_NAMES),
-            unknown_skin=config.unknown_skin,
-            label_column=column,
-            fractions=list(config.fractions),
-            seed=config.seed,
-        ),
+      builder=self,
+      description=(
+        "Fitzpatrick-17k clinical dermatology images with Fitzpatrick skin types. "
+        + (config.description or "")
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds_common.image_feature(config.image_size),
+          "label": tfds.features.ClassLabel(names=list(names)),
+          "group": np.int64,
+          "image_id": tfds.features.Text(),
+          "fitzpatrick_scale": np.int64,
+          "fitzpatrick_centaur": np.int64,
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://github.com/mattgroh/fitzpatrick17k",
+      citation=(
+        "Groh et al., Evaluating Deep Neural Networks Trained on Clinical Images in "
+        "Dermatology with the Fitzpatrick 17k Dataset, CVPR Workshops 2021."
+      ),
+      metadata=tfds.core.MetadataDict(
+        sensitive_attribute="skin_type",
+        group_names=list(GROUP_NAMES),
+        unknown_skin=config.unknown_skin,
+        label_column=column,
+        fractions=list(config.fractions),
+        seed=config.seed,
+      ),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -311,17 +418,19 @@ class Fitzpatrick17k(tfds_common.ManualImageBuilder):
     split_of = fitzpatrick_split_assignment(rows, config.fractions, config.seed)
     pending: dict[str, list[PendingExample]] = {}
     for r in rows:
-      pending.setdefault(split_of[r.md5hash], []).append(PendingExample(
+      pending.setdefault(split_of[r.md5hash], []).append(
+        PendingExample(
           key=r.md5hash,
           image_path=image_path(manual_dir, r.md5hash),
           features={
-              "label": names.index(getattr(r, column)),
-              "group": skin_group(r.fitzpatrick_scale, config.unknown_skin),
-              "image_id": r.md5hash,
-              "fitzpatrick_scale": r.fitzpatrick_scale,
-              "fitzpatrick_centaur": r.fitzpatrick_centaur,
+            "label": names.index(getattr(r, column)),
+            "group": skin_group(r.fitzpatrick_scale, config.unknown_skin),
+            "image_id": r.md5hash,
+            "fitzpatrick_scale": r.fitzpatrick_scale,
+            "fitzpatrick_centaur": r.fitzpatrick_centaur,
           },
-      ))
+        )
+      )
     return self._splits_from_pending(pending)
 
 

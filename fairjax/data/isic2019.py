@@ -39,11 +39,11 @@ from absl import logging
 
 from fairjax.data import tfds_common
 from fairjax.data.tfds_common import (
-    DEFAULT_FRACTIONS,
-    DEFAULT_IMAGE_SIZE,
-    DEFAULT_SEED,
-    CsvFormatError,
-    PendingExample,
+  DEFAULT_FRACTIONS,
+  DEFAULT_IMAGE_SIZE,
+  DEFAULT_SEED,
+  CsvFormatError,
+  PendingExample,
 )
 
 GROUND_TRUTH_CSV = "ISIC_2019_Training_GroundTruth.csv"
@@ -87,7 +87,7 @@ class IsicRow:
 
 
 def read_isic_csvs(
-    ground_truth_csv: str | os.PathLike[str], metadata_csv: str | os.PathLike[str]
+  ground_truth_csv: str | os.PathLike[str], metadata_csv: str | os.PathLike[str]
 ) -> list[IsicRow]:
   """Parses and joins the two ISIC 2019 CSVs (stdlib csv), in ground-truth order.
 
@@ -113,37 +113,45 @@ def read_isic_csvs(
       raise CsvFormatError(ground_truth_csv, line, "image", f"duplicate image {image!r}")
     seen.add(image)
     positives = [
-        c for c in CLASS_NAMES
-        if tfds_common.parse_one_hot(row[c], path=ground_truth_csv, line=line, field=c)
+      c
+      for c in CLASS_NAMES
+      if tfds_common.parse_one_hot(row[c], path=ground_truth_csv, line=line, field=c)
     ]
     unknown = tfds_common.parse_one_hot(
-        row[UNKNOWN_CLASS], path=ground_truth_csv, line=line, field=UNKNOWN_CLASS
+      row[UNKNOWN_CLASS], path=ground_truth_csv, line=line, field=UNKNOWN_CLASS
     )
     if len(positives) > 1:
       raise CsvFormatError(
-          ground_truth_csv, line, positives[1], f"several positive classes {positives}"
+        ground_truth_csv, line, positives[1], f"several positive classes {positives}"
       )
     label = CLASS_NAMES.index(positives[0]) if positives and not unknown else None
 
     if image not in meta_by_image:
       raise CsvFormatError(
-          ground_truth_csv, line, "image", f"no row for {image!r} in {metadata_csv}"
+        ground_truth_csv, line, "image", f"no row for {image!r} in {metadata_csv}"
       )
     meta_line, meta = meta_by_image[image]
     age = tfds_common.parse_int(
-        meta["age_approx"], path=metadata_csv, line=meta_line, field="age_approx", missing=-1
+      meta["age_approx"], path=metadata_csv, line=meta_line, field="age_approx", missing=-1
     )
     if age < -1:
       raise CsvFormatError(metadata_csv, meta_line, "age_approx", f"negative age {age}")
     sex = meta["sex"].lower()
     if sex not in ("", *GROUP_NAMES["sex"]):
       raise CsvFormatError(
-          metadata_csv, meta_line, "sex", f"expected female, male or empty, got {meta['sex']!r}"
+        metadata_csv, meta_line, "sex", f"expected female, male or empty, got {meta['sex']!r}"
       )
-    rows.append(IsicRow(
-        image=image, label=label, age_approx=age, sex=sex, lesion_id=meta["lesion_id"],
-        anatom_site_general=meta.get("anatom_site_general", ""), line=line,
-    ))
+    rows.append(
+      IsicRow(
+        image=image,
+        label=label,
+        age_approx=age,
+        sex=sex,
+        lesion_id=meta["lesion_id"],
+        anatom_site_general=meta.get("anatom_site_general", ""),
+        line=line,
+      )
+    )
   return rows
 
 
@@ -175,9 +183,9 @@ def _field(row: Mapping[str, Any] | IsicRow, name: str) -> Any:
 
 
 def isic_split_assignment(
-    metadata_rows: Iterable[Mapping[str, Any] | IsicRow],
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seed: int = DEFAULT_SEED,
+  metadata_rows: Iterable[Mapping[str, Any] | IsicRow],
+  fractions: Sequence[float] = DEFAULT_FRACTIONS,
+  seed: int = DEFAULT_SEED,
 ) -> dict[str, str]:
   """Assigns every image to "train" / "validation" / "test", keeping lesions whole.
 
@@ -224,11 +232,11 @@ class Isic2019Config(tfds_common.ImageBuilderConfig):
 
 
 def make_config(
-    *,
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    attribute: str = "sex",
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seed: int = DEFAULT_SEED,
+  *,
+  image_size: int = DEFAULT_IMAGE_SIZE,
+  attribute: str = "sex",
+  fractions: Sequence[float] = DEFAULT_FRACTIONS,
+  seed: int = DEFAULT_SEED,
 ) -> Isic2019Config:
   """Config ``f"{attribute}_{image_size}"`` (+ a suffix unless splits are 60/20/20, seed 0)."""
   if attribute not in GROUP_NAMES:
@@ -236,12 +244,15 @@ def make_config(
   image_size = tfds_common.check_image_size(image_size)
   fr = tfds_common.validate_fractions(fractions)
   return Isic2019Config(
-      name=f"{attribute}_{image_size}" + tfds_common.split_suffix(fr, seed),
-      description=(
-          f"{image_size}x{image_size} images, group = {attribute} {GROUP_NAMES[attribute]}, "
-          f"splits {fr} by lesion, seed {seed}."
-      ),
-      image_size=image_size, attribute=attribute, fractions=fr, seed=int(seed),
+    name=f"{attribute}_{image_size}" + tfds_common.split_suffix(fr, seed),
+    description=(
+      f"{image_size}x{image_size} images, group = {attribute} {GROUP_NAMES[attribute]}, "
+      f"splits {fr} by lesion, seed {seed}."
+    ),
+    image_size=image_size,
+    attribute=attribute,
+    fractions=fr,
+    seed=int(seed),
   )
 
 
@@ -253,68 +264,76 @@ class Isic2019(tfds_common.ManualImageBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   EXPECTED_FILES = (GROUND_TRUTH_CSV, METADATA_CSV, IMAGE_DIR)
   BUILDER_CONFIGS = [
-      make_config(image_size=size, attribute=attribute)
-      for attribute in ("sex", "age")
-      for size in tfds_common.PREDEFINED_IMAGE_SIZES
+    make_config(image_size=size, attribute=attribute)
+    for attribute in ("sex", "age")
+    for size in tfds_common.PREDEFINED_IMAGE_SIZES
   ]
   DEFAULT_BUILDER_CONFIG_NAME = f"sex_{DEFAULT_IMAGE_SIZE}"
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "ISIC 2019 dermoscopy training set: 25,331 images, 8 diagnoses, sex / age "
-            "sensitive groups. " + (config.description or "")
-        ),
-        features=tfds.features.FeaturesDict({
-            "image": tfds_common.image_feature(config.image_size),
-            "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-            "group": np.int64,
-            "image_id": tfds.features.Text(),
-            "sex": tfds.features.Text(),
-            "age_approx": np.int64,
-            "lesion_id": tfds.features.Text(),
-            "anatom_site_general": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://challenge.isic-archive.com/data/#2019",
-        citation=(
-            "Tschandl et al., The HAM10000 dataset, Sci. Data 5, 2018; Codella et al., ISIC 2017 "
-            "challenge, ISBI 2018; Combalia et al., BCN20000, arXiv:1908.02288, 2019."
-        ),
-        metadata=tfds.core.MetadataDict(
-            sensitive_attribute=config.attribute,
-            group_names=list(GROUP_NAMES[config.attribute]),
-            fractions=list(config.fractions),
-            seed=config.seed,
-        ),
+      builder=self,
+      description=(
+        "ISIC 2019 dermoscopy training set: 25,331 images, 8 diagnoses, sex / age "
+        "sensitive groups. " + (config.description or "")
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds_common.image_feature(config.image_size),
+          "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+          "group": np.int64,
+          "image_id": tfds.features.Text(),
+          "sex": tfds.features.Text(),
+          "age_approx": np.int64,
+          "lesion_id": tfds.features.Text(),
+          "anatom_site_general": tfds.features.Text(),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://challenge.isic-archive.com/data/#2019",
+      citation=(
+        "Tschandl et al., The HAM10000 dataset, Sci. Data 5, 2018; Codella et al., ISIC 2017 "
+        "challenge, ISBI 2018; Combalia et al., BCN20000, arXiv:1908.02288, 2019."
+      ),
+      metadata=tfds.core.MetadataDict(
+        sensitive_attribute=config.attribute,
+        group_names=list(GROUP_NAMES[config.attribute]),
+        fractions=list(config.fractions),
+        seed=config.seed,
+      ),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = self._manual_dir_from(dl_manager)
     config = self.builder_config
     rows = read_isic_csvs(
-        os.path.join(manual_dir, GROUND_TRUTH_CSV), os.path.join(manual_dir, METADATA_CSV)
+      os.path.join(manual_dir, GROUND_TRUTH_CSV), os.path.join(manual_dir, METADATA_CSV)
     )
     labelled = [r for r in rows if r.label is not None]
     if len(labelled) < len(rows):
       self._stats.add("unassigned", "skipped_label", len(rows) - len(labelled))
       logging.warning(
-          "ISIC 2019: skipped %d rows with UNK or no positive class.", len(rows) - len(labelled)
+        "ISIC 2019: skipped %d rows with UNK or no positive class.", len(rows) - len(labelled)
       )
     split_of = isic_split_assignment(labelled, config.fractions, config.seed)
     pending: dict[str, list[PendingExample]] = {}
     for r in labelled:
-      pending.setdefault(split_of[r.image], []).append(PendingExample(
+      pending.setdefault(split_of[r.image], []).append(
+        PendingExample(
           key=r.image,
           image_path=os.path.join(manual_dir, IMAGE_DIR, f"{r.image}.jpg"),
           features={
-              "label": r.label, "group": group_of(r, config.attribute), "image_id": r.image,
-              "sex": r.sex, "age_approx": r.age_approx, "lesion_id": r.lesion_id,
-              "anatom_site_general": r.anatom_site_general,
+            "label": r.label,
+            "group": group_of(r, config.attribute),
+            "image_id": r.image,
+            "sex": r.sex,
+            "age_approx": r.age_approx,
+            "lesion_id": r.lesion_id,
+            "anatom_site_general": r.anatom_site_general,
           },
-      ))
+        )
+      )
     return self._splits_from_pending(pending)
 
 

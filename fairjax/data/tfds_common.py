@@ -52,15 +52,19 @@ JPEG_QUALITY: int = 95
 
 # Defined without tfds so that the CLI can catch them without importing tfds (demo runs).
 from fairjax.data.errors import (  # noqa: E402,F401
-    BadImageError, CsvFormatError, DataDirError, DatasetNotFoundError, unwritable_directory)
-
+  BadImageError,
+  CsvFormatError,
+  DataDirError,
+  DatasetNotFoundError,
+  unwritable_directory,
+)
 
 # --------------------------------------------------------------------------------------------
 # CSV parsing (stdlib csv only: the library must not depend on pandas).
 
 
 def read_csv_rows(
-    path: str | os.PathLike[str], required_columns: Sequence[str]
+  path: str | os.PathLike[str], required_columns: Sequence[str]
 ) -> list[tuple[int, dict[str, str]]]:
   """Reads a CSV with a header line into ``(line_number, row)`` pairs.
 
@@ -92,15 +96,19 @@ def read_csv_rows(
       if len(fields) != len(header):
         field = header[len(fields)] if len(fields) < len(header) else "<extra>"
         raise CsvFormatError(
-            path, line, field, f"expected {len(header)} fields, found {len(fields)}"
+          path, line, field, f"expected {len(header)} fields, found {len(fields)}"
         )
       rows.append((line, dict(zip(header, (v.strip() for v in fields)))))
   return rows
 
 
 def parse_int(
-    value: str, *, path: str | os.PathLike[str], line: int, field: str,
-    missing: int | None = None,
+  value: str,
+  *,
+  path: str | os.PathLike[str],
+  line: int,
+  field: str,
+  missing: int | None = None,
 ) -> int:
   """Parses an integer field (``"55"`` or ``"55.0"``); ``missing`` is returned for ``""``."""
   if value == "" and missing is not None:
@@ -130,11 +138,11 @@ def parse_one_hot(value: str, *, path: str | os.PathLike[str], line: int, field:
 
 
 def check_manual_dir(
-    manual_dir: str | os.PathLike[str] | None,
-    *,
-    dataset: str,
-    expected: Sequence[str],
-    instructions: str,
+  manual_dir: str | os.PathLike[str] | None,
+  *,
+  dataset: str,
+  expected: Sequence[str],
+  instructions: str,
 ) -> str:
   """Returns ``manual_dir`` as a string after checking it exists, is non-empty and holds files.
 
@@ -159,12 +167,9 @@ def check_manual_dir(
     missing = [e for e in expected if not os.path.exists(os.path.join(manual_dir, e))]
     if not missing:
       return os.fspath(manual_dir)
-    problem = (
-        f"manual_dir {os.fspath(manual_dir)!r} lacks "
-        + ", ".join(repr(m) for m in missing)
-    )
+    problem = f"manual_dir {os.fspath(manual_dir)!r} lacks " + ", ".join(repr(m) for m in missing)
   raise DatasetNotFoundError(
-      f"{dataset}: {problem}.\nExpected:\n{expected_list}\n{instructions.strip()}"
+    f"{dataset}: {problem}.\nExpected:\n{expected_list}\n{instructions.strip()}"
   )
 
 
@@ -177,7 +182,7 @@ def validate_fractions(fractions: Sequence[float]) -> tuple[float, float, float]
   fr = tuple(float(f) for f in fractions)
   if len(fr) != 3 or any(f < 0 or not math.isfinite(f) for f in fr):
     raise ValueError(
-        f"fractions must be three numbers >= 0 (train, validation, test), got {fractions}"
+      f"fractions must be three numbers >= 0 (train, validation, test), got {fractions}"
     )
   if abs(sum(fr) - 1.0) > 1e-6:
     raise ValueError(f"fractions must sum to 1, got {fractions} (sum {sum(fr)})")
@@ -185,10 +190,10 @@ def validate_fractions(fractions: Sequence[float]) -> tuple[float, float, float]
 
 
 def assign_splits(
-    unit_sizes: Mapping[str, int],
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seed: int = DEFAULT_SEED,
-    strata: Mapping[str, str] | None = None,
+  unit_sizes: Mapping[str, int],
+  fractions: Sequence[float] = DEFAULT_FRACTIONS,
+  seed: int = DEFAULT_SEED,
+  strata: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
   """Assigns whole units (lesions, images) to train / validation / test.
 
@@ -215,8 +220,8 @@ def assign_splits(
   assignment: dict[str, str] = {}
   for stratum in sorted(by_stratum):
     units = sorted(
-        by_stratum[stratum],
-        key=lambda u: (hashlib.sha256(f"{seed}:{u}".encode()).hexdigest(), u),
+      by_stratum[stratum],
+      key=lambda u: (hashlib.sha256(f"{seed}:{u}".encode()).hexdigest(), u),
     )
     total = sum(unit_sizes[u] for u in units)
     offset = int(hashlib.sha256(f"{seed}:stratum:{stratum}".encode()).hexdigest(), 16) / 2**256
@@ -302,8 +307,9 @@ def split_suffix(fractions: Sequence[float], seed: int) -> str:
 
 
 def check_image_size(image_size: int) -> int:
-  if (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
-      or image_size < 8):
+  if (
+    isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 8
+  ):
     raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
   return int(image_size)
 
@@ -312,8 +318,13 @@ def check_image_size(image_size: int) -> int:
 # Build statistics.
 
 STAT_KEYS: tuple[str, ...] = (
-    "rows", "examples", "missing_image", "corrupt_image", "skipped_label", "unknown_group",
-    "skipped_row",
+  "rows",
+  "examples",
+  "missing_image",
+  "corrupt_image",
+  "skipped_label",
+  "unknown_group",
+  "skipped_row",
 )
 
 
@@ -393,8 +404,10 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
   def check_manual_dir(self, manual_dir: str | os.PathLike[str] | None) -> str:
     """Raises :class:`DatasetNotFoundError` unless ``manual_dir`` holds the expected files."""
     return check_manual_dir(
-        manual_dir, dataset=self.name, expected=self.EXPECTED_FILES,
-        instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS or "",
+      manual_dir,
+      dataset=self.name,
+      expected=self.EXPECTED_FILES,
+      instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS or "",
     )
 
   def _manual_dir_from(self, dl_manager: tfds.download.DownloadManager) -> str:
@@ -412,8 +425,12 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     self._stats.add(split, "missing_image" if missing else "corrupt_image")
     # The first few are logged one by one; the per-split totals are always logged at the end.
     logging.log_first_n(
-        logging.WARNING, "Skipping %s image (split %s): %s", 20,
-        "missing" if missing else "corrupt", split, err,
+      logging.WARNING,
+      "Skipping %s image (split %s): %s",
+      20,
+      "missing" if missing else "corrupt",
+      split,
+      err,
     )
 
   def _skip_row(self, name: str, reason: str) -> None:
@@ -426,7 +443,7 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     logging.warning("%s: skipping %s: %s", self.name, name, reason)
 
   def _splits_from_pending(
-      self, pending: Mapping[str, Sequence[PendingExample]]
+    self, pending: Mapping[str, Sequence[PendingExample]]
   ) -> dict[str, Iterable[tuple[str, dict[str, Any]]]]:
     """Drops rows whose image file is absent (counted), returns generators of non-empty splits.
 
@@ -446,12 +463,12 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         generators[split] = self._generate_examples(split, present)
       else:
         logging.warning(
-            "Split %s of %s has no row with an image file; it is not written.", split, self.name
+          "Split %s of %s has no row with an image file; it is not written.", split, self.name
         )
     return generators
 
   def _generate_examples(
-      self, split: str, pending: Sequence[PendingExample]
+    self, split: str, pending: Sequence[PendingExample]
   ) -> Iterable[tuple[str, dict[str, Any]]]:
     image_size = self.builder_config.image_size
     for ex in pending:
@@ -473,21 +490,21 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 # Entry point.
 
 _BUILDER_MODULES = {
-    "isic2019": "fairjax.data.isic2019",
-    "fitzpatrick17k": "fairjax.data.fitzpatrick17k",
-    "fairface": "fairjax.data.fairface",
-    "utkface": "fairjax.data.utkface",
-    "celeba": "fairjax.data.celeba",
+  "isic2019": "fairjax.data.isic2019",
+  "fitzpatrick17k": "fairjax.data.fitzpatrick17k",
+  "fairface": "fairjax.data.fairface",
+  "utkface": "fairjax.data.utkface",
+  "celeba": "fairjax.data.celeba",
 }
 
 
 def make_builder(
-    name: str,
-    *,
-    data_dir: str | os.PathLike[str],
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    on_bad_image: str = "skip",
-    **config_kwargs: Any,
+  name: str,
+  *,
+  data_dir: str | os.PathLike[str],
+  image_size: int = DEFAULT_IMAGE_SIZE,
+  on_bad_image: str = "skip",
+  **config_kwargs: Any,
 ) -> tfds.core.GeneratorBasedBuilder:
   """Instantiates the builder of ``name`` (a key of ``_BUILDER_MODULES``) for these options.
 
@@ -505,8 +522,10 @@ def make_builder(
   # TFDS refuses a custom config object that reuses a predefined config's name.
   config_arg = config.name if config.name in builder_cls.builder_configs else config
   return builder_cls(
-      data_dir=os.fspath(data_dir), config=config_arg, file_format="array_record",
-      on_bad_image=check_on_bad_image(on_bad_image),
+    data_dir=os.fspath(data_dir),
+    config=config_arg,
+    file_format="array_record",
+    on_bad_image=check_on_bad_image(on_bad_image),
   )
 
 
@@ -517,14 +536,14 @@ def build_stats(builder_or_source: Any) -> BuildStats:
 
 
 def load_source(
-    name: str,
-    split: str,
-    *,
-    manual_dir: str | os.PathLike[str] | None,
-    data_dir: str | os.PathLike[str],
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    on_bad_image: str = "skip",
-    **config_kwargs: Any,
+  name: str,
+  split: str,
+  *,
+  manual_dir: str | os.PathLike[str] | None,
+  data_dir: str | os.PathLike[str],
+  image_size: int = DEFAULT_IMAGE_SIZE,
+  on_bad_image: str = "skip",
+  **config_kwargs: Any,
 ) -> Sequence[dict[str, Any]]:
   """Builds ``name`` into ``data_dir`` if needed, then returns a random-access source of ``split``.
 
@@ -552,34 +571,36 @@ def load_source(
     BadImageError: with ``on_bad_image="error"``.
   """
   builder = make_builder(
-      name, data_dir=data_dir, image_size=image_size, on_bad_image=on_bad_image, **config_kwargs
+    name, data_dir=data_dir, image_size=image_size, on_bad_image=on_bad_image, **config_kwargs
   )
   if not builder.is_prepared():
     builder.check_manual_dir(manual_dir)
     # Before TFDS starts writing: it would fail deep inside the build with a bare OSError.
     problem = unwritable_directory(data_dir)
     if problem:
-      raise DataDirError(f"{name}: data_dir {os.fspath(data_dir)!r} {problem}; the build "
-                         f"(array_record files) is written there")
+      raise DataDirError(
+        f"{name}: data_dir {os.fspath(data_dir)!r} {problem}; the build "
+        f"(array_record files) is written there"
+      )
     try:
       builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
       )
     except AssertionError as e:
       # TFDS asserts when every image of a split was bad: turn it into an actionable error.
       if "No examples were yielded" in str(e):
         raise DatasetNotFoundError(
-            f"{name}: no readable image in one split ({e}); check the images in {manual_dir}"
+          f"{name}: no readable image in one split ({e}); check the images in {manual_dir}"
         ) from None
       raise
     logging.info(
-        "Built %s/%s: %s", name, builder.builder_config.name, build_stats(builder).summary()
+      "Built %s/%s: %s", name, builder.builder_config.name, build_stats(builder).summary()
     )
   stats = build_stats(builder)
   bad = stats.total("missing_image") + stats.total("corrupt_image")
   if on_bad_image == "error" and bad:
     raise BadImageError(
-        f"{name}: the build in {builder.data_dir} skipped {bad} missing/corrupt images "
-        f"({stats.summary()}); delete it and rebuild to fail on them"
+      f"{name}: the build in {builder.data_dir} skipped {bad} missing/corrupt images "
+      f"({stats.summary()}); delete it and rebuild to fail on them"
     )
   return builder.as_data_source(split=split)

@@ -41,16 +41,17 @@ from absl import logging
 
 from fairjax.data import faces, tfds_common
 from fairjax.data.tfds_common import (
-    DEFAULT_FRACTIONS,
-    DEFAULT_IMAGE_SIZE,
-    DEFAULT_SEED,
-    DatasetNotFoundError,
-    PendingExample,
+  DEFAULT_FRACTIONS,
+  DEFAULT_IMAGE_SIZE,
+  DEFAULT_SEED,
+  DatasetNotFoundError,
+  PendingExample,
 )
 
 IMAGE_DIR = "UTKFace"
 _NAME = re.compile(
-    r"^(?P<age>\d+)_(?P<gender>\d+)_(?P<race>\d+)_(?P<date>\d+)\.jpg(?:\.chip\.jpg)?$")
+  r"^(?P<age>\d+)_(?P<gender>\d+)_(?P<race>\d+)_(?P<date>\d+)\.jpg(?:\.chip\.jpg)?$"
+)
 
 _INSTRUCTIONS = f"""\
 Download UTKFace's "Aligned & Cropped Faces" archive (https://susanqq.github.io/UTKFace/) and
@@ -117,9 +118,9 @@ def list_utkface_files(folder: str) -> tuple[list[UtkFaceFile], list[tuple[str, 
 
 
 def utkface_split_assignment(
-    files: Iterable[UtkFaceFile],
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seed: int = DEFAULT_SEED,
+  files: Iterable[UtkFaceFile],
+  fractions: Sequence[float] = DEFAULT_FRACTIONS,
+  seed: int = DEFAULT_SEED,
 ) -> dict[str, str]:
   """file name -> "train" / "validation" / "test", by image, stratified by (race, gender).
 
@@ -128,8 +129,9 @@ def utkface_split_assignment(
   the "Others" files does not move any other file.
   """
   files = list(files)
-  return tfds_common.assign_splits({f.name: 1 for f in files}, fractions, seed,
-                                   {f.name: f"{f.race}/{f.gender}" for f in files})
+  return tfds_common.assign_splits(
+    {f.name: 1 for f in files}, fractions, seed, {f.name: f"{f.race}/{f.gender}" for f in files}
+  )
 
 
 @dataclasses.dataclass(eq=False)
@@ -147,12 +149,12 @@ def class_and_group_names(task: str, num_races: int) -> tuple[tuple[str, ...], t
 
 
 def make_config(
-    *,
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    task: str = "race",
-    num_races: int = 4,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seed: int = DEFAULT_SEED,
+  *,
+  image_size: int = DEFAULT_IMAGE_SIZE,
+  task: str = "race",
+  num_races: int = 4,
+  fractions: Sequence[float] = DEFAULT_FRACTIONS,
+  seed: int = DEFAULT_SEED,
 ) -> UtkFaceConfig:
   """Config ``f"{task}_{num_races}races_{image_size}"``, e.g. ``"race_4races_128"`` (plus a
   suffix unless splits are 60/20/20, seed 0)."""
@@ -165,10 +167,16 @@ def make_config(
   image_size = tfds_common.check_image_size(image_size)
   fr = tfds_common.validate_fractions(fractions)
   return UtkFaceConfig(
-      name=f"{task}_{num_races}races_{image_size}" + tfds_common.split_suffix(fr, seed),
-      description=(f"{image_size}x{image_size} images, label = {task}, "
-                   f"{num_races} races, splits {fr}, seed {seed}."),
-      image_size=image_size, task=task, num_races=int(num_races), fractions=fr, seed=int(seed),
+    name=f"{task}_{num_races}races_{image_size}" + tfds_common.split_suffix(fr, seed),
+    description=(
+      f"{image_size}x{image_size} images, label = {task}, "
+      f"{num_races} races, splits {fr}, seed {seed}."
+    ),
+    image_size=image_size,
+    task=task,
+    num_races=int(num_races),
+    fractions=fr,
+    seed=int(seed),
   )
 
 
@@ -182,10 +190,10 @@ class UtkFace(tfds_common.ManualImageBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   EXPECTED_FILES = ()
   BUILDER_CONFIGS = [
-      make_config(image_size=size, task=task, num_races=n)
-      for task in faces.UTKFACE_ATTRIBUTES
-      for n in faces.UTKFACE_RACE_COUNTS
-      for size in tfds_common.PREDEFINED_IMAGE_SIZES
+    make_config(image_size=size, task=task, num_races=n)
+    for task in faces.UTKFACE_ATTRIBUTES
+    for n in faces.UTKFACE_RACE_COUNTS
+    for size in tfds_common.PREDEFINED_IMAGE_SIZES
   ]
   DEFAULT_BUILDER_CONFIG_NAME = f"race_4races_{DEFAULT_IMAGE_SIZE}"
 
@@ -195,37 +203,42 @@ class UtkFace(tfds_common.ManualImageBuilder):
     folder = image_folder(manual_dir)
     if not any(e.name.endswith(".jpg") for e in os.scandir(folder)):
       raise DatasetNotFoundError(
-          f"{self.name}: manual_dir {manual_dir!r} has no {IMAGE_DIR}/ folder with *.jpg and "
-          f"no *.jpg of its own.\n" + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        f"{self.name}: manual_dir {manual_dir!r} has no {IMAGE_DIR}/ folder with *.jpg and "
+        f"no *.jpg of its own.\n" + self.MANUAL_DOWNLOAD_INSTRUCTIONS
+      )
     return manual_dir
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     classes, groups = class_and_group_names(config.task, config.num_races)
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="UTKFace aligned and cropped faces. " + (config.description or ""),
-        features=tfds.features.FeaturesDict({
-            "image": tfds_common.image_feature(config.image_size),
-            "label": tfds.features.ClassLabel(names=list(classes)),
-            "group": np.int64,
-            "image_id": tfds.features.Text(),
-            "age": np.int64,
-            "gender": np.int64,
-            "race": np.int64,
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://susanqq.github.io/UTKFace/",
-        citation=("Zhang, Song and Qi, Age Progression/Regression by Conditional Adversarial "
-                  "Autoencoder, CVPR 2017."),
-        metadata=tfds.core.MetadataDict(
-            task=config.task,
-            sensitive_attribute="gender" if config.task == "race" else "race",
-            group_names=list(groups),
-            num_races=config.num_races,
-            fractions=list(config.fractions),
-            seed=config.seed,
-        ),
+      builder=self,
+      description="UTKFace aligned and cropped faces. " + (config.description or ""),
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds_common.image_feature(config.image_size),
+          "label": tfds.features.ClassLabel(names=list(classes)),
+          "group": np.int64,
+          "image_id": tfds.features.Text(),
+          "age": np.int64,
+          "gender": np.int64,
+          "race": np.int64,
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://susanqq.github.io/UTKFace/",
+      citation=(
+        "Zhang, Song and Qi, Age Progression/Regression by Conditional Adversarial "
+        "Autoencoder, CVPR 2017."
+      ),
+      metadata=tfds.core.MetadataDict(
+        task=config.task,
+        sensitive_attribute="gender" if config.task == "race" else "race",
+        group_names=list(groups),
+        num_races=config.num_races,
+        fractions=list(config.fractions),
+        seed=config.seed,
+      ),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -238,19 +251,27 @@ class UtkFace(tfds_common.ManualImageBuilder):
     kept = [f for f in files if f.race < config.num_races]
     if len(kept) < len(files):
       self._stats.add("unassigned", "skipped_label", len(files) - len(kept))
-      logging.warning("UTKFace: left out %d files of race 'Others' (num_races=4).",
-                      len(files) - len(kept))
+      logging.warning(
+        "UTKFace: left out %d files of race 'Others' (num_races=4).", len(files) - len(kept)
+      )
     split_of = utkface_split_assignment(kept, config.fractions, config.seed)
     pending: dict[str, list[PendingExample]] = {}
     for f in kept:
       ids = {"race": f.race, "gender": f.gender}
       group = "gender" if config.task == "race" else "race"
-      pending.setdefault(split_of[f.name], []).append(PendingExample(
+      pending.setdefault(split_of[f.name], []).append(
+        PendingExample(
           key=f.name,
           image_path=os.path.join(folder, f.name),
-          features={"label": ids[config.task], "group": ids[group], "image_id": f.name,
-                    "age": f.age, **ids},
-      ))
+          features={
+            "label": ids[config.task],
+            "group": ids[group],
+            "image_id": f.name,
+            "age": f.age,
+            **ids,
+          },
+        )
+      )
     return self._splits_from_pending(pending)
 
 

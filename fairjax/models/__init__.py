@@ -29,50 +29,48 @@ _REGISTRY: dict[str, ModelConstructor] = {}
 
 
 def register_model(name: str) -> Callable[[_C], _C]:
-    """Decorator that registers a model class or constructor function under ``name``.
+  """Decorator that registers a model class or constructor function under ``name``.
 
-    Args:
-      name: the string used in configs (``--config.model.name=<name>``). Must be unique.
+  Args:
+    name: the string used in configs (``--config.model.name=<name>``). Must be unique.
 
-    Returns:
-      A decorator that records its argument and returns it unchanged.
+  Returns:
+    A decorator that records its argument and returns it unchanged.
 
-    Raises:
-      ValueError: if ``name`` is already registered.
-    """
+  Raises:
+    ValueError: if ``name`` is already registered.
+  """
 
-    def decorator(constructor: _C) -> _C:
-        if name in _REGISTRY:
-            raise ValueError(f"Model name {name!r} is already registered.")
-        _REGISTRY[name] = constructor
-        return constructor
+  def decorator(constructor: _C) -> _C:
+    if name in _REGISTRY:
+      raise ValueError(f"Model name {name!r} is already registered.")
+    _REGISTRY[name] = constructor
+    return constructor
 
-    return decorator
+  return decorator
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
-    """Builds the registered model ``name`` with the given fields.
+  """Builds the registered model ``name`` with the given fields.
 
-    Args:
-      name: a registered name, see :func:`list_models`.
-      **kwargs: module fields, e.g. ``num_classes=8, dtype=jnp.bfloat16``.
+  Args:
+    name: a registered name, see :func:`list_models`.
+    **kwargs: module fields, e.g. ``num_classes=8, dtype=jnp.bfloat16``.
 
-    Returns:
-      An unbound ``flax.linen.Module``.
+  Returns:
+    An unbound ``flax.linen.Module``.
 
-    Raises:
-      ValueError: if ``name`` is not registered; the message lists the registered names.
-    """
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"Unknown model name {name!r}. Available models: {', '.join(list_models())}."
-        )
-    return _REGISTRY[name](**kwargs)
+  Raises:
+    ValueError: if ``name`` is not registered; the message lists the registered names.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"Unknown model name {name!r}. Available models: {', '.join(list_models())}.")
+  return _REGISTRY[name](**kwargs)
 
 
 def list_models() -> list[str]:
-    """Returns the registered model names, sorted."""
-    return sorted(_REGISTRY)
+  """Returns the registered model names, sorted."""
+  return sorted(_REGISTRY)
 
 
 # Imported after the registry exists so that their decorators can run.
@@ -84,15 +82,15 @@ from fairjax.models.vgg import VGG11  # noqa: E402
 from fairjax.models.vit import ViT  # noqa: E402
 
 __all__ = [
-    "MobileNetV2",
-    "ModelConstructor",
-    "ResNet",
-    "ResNet18",
-    "ResNet34",
-    "SmallCNN",
-    "VGG11",
-    "ViT",
-    "get_model",
-    "list_models",
-    "register_model",
+  "MobileNetV2",
+  "ModelConstructor",
+  "ResNet",
+  "ResNet18",
+  "ResNet34",
+  "SmallCNN",
+  "VGG11",
+  "ViT",
+  "get_model",
+  "list_models",
+  "register_model",
 ]

@@ -26,8 +26,20 @@ The method names (``config.prune.method``, :func:`method_names`; run by
 conv, masking kernel slice, bias and BN scale/shift, then fine-tune), and any registered one.
 """
 
-from fairjax.pruning.api import (PruneMethod, RunContext, ScoreMethod, get_method, method_names,
-                                 register_method)
+from fairjax.pruning.api import (
+  PruneMethod,
+  RunContext,
+  ScoreMethod,
+  get_method,
+  method_names,
+  register_method,
+)
 
-__all__ = ["PruneMethod", "RunContext", "ScoreMethod", "get_method", "method_names",
-           "register_method"]
+__all__ = [
+  "PruneMethod",
+  "RunContext",
+  "ScoreMethod",
+  "get_method",
+  "method_names",
+  "register_method",
+]

@@ -71,9 +71,14 @@ def params_dtype(params: PyTree) -> Any:
   return jax.tree.leaves(params)[0].dtype
 
 
-def per_sample_ce(model: nn.Module, params: PyTree, others: Mapping[str, PyTree],
-                  images: jax.Array, labels: jax.Array,
-                  apply_kwargs: Mapping[str, Any] | Frozen | None = None) -> jax.Array:
+def per_sample_ce(
+  model: nn.Module,
+  params: PyTree,
+  others: Mapping[str, PyTree],
+  images: jax.Array,
+  labels: jax.Array,
+  apply_kwargs: Mapping[str, Any] | Frozen | None = None,
+) -> jax.Array:
   """Softmax cross-entropy ``-log p_n[y_n]`` of every sample (traceable, differentiable).
 
   Args:
@@ -92,9 +97,14 @@ def per_sample_ce(model: nn.Module, params: PyTree, others: Mapping[str, PyTree]
   return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
 
 
-def per_sample_bce(model: nn.Module, params: PyTree, others: Mapping[str, PyTree],
-                   images: jax.Array, labels: jax.Array,
-                   apply_kwargs: Mapping[str, Any] | Frozen | None = None) -> jax.Array:
+def per_sample_bce(
+  model: nn.Module,
+  params: PyTree,
+  others: Mapping[str, PyTree],
+  images: jax.Array,
+  labels: jax.Array,
+  apply_kwargs: Mapping[str, Any] | Frozen | None = None,
+) -> jax.Array:
   """Sigmoid binary cross-entropy of every sample, SUMMED over its attributes (multi-label).
 
   ``l_n = sum_a [softplus(z_na) - y_na z_na]``, computed stably as ``-(y log sigmoid(z) + (1 - y)
@@ -115,16 +125,23 @@ def per_sample_bce(model: nn.Module, params: PyTree, others: Mapping[str, PyTree
   logits = model.apply({"params": params, **others}, images, **dict(freeze(apply_kwargs)))
   z = logits.astype(params_dtype(params))
   if labels.shape != z.shape:
-    raise ValueError(f"labels {labels.shape} must have the shape of the logits {z.shape} for "
-                     f"loss={SIGMOID!r}")
+    raise ValueError(
+      f"labels {labels.shape} must have the shape of the logits {z.shape} for loss={SIGMOID!r}"
+    )
   y = labels.astype(z.dtype)
   return -jnp.sum(y * jax.nn.log_sigmoid(z) + (1 - y) * jax.nn.log_sigmoid(-z), axis=-1)
 
 
-def per_sample_loss(model: nn.Module, params: PyTree, others: Mapping[str, PyTree],
-                    images: jax.Array, labels: jax.Array,
-                    apply_kwargs: Mapping[str, Any] | Frozen | None = None, *,
-                    loss: str = SOFTMAX) -> jax.Array:
+def per_sample_loss(
+  model: nn.Module,
+  params: PyTree,
+  others: Mapping[str, PyTree],
+  images: jax.Array,
+  labels: jax.Array,
+  apply_kwargs: Mapping[str, Any] | Frozen | None = None,
+  *,
+  loss: str = SOFTMAX,
+) -> jax.Array:
   """:func:`per_sample_ce` (``loss="softmax_cross_entropy"``, labels ``int[N]``) or
   :func:`per_sample_bce` (``loss="sigmoid_binary_cross_entropy"``, labels ``[N, A]``): ``[N]``
   per-sample losses in the params dtype (design.md section 1.10)."""
@@ -187,7 +204,7 @@ def split_batch(batch: Mapping[str, Any], size: int) -> Iterator[dict[str, Any]]
   so every chunk has the same shape (one compilation) and the padding counts nowhere."""
   n = next(iter(batch.values())).shape[0]
   for start in range(0, n, size):
-    yield pad_batch({k: v[start:start + size] for k, v in batch.items()}, size)
+    yield pad_batch({k: v[start : start + size] for k, v in batch.items()}, size)
 
 
 @jax.jit
@@ -199,7 +216,8 @@ def add_weighted(acc: PyTree | None, diag: PyTree, counts: jax.Array) -> PyTree:
   """
   counts = jnp.asarray(counts)
   weighted = jax.tree.map(
-      lambda leaf: counts.reshape((-1,) + (1,) * (leaf.ndim - 1)).astype(leaf.dtype) * leaf, diag)
+    lambda leaf: counts.reshape((-1,) + (1,) * (leaf.ndim - 1)).astype(leaf.dtype) * leaf, diag
+  )
   return weighted if acc is None else jax.tree.map(jnp.add, acc, weighted)
 
 
@@ -211,14 +229,19 @@ def divide_by_counts(acc: PyTree, counts: Sequence[jax.Array]) -> PyTree:
 @jax.jit
 def _divide(acc: PyTree, counts: jax.Array) -> PyTree:
   denom = jnp.maximum(jnp.sum(counts, axis=0).astype(jnp.float32), 1.0)
-  return jax.tree.map(
-      lambda a: a / denom.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype), acc)
+  return jax.tree.map(lambda a: a / denom.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype), acc)
 
 
-def accumulate(step: Callable[[int, Mapping[str, Any]], tuple[PyTree, Any] | None],
-               batches: Iterable[Mapping[str, Any]], *, caller: str, weighted: bool = False,
-               mean: bool = False, on_host: bool = False,
-               what: str = "batches") -> tuple[PyTree, list[Any]]:
+def accumulate(
+  step: Callable[[int, Mapping[str, Any]], tuple[PyTree, Any] | None],
+  batches: Iterable[Mapping[str, Any]],
+  *,
+  caller: str,
+  weighted: bool = False,
+  mean: bool = False,
+  on_host: bool = False,
+  what: str = "batches",
+) -> tuple[PyTree, list[Any]]:
   """The loop over batches shared by every scorer.
 
   ``step(i, batch)`` scores batch ``i`` and returns ``(value, counts)`` (``counts`` may be
@@ -256,8 +279,7 @@ def accumulate(step: Callable[[int, Mapping[str, Any]], tuple[PyTree, Any] | Non
       count = None if count is None else np.asarray(count)
     elif weighted:
       value = add_weighted(None, value, count)
-    total = value if total is None else jax.tree.map(
-        np.add if on_host else jnp.add, total, value)
+    total = value if total is None else jax.tree.map(np.add if on_host else jnp.add, total, value)
     counts.append(count)
 
   for i, batch in enumerate(batches):

@@ -46,7 +46,8 @@ def prunable(exclude_layers: Iterable[str] = ()) -> masks.PathPredicate:
 
   def predicate(path, leaf) -> bool:
     return masks.default_prunable(path, leaf) and not any(
-        tuple(path[:len(e)]) == e for e in excluded)
+      tuple(path[: len(e)]) == e for e in excluded
+    )
 
   return predicate
 
@@ -257,8 +258,9 @@ class ScoreMethod(PruneMethod):
       ``prune.batch_size``) or ``"uniform"`` (uniformly sampled train batches).
   """
 
-  def __init__(self, score_fn: Callable[[PyTree, Iterable[Batch]], PyTree], *,
-               batches: str = "scoring"):
+  def __init__(
+    self, score_fn: Callable[[PyTree, Iterable[Batch]], PyTree], *, batches: str = "scoring"
+  ):
     if batches not in ("scoring", "uniform"):
       raise ValueError(f"batches must be 'scoring' or 'uniform', got {batches!r}")
     self.score_fn = score_fn
@@ -272,8 +274,7 @@ class ScoreMethod(PruneMethod):
     self.supports_multilabel = self.wants_loss
 
   def scores(self, ctx: RunContext, state: Any, step: int) -> PyTree:
-    source = (ctx.scoring_batches(step) if self.batches == "scoring"
-              else ctx.uniform_batches(step))
+    source = ctx.scoring_batches(step) if self.batches == "scoring" else ctx.uniform_batches(step)
     kwargs = {"model": ctx.model} if self.wants_model else {}
     if self.wants_loss:
       kwargs["loss"] = ctx.loss
@@ -297,8 +298,9 @@ def _load_builtins() -> None:
         _METHODS.setdefault(name, method)
 
 
-def register_method(name: str, method: PruneMethod | Callable[..., PyTree], *,
-                    replace: bool = False) -> PruneMethod:
+def register_method(
+  name: str, method: PruneMethod | Callable[..., PyTree], *, replace: bool = False
+) -> PruneMethod:
   """Makes ``method`` available as ``config.prune.method = name`` (and in
   ``config.compare.methods``).
 
@@ -319,14 +321,18 @@ def register_method(name: str, method: PruneMethod | Callable[..., PyTree], *,
   if not isinstance(name, str) or not _NAME.match(name):
     raise ValueError(f"method name {name!r}: use letters, digits, '_', '.' and '-'")
   if name in _METHODS and not replace:
-    raise ValueError(f"a pruning method named {name!r} is already registered; pick another "
-                     "name (or pass replace=True)")
+    raise ValueError(
+      f"a pruning method named {name!r} is already registered; pick another "
+      "name (or pass replace=True)"
+    )
   if isinstance(method, type) and issubclass(method, PruneMethod):
     method = method()
   elif not isinstance(method, PruneMethod):
     if not callable(method):
-      raise ValueError(f"method {name!r}: expected a PruneMethod or a scoring function "
-                       f"(variables, batches) -> scores, got {type(method).__name__}")
+      raise ValueError(
+        f"method {name!r}: expected a PruneMethod or a scoring function "
+        f"(variables, batches) -> scores, got {type(method).__name__}"
+      )
     method = ScoreMethod(method)
   _METHODS[name] = method
   return method
@@ -347,7 +353,9 @@ def get_method(name: str) -> PruneMethod:
   """
   _load_builtins()
   if name not in _METHODS:
-    raise ConfigError(f"config.prune.method={name!r}: must be one of {method_names()} (a "
-                      "method registered with fairjax.pruning.register_method; fix it in the "
-                      "config file or with --config.prune.method=...)")
+    raise ConfigError(
+      f"config.prune.method={name!r}: must be one of {method_names()} (a "
+      "method registered with fairjax.pruning.register_method; fix it in the "
+      "config file or with --config.prune.method=...)"
+    )
   return _METHODS[name]

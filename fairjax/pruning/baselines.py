@@ -38,9 +38,12 @@ def random_scores(params: PyTree, mask: masks.Mask, rng: jax.Array) -> PyTree:
   same scores. Each leaf draws from ``fold_in(rng, i)``, ``i`` its index among the mask's
   leaves in flattening order, so a layer's scores do not depend on the other layers' shapes."""
   treedef, _, mask_leaves, (param_leaves,) = masks._aligned(mask, params)
-  out = [None if m is None else
-         jax.random.uniform(jax.random.fold_in(rng, i), jnp.shape(w), jnp.result_type(w))
-         for i, (m, w) in enumerate(zip(mask_leaves, param_leaves))]
+  out = [
+    None
+    if m is None
+    else jax.random.uniform(jax.random.fold_in(rng, i), jnp.shape(w), jnp.result_type(w))
+    for i, (m, w) in enumerate(zip(mask_leaves, param_leaves))
+  ]
   return jax.tree.unflatten(treedef, out)
 
 
@@ -48,14 +51,24 @@ def random_scores(params: PyTree, mask: masks.Mask, rng: jax.Array) -> PyTree:
 def _snip(model, variables, images, labels, mask, *, apply_kwargs, loss=_scoring.SOFTMAX):
   params, others = _scoring.split_variables(variables)
   params = masks.apply_mask(params, mask)
-  grads = jax.grad(lambda p: jnp.mean(
-      _scoring.per_sample_loss(model, p, others, images, labels, apply_kwargs, loss=loss)))(params)
+  grads = jax.grad(
+    lambda p: jnp.mean(
+      _scoring.per_sample_loss(model, p, others, images, labels, apply_kwargs, loss=loss)
+    )
+  )(params)
   return _only_prunable(jax.tree.map(lambda w, g: jnp.abs(w * g), params, grads), mask)
 
 
-def snip_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
-                mask: masks.Mask, *, apply_kwargs: Mapping[str, Any] | None = None,
-                loss: str = _scoring.SOFTMAX) -> PyTree:
+def snip_scores(
+  model: nn.Module,
+  variables: PyTree,
+  images: jax.Array,
+  labels: jax.Array,
+  mask: masks.Mask,
+  *,
+  apply_kwargs: Mapping[str, Any] | None = None,
+  loss: str = _scoring.SOFTMAX,
+) -> PyTree:
   """SNIP connection sensitivity ``|w * dL/dw|`` of one batch.
 
   ``L`` is the mean cross-entropy over all samples of ``images float[N, ...]`` /
@@ -70,16 +83,40 @@ def snip_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: 
   """
   if nnx_adapter.is_nnx(model):
     model, variables, bridge = nnx_adapter.to_linen(model, variables, images, apply_kwargs)
-    return bridge.to_nnx(snip_scores(model, variables, images, labels, bridge.to_linen(mask),
-                                     apply_kwargs=apply_kwargs, loss=loss))
-  return _snip(model, variables, jnp.asarray(images), jnp.asarray(labels, jnp.int32), mask,
-               apply_kwargs=_scoring.freeze(apply_kwargs), loss=_scoring.check_loss(loss))
+    return bridge.to_nnx(
+      snip_scores(
+        model,
+        variables,
+        images,
+        labels,
+        bridge.to_linen(mask),
+        apply_kwargs=apply_kwargs,
+        loss=loss,
+      )
+    )
+  return _snip(
+    model,
+    variables,
+    jnp.asarray(images),
+    jnp.asarray(labels, jnp.int32),
+    mask,
+    apply_kwargs=_scoring.freeze(apply_kwargs),
+    loss=_scoring.check_loss(loss),
+  )
 
 
-def obd_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
-               mask: masks.Mask, *, apply_kwargs: Mapping[str, Any] | None = None,
-               chunk_size: int | None = None, loss: str = _scoring.SOFTMAX,
-               memory_budget_bytes: int | None = None) -> PyTree:
+def obd_scores(
+  model: nn.Module,
+  variables: PyTree,
+  images: jax.Array,
+  labels: jax.Array,
+  mask: masks.Mask,
+  *,
+  apply_kwargs: Mapping[str, Any] | None = None,
+  chunk_size: int | None = None,
+  loss: str = _scoring.SOFTMAX,
+  memory_budget_bytes: int | None = None,
+) -> PyTree:
   """Optimal Brain Damage saliency ``1/2 w**2 h`` of one batch, group-unaware.
 
   FairPrune's per-group term with one group (design.md section 4.7): every sample of
@@ -97,20 +134,39 @@ def obd_scores(model: nn.Module, variables: PyTree, images: jax.Array, labels: j
   """
   if nnx_adapter.is_nnx(model):
     model, variables, bridge = nnx_adapter.to_linen(model, variables, images, apply_kwargs)
-    return bridge.to_nnx(obd_scores(model, variables, images, labels, bridge.to_linen(mask),
-                                    apply_kwargs=apply_kwargs, chunk_size=chunk_size, loss=loss))
+    return bridge.to_nnx(
+      obd_scores(
+        model,
+        variables,
+        images,
+        labels,
+        bridge.to_linen(mask),
+        apply_kwargs=apply_kwargs,
+        chunk_size=chunk_size,
+        loss=loss,
+      )
+    )
   params = masks.apply_mask(variables["params"], mask)
   labels = jnp.asarray(labels, jnp.int32)
-  diag = curvature.per_group_diag(model, {**variables, "params": params}, jnp.asarray(images),
-                                  labels, jnp.zeros(labels.shape[:1], jnp.int32), num_groups=1,
-                                  apply_kwargs=apply_kwargs, chunk_size=chunk_size, loss=loss,
-                                  memory_budget_bytes=memory_budget_bytes)
+  diag = curvature.per_group_diag(
+    model,
+    {**variables, "params": params},
+    jnp.asarray(images),
+    labels,
+    jnp.zeros(labels.shape[:1], jnp.int32),
+    num_groups=1,
+    apply_kwargs=apply_kwargs,
+    chunk_size=chunk_size,
+    loss=loss,
+    memory_budget_bytes=memory_budget_bytes,
+  )
   scores = jax.tree.map(lambda t: t[0], fairprune.group_terms(params, diag))
   return _only_prunable(scores, mask)
 
 
-def accumulate_scores(fn: Callable[[jax.Array, jax.Array], PyTree],
-                      batches: Iterable[Mapping[str, Any]]) -> PyTree:
+def accumulate_scores(
+  fn: Callable[[jax.Array, jax.Array], PyTree], batches: Iterable[Mapping[str, Any]]
+) -> PyTree:
   """Sums ``fn(images, labels)`` over batches (dicts ``image``, ``label``[, ``valid``]).
 
   Padding rows (``valid == False``) are dropped first and batches left empty are skipped (the
@@ -119,6 +175,7 @@ def accumulate_scores(fn: Callable[[jax.Array, jax.Array], PyTree],
 
     accumulate_scores(lambda x, y: snip_scores(model, variables, x, y, mask), batches)
   """
+
   def step(_, batch):
     images, labels = batch["image"], batch["label"]  # may be sharded over devices: kept so
     if "valid" in batch:
@@ -128,5 +185,6 @@ def accumulate_scores(fn: Callable[[jax.Array, jax.Array], PyTree],
       return None
     return fn(jnp.asarray(images), jnp.asarray(labels, jnp.int32)), None
 
-  return _scoring.accumulate(step, batches, caller="accumulate_scores",
-                             what="(non-empty) batches")[0]
+  return _scoring.accumulate(step, batches, caller="accumulate_scores", what="(non-empty) batches")[
+    0
+  ]

@@ -18,9 +18,9 @@ import jax
 
 from fairjax import schedules, train
 from fairjax.config import fail
-from fairjax.train import OPTIMIZERS
 from fairjax.pruning import baselines, fairgrape, fairprune
 from fairjax.pruning.api import PruneMethod, RunContext, target_end, variables_of
+from fairjax.train import OPTIMIZERS
 
 PyTree = Any
 
@@ -47,10 +47,17 @@ def group_diag(ctx: RunContext, state: Any, step: int) -> PyTree:
   config = ctx.config
   rng = jax.random.key(config.seed * 7919 + step)
   diag, _ = fairprune.average_group_diag(
-      ctx.model, variables_of(state), ctx.scoring_batches(step, chunk_size(config)),
-      num_groups=ctx.num_groups, method=config.prune.curvature, rng=rng,
-      num_samples=config.prune.curvature_samples, apply_kwargs={"train": False},
-      loss=ctx.loss, memory_budget_bytes=memory_budget(config))
+    ctx.model,
+    variables_of(state),
+    ctx.scoring_batches(step, chunk_size(config)),
+    num_groups=ctx.num_groups,
+    method=config.prune.curvature,
+    rng=rng,
+    num_samples=config.prune.curvature_samples,
+    apply_kwargs={"train": False},
+    loss=ctx.loss,
+    memory_budget_bytes=memory_budget(config),
+  )
   return diag
 
 
@@ -67,8 +74,9 @@ class FairPrune(PruneMethod):
   def scores(self, ctx: RunContext, state: Any, step: int) -> PyTree:
     unpriv, priv = ctx.roles
     diag = group_diag(ctx, state, step)
-    return fairprune.saliency(state.params, diag, unprivileged=unpriv, privileged=priv,
-                              beta=ctx.config.prune.beta)
+    return fairprune.saliency(
+      state.params, diag, unprivileged=unpriv, privileged=priv, beta=ctx.config.prune.beta
+    )
 
 
 class Magnitude(PruneMethod):
@@ -84,7 +92,8 @@ class Random(PruneMethod):
 
   def scores(self, ctx: RunContext, state: Any, step: int) -> PyTree:
     return baselines.random_scores(
-        state.params, state.mask, jax.random.fold_in(jax.random.key(ctx.config.seed), step))
+      state.params, state.mask, jax.random.fold_in(jax.random.key(ctx.config.seed), step)
+    )
 
 
 class GradientScores(PruneMethod):
@@ -95,15 +104,23 @@ class GradientScores(PruneMethod):
     self.curvature_plot = kind == "obd"
 
   def scores(self, ctx: RunContext, state: Any, step: int) -> PyTree:
-    fn = (baselines.snip_scores if self.kind == "snip" else
-          functools.partial(baselines.obd_scores, chunk_size=chunk_size(ctx.config),
-                            memory_budget_bytes=memory_budget(ctx.config)))
+    fn = (
+      baselines.snip_scores
+      if self.kind == "snip"
+      else functools.partial(
+        baselines.obd_scores,
+        chunk_size=chunk_size(ctx.config),
+        memory_budget_bytes=memory_budget(ctx.config),
+      )
+    )
     variables = variables_of(state)
     # BatchNorm in inference mode: scoring must not depend on (or update) batch statistics.
     return baselines.accumulate_scores(
-        lambda x, y: fn(ctx.model, variables, x, y, state.mask, apply_kwargs={"train": False},
-                        loss=ctx.loss),
-        ctx.uniform_batches(step))
+      lambda x, y: fn(
+        ctx.model, variables, x, y, state.mask, apply_kwargs={"train": False}, loss=ctx.loss
+      ),
+      ctx.uniform_batches(step),
+    )
 
 
 class FairGRAPE(PruneMethod):
@@ -118,37 +135,66 @@ class FairGRAPE(PruneMethod):
     """``prune.fairgrape_*`` (checked for every run: a config file is validated whole)."""
     p = config.prune
     if not 0.0 < p.fairgrape.keep_per_iter < 1.0:
-      fail("prune.fairgrape.keep_per_iter", p.fairgrape.keep_per_iter,
-           "must be in (0, 1) (FairGRAPE keeps this share of the weights per iteration)")
+      fail(
+        "prune.fairgrape.keep_per_iter",
+        p.fairgrape.keep_per_iter,
+        "must be in (0, 1) (FairGRAPE keeps this share of the weights per iteration)",
+      )
     if p.fairgrape.prune_rate is not None and not 0.0 < p.fairgrape.prune_rate < 1.0:
-      fail("prune.fairgrape.prune_rate", p.fairgrape.prune_rate,
-           "must be in (0, 1), or None to use prune.max_sparsity")
-    if (isinstance(p.fairgrape.finetune_epochs, bool)
-        or not isinstance(p.fairgrape.finetune_epochs, int) or p.fairgrape.finetune_epochs < 0):
-      fail("prune.fairgrape.finetune_epochs", p.fairgrape.finetune_epochs,
-           "must be an integer >= 0 (0 = no final fine-tune)")
+      fail(
+        "prune.fairgrape.prune_rate",
+        p.fairgrape.prune_rate,
+        "must be in (0, 1), or None to use prune.max_sparsity",
+      )
+    if (
+      isinstance(p.fairgrape.finetune_epochs, bool)
+      or not isinstance(p.fairgrape.finetune_epochs, int)
+      or p.fairgrape.finetune_epochs < 0
+    ):
+      fail(
+        "prune.fairgrape.finetune_epochs",
+        p.fairgrape.finetune_epochs,
+        "must be an integer >= 0 (0 = no final fine-tune)",
+      )
     if p.fairgrape.finetune_optimizer not in OPTIMIZERS:
-      fail("prune.fairgrape.finetune_optimizer", p.fairgrape.finetune_optimizer,
-           f"must be one of {OPTIMIZERS}")
-    if (isinstance(p.fairgrape.finetune_learning_rate, bool)
-        or not isinstance(p.fairgrape.finetune_learning_rate, (int, float))
-        or not p.fairgrape.finetune_learning_rate > 0):
-      fail("prune.fairgrape.finetune_learning_rate", p.fairgrape.finetune_learning_rate,
-           "must be > 0")
+      fail(
+        "prune.fairgrape.finetune_optimizer",
+        p.fairgrape.finetune_optimizer,
+        f"must be one of {OPTIMIZERS}",
+      )
+    if (
+      isinstance(p.fairgrape.finetune_learning_rate, bool)
+      or not isinstance(p.fairgrape.finetune_learning_rate, (int, float))
+      or not p.fairgrape.finetune_learning_rate > 0
+    ):
+      fail(
+        "prune.fairgrape.finetune_learning_rate", p.fairgrape.finetune_learning_rate, "must be > 0"
+      )
     lr = p.fairgrape.get("retrain_learning_rate")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
-                           or not lr > 0):
-      fail("prune.fairgrape.retrain_learning_rate", lr, "must be > 0, or None for the dense "
-           "training's learning rate and schedule")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+      fail(
+        "prune.fairgrape.retrain_learning_rate",
+        lr,
+        "must be > 0, or None for the dense training's learning rate and schedule",
+      )
     phases = p.fairgrape.get("finetune_schedule", ())
     if isinstance(phases, str) or not all(
-        isinstance(ph, (tuple, list)) and len(ph) == 2
-        and isinstance(ph[0], int) and not isinstance(ph[0], bool) and ph[0] >= 1
-        and isinstance(ph[1], (int, float)) and not isinstance(ph[1], bool) and ph[1] > 0
-        for ph in phases):
-      fail("prune.fairgrape.finetune_schedule", phases,
-           "must be a tuple of (epochs >= 1, learning_rate > 0) pairs, e.g. "
-           "((13, 1e-4), (3, 1e-5), (3, 1e-6)), or () for finetune_epochs")
+      isinstance(ph, (tuple, list))
+      and len(ph) == 2
+      and isinstance(ph[0], int)
+      and not isinstance(ph[0], bool)
+      and ph[0] >= 1
+      and isinstance(ph[1], (int, float))
+      and not isinstance(ph[1], bool)
+      and ph[1] > 0
+      for ph in phases
+    ):
+      fail(
+        "prune.fairgrape.finetune_schedule",
+        phases,
+        "must be a tuple of (epochs >= 1, learning_rate > 0) pairs, e.g. "
+        "((13, 1e-4), (3, 1e-5), (3, 1e-6)), or () for finetune_epochs",
+      )
 
   @staticmethod
   def prune_rate(config) -> float:
@@ -163,11 +209,18 @@ class FairGRAPE(PruneMethod):
 
   def next_mask(self, ctx: RunContext, state: Any, step: int):
     importance = fairgrape.accumulate_importance(
-        ctx.model, variables_of(state), ctx.scoring_batches(step), state.mask,
-        num_groups=ctx.num_groups, apply_kwargs={"train": False}, loss=ctx.loss)
+      ctx.model,
+      variables_of(state),
+      ctx.scoring_batches(step),
+      state.mask,
+      num_groups=ctx.num_groups,
+      apply_kwargs={"train": False},
+      loss=ctx.loss,
+    )
     # The cumulative ratio is over each layer's (or all) prunable weights.
-    return fairgrape.fairgrape_mask(importance, state.mask, self.schedule(ctx)(step),
-                                    scope=ctx.config.prune.scope)
+    return fairgrape.fairgrape_mask(
+      importance, state.mask, self.schedule(ctx)(step), scope=ctx.config.prune.scope
+    )
 
   def optimizer(self, ctx: RunContext, dense_tx: Any) -> Any:
     """The dense-training optimizer over one iteration's epochs, or, with
@@ -178,8 +231,9 @@ class FairGRAPE(PruneMethod):
     if not epochs or lr is None:
       return super().optimizer(ctx, dense_tx)
     t = ctx.config.train
-    return train.make_optimizer(t.optimizer, float(lr), momentum=t.momentum,
-                                nesterov=t.nesterov, weight_decay=t.weight_decay)
+    return train.make_optimizer(
+      t.optimizer, float(lr), momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
+    )
 
   def schedule_end(self, ctx: RunContext, state: Any, step: int) -> str | None:
     if ctx.config.prune.target_sparsity is not None:
@@ -193,20 +247,26 @@ class FairGRAPE(PruneMethod):
     p = config.prune
     phases = [(int(e), float(lr)) for e, lr in p.fairgrape.get("finetune_schedule", ())]
     if phases:  # piecewise constant: FairGRAPE's code (a fresh optimizer per phase)
-      return {"epochs": sum(e for e, _ in phases), "optimizer": p.fairgrape.finetune_optimizer,
-              "learning_rate": phases[0][1], "phases": phases}
-    return {"epochs": int(p.fairgrape.finetune_epochs),
-            "optimizer": p.fairgrape.finetune_optimizer,
-            "learning_rate": float(p.fairgrape.finetune_learning_rate)}
+      return {
+        "epochs": sum(e for e, _ in phases),
+        "optimizer": p.fairgrape.finetune_optimizer,
+        "learning_rate": phases[0][1],
+        "phases": phases,
+      }
+    return {
+      "epochs": int(p.fairgrape.finetune_epochs),
+      "optimizer": p.fairgrape.finetune_optimizer,
+      "learning_rate": float(p.fairgrape.finetune_learning_rate),
+    }
 
 
 # Registered by fairjax.pruning.api in this order (then snnl_channels), the order of
 # fairjax.config.PRUNE_METHODS and of configs/compare.py's methods.
 METHODS: dict[str, PruneMethod] = {
-    "fairprune": FairPrune(),
-    "magnitude": Magnitude(),
-    "random": Random(),
-    "snip": GradientScores("snip"),
-    "obd": GradientScores("obd"),
-    "fairgrape": FairGRAPE(),
+  "fairprune": FairPrune(),
+  "magnitude": Magnitude(),
+  "random": Random(),
+  "snip": GradientScores("snip"),
+  "obd": GradientScores("obd"),
+  "fairgrape": FairGRAPE(),
 }

@@ -73,25 +73,35 @@ PyTree = Any
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_groups", "apply_kwargs", "loss"))
-def _group_importance(model, variables, images, labels, groups, mask, *, num_groups,
-                      apply_kwargs, loss=_scoring.SOFTMAX):
+def _group_importance(
+  model, variables, images, labels, groups, mask, *, num_groups, apply_kwargs, loss=_scoring.SOFTMAX
+):
   params, others = _scoring.split_variables(variables)
   params = masks.apply_mask(params, mask)
   # Mean over each group (id -1, unknown: a zero row; a group absent from the batch: 0).
   weights, _ = _scoring.group_weights(groups, num_groups, _scoring.params_dtype(params))
   _, vjp_fn = jax.vjp(
-      lambda p: _scoring.per_sample_loss(model, p, others, images, labels, apply_kwargs,
-                                         loss=loss), params)
+    lambda p: _scoring.per_sample_loss(model, p, others, images, labels, apply_kwargs, loss=loss),
+    params,
+  )
   # One forward, G pullbacks of the same VJP. A Python loop rather than a vmap: vmapping conv
   # weight gradients lowers to slow grouped convolutions on XLA:CPU (design.md section 1).
   grads = [vjp_fn(weights[:, g])[0] for g in range(num_groups)]
   return jax.tree.map(lambda w, *gs: jnp.stack([(w * g) ** 2 for g in gs]), params, *grads)
 
 
-def group_importance(model: nn.Module, variables: PyTree, images: jax.Array, labels: jax.Array,
-                     groups: jax.Array, mask: masks.Mask, *, num_groups: int,
-                     apply_kwargs: Mapping[str, Any] | None = None,
-                     loss: str = _scoring.SOFTMAX) -> PyTree:
+def group_importance(
+  model: nn.Module,
+  variables: PyTree,
+  images: jax.Array,
+  labels: jax.Array,
+  groups: jax.Array,
+  mask: masks.Mask,
+  *,
+  num_groups: int,
+  apply_kwargs: Mapping[str, Any] | None = None,
+  loss: str = _scoring.SOFTMAX,
+) -> PyTree:
   """Per-group importance ``(w * dL_g/dw)**2`` of one mini-batch (design.md section 4).
 
   Args:
@@ -120,20 +130,42 @@ def group_importance(model: nn.Module, variables: PyTree, images: jax.Array, lab
     raise ValueError(f"num_groups must be >= 1, got {num_groups}")
   if nnx_adapter.is_nnx(model):  # design.md section 1.11
     model, variables, bridge = nnx_adapter.to_linen(model, variables, images, apply_kwargs)
-    return bridge.to_nnx(group_importance(model, variables, images, labels, groups,
-                                          bridge.to_linen(mask), num_groups=num_groups,
-                                          apply_kwargs=apply_kwargs, loss=loss))
-  return _group_importance(model, variables, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
-                           jnp.asarray(groups, jnp.int32), mask, num_groups=num_groups,
-                           apply_kwargs=_scoring.freeze(apply_kwargs),
-                           loss=_scoring.check_loss(loss))
+    return bridge.to_nnx(
+      group_importance(
+        model,
+        variables,
+        images,
+        labels,
+        groups,
+        bridge.to_linen(mask),
+        num_groups=num_groups,
+        apply_kwargs=apply_kwargs,
+        loss=loss,
+      )
+    )
+  return _group_importance(
+    model,
+    variables,
+    jnp.asarray(images),
+    jnp.asarray(labels, jnp.int32),
+    jnp.asarray(groups, jnp.int32),
+    mask,
+    num_groups=num_groups,
+    apply_kwargs=_scoring.freeze(apply_kwargs),
+    loss=_scoring.check_loss(loss),
+  )
 
 
-def accumulate_importance(model: nn.Module, variables: PyTree,
-                          batches: Iterable[Mapping[str, Any]], mask: masks.Mask, *,
-                          num_groups: int,
-                          apply_kwargs: Mapping[str, Any] | None = None,
-                          loss: str = _scoring.SOFTMAX) -> PyTree:
+def accumulate_importance(
+  model: nn.Module,
+  variables: PyTree,
+  batches: Iterable[Mapping[str, Any]],
+  mask: masks.Mask,
+  *,
+  num_groups: int,
+  apply_kwargs: Mapping[str, Any] | None = None,
+  loss: str = _scoring.SOFTMAX,
+) -> PyTree:
   """``I_g(w)`` summed over mini-batches (design.md section 4).
 
   ``batches`` yield dicts with ``image``, ``label`` and ``group`` (the fairjax batch format);
@@ -141,10 +173,19 @@ def accumulate_importance(model: nn.Module, variables: PyTree,
   Returns the pytree ``[G, ...]`` of :func:`group_importance`, summed (params dtype); the loop
   is ``_scoring.accumulate``'s plain sum. ``loss`` as in :func:`group_importance`.
   """
+
   def step(_, batch):
-    return group_importance(model, variables, batch["image"], batch["label"],
-                            _scoring.unknown_padding(batch), mask, num_groups=num_groups,
-                            apply_kwargs=apply_kwargs, loss=loss), None
+    return group_importance(
+      model,
+      variables,
+      batch["image"],
+      batch["label"],
+      _scoring.unknown_padding(batch),
+      mask,
+      num_groups=num_groups,
+      apply_kwargs=apply_kwargs,
+      loss=loss,
+    ), None
 
   return _scoring.accumulate(step, batches, caller="accumulate_importance")[0]
 
@@ -192,9 +233,15 @@ def _stream_order(values: np.ndarray) -> np.ndarray:
 
 
 @jax.jit
-def _greedy_chunk(records: jax.Array, base: jax.Array, ptr: jax.Array, deficit: jax.Array,
-                  count: jax.Array, first: jax.Array,
-                  keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _greedy_chunk(
+  records: jax.Array,
+  base: jax.Array,
+  ptr: jax.Array,
+  deficit: jax.Array,
+  count: jax.Array,
+  first: jax.Array,
+  keep: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Runs the step rule of the module docstring on stream chunks (under ``enable_x64``).
 
   ``records int32 [G, C + W, P + 2G]``: for stream ``g``'s entries ``base[g] .. base[g] + C + W
@@ -224,8 +271,7 @@ def _greedy_chunk(records: jax.Array, base: jax.Array, ptr: jax.Array, deficit: 
     fresh = jnp.all((window >= ptr[None, :]) | (gid == g)[None, :], axis=1)
     k = jnp.argmax(fresh).astype(jnp.int32)
     new = fresh[k]
-    bits = jax.lax.dynamic_slice(records, (g, j + k, jnp.int32(step_col)),
-                                 (1, 1, 2 * num_groups))
+    bits = jax.lax.dynamic_slice(records, (g, j + k, jnp.int32(step_col)), (1, 1, 2 * num_groups))
     step = jax.lax.bitcast_convert_type(bits.reshape(num_groups, 2), jnp.float64)
     deficit = deficit + jnp.where(new, step, 0.0)
     ptr = ptr.at[g].add(jnp.where(new, k + 1, _WINDOW))
@@ -240,7 +286,7 @@ def _aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
   nbytes = math.prod(shape) * dtype.itemsize
   raw = np.empty(nbytes + 64, np.uint8)
   offset = -raw.ctypes.data % 64
-  return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+  return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 def _check_importance(importance: Any, keep: int) -> np.ndarray:
@@ -266,8 +312,9 @@ def _workers(threads: int | None = None) -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _stream_orders(imp: np.ndarray, pool: concurrent.futures.Executor
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _stream_orders(
+  imp: np.ndarray, pool: concurrent.futures.Executor
+) -> tuple[np.ndarray, np.ndarray]:
   """``int32 [G, n]`` twice: :func:`_stream_order` of every row, and each weight's position in
   every stream (the inverse permutations). One task per row; numpy releases the GIL."""
   num_groups, n = imp.shape
@@ -285,8 +332,9 @@ def _stream_orders(imp: np.ndarray, pool: concurrent.futures.Executor
 _BLOCK = 1 << 15  # weights per block when filling the table (temporaries stay in cache)
 
 
-def _weight_table(imp: np.ndarray, positions: np.ndarray,
-                  pool: concurrent.futures.Executor) -> np.ndarray:
+def _weight_table(
+  imp: np.ndarray, positions: np.ndarray, pool: concurrent.futures.Executor
+) -> np.ndarray:
   """``int32 [n + 1, P + 2G]``: per weight, its position in every stream, then the bits of its
   float64 step vector ``T * I(w) - T_g * I_tot(w)`` (from column ``P = G + G % 2``, so that the
   float64 view is aligned). Row ``n`` is the sentinel that pads stream tails: position -1 in
@@ -311,8 +359,9 @@ def _weight_table(imp: np.ndarray, positions: np.ndarray,
   return table
 
 
-def _run_greedy(order: np.ndarray, table: np.ndarray, first: int, keep: int,
-                pool: concurrent.futures.Executor) -> np.ndarray:
+def _run_greedy(
+  order: np.ndarray, table: np.ndarray, first: int, keep: int, pool: concurrent.futures.Executor
+) -> np.ndarray:
   """Stream positions ``int32 [G]`` once ``keep`` weights are kept (:func:`_greedy_chunk`).
 
   Stream ``g``'s records are cut at fixed boundaries ``k * C`` (``C`` a power of two up to
@@ -328,9 +377,9 @@ def _run_greedy(order: np.ndarray, table: np.ndarray, first: int, keep: int,
   staging = np.empty_like(records)  # allocated once: fresh pages for every chunk cost more
 
   def gather(g: int, start: int) -> None:  # stream g's entries start .. start + length - 1
-    part = order[g, start:start + length]
-    np.take(table, part, axis=0, out=staging[g, :part.size], mode="clip")
-    staging[g, part.size:] = table[n]
+    part = order[g, start : start + length]
+    np.take(table, part, axis=0, out=staging[g, : part.size], mode="clip")
+    staging[g, part.size :] = table[n]
 
   list(pool.map(gather, range(num_groups), [0] * num_groups))
   records[...] = staging
@@ -346,8 +395,9 @@ def _run_greedy(order: np.ndarray, table: np.ndarray, first: int, keep: int,
   with jax.enable_x64(True), jax.default_device(host):
     deficit = jnp.zeros(num_groups, jnp.float64)
     while True:
-      ptr, deficit, count = _greedy_chunk(records, base, ptr, deficit, np.int32(count),
-                                          np.int32(first), np.int32(keep))
+      ptr, deficit, count = _greedy_chunk(
+        records, base, ptr, deficit, np.int32(count), np.int32(first), np.int32(keep)
+      )
       ptr, count = np.array(ptr), int(count)  # waits: `records` is rewritten after this
       if count >= keep:
         break
@@ -379,8 +429,10 @@ def greedy_select(importance: Any, keep: int, *, threads: int | None = None) -> 
   imp = _check_importance(importance, keep)
   num_groups, n = imp.shape
   if n >= 2**31:  # stream positions are int32
-    raise ValueError(f"greedy_select handles fewer than 2**31 weights per call, got {n}; "
-                     "select per layer (fairgrape_mask scope='layer')")
+    raise ValueError(
+      f"greedy_select handles fewer than 2**31 weights per call, got {n}; "
+      "select per layer (fairgrape_mask scope='layer')"
+    )
   keep = int(keep)
   if keep == 0 or keep == n:
     return np.full(n, keep == n)
@@ -395,7 +447,7 @@ def greedy_select(importance: Any, keep: int, *, threads: int | None = None) -> 
     first = int(np.argmax(imp.sum(axis=1)))  # the pick while S = 0 (p = 1/G)
     ptr = _run_greedy(order, table, first, keep, pool)
   for g in range(num_groups):  # kept = union of the consumed stream prefixes
-    kept[order[g, :ptr[g]]] = True
+    kept[order[g, : ptr[g]]] = True
   return kept
 
 
@@ -426,8 +478,14 @@ def greedy_select_reference(importance: Any, keep: int) -> np.ndarray:
   return np.asarray(kept, bool)
 
 
-def fairgrape_mask(importance: PyTree, mask: masks.Mask, ratio: float, *,
-                   scope: str = "layer", threads: int | None = None) -> masks.Mask:
+def fairgrape_mask(
+  importance: PyTree,
+  mask: masks.Mask,
+  ratio: float,
+  *,
+  scope: str = "layer",
+  threads: int | None = None,
+) -> masks.Mask:
   """Prunes to the cumulative ratio with the greedy (design.md section 4).
 
   Args:
@@ -455,8 +513,10 @@ def fairgrape_mask(importance: PyTree, mask: masks.Mask, ratio: float, *,
     m = np.asarray(mask_leaves[i], bool)
     imp = np.asarray(imp_leaves[i])
     if imp.shape[1:] != m.shape:
-      raise ValueError(f"importance shape {imp.shape} does not match mask {m.shape} for "
-                       f"{masks.path_str(paths[i])!r}")
+      raise ValueError(
+        f"importance shape {imp.shape} does not match mask {m.shape} for "
+        f"{masks.path_str(paths[i])!r}"
+      )
     flat_masks[i] = m.ravel()
     cands[i] = (np.flatnonzero(flat_masks[i]), imp.reshape(imp.shape[0], -1))
 
@@ -469,8 +529,7 @@ def fairgrape_mask(importance: PyTree, mask: masks.Mask, ratio: float, *,
     for i in idx:
       where, imp = cands[i]
       keep = min(budget(flat_masks[i].size), where.size)
-      new[i] = _scatter(where[greedy_select(imp[:, where], keep, threads=threads)],
-                        mask_leaves[i])
+      new[i] = _scatter(where[greedy_select(imp[:, where], keep, threads=threads)], mask_leaves[i])
   elif idx:
     sizes = [flat_masks[i].size for i in idx]
     offsets = np.cumsum([0] + sizes)
@@ -498,4 +557,4 @@ def cumulative_ratio(iteration: int, keep_per_iter: float, prune_rate: float) ->
     raise ValueError(f"keep_per_iter must be in (0, 1], got {keep_per_iter}")
   if not 0.0 <= prune_rate <= 1.0:
     raise ValueError(f"prune_rate must be in [0, 1], got {prune_rate}")
-  return min(1.0 - keep_per_iter ** iteration, prune_rate)
+  return min(1.0 - keep_per_iter**iteration, prune_rate)

@@ -18,7 +18,6 @@ curvature of all the other groups. With two groups this is exactly the paper's f
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -33,8 +32,9 @@ from fairjax.pruning import _scoring
 PyTree = Any
 
 
-def group_roles(group_accuracy: Sequence[float], *, privileged: int | None = None,
-                unprivileged: int | None = None) -> tuple[int, tuple[int, ...]]:
+def group_roles(
+  group_accuracy: Sequence[float], *, privileged: int | None = None, unprivileged: int | None = None
+) -> tuple[int, tuple[int, ...]]:
   """Chooses the unprivileged group and the privileged group(s).
 
   Args:
@@ -67,8 +67,9 @@ def group_roles(group_accuracy: Sequence[float], *, privileged: int | None = Non
   return unprivileged, tuple(g for g in range(num_groups) if g != unprivileged)
 
 
-def saliency(params: PyTree, group_diag: PyTree, *, unprivileged: int,
-             privileged: Sequence[int], beta: float) -> PyTree:
+def saliency(
+  params: PyTree, group_diag: PyTree, *, unprivileged: int, privileged: Sequence[int], beta: float
+) -> PyTree:
   """FairPrune saliency ``1/2 theta^2 (h_unpriv - beta * mean_{g in priv} h_g)``.
 
   Args:
@@ -81,15 +82,21 @@ def saliency(params: PyTree, group_diag: PyTree, *, unprivileged: int,
   Returns:
     Pytree like ``params`` with float saliencies (lower = pruned first).
   """
-  return _saliency(params, group_diag, unprivileged=int(unprivileged),
-                   privileged=tuple(int(g) for g in privileged), beta=beta)
+  return _saliency(
+    params,
+    group_diag,
+    unprivileged=int(unprivileged),
+    privileged=tuple(int(g) for g in privileged),
+    beta=beta,
+  )
 
 
 # One compiled program for the whole tree (op by op it is a few dispatches per leaf, each
 # compiled on first use: seconds per run on CPU for nothing).
 @functools.partial(jax.jit, static_argnames=("unprivileged", "privileged"))
-def _saliency(params: PyTree, group_diag: PyTree, *, unprivileged: int,
-              privileged: tuple[int, ...], beta: float) -> PyTree:
+def _saliency(
+  params: PyTree, group_diag: PyTree, *, unprivileged: int, privileged: tuple[int, ...], beta: float
+) -> PyTree:
   priv = jnp.asarray(privileged)
 
   def one(theta, h):
@@ -115,12 +122,20 @@ def group_terms(params: PyTree, group_diag: PyTree) -> PyTree:
   return jax.tree.map(lambda theta, h: _obd(theta[None], h), params, group_diag)
 
 
-def average_group_diag(model: nn.Module, variables: PyTree, batches: Iterable[Mapping[str, Any]],
-                       *, num_groups: int, method: str = "exact", rng: jax.Array | None = None,
-                       num_samples: int = 1, chunk_size: int | None = None,
-                       apply_kwargs: Mapping[str, Any] | None = None,
-                       loss: str = _scoring.SOFTMAX,
-                       memory_budget_bytes: int | None = None) -> tuple[PyTree, np.ndarray]:
+def average_group_diag(
+  model: nn.Module,
+  variables: PyTree,
+  batches: Iterable[Mapping[str, Any]],
+  *,
+  num_groups: int,
+  method: str = "exact",
+  rng: jax.Array | None = None,
+  num_samples: int = 1,
+  chunk_size: int | None = None,
+  apply_kwargs: Mapping[str, Any] | None = None,
+  loss: str = _scoring.SOFTMAX,
+  memory_budget_bytes: int | None = None,
+) -> tuple[PyTree, np.ndarray]:
   """Per-group diagonal curvature averaged over mini-batches (design.md section 2).
 
   Each batch's result is weighted by its per-group sample count, so the average is the
@@ -141,22 +156,36 @@ def average_group_diag(model: nn.Module, variables: PyTree, batches: Iterable[Ma
   Raises:
     ValueError: if a group received no sample at all (its curvature would be meaningless).
   """
+
   # Folded in batch by batch (_scoring.accumulate, count-weighted): one [G, params] result alive
   # at a time beside the running sum.
   def step(i, batch):
     key = None if rng is None else jax.random.fold_in(rng, i)
     return curvature.per_group_diag(
-        model, variables, jnp.asarray(batch["image"]), jnp.asarray(batch["label"], jnp.int32),
-        jnp.asarray(_scoring.unknown_padding(batch), jnp.int32), num_groups=num_groups,
-        method=method, rng=key, num_samples=num_samples, chunk_size=chunk_size,
-        apply_kwargs=apply_kwargs, return_counts=True, loss=loss,
-        memory_budget_bytes=memory_budget_bytes)
+      model,
+      variables,
+      jnp.asarray(batch["image"]),
+      jnp.asarray(batch["label"], jnp.int32),
+      jnp.asarray(_scoring.unknown_padding(batch), jnp.int32),
+      num_groups=num_groups,
+      method=method,
+      rng=key,
+      num_samples=num_samples,
+      chunk_size=chunk_size,
+      apply_kwargs=apply_kwargs,
+      return_counts=True,
+      loss=loss,
+      memory_budget_bytes=memory_budget_bytes,
+    )
 
-  diag, counts = _scoring.accumulate(step, batches, caller="average_group_diag", weighted=True,
-                                     mean=True)
+  diag, counts = _scoring.accumulate(
+    step, batches, caller="average_group_diag", weighted=True, mean=True
+  )
   total = np.sum(np.stack([parallel.to_host(c) for c in counts]), axis=0)
   empty = [g for g in range(num_groups) if total[g] == 0]
   if empty:
-    raise ValueError(f"group(s) {empty} had no samples in the scoring batches; FairPrune needs "
-                     "every group (check the sensitive attribute and the split)")
+    raise ValueError(
+      f"group(s) {empty} had no samples in the scoring batches; FairPrune needs "
+      "every group (check the sensitive attribute and the split)"
+    )
   return diag, total

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fairjax import masks, models, schedules, slimming, snnl
-from fairjax.models import pretrained
 from fairjax.config import ConfigError, fail
+from fairjax.models import pretrained
 from fairjax.pruning.api import PruneMethod, RunContext, prunable, target_end, variables_of
 
 PyTree = Any
@@ -47,12 +47,17 @@ def snnl_layers(config, params: PyTree) -> tuple[tuple[str, ...], dict[str, str 
   """
   names = tuple(config.prune.snnl.layers)
   if not names:
-    convs = [(int(m.group(1)), key) for key in params
-             if (m := _CONV_NAME.match(str(key))) and isinstance(params[key], Mapping)]
+    convs = [
+      (int(m.group(1)), key)
+      for key in params
+      if (m := _CONV_NAME.match(str(key))) and isinstance(params[key], Mapping)
+    ]
     if not convs:
-      raise ConfigError(f"config.prune.snnl.layers=(): the model {config.model.name!r} has no "
-                        "top-level conv{i} layer to default to; name the conv layers to prune "
-                        "(fix it with --config.prune.snnl.layers=...)")
+      raise ConfigError(
+        f"config.prune.snnl.layers=(): the model {config.model.name!r} has no "
+        "top-level conv{i} layer to default to; name the conv layers to prune "
+        "(fix it with --config.prune.snnl.layers=...)"
+      )
     names = (max(convs)[1],)
   is_prunable = prunable(config.prune.exclude_layers)
   norms: dict[str, str | None] = {}
@@ -63,16 +68,20 @@ def snnl_layers(config, params: PyTree) -> tuple[tuple[str, ...], dict[str, str 
       node = node.get(part) if isinstance(node, Mapping) else None
     kernel = node.get("kernel") if isinstance(node, Mapping) else None
     if kernel is None or np.ndim(kernel) != 4:
-      raise ConfigError(f"config.prune.snnl.layers={tuple(config.prune.snnl.layers)!r}: {name!r} "
-                        f"is not a 2-D conv layer of {config.model.name!r} (fix it with "
-                        "--config.prune.snnl.layers=...)")
+      raise ConfigError(
+        f"config.prune.snnl.layers={tuple(config.prune.snnl.layers)!r}: {name!r} "
+        f"is not a 2-D conv layer of {config.model.name!r} (fix it with "
+        "--config.prune.snnl.layers=...)"
+      )
     if not is_prunable(parts + ("kernel",), kernel):
-      raise ConfigError(f"config.prune.snnl.layers: {name!r} is excluded from pruning by "
-                        f"config.prune.exclude_layers={tuple(config.prune.exclude_layers)!r}")
+      raise ConfigError(
+        f"config.prune.snnl.layers: {name!r} is excluded from pruning by "
+        f"config.prune.exclude_layers={tuple(config.prune.exclude_layers)!r}"
+      )
     m = _CONV_NAME.match(parts[-1])
     bn = "/".join(parts[:-1] + (f"bn{m.group(1)}",)) if m else None
     bn_node = params
-    for part in (bn.split("/") if bn else ()):
+    for part in bn.split("/") if bn else ():
       bn_node = bn_node.get(part) if isinstance(bn_node, Mapping) else None
     norms[name] = bn if bn and isinstance(bn_node, Mapping) and "scale" in bn_node else None
   return names, norms
@@ -85,8 +94,7 @@ def _param_shapes(config, num_classes: int) -> PyTree:
     kwargs = {**pretrained.model_fields(config.model.name), **kwargs}
   model = models.get_model(config.model.name, num_classes=num_classes, **kwargs)
   shape = (1,) + (config.data.image_size,) * 2 + (3,)
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape),
-                                                train=False))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
   return variables["params"]
 
 
@@ -100,15 +108,18 @@ def snnl_plan(amount: float, kept: Mapping[str, int], scope: str) -> dict[str, i
   return min(schedules.count_of(amount, total), total - len(kept))
 
 
-def snnl_target_plan(ratio: float, kept: Mapping[str, int], totals: Mapping[str, int],
-                     scope: str) -> dict[str, int] | int:
+def snnl_target_plan(
+  ratio: float, kept: Mapping[str, int], totals: Mapping[str, int], scope: str
+) -> dict[str, int] | int:
   """Channels to prune now so that ``round_half_up(ratio * K)`` channels are pruned in total
   (per layer of ``K`` channels, or over all chosen layers for ``"global"``), never below one
   kept channel per layer (``prune.target_sparsity`` mode of ``snnl_channels``)."""
   count = schedules.round_half_up
   if scope == "layer":
-    return {name: max(0, min(count(ratio * totals[name]), totals[name] - 1)
-                      - (totals[name] - k)) for name, k in kept.items()}
+    return {
+      name: max(0, min(count(ratio * totals[name]), totals[name] - 1) - (totals[name] - k))
+      for name, k in kept.items()
+    }
   total = sum(totals.values())
   want = min(count(ratio * total), total - len(totals))
   return max(0, want - (total - sum(kept.values())))
@@ -125,15 +136,22 @@ def kernel_channels(params: PyTree, layer: str) -> int:
 def channel_counts(kept: Mapping[str, int], totals: Mapping[str, int]) -> dict[str, Any]:
   """Step-record keys of ``snnl_channels``: ``channels_kept`` and ``channels_removed``, each
   ``{layer: int}`` (removed = the layer's output channels minus the kept ones)."""
-  return {"channels_kept": dict(kept),
-          "channels_removed": {name: int(totals[name]) - int(k) for name, k in kept.items()}}
+  return {
+    "channels_kept": dict(kept),
+    "channels_removed": {name: int(totals[name]) - int(k) for name, k in kept.items()},
+  }
 
 
 def channel_keep(mask: masks.Mask | None, params: PyTree, layers) -> dict[str, np.ndarray]:
   """``{layer: bool[K]}``: the kept output channels of each layer (all of them without mask)."""
-  return {name: (np.ones(kernel_channels(params, name), bool) if mask is None else
-                 np.asarray(masks.channel_keep_from_mask(mask, name)))
-          for name in layers}
+  return {
+    name: (
+      np.ones(kernel_channels(params, name), bool)
+      if mask is None
+      else np.asarray(masks.channel_keep_from_mask(mask, name))
+    )
+    for name in layers
+  }
 
 
 def slimming_summary(config, model, final: Any) -> dict[str, Any] | None:
@@ -141,11 +159,14 @@ def slimming_summary(config, model, final: Any) -> dict[str, Any] | None:
   (``prune.speedup_batch_size`` / ``speedup_repeats``)."""
   layers, _ = snnl_layers(config, final.params)
   p = config.prune
-  return slimming.summary(model, variables_of(final), channel_keep(final.mask, final.params,
-                                                                  layers),
-                          image_size=config.data.image_size,
-                          speedup_batch_size=p.speedup_batch_size,
-                          speedup_repeats=p.speedup_repeats)
+  return slimming.summary(
+    model,
+    variables_of(final),
+    channel_keep(final.mask, final.params, layers),
+    image_size=config.data.image_size,
+    speedup_batch_size=p.speedup_batch_size,
+    speedup_repeats=p.speedup_repeats,
+  )
 
 
 class SNNLChannels(PruneMethod):
@@ -159,8 +180,11 @@ class SNNLChannels(PruneMethod):
     p = config.prune
     layers = p.snnl.layers
     if isinstance(layers, str) or not all(isinstance(x, str) and x for x in layers):
-      fail("prune.snnl.layers", layers,
-           "must be a tuple of conv module paths such as ('conv7',), or () for the last conv")
+      fail(
+        "prune.snnl.layers",
+        layers,
+        "must be a tuple of conv module paths such as ('conv7',), or () for the last conv",
+      )
     if len(set(layers)) != len(layers):
       fail("prune.snnl.layers", tuple(layers), "must not name a layer twice")
     if not isinstance(p.snnl.temperature, (int, float)) or not p.snnl.temperature > 0:
@@ -168,17 +192,27 @@ class SNNLChannels(PruneMethod):
     if not isinstance(p.snnl.include_self, bool):
       fail("prune.snnl.include_self", p.snnl.include_self, "must be True or False")
     amount = p.snnl.channels_per_step
-    if (isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0
-        or (amount >= 1 and float(amount) != int(amount))):
-      fail("prune.snnl.channels_per_step", amount,
-           "must be a fraction in (0, 1) of the kept channels or an integer count >= 1")
+    if (
+      isinstance(amount, bool)
+      or not isinstance(amount, (int, float))
+      or not amount > 0
+      or (amount >= 1 and float(amount) != int(amount))
+    ):
+      fail(
+        "prune.snnl.channels_per_step",
+        amount,
+        "must be a fraction in (0, 1) of the kept channels or an integer count >= 1",
+      )
     if p.snnl.scope not in ("layer", "global"):
       fail("prune.snnl.scope", p.snnl.scope, "must be 'layer' or 'global'")
     if not isinstance(p.speedup_batch_size, int) or p.speedup_batch_size < 1:
       fail("prune.speedup_batch_size", p.speedup_batch_size, "must be an integer >= 1")
     if not isinstance(p.speedup_repeats, int) or p.speedup_repeats < 0:
-      fail("prune.speedup_repeats", p.speedup_repeats,
-           "must be an integer >= 0 (0 = do not time the slimmed network)")
+      fail(
+        "prune.speedup_repeats",
+        p.speedup_repeats,
+        "must be an integer >= 0 (0 = do not time the slimmed network)",
+      )
     if data is not None:  # the layers against the model, before the dense model is trained
       snnl_layers(config, _param_shapes(config, data.num_classes))
 
@@ -189,8 +223,9 @@ class SNNLChannels(PruneMethod):
     layers, norms = self._layers(ctx, params)
     for name in layers:
       k = kernel_channels(params, name)
-      mask = masks.channel_mask(params, mask, name, jnp.ones((k,), jnp.bool_),
-                                norm_layer=norms[name])
+      mask = masks.channel_mask(
+        params, mask, name, jnp.ones((k,), jnp.bool_), norm_layer=norms[name]
+      )
     return mask
 
   def next_mask(self, ctx: RunContext, state: Any, step: int) -> masks.Mask:
@@ -198,28 +233,40 @@ class SNNLChannels(PruneMethod):
     layers, norms = self._layers(ctx, state.params)
     totals = {name: kernel_channels(state.params, name) for name in layers}
     scores = snnl.score_channels(
-        ctx.model, variables_of(state), ctx.scoring_batches(step), layers,
-        temperature=float(p.snnl.temperature), include_self=bool(p.snnl.include_self),
-        apply_kwargs={"train": False})
-    pruned = {name: ~keep for name, keep in channel_keep(state.mask, state.params,
-                                                          layers).items()}
+      ctx.model,
+      variables_of(state),
+      ctx.scoring_batches(step),
+      layers,
+      temperature=float(p.snnl.temperature),
+      include_self=bool(p.snnl.include_self),
+      apply_kwargs={"train": False},
+    )
+    pruned = {name: ~keep for name, keep in channel_keep(state.mask, state.params, layers).items()}
     kept = {name: int((~pruned[name]).sum()) for name in layers}
     if p.target_sparsity is not None:
-      plan = snnl_target_plan(schedules.target_ratio(step, p.target_sparsity, p.max_steps), kept,
-                              totals, p.snnl.scope)
+      plan = snnl_target_plan(
+        schedules.target_ratio(step, p.target_sparsity, p.max_steps), kept, totals, p.snnl.scope
+      )
     else:
       plan = snnl_plan(float(p.snnl.channels_per_step), kept, p.snnl.scope)
     if p.snnl.scope == "layer":
       keeps = {}
       for name in layers:
-        keeps.update(snnl.select_channels({name: scores[name]}, amount=plan[name], scope="layer",
-                                          already_pruned={name: pruned[name]}))
+        keeps.update(
+          snnl.select_channels(
+            {name: scores[name]},
+            amount=plan[name],
+            scope="layer",
+            already_pruned={name: pruned[name]},
+          )
+        )
     else:
       keeps = snnl.select_channels(scores, amount=plan, scope="global", already_pruned=pruned)
     mask = state.mask
     for name in layers:
-      mask = masks.channel_mask(state.params, mask, name, jnp.asarray(keeps[name]),
-                                norm_layer=norms[name])
+      mask = masks.channel_mask(
+        state.params, mask, name, jnp.asarray(keeps[name]), norm_layer=norms[name]
+      )
     return mask
 
   def schedule_end(self, ctx: RunContext, state: Any, step: int) -> str | None:
@@ -228,19 +275,24 @@ class SNNLChannels(PruneMethod):
       return target_end(ctx.config, step)
     # Nothing left: the next step's plan (from the mask this step left) prunes no channel.
     layers, _ = self._layers(ctx, state.params)
-    kept = {name: int(k.sum()) for name, k in channel_keep(state.mask, state.params,
-                                                           layers).items()}
+    kept = {
+      name: int(k.sum()) for name, k in channel_keep(state.mask, state.params, layers).items()
+    }
     nxt = snnl_plan(float(p.snnl.channels_per_step), kept, p.snnl.scope)
     if (sum(nxt.values()) if isinstance(nxt, dict) else nxt) == 0:
-      return ("no SNNL channel left to prune (every layer keeps at least one channel, or "
-              "prune.snnl.channels_per_step rounds to 0)")
+      return (
+        "no SNNL channel left to prune (every layer keeps at least one channel, or "
+        "prune.snnl.channels_per_step rounds to 0)"
+      )
     return None
 
   def step_info(self, ctx: RunContext, state: Any) -> dict[str, Any]:
     layers, _ = self._layers(ctx, state.params)
     keep = channel_keep(state.mask, state.params, layers)
-    return channel_counts({name: int(k.sum()) for name, k in keep.items()},
-                          {name: int(k.size) for name, k in keep.items()})
+    return channel_counts(
+      {name: int(k.sum()) for name, k in keep.items()},
+      {name: int(k.size) for name, k in keep.items()},
+    )
 
   def report(self, ctx: RunContext, final: Any) -> dict[str, Any]:
     return {"slimming": slimming_summary(ctx.config, ctx.model, final)}
