@@ -145,9 +145,9 @@ def create_train_state(
       "(make_optimizer does this)."
     )
   params_rng, dropout_rng = jax.random.split(rng)
-  variables = model.init(
-    {"params": params_rng, "dropout": dropout_rng}, jnp.zeros(shape, jnp.float32), train=False
-  )
+  # Compiled: op by op, a deep model's initialisers compile one small program each (seconds).
+  init = jax.jit(lambda rngs, x: model.init(rngs, x, train=False))
+  variables = init({"params": params_rng, "dropout": dropout_rng}, jnp.zeros(shape, jnp.float32))
   params = variables["params"]
   if mask is not None:
     params = masks.apply_mask(params, mask)
@@ -155,7 +155,7 @@ def create_train_state(
     step=jnp.zeros((), jnp.int32),
     params=params,
     batch_stats=variables.get("batch_stats", {}),
-    opt_state=tx.init(params),
+    opt_state=jax.jit(tx.init)(params),
     mask=mask,
     apply_fn=ModuleApply(model),
     tx=tx,
