@@ -60,3 +60,28 @@ def _no_module_leaves_float64_on(request):
   assert not _x64_on(), (
     f"{request.module.__name__} left jax_enable_x64 switched on; use the float64 fixture"
   )
+
+
+# The longest test files, longest first (durations of a full run, `--durations=0`). With
+# `-n 2 --dist loadfile` a file is handed to whichever worker is free, in collection order; a
+# long file collected last leaves the other worker idle at the end, so these go first.
+_LONGEST_FILES = (
+  "test_face_protocols.py",
+  "test_parallel.py",
+  "test_curvature.py",
+  "test_curvature_grouped.py",
+  "test_protocols.py",
+  "test_pretrained.py",
+  "test_docs.py",
+  "test_methods_cli.py",
+  "test_models.py",
+  "test_main.py",
+  "test_notebook.py",
+  "test_snnl_cli.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+  rank = {name: i for i, name in enumerate(_LONGEST_FILES)}
+  # A stable sort: within a file, and among the other files, the order is unchanged.
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
