@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fairjax import curvature
+from tests.test_curvature import _brute_force_ggn as curvature_reference
 
 pytestmark = pytest.mark.usefixtures("float64")  # scoped float64 (tests/conftest.py)
 
@@ -90,20 +91,10 @@ def _flat(tree):
   )
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def _brute_force_ggn(model, v, x, g):
-  """diag(J^T H J) per sample from an explicit Jacobian, averaged per group: ``[G, P]``."""
-  flat, unravel = jax.flatten_util.ravel_pytree(v["params"])
-
-  def logits(theta, xi):
-    return model.apply({**v, "params": unravel(theta)}, xi[None])[0]
-
-  jac = jax.vmap(jax.jacobian(logits), in_axes=(None, 0))(flat, x)  # [N, C, P]
-  p = jax.nn.softmax(jax.vmap(logits, in_axes=(None, 0))(flat, x))
-  hess = jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]
-  per_sample = jnp.einsum("nci,ncd,ndi->ni", jac, hess, jac)
-  onehot = jax.nn.one_hot(g, NUM_GROUPS, dtype=per_sample.dtype)
-  return (onehot / jnp.maximum(onehot.sum(0), 1)).T @ per_sample
+  """diag(J^T H J) per sample from an explicit Jacobian, averaged per group: ``[G, P]``
+  (tests/test_curvature.py's reference; labels do not enter the GGN)."""
+  return curvature_reference(model, v, x, None, g, NUM_GROUPS)
 
 
 def _diag(name, monkeypatch=None, families=None, **kwargs):
