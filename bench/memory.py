@@ -230,7 +230,7 @@ def worker(args) -> dict[str, Any]:
       num_groups=args.num_groups,
       method="exact",
       apply_kwargs=kw,
-      memory_budget_bytes=budget or None,
+      memory_budget_bytes=budget,  # 0 = no budget (None would be the library's default)
     )
     t0 = time.perf_counter()
     if budget:
@@ -452,7 +452,9 @@ def _table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--model", default="resnet18", choices=("resnet18", "vgg11", "small_cnn"))
+  p.add_argument(
+    "--model", default="resnet18", choices=("resnet18", "vgg11", "small_cnn", "vit_ti16")
+  )
   p.add_argument(
     "--chunk-sizes",
     default="1,2,4,8,16,32,64",

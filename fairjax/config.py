@@ -156,10 +156,11 @@ def base_config() -> ml_collections.ConfigDict:
   # memory grows about linearly with it (README, "Memory"); exact results do not depend on it
   # (MC / Hutchinson draw per chunk).
   c.prune.curvature_chunk_size = 0
-  # Memory budget in bytes for one curvature call, 0 = off: per_group_diag picks the chunk size
-  # from XLA's compiled memory plan so the pass stays under it (design.md section 1.12); with
+  # Memory budget in bytes for one curvature call (2 GiB, per_group_diag's default), 0 = off:
+  # when the scoring batch's compiled plan exceeds it, per_group_diag picks the chunk size from
+  # XLA's memory plans so the pass stays under it (design.md section 1.12); with
   # curvature_chunk_size as well, the smaller chunk wins. Exact results do not depend on it.
-  c.prune.curvature_memory_budget_bytes = 0
+  c.prune.curvature_memory_budget_bytes = 2 * 1024**3
   c.prune.num_batches = 4  # group-balanced mini-batches the saliency is averaged over
   c.prune.batch_size = 128  # their size (half per group with two groups)
   c.prune.step_fraction = 0.05  # share of the still-kept weights pruned per step

@@ -112,6 +112,11 @@ _MAX_COLUMN_BLOCKS = 16
 # Hutchinson probes per compiled call when called eagerly (unrolled probes compile slowly).
 _PROBES_PER_CALL = 8
 
+# The memory budget of an eager per_group_diag call that names neither a budget nor a chunk
+# size (design.md section 1.12): 2 GiB keeps the exact pass of VGG-11 at 64x64, batch 32, 8
+# classes within what BackPACK's DiagGGNExact uses on that batch (bench/README.md).
+DEFAULT_MEMORY_BUDGET_BYTES = 2 * 1024**3
+
 _UNSUPPORTED_PADDING = ("CIRCULAR", "CAUSAL", "REFLECT")
 
 # False keeps feature-grouped (incl. depthwise) convs on the generic path. Private: it exists so
@@ -1119,17 +1124,21 @@ def per_group_diag(
       ``"sigmoid_binary_cross_entropy"``: the multi-label loss, summed over the ``A`` attributes
       (``A`` exact columns ``sqrt(p_a (1 - p_a)) e_a``; ``mc`` draws ``y~ ~ Bernoulli(p)`` per
       attribute), design.md section 1.10 (static).
-    memory_budget_bytes: bound on the memory of the pass (``None`` or 0: no bound). The chunk
-      size is then picked from XLA's compiled memory plan (``memory_analysis()``: arguments +
-      outputs + temporaries - aliased) of a one-sample chunk, extrapolated linearly and
-      checked on the chosen chunk (:func:`budget_chunk_size`), so that one chunk's plan plus
-      the eager loop's ``G x params`` accumulator fits the budget (design.md section 1.12);
-      with ``chunk_size`` as well, the smaller chunk wins. The choice and its executable are
-      cached per model, shapes and budget; the first call compiles 2-3 programs.
+    memory_budget_bytes: bound on the memory of the pass, in bytes; 0: no bound. ``None`` (the
+      default): :data:`DEFAULT_MEMORY_BUDGET_BYTES` (2 GiB) for an eager call on inputs that
+      sit on one device and without ``chunk_size``; no bound otherwise (under an outer
+      ``jax.jit``, for sharded inputs, or with a ``chunk_size``). The whole batch runs at once
+      when XLA's compiled memory plan of it (``memory_analysis()``: arguments + outputs +
+      temporaries - aliased) fits; else the chunk size is extrapolated from the plans of the
+      batch and of one sample and checked on the chosen chunk (:func:`budget_chunk_size`), so
+      that one chunk's plan plus the eager loop's ``G x params`` accumulator fits the budget
+      (design.md section 1.12); with ``chunk_size`` as well, the smaller chunk wins. The choice
+      and its executable are cached per model, shapes and budget: a batch that fits compiles
+      once, as without a budget; one that does not, 2-4 programs.
       The user's own batch and variables are not counted. Falls back, with a warning, to
       one-sample chunks when even those exceed the budget, and to the whole batch when the
-      backend has no memory plan (``memory_analysis()`` returns None). Only for eager calls:
-      under an outer ``jax.jit`` it raises ValueError. ``exact`` / ``empirical_fisher``
+      backend has no memory plan (``memory_analysis()`` returns None). An explicit budget is
+      only for eager calls: under an outer ``jax.jit`` it raises ValueError. ``exact`` / ``empirical_fisher``
       results do not depend on it.
 
   Returns:
@@ -1155,6 +1164,7 @@ def per_group_diag(
       return_counts=return_counts,
       max_block_elements=max_block_elements,
       loss=loss,
+      memory_budget_bytes=memory_budget_bytes,
     )
     return (bridge.to_nnx(out[0]), out[1]) if return_counts else bridge.to_nnx(out)
   if method not in METHODS:
@@ -1191,6 +1201,11 @@ def per_group_diag(
   n = images.shape[0]
   traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, groups))
   compiled = None
+  if memory_budget_bytes is None:
+    # The default budget: eager calls on one device that chose no chunk themselves.
+    single = len(getattr(getattr(images, "sharding", None), "device_set", ())) <= 1
+    default = chunk_size is None and not traced and single
+    memory_budget_bytes = DEFAULT_MEMORY_BUDGET_BYTES if default else 0
   if memory_budget_bytes:
     if (
       isinstance(memory_budget_bytes, bool)
@@ -1237,6 +1252,7 @@ def per_group_diag(
         return_counts=True,
         max_block_elements=max_block_elements,
         loss=loss,
+        memory_budget_bytes=0,  # the chunk is chosen above
       )
       for b, k in enumerate(blocks)
     ]
@@ -1299,14 +1315,16 @@ def budget_chunk_size(
 
   ``plan(c)`` is XLA's compiled memory plan of one :func:`per_group_diag` call on ``c``
   samples (:func:`_plan_bytes`); with several chunks the eager loop adds one ``G x params``
-  accumulator (the size of the output). The one-sample plan gives a first guess: its
-  temporaries are the per-sample cost, the rest (parameters, output) is fixed. That chunk is
-  compiled and its own plan checked; when over, the per-sample cost is re-estimated from the
-  two plans (secant) and the chunk shrunk, at most 6 times. Chunks are balanced (for the same
-  number of chunks, the smallest size), since the last one is padded. With no plan on the
-  backend the whole batch is returned (with a warning); when even one sample is over the
-  budget, one.
-  Results are cached per model, shapes, static arguments and budget.
+  accumulator (the size of the output). The whole batch is compiled first: when its plan fits,
+  that is the answer and its executable the one to run, so a budget costs a batch that fits
+  nothing. Otherwise the one-sample plan is compiled too, the plan is taken as affine in the
+  chunk size through the two (a fixed part: parameters, output; a per-sample part), and the
+  chunk it predicts is compiled and its own plan checked; when over, the per-sample cost is
+  re-estimated from that plan (secant) and the chunk shrunk, at most 6 times. Chunks are
+  balanced (for the same number of chunks, the smallest size), since the last one is padded.
+  With no plan on the backend the whole batch is returned (with a warning); when even one
+  sample is over the budget, one. Results are cached per model, shapes, static arguments and
+  budget.
 
   Args:
     variables, images, labels, groups, rng: the call's arguments (only shapes and dtypes are
@@ -1346,17 +1364,28 @@ def budget_chunk_size(
     compiled = _per_group_diag.lower(model, *args, chunk_size=None, **kwargs).compile()
     return compiled, _plan_bytes(compiled)
 
-  exe1, plan1 = compile_chunk(1)
-  if plan1 is None:
+  def below_one_sample(plan):
+    warnings.warn(
+      f"per_group_diag: memory_budget_bytes={budget} is below the plan of a "
+      f"one-sample chunk ({plan} bytes); using one-sample chunks",
+      stacklevel=4,
+    )
+
+  exe_n, plan_n = compile_chunk(n)
+  if plan_n is None:
     warnings.warn(
       "per_group_diag: memory_analysis() gives no memory plan on this backend; "
       "memory_budget_bytes is ignored and the whole batch runs at once",
       stacklevel=3,
     )
     result = (n, None)
+  elif plan_n <= budget or n == 1:  # no chunks, no accumulator
+    if plan_n > budget:
+      below_one_sample(plan_n)
+    result = (n, (n, exe_n))
   else:
-    out = int(exe1.memory_analysis().output_size_in_bytes)
-    total = lambda plan, c: plan + (out if c < n else 0)  # + the eager loop's accumulator
+    exe1, plan1 = compile_chunk(1)
+    out = int(exe1.memory_analysis().output_size_in_bytes)  # the eager loop's accumulator
 
     def balanced(c):
       # Same number of chunks, as equal as possible: the padded last chunk wastes least.
@@ -1364,25 +1393,19 @@ def budget_chunk_size(
 
     def guess(slope):
       fixed = plan1 - slope
-      if (budget - fixed) // slope >= n:
-        return n
       return balanced(int(max(1, min(n - 1, (budget - fixed - out) // slope))))
 
-    chunk, last = guess(max(int(exe1.memory_analysis().temp_size_in_bytes), 1)), (1, exe1)
+    chunk, last = guess(max((plan_n - plan1) // (n - 1), 1)), (1, exe1)
     for _ in range(6):
       if chunk == 1:
         break
       exe, plan = compile_chunk(chunk)
       last = (chunk, exe)
-      if total(plan, chunk) <= budget:
+      if plan + out <= budget:
         break
       chunk = balanced(min(chunk - 1, guess(max((plan - plan1) // (chunk - 1), 1))))
-    if chunk == 1 and total(plan1, 1) > budget:
-      warnings.warn(
-        f"per_group_diag: memory_budget_bytes={budget} is below the plan of a "
-        f"one-sample chunk ({total(plan1, 1)} bytes); using one-sample chunks",
-        stacklevel=3,
-      )
+    if chunk == 1 and plan1 + out > budget:
+      below_one_sample(plan1 + out)
     result = (chunk, last if last[0] == chunk else (1, exe1) if chunk == 1 else None)
   if len(_BUDGET_CACHE) >= _BUDGET_CACHE_SIZE:
     _BUDGET_CACHE.pop(next(iter(_BUDGET_CACHE)))

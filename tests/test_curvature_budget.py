@@ -135,6 +135,35 @@ def test_scorers_pass_the_budget_on(setup):
     __getattr__ = dict.__getitem__
 
   prune = Config(curvature_memory_budget_bytes=0)
-  assert builtin.memory_budget(Config(prune=prune)) is None
+  assert builtin.memory_budget(Config(prune=prune)) == 0  # off
   prune["curvature_memory_budget_bytes"] = budget
   assert builtin.memory_budget(Config(prune=prune)) == budget
+  # The config's default is per_group_diag's own default (None), as is a config without the key.
+  from fairjax import config as config_lib
+
+  default = config_lib.base_config().prune.curvature_memory_budget_bytes
+  assert default == curvature.DEFAULT_MEMORY_BUDGET_BYTES
+  prune["curvature_memory_budget_bytes"] = default
+  assert builtin.memory_budget(Config(prune=prune)) is None
+  assert builtin.memory_budget(Config(prune=Config())) is None
+
+
+def test_default_budget_applies_to_eager_calls_without_a_chunk_size(setup, monkeypatch):
+  """``memory_budget_bytes=None`` is DEFAULT_MEMORY_BUDGET_BYTES for an eager call on one
+  device without chunk_size, and no budget under an outer jit or with a chunk_size."""
+  model, v, x, y, g = setup
+  whole = _flat(curvature.per_group_diag(model, v, x, y, g, num_groups=2, memory_budget_bytes=0))
+  budget = int(0.4 * curvature._plan_bytes(_chunk(setup, 1 << 40)[1][1]))
+  monkeypatch.setattr(curvature, "DEFAULT_MEMORY_BUDGET_BYTES", budget)
+  seen = []
+  real = curvature.budget_chunk_size
+  monkeypatch.setattr(curvature, "budget_chunk_size", lambda *a: seen.append(a[5]) or real(*a))
+  got = _flat(curvature.per_group_diag(model, v, x, y, g, num_groups=2))
+  assert seen == [budget] and real(v, x, y, g, None, budget, KWARGS, model)[0] < N
+  np.testing.assert_allclose(got, whole, rtol=1e-12, atol=1e-15)
+  # A chunk size of the caller's own, or an outer jit: the default stays out of the way.
+  got = _flat(curvature.per_group_diag(model, v, x, y, g, num_groups=2, chunk_size=4))
+  np.testing.assert_allclose(got, whole, rtol=1e-12, atol=1e-15)
+  got = jax.jit(lambda xx: curvature.per_group_diag(model, v, xx, y, g, num_groups=2))(x)
+  np.testing.assert_allclose(_flat(got), whole, rtol=1e-12, atol=1e-15)
+  assert seen == [budget]

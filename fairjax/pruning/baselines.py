@@ -144,6 +144,7 @@ def obd_scores(
         apply_kwargs=apply_kwargs,
         chunk_size=chunk_size,
         loss=loss,
+        memory_budget_bytes=memory_budget_bytes,
       )
     )
   params = masks.apply_mask(variables["params"], mask)

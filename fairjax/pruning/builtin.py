@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from fairjax import schedules, train
+from fairjax import curvature, schedules, train
 from fairjax.config import fail
 from fairjax.pruning import baselines, fairgrape, fairprune
 from fairjax.pruning.api import PruneMethod, RunContext, target_end, variables_of
@@ -31,9 +31,11 @@ def chunk_size(config) -> int | None:
 
 
 def memory_budget(config) -> int | None:
-  """``prune.curvature_memory_budget_bytes`` as ``per_group_diag``'s ``memory_budget_bytes``
-  (0 -> None)."""
-  return config.prune.get("curvature_memory_budget_bytes", 0) or None
+  """``prune.curvature_memory_budget_bytes`` as ``per_group_diag``'s ``memory_budget_bytes``:
+  0 = no budget; the default value (or no key) is None, ``per_group_diag``'s own default, which
+  also leaves batches sharded over devices alone (design.md section 1.12)."""
+  budget = config.prune.get("curvature_memory_budget_bytes", curvature.DEFAULT_MEMORY_BUDGET_BYTES)
+  return None if budget == curvature.DEFAULT_MEMORY_BUDGET_BYTES else budget
 
 
 def group_diag(ctx: RunContext, state: Any, step: int) -> PyTree:
