@@ -36,10 +36,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import inspect
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import flax
 import flax.linen as nn
@@ -380,3 +381,38 @@ def to_linen(
   if skip:
     linen_variables = _build(model, fast_paths, skip)[1]
   return NNXAsLinen(final), linen_variables, final
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def accepts_nnx(scorer: _F) -> _F:
+  """Lets a Linen scorer take an ``nnx.Module`` too (design.md section 1.11).
+
+  ``scorer(model, variables, images, ..., [mask], ..., [apply_kwargs=...])`` is written for a
+  Linen module; the decorated function, given an ``nnx.Module`` (and ``variables=None``), calls
+  it on :func:`to_linen`'s view with every other argument unchanged, a ``mask`` argument in
+  the layout of :func:`param_dict` converted to the view's layout, and maps the result (a
+  params-shaped pytree) back to that layout. A Linen module goes straight through. Forwarding
+  the whole bound signature means no keyword argument can be dropped on the NNX route.
+  """
+  signature = inspect.signature(scorer)
+
+  @functools.wraps(scorer)
+  def wrapper(*args: Any, **kwargs: Any) -> Any:
+    bound = signature.bind(*args, **kwargs)
+    arguments = bound.arguments
+    if not is_nnx(arguments["model"]):
+      return scorer(*args, **kwargs)
+    model, variables, bridge = to_linen(
+      arguments["model"],
+      arguments["variables"],
+      arguments["images"],
+      arguments.get("apply_kwargs"),
+    )
+    arguments["model"], arguments["variables"] = model, variables
+    if "mask" in arguments:
+      arguments["mask"] = bridge.to_linen(arguments["mask"])
+    return bridge.to_nnx(scorer(*bound.args, **bound.kwargs))
+
+  return wrapper  # type: ignore[return-value]

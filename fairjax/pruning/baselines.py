@@ -59,6 +59,7 @@ def _snip(model, variables, images, labels, mask, *, apply_kwargs, loss=_scoring
   return _only_prunable(jax.tree.map(lambda w, g: jnp.abs(w * g), params, grads), mask)
 
 
+@nnx_adapter.accepts_nnx
 def snip_scores(
   model: nn.Module,
   variables: PyTree,
@@ -81,19 +82,6 @@ def snip_scores(
   ``fairjax.nnx_adapter.param_dict(model)``) gets scores in that layout (design.md
   section 1.11).
   """
-  if nnx_adapter.is_nnx(model):
-    model, variables, bridge = nnx_adapter.to_linen(model, variables, images, apply_kwargs)
-    return bridge.to_nnx(
-      snip_scores(
-        model,
-        variables,
-        images,
-        labels,
-        bridge.to_linen(mask),
-        apply_kwargs=apply_kwargs,
-        loss=loss,
-      )
-    )
   return _snip(
     model,
     variables,
@@ -105,6 +93,7 @@ def snip_scores(
   )
 
 
+@nnx_adapter.accepts_nnx
 def obd_scores(
   model: nn.Module,
   variables: PyTree,
@@ -132,21 +121,6 @@ def obd_scores(
   section 1.10). An ``nnx.Module`` is scored as in :func:`snip_scores` (design.md
   section 1.11).
   """
-  if nnx_adapter.is_nnx(model):
-    model, variables, bridge = nnx_adapter.to_linen(model, variables, images, apply_kwargs)
-    return bridge.to_nnx(
-      obd_scores(
-        model,
-        variables,
-        images,
-        labels,
-        bridge.to_linen(mask),
-        apply_kwargs=apply_kwargs,
-        chunk_size=chunk_size,
-        loss=loss,
-        memory_budget_bytes=memory_budget_bytes,
-      )
-    )
   params = masks.apply_mask(variables["params"], mask)
   labels = jnp.asarray(labels, jnp.int32)
   diag = curvature.per_group_diag(

@@ -90,6 +90,7 @@ def _group_importance(
   return jax.tree.map(lambda w, *gs: jnp.stack([(w * g) ** 2 for g in gs]), params, *grads)
 
 
+@nnx_adapter.accepts_nnx
 def group_importance(
   model: nn.Module,
   variables: PyTree,
@@ -128,21 +129,6 @@ def group_importance(
   """
   if num_groups < 1:
     raise ValueError(f"num_groups must be >= 1, got {num_groups}")
-  if nnx_adapter.is_nnx(model):  # design.md section 1.11
-    model, variables, bridge = nnx_adapter.to_linen(model, variables, images, apply_kwargs)
-    return bridge.to_nnx(
-      group_importance(
-        model,
-        variables,
-        images,
-        labels,
-        groups,
-        bridge.to_linen(mask),
-        num_groups=num_groups,
-        apply_kwargs=apply_kwargs,
-        loss=loss,
-      )
-    )
   return _group_importance(
     model,
     variables,
