@@ -84,8 +84,10 @@ def fit_epochs(
 def load_pretrained(
   config, state: train.TrainState, data: DatasetSplits, workdir: str
 ) -> train.TrainState:
-  """``state`` with the weights of ``model.pretrained`` (fresh optimizer state). Records which
-  leaves were loaded and which initialised in the log and in ``<workdir>/pretrained.json``."""
+  """``state`` with the weights of ``model.pretrained`` (fresh optimizer state; only the shapes
+  and dtypes of ``state``'s variables are read, so they may be ``jax.ShapeDtypeStruct``s, and its
+  ``step`` is kept). Records which leaves were loaded and which initialised in the log and in
+  ``<workdir>/pretrained.json``."""
   m = config.model
   loaded = pretrained.load(
     m.name,
@@ -144,17 +146,24 @@ def train_dense(config, model, data: DatasetSplits, workdir: str) -> train.Train
   steps_per_epoch = max(1, n_train // t.batch_size)
   tx = train_tx(config, steps_per_epoch, t.epochs)
   init_key = jax.random.key(config.seed, impl="rbg")  # rbg: much faster init compile on CPU
-  state = train.create_train_state(model, init_key, (config.data.image_size,) * 2 + (3,), tx)
+  image_shape = (config.data.image_size,) * 2 + (3,)
   store = checkpoint.CheckpointStore(
     checkpoint.store_directory(workdir, checkpoint.DENSE_STORE), max_to_keep=2
   )
   latest = store.latest_step()
   if config.model.pretrained and latest is None:  # a resumed run restores its own weights
+    # load_pretrained replaces every variable (the file's, or the loader's own head init) and
+    # the optimizer state, so the model's initialiser would only be thrown away: its shapes
+    # are enough (no op-by-op init to run), and the step counter.
+    state = jax.eval_shape(lambda: train.create_train_state(model, init_key, image_shape, tx))
+    state = state.replace(step=jnp.zeros((), jnp.int32))
     try:
       state = load_pretrained(config, state, data, workdir)
     except BaseException:
       store.close()  # a bad weights file ends the run; leave no orbax work behind
       raise
+  else:
+    state = train.create_train_state(model, init_key, image_shape, tx)
   state = data_parallel(config).replicate(state)  # identity on one device
   like = {**state_items(state), "best_params": state.params, "best_batch_stats": state.batch_stats}
   best_score, bad_epochs, start = -math.inf, 0, 0
