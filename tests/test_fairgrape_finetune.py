@@ -1,7 +1,9 @@
 """FairGRAPE's final full fine-tune (design.md section 4) through the CLI: recorded in
 results.json, keeps the mask, and a run killed during it resumes to identical results.
 
-Subprocesses (tests/cli_helpers.py; absl flags are global).
+The reference run is in-process (tests/cli_helpers.run_in_process: the CLI's command line
+through ``fairjax.main.run_command``); the killed-and-resumed run is a real ``python -m
+fairjax.main`` subprocess, whose results must equal the reference's.
 """
 
 import numpy as np
@@ -14,7 +16,7 @@ from tests.cli_helpers import (
   latest_step,
   load_json,
   restore_step,
-  run_cli_ok,
+  run_in_process_ok,
 )
 
 # Two iterations (r = 0.1, 0.15; see test_methods_cli), then two fine-tune epochs. With
@@ -33,7 +35,7 @@ GRAPE = [
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("grape"))
-  return workdir, run_cli_ok(workdir, *TINY, *GRAPE)
+  return workdir, run_in_process_ok(workdir, *TINY, *GRAPE)
 
 
 def _leaves(tree):
