@@ -168,11 +168,17 @@ def kill_when(proc: subprocess.Popen, path: str, timeout: float = 300) -> None:
 
 
 def kill_then_resume(
-  workdir: str, markers: Sequence[str], *overrides: str, config: str = DEMO, timeout: float = 600
+  workdir: str,
+  markers: Sequence[str],
+  *overrides: str,
+  config: str = DEMO,
+  timeout: float = 600,
+  resume_in_process: bool = False,
 ) -> subprocess.CompletedProcess:
   """Starts the run once per marker and SIGKILLs it when ``workdir/marker`` appears (a
   checkpoint), checking that no results.json was written; then reruns the same command to its
-  end (exit code 0) and returns that last, resumed run."""
+  end (exit code 0) and returns that last, resumed run: a subprocess too, or with
+  ``resume_in_process`` :func:`run_in_process` (test_main keeps the all-subprocess contract)."""
   for marker in markers:
     proc = subprocess.Popen(
       cli_cmd(workdir, *overrides, config=config),
@@ -183,6 +189,8 @@ def kill_then_resume(
     )
     kill_when(proc, os.path.join(workdir, marker))
     assert not os.path.exists(os.path.join(workdir, "results.json")), marker
+  if resume_in_process:
+    return run_in_process_ok(workdir, *overrides, config=config)
   return run_cli_ok(workdir, *overrides, config=config, timeout=timeout)
 
 

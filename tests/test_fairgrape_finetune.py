@@ -2,8 +2,8 @@
 results.json, keeps the mask, and a run killed during it resumes to identical results.
 
 The reference run is in-process (tests/cli_helpers.run_in_process: the CLI's command line
-through ``fairjax.main.run_command``); the killed-and-resumed run is a real ``python -m
-fairjax.main`` subprocess, whose results must equal the reference's.
+through ``fairjax.main.run_command``); the killed run is a real ``python -m fairjax.main``
+subprocess (SIGKILL), resumed in-process, and its results must equal the reference's.
 """
 
 import numpy as np
@@ -89,7 +89,9 @@ def test_final_finetune_is_recorded_and_keeps_the_mask(finished):
 def test_killed_during_final_finetune_resumes_identically(finished, tmp_path):
   reference, _ = finished
   workdir = str(tmp_path / "killed")
-  res = kill_then_resume(workdir, ("checkpoints/finetune/0",), *TINY, *GRAPE)
+  res = kill_then_resume(
+    workdir, ("checkpoints/finetune/0",), *TINY, *GRAPE, resume_in_process=True
+  )
   assert "fairgrape final fine-tune: resuming after epoch 1" in res.stderr  # 1-based in logs
   assert_same_results(
     load_json(reference),

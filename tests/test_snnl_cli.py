@@ -1,8 +1,8 @@
 """``prune.method="snnl_channels"`` through the CLI on the tiny demo config (design.md section 3).
 
 The reference runs are in-process (tests/cli_helpers.run_in_process: the CLI's command line
-through ``fairjax.main.run_command``); the killed-and-resumed run is a real ``python -m
-fairjax.main`` subprocess. Two dense epochs and two pruning steps.
+through ``fairjax.main.run_command``); the killed run is a real ``python -m fairjax.main``
+subprocess (SIGKILL), resumed in-process. Two dense epochs and two pruning steps.
 
 Hand-computed sizes used below (TINY: SmallCNN width 4, hidden 8, 16x16 images; the demo config
 excludes conv0 and fc1 from pruning): conv1/kernel is 3*3*4*8 = 288 weights, 36 per output
@@ -283,7 +283,7 @@ def test_killed_snnl_run_resumes_to_identical_results(snnl_run, tmp_path):
   same masks, params and metrics as the uninterrupted run of ``snnl_run``."""
   reference, _, ref_results = snnl_run
   workdir = str(tmp_path / "killed")
-  res = kill_then_resume(workdir, ("checkpoints/prune/1",), *TINY, *FAST)
+  res = kill_then_resume(workdir, ("checkpoints/prune/1",), *TINY, *FAST, resume_in_process=True)
   assert "snnl_channels: resuming after step 1" in res.stderr
   assert "dense model: restored the finished run" in res.stderr
 
