@@ -1,8 +1,13 @@
 """Shared helpers for the tests that drive ``python -m fairjax.main``.
 
-absl flags are process-global, so every CLI run is its own subprocess (started in the repo root
-with the current interpreter). Each test file keeps its own config overrides (``TINY`` plus its
-method's flags) and passes them explicitly: ``run_cli(workdir, *TINY, *FAST)``.
+Two ways to run the CLI. :func:`run_cli` starts ``python -m fairjax.main`` as a subprocess (in
+the repo root, with the current interpreter): for the CLI's own contract (exit codes, the stderr
+it prints, kill and resume). :func:`run_in_process` runs the same command line through
+``fairjax.main.run_command`` in the test process, with a fresh ``absl.flags.FlagValues`` (absl's
+global flags are never touched), and captures fairjax's log lines: for tests that check what a
+run computes and writes, at no interpreter/JAX start-up cost and reusing the process's compiled
+programs. Each test file keeps its own config overrides (``TINY`` plus its method's flags) and
+passes them explicitly: ``run_cli(workdir, *TINY, *FAST)``.
 
 Bad-config checks do not need a subprocess: :func:`parse_config` applies ``--config.a.b=v``
 overrides through the same ``ml_collections`` config flag the CLI defines, and the tests then call
@@ -90,6 +95,59 @@ def run_cli_ok(
   return res
 
 
+def run_in_process(
+  workdir: str, *overrides: str, config: str = DEMO
+) -> subprocess.CompletedProcess:
+  """The command line of :func:`run_cli`, run in this process by ``fairjax.main.run_command``.
+
+  Returns what :func:`run_cli` returns: ``stderr`` holds the log lines the CLI would print
+  (fairjax's INFO lines, every library's warnings; messages only, without absl's prefix), then,
+  for bad input, the CLI's ``fairjax: error: ...`` lines with ``returncode`` 2. Any other
+  exception propagates with its traceback.
+  """
+  import logging as pylogging
+
+  from absl import flags
+  from absl import logging as absl_logging
+
+  from fairjax import main
+
+  lines: list[str] = []
+
+  class _Lines(pylogging.Handler):
+    def emit(self, record: pylogging.LogRecord) -> None:
+      lines.append(record.getMessage())
+
+  handler = _Lines(pylogging.INFO)
+  handler.addFilter(main._OnlyFairjaxInfo())  # as main() filters the CLI's log: no orbax INFO
+  logger = absl_logging.get_absl_logger()
+  level, propagate = logger.level, logger.propagate
+  logger.setLevel(pylogging.INFO)
+  logger.propagate = False  # the lines go to the result, not to the root logger's handlers
+  logger.addHandler(handler)
+  argv = ["fairjax.main", f"--config={os.path.join(REPO, config)}", f"--workdir={workdir}"]
+  returncode = 0
+  try:
+    main.run_command([*argv, *overrides], flags.FlagValues())
+  except main.CliError as e:
+    lines += [*e.details, e.line]
+    returncode = main.EXIT_BAD_INPUT
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = propagate
+  return subprocess.CompletedProcess(argv, returncode, "", "\n".join(lines) + "\n")
+
+
+def run_in_process_ok(
+  workdir: str, *overrides: str, config: str = DEMO
+) -> subprocess.CompletedProcess:
+  """:func:`run_in_process`, asserting that it ended without a CLI error."""
+  res = run_in_process(workdir, *overrides, config=config)
+  assert res.returncode == 0, res.stderr[-4000:]
+  return res
+
+
 def load_json(workdir: str, name: str = "results.json") -> Any:
   with open(os.path.join(workdir, name)) as f:
     return json.load(f)
@@ -110,11 +168,17 @@ def kill_when(proc: subprocess.Popen, path: str, timeout: float = 300) -> None:
 
 
 def kill_then_resume(
-  workdir: str, markers: Sequence[str], *overrides: str, config: str = DEMO, timeout: float = 600
+  workdir: str,
+  markers: Sequence[str],
+  *overrides: str,
+  config: str = DEMO,
+  timeout: float = 600,
+  resume_in_process: bool = False,
 ) -> subprocess.CompletedProcess:
   """Starts the run once per marker and SIGKILLs it when ``workdir/marker`` appears (a
   checkpoint), checking that no results.json was written; then reruns the same command to its
-  end (exit code 0) and returns that last, resumed run."""
+  end (exit code 0) and returns that last, resumed run: a subprocess too, or with
+  ``resume_in_process`` :func:`run_in_process` (test_main keeps the all-subprocess contract)."""
   for marker in markers:
     proc = subprocess.Popen(
       cli_cmd(workdir, *overrides, config=config),
@@ -125,6 +189,8 @@ def kill_then_resume(
     )
     kill_when(proc, os.path.join(workdir, marker))
     assert not os.path.exists(os.path.join(workdir, "results.json")), marker
+  if resume_in_process:
+    return run_in_process_ok(workdir, *overrides, config=config)
   return run_cli_ok(workdir, *overrides, config=config, timeout=timeout)
 
 

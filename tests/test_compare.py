@@ -1,8 +1,10 @@
 """The comparison (fairjax.compare, configs/compare.py) through the CLI on tiny images.
 
-Subprocesses (tests/cli_helpers.py; absl flags are global). Two cheap methods (magnitude, random;
-fine-tuning switched off, so a run's kept weights must be the dense weights bit for bit) at two
-target sparsities, two pruning steps each.
+The comparison and its resume run in-process (tests/cli_helpers.run_in_process: the CLI's
+command line through ``fairjax.main.run_command``, its log lines captured); the refused rerun
+is a real ``python -m fairjax.main`` subprocess (the CLI's exit code 2). Two cheap methods
+(magnitude, random; fine-tuning switched off, so a run's kept weights must be the dense weights
+bit for bit) at two target sparsities, two pruning steps each.
 """
 
 import csv
@@ -22,7 +24,7 @@ from tests.cli_helpers import (
   parse_config,
   restore_step,
   run_cli,
-  run_cli_ok,
+  run_in_process_ok,
 )
 
 METHODS = ("magnitude", "random")
@@ -45,7 +47,7 @@ COMPARE = "configs/compare.py"
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("compare"))
-  return workdir, run_cli_ok(workdir, *TINY, *CMP, config=COMPARE)
+  return workdir, run_in_process_ok(workdir, *TINY, *CMP, config=COMPARE)
 
 
 def _names():
@@ -173,7 +175,7 @@ def test_resume_recomputes_only_the_missing_run(comparison, tmp_path):
     if n != gone
   }
   time.sleep(0.01)
-  res = run_cli_ok(workdir, *TINY, *CMP, config=COMPARE)
+  res = run_in_process_ok(workdir, *TINY, *CMP, config=COMPARE)
   assert "restored the finished run" in res.stderr  # the dense model is not retrained
   assert res.stderr.count("finished earlier, skipped") == len(names) - 1
   assert f"{gone} (method" in res.stderr

@@ -1,7 +1,9 @@
 """FairGRAPE's final full fine-tune (design.md section 4) through the CLI: recorded in
 results.json, keeps the mask, and a run killed during it resumes to identical results.
 
-Subprocesses (tests/cli_helpers.py; absl flags are global).
+The reference run is in-process (tests/cli_helpers.run_in_process: the CLI's command line
+through ``fairjax.main.run_command``); the killed run is a real ``python -m fairjax.main``
+subprocess (SIGKILL), resumed in-process, and its results must equal the reference's.
 """
 
 import numpy as np
@@ -14,7 +16,7 @@ from tests.cli_helpers import (
   latest_step,
   load_json,
   restore_step,
-  run_cli_ok,
+  run_in_process_ok,
 )
 
 # Two iterations (r = 0.1, 0.15; see test_methods_cli), then two fine-tune epochs. With
@@ -33,7 +35,7 @@ GRAPE = [
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("grape"))
-  return workdir, run_cli_ok(workdir, *TINY, *GRAPE)
+  return workdir, run_in_process_ok(workdir, *TINY, *GRAPE)
 
 
 def _leaves(tree):
@@ -87,7 +89,9 @@ def test_final_finetune_is_recorded_and_keeps_the_mask(finished):
 def test_killed_during_final_finetune_resumes_identically(finished, tmp_path):
   reference, _ = finished
   workdir = str(tmp_path / "killed")
-  res = kill_then_resume(workdir, ("checkpoints/finetune/0",), *TINY, *GRAPE)
+  res = kill_then_resume(
+    workdir, ("checkpoints/finetune/0",), *TINY, *GRAPE, resume_in_process=True
+  )
   assert "fairgrape final fine-tune: resuming after epoch 1" in res.stderr  # 1-based in logs
   assert_same_results(
     load_json(reference),

@@ -1,4 +1,9 @@
-"""The command line end to end on a tiny demo config (subprocesses: absl flags are global).
+"""The command line end to end on a tiny demo config.
+
+The reference run is run in-process (tests/cli_helpers.run_in_process: the same command line
+through ``fairjax.main.run_command``, its log lines captured); the killed-and-resumed run is a
+real ``python -m fairjax.main`` subprocess (SIGKILL), so its results equal to the reference's
+also show the in-process run computes what the CLI computes, and its stderr shows the progress.
 
 Bad config values are checked in-process, through the config flag parsing and the
 ``validate_config`` call that ``fairjax.main`` runs before computing anything; one subprocess
@@ -21,14 +26,15 @@ from tests.cli_helpers import (
   parse_config,
   restore_step,
   run_cli,
-  run_cli_ok,
+  run_in_process,
+  run_in_process_ok,
 )
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  return workdir, run_cli_ok(workdir, *TINY, PLOTS)
+  return workdir, run_in_process_ok(workdir, *TINY, PLOTS)
 
 
 def test_demo_runs_end_to_end(finished_run):
@@ -123,6 +129,7 @@ def test_killed_run_resumes_to_identical_results(finished_run, tmp_path):
   # Kill during dense training (after epoch 0 is saved), then during pruning (after step 1).
   res = kill_then_resume(workdir, ("checkpoints/dense/0", "checkpoints/prune/1"), *TINY)
   assert "resuming after step 1" in res.stderr
+  assert "fairprune step 3" in res.stderr  # the CLI shows progress on stderr
 
   a, b = load_json(reference), load_json(workdir)
   assert_same_results(a, b, ("dense", "pruned", "steps", "summary", "chosen_step", "bootstrap"))
@@ -197,14 +204,15 @@ def test_bad_config_value_cli_contract(tmp_path):
 
 
 def test_missing_dataset_directory_names_the_path(tmp_path):
-  """End to end: an error raised inside the run (the dataset loader), not by validate_config."""
+  """An error raised inside the run (the dataset loader), not by validate_config: in-process
+  through the CLI's code path (test_cli_errors' manual_dir_missing case runs it as a real
+  subprocess too)."""
   missing = tmp_path / "no_such_isic"
-  res = run_cli(
+  res = run_in_process(
     str(tmp_path / "wd"),
     f"--config.data.manual_dir={missing}",
     "--config.model.require_pretrained=False",
     config="configs/isic.py",
-    timeout=300,
   )
   # A multi-line message (the expected files and where to get them), so not assert_cli_error.
   assert res.returncode == 2

@@ -1,7 +1,10 @@
 """Every ``prune.method`` through the CLI on the tiny demo config of test_main (design.md s. 2, 4).
 
-Subprocesses (tests/cli_helpers.py; absl flags are global). Two dense epochs and two pruning steps per
-method keep the file around a minute on 2 CPU cores.
+In-process (tests/cli_helpers.run_in_process: the CLI's command line through
+``fairjax.main.run_command``, its log lines captured), so the five runs share one interpreter
+and its compiled programs; test_main, test_snnl_cli and test_fairgrape_finetune keep real
+``python -m fairjax.main`` subprocesses for the CLI's own side (stderr, exit codes, kill and
+resume). Two dense epochs and two pruning steps per method.
 """
 
 import os
@@ -16,7 +19,7 @@ from tests.cli_helpers import (
   latest_step,
   load_json,
   restore_step,
-  run_cli,
+  run_in_process,
 )
 
 FAST = ["--config.train.epochs=2", "--config.prune.max_steps=2"]
@@ -41,7 +44,7 @@ def runs(tmp_path_factory):
       extra = GRAPE if method == "fairgrape" else []
       cache[method] = (
         workdir,
-        run_cli(workdir, *TINY, *FAST, f"--config.prune.method={method}", *extra, PLOTS),
+        run_in_process(workdir, *TINY, *FAST, f"--config.prune.method={method}", *extra, PLOTS),
       )
     return cache[method]
 
@@ -110,5 +113,5 @@ def test_method_runs_and_reports(method, runs):
 def test_resuming_with_another_method_fails_with_one_line(runs):
   workdir, res = runs("magnitude")
   assert res.returncode == 0, res.stderr[-4000:]
-  other = run_cli(workdir, *TINY, *FAST, "--config.prune.method=random")
+  other = run_in_process(workdir, *TINY, *FAST, "--config.prune.method=random")
   assert_cli_error(other, "'magnitude'")

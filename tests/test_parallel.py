@@ -1,9 +1,11 @@
 """Data parallelism (fairjax.parallel): sharded over 8 host devices == one device.
 
-JAX fixes its device count at start-up, so every check runs in a subprocess started with
-``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the multi-host test starts two
-processes with two devices each). Tiny models and images keep each subprocess to seconds of
-compute; most of the time is JAX start-up and compilation.
+JAX fixes its device count at start-up, so the 8-device checks run in ONE subprocess started with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the ``eight_devices`` fixture: each
+test's check is a section of its script, run and reported on its own, so one failing section
+fails only its test); the multi-host tests start two processes with two devices each. Tiny
+models and images keep each process to seconds of compute; most of the time is JAX start-up and
+compilation, paid once per process.
 """
 
 import json
@@ -16,7 +18,15 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.cli_helpers import REPO, TINY, assert_cli_error, cli_cmd, run_cli
+from tests.cli_helpers import (
+  REPO,
+  TINY,
+  assert_cli_error,
+  cli_cmd,
+  load_json,
+  run_cli,
+  run_in_process,
+)
 
 
 def _env(devices: int) -> dict:
@@ -27,17 +37,22 @@ def _env(devices: int) -> dict:
   return env
 
 
-def _run_code(code: str, devices: int = 8, timeout: int = 300) -> str:
-  res = subprocess.run(
-    [sys.executable, "-c", textwrap.dedent(code)],
-    env=_env(devices),
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-  )
-  assert res.returncode == 0, res.stderr[-4000:]
-  return res.stdout
+# Runs each section of a JSON spec ({"params": globals, "sections": [[name, code], ...]}) in a
+# fresh namespace and records "ok" or its traceback, rewriting the report after every section
+# (so a crash leaves the finished ones).
+_RUNNER = """
+import json, sys, traceback
+spec = json.load(open(sys.argv[1]))
+report = {}
+for name, code in spec["sections"]:
+    try:
+        exec(compile(code, f"<section {name}>", "exec"), {"__name__": name, **spec["params"]})
+        report[name] = "ok"
+    except BaseException:
+        report[name] = traceback.format_exc()
+    with open(sys.argv[2], "w") as f:
+        json.dump(report, f)
+"""
 
 
 # Shared prelude: a tiny BN CNN, batches of 16 (2 per device), a replicated/sharded mesh.
@@ -62,16 +77,8 @@ _PRELUDE = """
 """
 
 
-def test_train_step_on_8_devices_equals_one_device():
-  """Three SGD steps of a BatchNorm CNN, batch 16 split 2 per device, vs the plain jitted step.
-
-  Tolerance rtol 1e-5 / atol 1e-6 (float32): the sharded step sums the gradient and the
-  BatchNorm statistics as 8 partial sums plus an all-reduce instead of one sum, which changes
-  rounding (measured max abs difference 2.6e-7 on these leaves), nothing else.
-  """
-  out = _run_code(
-    _PRELUDE
-    + """
+# Three SGD steps of a BatchNorm CNN, batch 16 split 2 per device, vs the plain jitted step.
+_TRAIN = """
     tx = train.make_optimizer("sgd", 0.1, momentum=0.9)
     s0 = train.create_train_state(model, jax.random.key(0, impl="rbg"), (8, 8, 3), tx)
     key = jax.random.key(1)
@@ -97,18 +104,12 @@ def test_train_step_on_8_devices_equals_one_device():
     # atol 1e-5: the two states differ by float32 rounding after three SGD steps, and on some
     # CPUs that reaches 1.2e-6 on a logit of 0.013 (measured on an AMD EPYC host).
     close(np.asarray(train.jit_eval_step(ref, {"image": x})), logits, 1e-5, 1e-5, "logits")
-    print("TRAIN_OK")
-  """
-  )
-  assert "TRAIN_OK" in out
+"""
 
 
-def test_scoring_passes_sharded_equal_unsharded():
-  """per_group_diag (chunked), SNNL, FairGRAPE importance, SNIP and OBD in float64: the sharded
-  batch gives the host batch's result to 1e-10 (only the summation order differs)."""
-  out = _run_code(
-    _PRELUDE
-    + """
+# float64 scoring passes, sharded vs the host batch. It switches float64 on for the rest of the
+# process, so it is the script's last section.
+_SCORES = """
     import flax.linen as nn
     jax.config.update("jax_enable_x64", True)
 
@@ -165,10 +166,83 @@ def test_scoring_passes_sharded_equal_unsharded():
     # ... or, for a last partial batch, the whole batch on every device.
     part = dp.shard_batch(make_batch(12), "prune.batch_size", uneven="replicate")
     assert part["image"].sharding.is_fully_replicated
-    print("SCORES_OK")
-  """
+"""
+
+
+FAST = ["--config.train.epochs=2", "--config.prune.max_steps=2"]
+
+# The tiny FairPrune demo run on 8 devices, through the CLI's code path in the 8-device process
+# (tests/cli_helpers.run_in_process); test_cli_on_8_devices_and_2_hosts_... compares its files.
+_CLI = """
+    from tests.cli_helpers import TINY, run_in_process
+    res = run_in_process(WORKDIR, *TINY, *FAST, "--config.prune.curvature_chunk_size=8")
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "data parallel: 8 devices" in res.stderr, res.stderr[-4000:]
+"""
+
+# A curvature chunk that does not split over the 8 devices: the CLI's one-line error, before
+# anything is computed.
+_CHUNK_ERROR = """
+    import os
+    from tests.cli_helpers import TINY, assert_cli_error, run_in_process
+    res = run_in_process(CHUNK_WORKDIR, *TINY, *FAST, "--config.prune.curvature_chunk_size=4")
+    assert_cli_error(res, "config.prune.curvature_chunk_size=4", "divisible by the 8")
+    assert not os.path.exists(os.path.join(CHUNK_WORKDIR, "checkpoints"))
+"""
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory):
+  """ONE process with 8 host devices runs every 8-device check (JAX start-up and the shared
+  compiled programs paid once); each test then reads its own section's outcome. The float64
+  section goes last: it switches float64 on for the rest of the process."""
+  tmp = tmp_path_factory.mktemp("eight_devices")
+  params = {"WORKDIR": str(tmp / "d8"), "CHUNK_WORKDIR": str(tmp / "chunk"), "FAST": FAST}
+  prelude = textwrap.dedent(_PRELUDE)
+  sections = [
+    (name, prelude + textwrap.dedent(code))
+    for name, code in (
+      ("train", _TRAIN),
+      ("cli", _CLI),
+      ("chunk_error", _CHUNK_ERROR),
+      ("scores", _SCORES),
+    )
+  ]
+  spec, report = tmp / "sections.json", tmp / "report.json"
+  spec.write_text(json.dumps({"params": params, "sections": sections}))
+  res = subprocess.run(
+    [sys.executable, "-c", _RUNNER, str(spec), str(report)],
+    env=_env(8),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
   )
-  assert "SCORES_OK" in out
+  outcomes = json.loads(report.read_text()) if report.exists() else {}
+  return {"outcomes": outcomes, "stderr": res.stderr, **params}
+
+
+def _assert_section_ok(eight_devices: dict, name: str) -> None:
+  outcome = eight_devices["outcomes"].get(name)
+  if outcome is None:
+    outcome = "the section never ran:\n" + eight_devices["stderr"][-4000:]
+  assert outcome == "ok", outcome
+
+
+def test_train_step_on_8_devices_equals_one_device(eight_devices):
+  """Three SGD steps of a BatchNorm CNN, batch 16 split 2 per device, vs the plain jitted step.
+
+  Tolerance rtol 1e-5 / atol 1e-6 (float32): the sharded step sums the gradient and the
+  BatchNorm statistics as 8 partial sums plus an all-reduce instead of one sum, which changes
+  rounding (measured max abs difference 2.6e-7 on these leaves), nothing else.
+  """
+  _assert_section_ok(eight_devices, "train")
+
+
+def test_scoring_passes_sharded_equal_unsharded(eight_devices):
+  """per_group_diag (chunked), SNNL, FairGRAPE importance, SNIP and OBD in float64: the sharded
+  batch gives the host batch's result to 1e-10 (only the summation order differs)."""
+  _assert_section_ok(eight_devices, "scores")
 
 
 def _free_port() -> int:
@@ -258,9 +332,6 @@ def test_two_processes_feed_their_own_rows():
     assert p.returncode == 0 and f"MULTIHOST_OK {pid}" in out, err[-4000:]
 
 
-FAST = ["--config.train.epochs=2", "--config.prune.max_steps=2"]
-
-
 def _cli(workdir, devices, *extra):
   return run_cli(workdir, *TINY, *FAST, *extra, env=_env(devices))
 
@@ -299,10 +370,24 @@ def _cli_two_processes(workdir):
   assert "data parallel: 4 devices (cpu) in 2 process(es)" in outs[0][1]
 
 
-def test_cli_on_8_devices_and_2_hosts_gives_the_one_device_results(tmp_path):
+def _one_device_run(workdir: str) -> str:
+  """The 1-device run's stderr: in-process when this process has one CPU device (the usual
+  case; no JAX start-up, and the CLI's code path), else a 1-device subprocess."""
+  import jax
+
+  overrides = (*TINY, *FAST, "--config.prune.curvature_chunk_size=8")
+  if jax.device_count() == 1 and jax.default_backend() == "cpu":
+    res = run_in_process(workdir, *overrides)
+  else:
+    res = run_cli(workdir, *overrides, env=_env(1))
+  assert res.returncode == 0, res.stderr[-4000:]
+  return res.stderr
+
+
+def test_cli_on_8_devices_and_2_hosts_gives_the_one_device_results(eight_devices, tmp_path):
   """The tiny FairPrune demo run (train, evaluate, curvature in chunks of 8, prune) on 1 device,
-  on 8, and as 2 processes x 2 devices: identical results.json metrics and masks, params equal
-  to float32 rounding.
+  on 8 (in the ``eight_devices`` process), and as 2 processes x 2 devices (two real CLI
+  processes): identical results.json metrics and masks, params equal to float32 rounding.
 
   Metrics and masks are compared EXACTLY: they are discrete functions of params that differ by
   ~1e-7 relative. A prediction or a pruning rank sitting on that knife edge would flip them;
@@ -310,14 +395,13 @@ def test_cli_on_8_devices_and_2_hosts_gives_the_one_device_results(tmp_path):
   """
   from fairjax import checkpoint
 
+  _assert_section_ok(eight_devices, "cli")  # also: it logged "data parallel: 8 devices"
   runs = {}
-  for devices in (1, 8):
-    workdir = str(tmp_path / f"d{devices}")
-    res = _cli(workdir, devices, "--config.prune.curvature_chunk_size=8")
-    assert res.returncode == 0, res.stderr[-4000:]
-    assert ("data parallel: 8 devices" in res.stderr) == (devices == 8)
-    with open(os.path.join(workdir, "results.json")) as f:
-      runs[devices] = (workdir, json.load(f))
+  workdir = str(tmp_path / "d1")
+  assert "data parallel" not in _one_device_run(workdir)
+  runs[1] = (workdir, load_json(workdir))
+  workdir = eight_devices["WORKDIR"]
+  runs[8] = (workdir, load_json(workdir))
   workdir = str(tmp_path / "hosts")
   _cli_two_processes(workdir)
   with open(os.path.join(workdir, "results.json")) as f:
@@ -344,21 +428,30 @@ def test_cli_on_8_devices_and_2_hosts_gives_the_one_device_results(tmp_path):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-  "devices,override,needles",
-  [
-    (8, "--config.train.batch_size=12", ("config.train.batch_size=12", "divisible by the 8")),
-    (
-      8,
-      "--config.prune.curvature_chunk_size=4",
-      ("config.prune.curvature_chunk_size=4", "divisible by the 8"),
-    ),
-    (1, "--config.parallel.num_devices=2", ("config.parallel.num_devices=2", "has 1 cpu device")),
-  ],
-)
-def test_cli_device_mismatch_fails_fast(devices, override, needles, tmp_path):
-  res = _cli(str(tmp_path), devices, override)
-  assert_cli_error(res, *needles)
+def test_cli_device_mismatch_fails_fast(tmp_path):
+  """The real CLI on 8 devices: a batch that does not split over them is a one-line error,
+  exit code 2, before anything is computed."""
+  res = _cli(str(tmp_path), 8, "--config.train.batch_size=12")
+  assert_cli_error(res, "config.train.batch_size=12", "divisible by the 8")
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_curvature_chunk_mismatch_on_8_devices_fails_fast(eight_devices):
+  """prune.curvature_chunk_size=4 on 8 devices: the CLI's one-line error (in the 8-device
+  process, through the CLI's code path), nothing computed."""
+  _assert_section_ok(eight_devices, "chunk_error")
+
+
+def test_more_devices_than_the_process_has_fails_fast(tmp_path):
+  """config.parallel.num_devices above this process's device count (1 CPU device in a plain
+  test run): the CLI's one-line error naming the count, nothing computed."""
+  import jax
+
+  n = jax.local_device_count()
+  res = run_in_process(str(tmp_path), *TINY, *FAST, f"--config.parallel.num_devices={n + 1}")
+  assert_cli_error(
+    res, f"config.parallel.num_devices={n + 1}", f"has {n} {jax.default_backend()} device"
+  )
   assert not os.path.exists(tmp_path / "checkpoints")
 
 

@@ -1,6 +1,8 @@
 """``prune.method="snnl_channels"`` through the CLI on the tiny demo config (design.md section 3).
 
-Subprocesses (tests/cli_helpers.py; absl flags are global); two dense epochs and two pruning steps.
+The reference runs are in-process (tests/cli_helpers.run_in_process: the CLI's command line
+through ``fairjax.main.run_command``); the killed run is a real ``python -m fairjax.main``
+subprocess (SIGKILL), resumed in-process. Two dense epochs and two pruning steps.
 
 Hand-computed sizes used below (TINY: SmallCNN width 4, hidden 8, 16x16 images; the demo config
 excludes conv0 and fc1 from pruning): conv1/kernel is 3*3*4*8 = 288 weights, 36 per output
@@ -19,7 +21,7 @@ from tests.cli_helpers import (
   latest_step,
   load_json,
   restore_step,
-  run_cli_ok,
+  run_in_process_ok,
 )
 
 FAST = [
@@ -45,7 +47,7 @@ TIMING_KEYS = (
 @pytest.fixture(scope="module")
 def snnl_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("snnl"))
-  res = run_cli_ok(workdir, *TINY, *FAST)
+  res = run_in_process_ok(workdir, *TINY, *FAST)
   return workdir, res, load_json(workdir)
 
 
@@ -188,7 +190,7 @@ def test_reported_sparsity_counts_kernel_weights_only_by_hand():
 @pytest.fixture(scope="module")
 def snnl_bn_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("snnl_bn"))
-  run_cli_ok(workdir, *TINY, *FAST, "--config.model.kwargs.use_bn=True")
+  run_in_process_ok(workdir, *TINY, *FAST, "--config.model.kwargs.use_bn=True")
   return workdir, load_json(workdir)
 
 
@@ -281,7 +283,7 @@ def test_killed_snnl_run_resumes_to_identical_results(snnl_run, tmp_path):
   same masks, params and metrics as the uninterrupted run of ``snnl_run``."""
   reference, _, ref_results = snnl_run
   workdir = str(tmp_path / "killed")
-  res = kill_then_resume(workdir, ("checkpoints/prune/1",), *TINY, *FAST)
+  res = kill_then_resume(workdir, ("checkpoints/prune/1",), *TINY, *FAST, resume_in_process=True)
   assert "snnl_channels: resuming after step 1" in res.stderr
   assert "dense model: restored the finished run" in res.stderr
 
