@@ -40,6 +40,11 @@ Variants (all keep the model and its weights):
   ``xla`` only by float32 rounding; the JSON records the distance.
 * ``no_algsimp``: ``XLA_FLAGS=--xla_disable_hlo_passes=algsimp`` (disables the whole algebraic
   simplifier, including the operand swap; XLA:CPU has no flag for the swap alone).
+* ``conv_tiny_maps``: ``curvature._IM2COL_TINY_MAPS = False``, i.e. the exact pass before its
+  own patches path for such convs (design.md section 1.7): since that path, ``xla`` already runs
+  them as patches inside ``per_group_diag`` (not in the plain gradient).
+
+A worker that dies (e.g. a crash inside XLA) is recorded with its exit code and the run goes on.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ VARIANTS = {
   "xla": {},
   "im2col_tiny": {},
   "no_algsimp": {"XLA_FLAGS": "--xla_disable_hlo_passes=algsimp"},
+  "conv_tiny_maps": {},
 }
 SQUARES_SCOPE = "fjsq"  # named scope wrapped around the per-layer squares (metadata only)
 PARTS = {
@@ -491,6 +497,10 @@ def worker(variant: str, size: int, method: str, repeats: int, warmup: int, call
       "has fewer positions than its 3x3 kernel has taps: the program equals `xla`",
     }
 
+  if variant == "conv_tiny_maps":
+    from fairjax import curvature
+
+    curvature._IM2COL_TINY_MAPS = False
   original = lax.conv_general_dilated
   if variant == "im2col_tiny":
     lax.conv_general_dilated = _im2col_conv_factory(original)
@@ -569,9 +579,17 @@ def worker(variant: str, size: int, method: str, repeats: int, warmup: int, call
 # Aggregation and the markdown report.
 
 
+# Above any rate 2 CPU cores reach: such an event timed only the launch of a thunk that XLA:CPU
+# ran asynchronously on its thread pool (plain Eigen dots/convs), not the work.
+UNTIMED_GFLOPS = 500.0
+
+
 def aggregate(run: dict) -> dict[str, Any]:
   ops = run["ops"]
   total = sum(r["s"] for r in ops) or float("nan")
+  untimed = [
+    r for r in ops if r["flops"] and r["flops"] / max(r["s"], 1e-12) / 1e9 > UNTIMED_GFLOPS
+  ]
 
   def group(key):
     acc: dict[str, dict[str, float]] = {}
@@ -592,6 +610,8 @@ def aggregate(run: dict) -> dict[str, Any]:
 
   return {
     "op_time_sum_s": total,
+    "untimed_ops": [r["op"] for r in untimed],
+    "untimed_gflop": sum(r["flops"] for r in untimed) / 1e9,
     "by_kind": group(lambda r: r["kind"]),
     "by_part": group(lambda r: r["part"]),
     "by_module_part": group(lambda r: f"{r['module']} | {r['part']}"),
@@ -614,21 +634,22 @@ def _kind_order(kind: str) -> tuple:
 
 
 def markdown(results: dict) -> str:
-  runs = [r for r in results["runs"] if not r.get("skipped")]
+  runs = [r for r in results["runs"] if not (r.get("skipped") or r.get("failed"))]
   lines = [
     "| variant | image | method | median s | × grad (same variant, size) | XLA GFLOP | GFLOP/s "
-    "| swapped convs | max rel. diff vs `xla` |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "| swapped convs | GFLOP in untimed async thunks | max rel. diff vs `xla` |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ]
   by_key = {(r["variant"], r["image_size"], r["method"]): r for r in runs}
   for r in runs:
     grad = by_key.get((r["variant"], r["image_size"], "jax_grad"))
     ratio = r["median_s"] / grad["median_s"] if grad and r["method"] != "jax_grad" else None
     diff = r.get("max_rel_diff_vs_xla")
+    untimed = f"{r['agg']['untimed_gflop']:.1f}" if r.get("agg") else "—"
     lines.append(
       f"| {r['variant']} | {r['image_size']} | `{r['method']}` | {r['median_s']:.3f} | "
       f"{'—' if ratio is None else f'{ratio:.2f}'} | {r['xla_flops'] / 1e9:.1f} | "
-      f"{r['gflops_per_s']:.1f} | {r['swapped_convs_in_hlo']} | "
+      f"{r['gflops_per_s']:.1f} | {r['swapped_convs_in_hlo']} | {untimed} | "
       f"{'—' if diff is None else f'{diff:.1e}'} |"
     )
   profiled = [r for r in runs if r.get("agg")]
@@ -644,6 +665,21 @@ def markdown(results: dict) -> str:
         a = r["agg"]["by_kind"].get(k)
         cells.append("—" if a is None else f"{_pct(a['fraction'])} ({_g(a['gflops_per_s'])})")
       lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += ["", "Share of op time by module (GFLOP/s of its convs/dots in brackets):", ""]
+    lines.append("| module | layer kind (by image size) | " + " | ".join(head) + " |")
+    lines.append("|---|---|" + "---|" * len(head))
+    modules = sorted(
+      {m for r in profiled for m in r["agg"]["by_module"]},
+      key=lambda m: (m == "other", not m.startswith("conv"), int(re.sub(r"\D", "", m) or 0)),
+    )
+    for mod in modules:
+      sizes = {r["layer_kinds"].get(mod) for r in profiled if mod in r["layer_kinds"]}
+      kind = " / ".join(sorted(sizes, key=_kind_order)) if sizes else "—"
+      cells = []
+      for r in profiled:
+        a = r["agg"]["by_module"].get(mod)
+        cells.append("—" if a is None else f"{_pct(a['fraction'])} ({_g(a['gflops_per_s'])})")
+      lines.append(f"| {mod} | {kind} | " + " | ".join(cells) + " |")
     lines += ["", "Share of op time by part of the algorithm (GFLOP/s in brackets):", ""]
     lines.append("| part | " + " | ".join(head) + " |")
     lines.append("|---|" + "---|" * len(head))
@@ -694,6 +730,7 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--image-sizes", default="64,32")
   p.add_argument("--methods", default="jax_grad,fairjax_exact")
+  p.add_argument("--pairs", default="", help="SIZE:METHOD,... instead of --image-sizes x --methods")
   p.add_argument("--variants", default="xla,im2col_tiny")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--warmup", type=int, default=1)
@@ -701,20 +738,33 @@ def parse_args(argv=None):
   p.add_argument(
     "--out", default=os.path.join(bc.REPO_ROOT, "bench/results/profile_curvature_cpu.json")
   )
+  p.add_argument("--from-json", help="only print the tables of an earlier run's JSON")
   p.add_argument("--worker", nargs=3, metavar=("VARIANT", "SIZE", "METHOD"), help=argparse.SUPPRESS)
   p.add_argument("--worker-out", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   for v in args.variants.split(","):
     if v not in VARIANTS:
       p.error(f"--variants: unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
-  for m in args.methods.split(","):
+  pair_methods = [p.partition(":")[2] for p in args.pairs.split(",")] if args.pairs else []
+  for p_ in args.pairs.split(",") if args.pairs else []:
+    if not re.fullmatch(r"\d+:\w+", p_):
+      p.error(f"--pairs: {p_!r} is not SIZE:METHOD (e.g. 32:jax_grad)")
+  for m in args.methods.split(",") + pair_methods:
     if m not in PARTS:
-      p.error(f"--methods: unknown method {m!r}; choose from {', '.join(PARTS)}")
+      p.error(f"--methods / --pairs: unknown method {m!r}; choose from {', '.join(PARTS)}")
   return args
 
 
 def main(argv=None) -> None:
   args = parse_args(argv)
+  if args.from_json:
+    with open(args.from_json) as f:
+      results = json.load(f)
+    for run in results["runs"]:
+      if run.get("ops"):
+        run["agg"] = aggregate(run)  # as the current version aggregates
+    print(markdown(results))
+    return
   if args.worker:
     variant, size, method = args.worker
     res = worker(
@@ -743,32 +793,43 @@ def main(argv=None) -> None:
   }
   tmp = tempfile.mkdtemp(prefix="fairjax_profile_runs_")
   outputs: dict[tuple, str] = {}
+  if args.pairs:
+    pairs = [(int(p.split(":")[0]), p.split(":")[1]) for p in args.pairs.split(",")]
+  else:
+    pairs = [(int(s), m) for s in args.image_sizes.split(",") for m in args.methods.split(",")]
   for variant in args.variants.split(","):
-    for size in (int(s) for s in args.image_sizes.split(",")):
-      for method in args.methods.split(","):
-        path = os.path.join(tmp, f"{variant}_{size}_{method}.json")
-        env = {**os.environ, **VARIANTS[variant]}
-        cmd = [sys.executable, "-m", "bench.profile_curvature", "--worker", variant, str(size)]
-        cmd += [method, "--worker-out", path, "--repeats", str(args.repeats)]
-        cmd += ["--warmup", str(args.warmup), "--trace-calls", str(args.trace_calls)]
-        log(f"{variant} {size} {method} (load {os.getloadavg()[0]:.2f})")
-        subprocess.run(cmd, check=True, cwd=bc.REPO_ROOT, env=env)
-        with open(path) as f:
-          run = json.load(f)
-        if run.get("skipped"):
-          log(f"skipped: {run['skipped']}")
-          results["runs"].append(run)
-          continue
-        outputs[(variant, size, method)] = path + ".npz"
-        base = outputs.get(("xla", size, method))
-        run["max_rel_diff_vs_xla"] = (
-          None if variant == "xla" or base is None else max_rel_diff(path + ".npz", base)
+    for size, method in pairs:
+      path = os.path.join(tmp, f"{variant}_{size}_{method}.json")
+      env = {**os.environ, **VARIANTS[variant]}
+      cmd = [sys.executable, "-m", "bench.profile_curvature", "--worker", variant, str(size)]
+      cmd += [method, "--worker-out", path, "--repeats", str(args.repeats)]
+      cmd += ["--warmup", str(args.warmup), "--trace-calls", str(args.trace_calls)]
+      log(f"{variant} {size} {method} (load {os.getloadavg()[0]:.2f})")
+      proc = subprocess.run(cmd, cwd=bc.REPO_ROOT, env=env)
+      if proc.returncode != 0:
+        why = f"worker exit code {proc.returncode} (negative = killed by that signal)"
+        log(f"failed: {why}")
+        results["runs"].append(
+          {"variant": variant, "image_size": size, "method": method, "failed": why}
         )
-        if run["ops"]:
-          run["agg"] = aggregate(run)
-        results["runs"].append(run)
-        results["environment"]["loadavg_at_end"] = list(os.getloadavg())
         write_json_atomic(args.out, results)
+        continue
+      with open(path) as f:
+        run = json.load(f)
+      if run.get("skipped"):
+        log(f"skipped: {run['skipped']}")
+        results["runs"].append(run)
+        continue
+      outputs[(variant, size, method)] = path + ".npz"
+      base = outputs.get(("xla", size, method))
+      run["max_rel_diff_vs_xla"] = (
+        None if variant == "xla" or base is None else max_rel_diff(path + ".npz", base)
+      )
+      if run["ops"]:
+        run["agg"] = aggregate(run)
+      results["runs"].append(run)
+      results["environment"]["loadavg_at_end"] = list(os.getloadavg())
+      write_json_atomic(args.out, results)
   print(markdown(results))
   log(f"wrote {args.out}")
 
