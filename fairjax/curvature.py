@@ -124,6 +124,11 @@ _UNSUPPORTED_PADDING = ("CIRCULAR", "CAUSAL", "REFLECT")
 # the jitted function as a static argument, so flipping it never reuses a stale executable.
 _FAST_GROUPED_CONVS = True
 
+# False runs convs on maps smaller than their kernel through the model's own conv instead of
+# explicit patches (design.md section 1.7). Private, read at call time and passed as a static
+# argument like _FAST_GROUPED_CONVS, so tests and the benchmarks can compare the two.
+_IM2COL_TINY_MAPS = True
+
 # Module families given a fast path (design.md section 1.12); the others take the generic path.
 # Private, read at call time and passed as a static argument like _FAST_GROUPED_CONVS, so tests
 # and bench/curvature.py can compare each fast path with the generic one.
@@ -684,6 +689,34 @@ def _is_depthwise(spec: LayerSpec) -> bool:
   )
 
 
+def _is_tiny_map(spec: LayerSpec) -> bool:
+  """An ungrouped conv whose input map has fewer positions than its kernel has taps."""
+  return (
+    spec.kind == "conv"
+    and spec.feature_group_count == 1
+    and all(d == 1 for d in spec.input_dilation)
+    and math.prod(spec.in_shape[1:-1]) < math.prod(spec.kernel_size)
+  )
+
+
+def _tiny_map_apply(spec: LayerSpec, module: nn.Conv, x: jax.Array) -> jax.Array:
+  """The conv ``module(x)`` on a map smaller than its kernel as explicit patches @ kernel.
+
+  Same function as the module's ``lax.conv_general_dilated`` (up to float summation order).
+  XLA's algebraic simplifier swaps the operands of a conv whose kernel has more taps than its
+  input map has positions (a 3x3 conv on a 2x2 or 1x1 map), and XLA:CPU runs the swapped conv
+  about 100x slower than this matmul (design.md section 1.7; bench/profile_curvature.py).
+  ``x``: ``[n, *spatial, C_in]`` -> ``[n, *spatial_out, C_out]``. Only used inside the
+  curvature pass.
+  """
+  kernel = module.get_variable("params", "kernel")
+  bias = module.get_variable("params", "bias") if spec.use_bias else None
+  x, kernel, bias = module.promote_dtype(x, kernel, bias, dtype=module.dtype)
+  patches = jnp.concatenate(_shifted_windows(spec, x), axis=-1)  # kernel order (*taps, C_in)
+  out = jnp.dot(patches, kernel.reshape(-1, kernel.shape[-1]), precision=module.precision)
+  return out if bias is None else out + bias
+
+
 def _depthwise_apply(spec: LayerSpec, module: nn.Conv, x: jax.Array) -> jax.Array:
   """The depthwise conv ``module(x)`` as a sum over taps of shifted windows times kernel rows.
 
@@ -870,6 +903,7 @@ def _ggn_columns_diag(
   grouped_convs: bool = True,
   families: frozenset = _FAST_FAMILIES,
   loss: str = _scoring.SOFTMAX,
+  tiny_maps: bool = True,
 ) -> tuple[PyTree, jax.Array]:
   """exact / mc / empirical_fisher: one vmapped forward + K-column VJP per sample chunk."""
   specs = discover_layers(
@@ -879,6 +913,7 @@ def _ggn_columns_diag(
   fixed, generic = _split_params(params, specs)
   by_key = {s.key: s for s in specs}
   depthwise = {s.key for s in specs if _is_depthwise(s)}
+  tiny = {s.key for s in specs if tiny_maps and _is_tiny_map(s)}
   n = images.shape[0]
   dtype = _scoring.params_dtype(params)
   weights, counts = _scoring.group_weights(groups, num_groups, dtype)
@@ -898,6 +933,8 @@ def _ggn_columns_diag(
         acts[key] = args[0]
       if key in depthwise:
         return _depthwise_apply(by_key[key], context.module, args[0]) + probes[key]
+      if key in tiny:
+        return _tiny_map_apply(by_key[key], context.module, args[0]) + probes[key]
       return next_fun(*args, **kwargs) + probes[key]
 
     full = traverse_util.unflatten_dict({**fixed, **generic_flat})
@@ -1009,6 +1046,7 @@ def _hutchinson_diag(
     "grouped_convs",
     "families",
     "loss",
+    "tiny_maps",
   ),
 )
 def _per_group_diag(
@@ -1028,6 +1066,7 @@ def _per_group_diag(
   grouped_convs=True,
   families=_FAST_FAMILIES,
   loss=_scoring.SOFTMAX,
+  tiny_maps=True,
 ):
   apply_kwargs = dict(apply_kwargs)
   if method == "hutchinson":
@@ -1059,6 +1098,7 @@ def _per_group_diag(
     grouped_convs=grouped_convs,
     families=families,
     loss=loss,
+    tiny_maps=tiny_maps,
   )
 
 
@@ -1197,6 +1237,7 @@ def per_group_diag(
     grouped_convs=bool(_FAST_GROUPED_CONVS),
     families=frozenset(_FAST_FAMILIES),
     loss=loss,
+    tiny_maps=bool(_IM2COL_TINY_MAPS),
   )
   n = images.shape[0]
   traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, groups))
