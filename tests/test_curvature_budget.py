@@ -120,7 +120,8 @@ def test_scorers_pass_the_budget_on(setup):
   from fairjax.pruning import baselines, builtin, fairprune
 
   model, v, x, y, g = setup
-  budget = int(0.4 * curvature._plan_bytes(_chunk(setup, 1 << 40)[1][1]))
+  # 0.3 of the whole batch's plan: the budget the first test already planned (a cached search).
+  budget = int(0.3 * curvature._plan_bytes(_chunk(setup, 1 << 40)[1][1]))
   assert _chunk(setup, budget)[0] < N
   batches = [{"image": x, "label": y, "group": g}]
   want, _ = fairprune.average_group_diag(model, v, batches, num_groups=2)

@@ -5,7 +5,6 @@ import functools
 
 import flax.linen as nn
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -83,12 +82,9 @@ def _setup(name, n=7):
 
 
 def _flat(tree):
-  return np.stack(
-    [
-      np.asarray(jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a[i], tree))[0])
-      for i in range(NUM_GROUPS)
-    ]
-  )
+  """Leaves ``[G, ...]`` -> ``float[G, P]`` in ravel_pytree's order (the leaves in tree order,
+  each raveled row-major), in numpy: no per-group slice programs."""
+  return np.concatenate([np.asarray(a).reshape(NUM_GROUPS, -1) for a in jax.tree.leaves(tree)], 1)
 
 
 def _brute_force_ggn(model, v, x, g):
