@@ -1240,7 +1240,11 @@ def per_group_diag(
     tiny_maps=bool(_IM2COL_TINY_MAPS),
   )
   n = images.shape[0]
-  traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, groups))
+  # Under an outer transformation any argument may be the traced one (e.g. only the variables).
+  traced = any(
+    isinstance(a, jax.core.Tracer)
+    for a in (images, labels, groups, rng, *jax.tree.leaves(variables))
+  )
   compiled = None
   if memory_budget_bytes is None:
     # The default budget: eager calls on one device that chose no chunk themselves.

@@ -167,4 +167,13 @@ def test_default_budget_applies_to_eager_calls_without_a_chunk_size(setup, monke
   np.testing.assert_allclose(got, whole, rtol=1e-12, atol=1e-15)
   got = jax.jit(lambda xx: curvature.per_group_diag(model, v, xx, y, g, num_groups=2))(x)
   np.testing.assert_allclose(_flat(got), whole, rtol=1e-12, atol=1e-15)
+  # Traced variables with a concrete batch are under an outer jit too.
+  got = jax.jit(lambda vv: curvature.per_group_diag(model, vv, x, y, g, num_groups=2))(v)
+  np.testing.assert_allclose(_flat(got), whole, rtol=1e-12, atol=1e-15)
   assert seen == [budget]
+  with pytest.raises(ValueError, match="eager"):
+    jax.jit(
+      lambda vv: curvature.per_group_diag(
+        model, vv, x, y, g, num_groups=2, memory_budget_bytes=1 << 30
+      )
+    )(v)
