@@ -68,16 +68,18 @@ def _no_module_leaves_float64_on(request):
 _LONGEST_FILES = (
   "test_face_protocols.py",
   "test_parallel.py",
-  "test_curvature.py",
   "test_curvature_grouped.py",
+  "test_curvature.py",
   "test_protocols.py",
   "test_pretrained.py",
   "test_docs.py",
-  "test_methods_cli.py",
   "test_models.py",
   "test_main.py",
+  "test_curvature_transformer.py",
   "test_notebook.py",
+  "test_curvature_budget.py",
   "test_snnl_cli.py",
+  "test_nnx.py",
 )
 
 
