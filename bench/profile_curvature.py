@@ -659,12 +659,17 @@ def markdown(results: dict) -> str:
     lines += ["", "Share of op time by layer kind (GFLOP/s of its convs/dots in brackets):", ""]
     lines.append("| layer kind | " + " | ".join(head) + " |")
     lines.append("|---|" + "---|" * len(head))
-    for k in kinds:
+
+    def share_cells(table: str, key: str) -> str:
+      # One row's cells: "share (GFLOP/s)" of `key` in each profiled run's `table`, "—" if absent.
       cells = []
       for r in profiled:
-        a = r["agg"]["by_kind"].get(k)
+        a = r["agg"][table].get(key)
         cells.append("—" if a is None else f"{_pct(a['fraction'])} ({_g(a['gflops_per_s'])})")
-      lines.append(f"| {k} | " + " | ".join(cells) + " |")
+      return " | ".join(cells)
+
+    for k in kinds:
+      lines.append(f"| {k} | " + share_cells("by_kind", k) + " |")
     lines += ["", "Share of op time by module (GFLOP/s of its convs/dots in brackets):", ""]
     lines.append("| module | layer kind (by image size) | " + " | ".join(head) + " |")
     lines.append("|---|---|" + "---|" * len(head))
@@ -675,11 +680,7 @@ def markdown(results: dict) -> str:
     for mod in modules:
       sizes = {r["layer_kinds"].get(mod) for r in profiled if mod in r["layer_kinds"]}
       kind = " / ".join(sorted(sizes, key=_kind_order)) if sizes else "—"
-      cells = []
-      for r in profiled:
-        a = r["agg"]["by_module"].get(mod)
-        cells.append("—" if a is None else f"{_pct(a['fraction'])} ({_g(a['gflops_per_s'])})")
-      lines.append(f"| {mod} | {kind} | " + " | ".join(cells) + " |")
+      lines.append(f"| {mod} | {kind} | " + share_cells("by_module", mod) + " |")
     lines += ["", "Share of op time by part of the algorithm (GFLOP/s in brackets):", ""]
     lines.append("| part | " + " | ".join(head) + " |")
     lines.append("|---|" + "---|" * len(head))
@@ -687,21 +688,13 @@ def markdown(results: dict) -> str:
     for r in profiled:
       parts += [p for p in PARTS[r["method"]] if p not in parts]
     for p in parts:
-      cells = []
-      for r in profiled:
-        a = r["agg"]["by_part"].get(p)
-        cells.append("—" if a is None else f"{_pct(a['fraction'])} ({_g(a['gflops_per_s'])})")
-      lines.append(f"| {p} | " + " | ".join(cells) + " |")
+      lines.append(f"| {p} | " + share_cells("by_part", p) + " |")
     lines += ["", "Share of op time by op category:", ""]
     cats = sorted({c for r in profiled for c in r["agg"]["by_category"]})
     lines.append("| category | " + " | ".join(head) + " |")
     lines.append("|---|" + "---|" * len(head))
     for c in cats:
-      cells = []
-      for r in profiled:
-        a = r["agg"]["by_category"].get(c)
-        cells.append("—" if a is None else f"{_pct(a['fraction'])} ({_g(a['gflops_per_s'])})")
-      lines.append(f"| {c} | " + " | ".join(cells) + " |")
+      lines.append(f"| {c} | " + share_cells("by_category", c) + " |")
     lines += ["", "Slowest instructions:", ""]
     lines.append("| run | instruction | module | part | category | share | GFLOP/s |")
     lines.append("|---|---|---|---|---|---|---|")
