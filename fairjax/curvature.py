@@ -1178,8 +1178,8 @@ def per_group_diag(
       The user's own batch and variables are not counted. Falls back, with a warning, to
       one-sample chunks when even those exceed the budget, and to the whole batch when the
       backend has no memory plan (``memory_analysis()`` returns None). An explicit budget is
-      only for eager calls: under an outer ``jax.jit`` it raises ValueError. ``exact`` / ``empirical_fisher``
-      results do not depend on it.
+      only for eager calls: under an outer ``jax.jit`` it raises ValueError. ``exact`` /
+      ``empirical_fisher`` results do not depend on it.
 
   Returns:
     A pytree shaped like ``variables["params"]`` whose leaves have a leading axis ``G``:
@@ -1361,8 +1361,8 @@ def budget_chunk_size(
   ``plan(c)`` is XLA's compiled memory plan of one :func:`per_group_diag` call on ``c``
   samples (:func:`_plan_bytes`); with several chunks the eager loop adds one ``G x params``
   accumulator (the size of the output). The whole batch is compiled first: when its plan fits,
-  that is the answer and its executable the one to run, so a budget costs a batch that fits
-  nothing. Otherwise the one-sample plan is compiled too, the plan is taken as affine in the
+  that is the answer and its executable the one to run, so for a batch that fits the budget
+  costs no extra compilation. Otherwise the one-sample plan is compiled too, the plan is taken as affine in the
   chunk size through the two (a fixed part: parameters, output; a per-sample part), and the
   chunk it predicts is compiled and its own plan checked; when over, the per-sample cost is
   re-estimated from that plan (secant) and the chunk shrunk, at most 6 times. Chunks are

@@ -404,8 +404,7 @@ def test_cli_on_8_devices_and_2_hosts_gives_the_one_device_results(eight_devices
   runs[8] = (workdir, load_json(workdir))
   workdir = str(tmp_path / "hosts")
   _cli_two_processes(workdir)
-  with open(os.path.join(workdir, "results.json")) as f:
-    runs["hosts"] = (workdir, json.load(f))
+  runs["hosts"] = (workdir, load_json(workdir))
   a = runs[1][1]
   for b in (runs[8][1], runs["hosts"][1]):
     for key in ("dense", "pruned", "steps", "summary", "chosen_step"):
