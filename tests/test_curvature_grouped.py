@@ -10,6 +10,7 @@ import pytest
 
 from fairjax import curvature
 from tests.test_curvature import _brute_force_ggn as curvature_reference
+from tests.test_curvature import _flat_groups
 
 NUM_CLASSES = 4
 NUM_GROUPS = 3
@@ -92,9 +93,8 @@ def _setup(name, n=7, size=6):
 
 
 def _flat(tree):
-  """Leaves ``[G, ...]`` -> ``float[G, P]`` in ravel_pytree's order (the leaves in tree order,
-  each raveled row-major), in numpy: no per-group slice programs."""
-  return np.concatenate([np.asarray(a).reshape(NUM_GROUPS, -1) for a in jax.tree.leaves(tree)], 1)
+  """Leaves ``[G, ...]`` -> ``float[G, P]`` (tests/test_curvature.py's flattening)."""
+  return _flat_groups(tree, NUM_GROUPS)
 
 
 def _brute_force_ggn(model, v, x, g):
