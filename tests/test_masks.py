@@ -146,6 +146,50 @@ def test_ties_deterministic_and_inf_scores():
   np.testing.assert_array_equal(np.flatnonzero(~np.ravel(nxt["conv0"]["kernel"])), np.arange(12))
 
 
+@jax.jit
+def _drop_lowest_by_sort(scores, keep, n):
+  """The selection as one full ``jax.lax.sort`` by (pruned?, score, flat index): the reference
+  for the host-side selection (and what fairjax ran before it)."""
+  iota = jnp.arange(scores.shape[0], dtype=jnp.int32)
+  safe = jnp.where(keep, scores, jnp.zeros_like(scores))
+  *_, order = jax.lax.sort((~keep, safe, iota), num_keys=3)
+  rank = jnp.zeros_like(iota).at[order].set(iota)
+  return keep & (rank >= n)
+
+
+_SPECIAL = np.array([-0.0, 0.0, 1.0, -1.0, np.inf, -np.inf, 2.5, 3.0, 1e-30, -1e-30])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int32", "bool"])
+def test_selection_equals_a_full_sort(dtype):
+  # Many ties, signed zeros, infinities, pruned entries and every n from 0 to all kept.
+  rng = np.random.default_rng(dtype.__len__())
+  size = 150  # one compiled reference per dtype
+  for trial in range(40):
+    values = rng.choice(_SPECIAL, size) if trial % 2 else rng.standard_normal(size)
+    if dtype == "int32":
+      values = rng.integers(-3, 4, size)
+    elif dtype == "bool":
+      values = rng.random(size) < 0.5
+    scores = jnp.asarray(values, dtype)
+    keep = jnp.asarray(rng.random(size) < 0.7)
+    for n in sorted({0, 1, int(keep.sum()) // 2, int(keep.sum())}):
+      if n > int(keep.sum()):
+        continue
+      np.testing.assert_array_equal(
+        M._drop_lowest(scores, keep, n), _drop_lowest_by_sort(scores, keep, n), err_msg=str(n)
+      )
+
+
+def test_float64_scores_rank_in_float32_without_x64():
+  # Without x64, JAX computes in float32, so two scores equal in float32 tie (lowest index
+  # first) even when numpy float64 inputs tell them apart.
+  params = {"fc": {"kernel": jnp.zeros((1, 4))}}
+  scores = {"fc": {"kernel": np.array([[1.0 + 1e-12, 1.0, 2.0, 3.0]])}}
+  mask = M.prune_lowest(scores, M.init_mask(params), 1)
+  np.testing.assert_array_equal(mask["fc"]["kernel"], [[False, True, True, True]])
+
+
 def test_nan_scores_raise_with_layer_name():
   params = make_params()
   scores = jax.tree.map(jnp.abs, params)
@@ -335,3 +379,16 @@ def test_masked_updates_forwards_extra_args():
   # A plain GradientTransformation silently ignores extra args.
   u, _ = M.masked_updates(optax.sgd(1.0)).update(g, optax.sgd(1.0).init(g), mask=mask, value=3.0)
   np.testing.assert_array_equal(u["w"]["kernel"], [[-1.0, 0.0], [-1.0, -1.0]])
+
+
+# Last in the module: the float64 fixture is module-scoped and stays on once requested.
+def test_selection_equals_a_full_sort_in_float64(float64):
+  rng = np.random.default_rng(7)
+  # Values that tie in float32 but not in float64 are told apart by value, as lax.sort does.
+  values = np.concatenate([rng.choice(_SPECIAL, 100), 1.0 + rng.integers(0, 3, 100) * 1e-12])
+  scores, keep = jnp.asarray(values), jnp.asarray(rng.random(200) < 0.8)
+  assert scores.dtype == jnp.float64
+  for n in (1, 37, int(keep.sum())):
+    np.testing.assert_array_equal(
+      M._drop_lowest(scores, keep, n), _drop_lowest_by_sort(scores, keep, n)
+    )

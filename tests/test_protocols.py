@@ -21,7 +21,7 @@ from tests.cli_helpers import (
   load_json,
   parse_config,
   run_cli,
-  run_cli_ok,
+  run_in_process_ok,
 )
 from tests.csv_helpers import read_csv, write_csv
 
@@ -113,14 +113,15 @@ def test_isic_protocol_runs_from_pretrained_weights(tmp_path, isic_manual_dir, v
   from tests.cli_helpers import restore_step
 
   workdir = tmp_path / "run"
-  res = run_cli_ok(
+  # In process (the CLI's own parse and execute); test_bad_pretrained_file_is_one_line runs
+  # this config as a real subprocess.
+  res = run_in_process_ok(
     str(workdir),
     *TINY_ISIC,
     "--config.train.learning_rate=1e-30",
     f"--config.data.manual_dir={isic_manual_dir}",
     f"--config.model.pretrained={vgg11_safetensors}",
     config="configs/isic.py",
-    timeout=900,
   )
   results = load_json(str(workdir))
   assert results["method"] == "fairprune" and results["dataset"]["name"] == "isic2019"
