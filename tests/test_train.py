@@ -202,6 +202,27 @@ def test_fit_without_eval_returns_last_state_and_resumes_by_epoch() -> None:
   assert int(state.step) == 4 and len(history) == 2 and history[0]["val_score"] is None
 
 
+def test_a_partly_committed_state_compiles_one_train_step() -> None:
+  # As after a checkpoint restore: params committed to the device, a fresh optimizer state and
+  # step not. The first step's outputs are all committed; fit commits the rest first, so the
+  # whole fit runs one program, and the result equals that of the all-uncommitted state.
+  data = make_data()
+  fresh = new_state("sgd", 0.031)
+  device = jax.devices()[0]
+  mixed = fresh.replace(params=jax.device_put(fresh.params, device))
+  assert {x.committed for x in jax.tree.leaves(mixed) if isinstance(x, jax.Array)} == {
+    True,
+    False,
+  }
+  step_fn = jax.jit(train.train_step)
+  state, _ = train.fit(mixed, lambda epoch: batches(data), epochs=2, donate=False, step_fn=step_fn)
+  assert step_fn._cache_size() == 1 and int(state.step) == 4
+  assert all(x.committed for x in jax.tree.leaves(state.params))
+  reference, _ = train.fit(fresh, lambda epoch: batches(data), epochs=2, donate=False)
+  for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(reference.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_nan_image_raises_with_step() -> None:
   data = make_data()
   bs = batches(data)  # 2 batches per epoch
