@@ -329,8 +329,8 @@ def _torch_to_flax(kind: str, array: np.ndarray) -> np.ndarray:
     channels = features // (_VGG_POOL * _VGG_POOL)
     rows = array.reshape(out, channels, _VGG_POOL * _VGG_POOL)
     flax = np.empty((_VGG_POOL * _VGG_POOL, channels, out), array.dtype)
-    # In blocks of output units: one strided copy of the whole 0.4 GB kernel runs ~10x slower,
-    # jumping across memory for every element.
+    # In blocks of output units: one strided copy of the whole 0.4 GB kernel ran ~10x slower
+    # (design.md section 9).
     for start in range(0, out, _TRANSPOSE_BLOCK):
       block = slice(start, start + _TRANSPOSE_BLOCK)
       flax[:, :, block] = rows[block].transpose(2, 1, 0)
@@ -633,9 +633,9 @@ def _fold_vgg_fc0(kernel: np.ndarray, height: int, width: int) -> np.ndarray:
   """``fc0`` kernel for a 7x7 map ``[(7*7*C), out]`` -> for an ``height x width`` map.
 
   ``new[(y, x), (c, o)] = sum_{i, j} P_h[i, y] P_w[j, x] old[(i, j), (c, o)]``: one matmul of
-  the ``[49, H*W]`` pooling weights with the kernel viewed as ``[49, C*out]`` (no copy). Two
-  tensordots over the 7x7 axes moved the 0.4-0.5 GB kernel through transposed copies and took
-  over ten seconds on a 2-core CPU; this takes well under one.
+  the ``[49, H*W]`` pooling weights with the kernel viewed as ``[49, C*out]`` (no copy), not two
+  tensordots through transposed copies of the 0.4-0.5 GB kernel (design.md section 9 has the
+  timings).
   """
   out = kernel.shape[1]
   channels = kernel.shape[0] // (_VGG_POOL * _VGG_POOL)
