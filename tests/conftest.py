@@ -13,17 +13,31 @@ import jax.numpy as jnp
 import pytest
 
 # Freed memory stays in the process (glibc malloc: no mmap'd chunks, no trimming), for this
-# process (mallopt) and every worker and CLI subprocess it starts (the environment). On the
-# project's CI machines a page the kernel has not handed out for a while costs ~10 us to touch
-# the first time (a 4 GiB array: 44 s to fill in a fresh process, 0.9 s right after another
-# process freed the same amount, cold again after 20 s idle), and the tests allocate and free
-# hundreds of MB per run (VGG-11 checkpoints, ResNet-18 FairGRAPE tables). Kept in the heap,
-# a worker's second big array reuses warm pages: tests/test_pretrained.py alone took 88-93 s
-# without this and 68-77 s with it (alternating runs; system time 41-45 s -> 27-29 s). Results
-# do not depend on where memory comes from. Not glibc (macOS, musl): no effect.
+# process (mallopt) and every worker and CLI subprocess it starts (the environment). The tests
+# allocate and free hundreds of MB per run (VGG-11 checkpoints, ResNet-18 FairGRAPE tables);
+# kept in the heap, a worker's next big array reuses pages it has already touched instead of
+# faulting in new ones. tests/test_pretrained.py alone, alternating runs, with numpy's huge pages
+# (below) still on: 88-93 s without this, 68-77 s with it; with them off: 70-73 s (glibc's
+# default sizes set explicitly) vs 56-60 s. Results do not depend on where memory comes from.
+# Not glibc (macOS, musl): no effect.
 _KEEP_FREED = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 for _name, _value in _KEEP_FREED.items():
   os.environ.setdefault(_name, _value)
+# No transparent huge pages for numpy's large arrays (NumPy's NUMPY_MADVISE_HUGEPAGE): numpy
+# asks for them by default (madvise), and with the kernel's THP defrag set to "madvise", as on
+# the project's CI machines, every first touch of such an array waits for the kernel to compact
+# memory into 2 MB pages. A fresh 1 GiB np.ones took 11.5 and 13.2 s with them and 0.73 and
+# 0.59 s without (separate processes, alternating, 25 s apart); tests/test_pretrained.py took
+# 74.4 and 75.6 s with them, 60.8 and 53.6 s without (system time 31-32 s -> 15-18 s). The
+# variable reaches the workers and CLI subprocesses; numpy is already imported here, so this
+# process is switched by numpy's own (private) setter. Results do not depend on the page size.
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+try:
+  import numpy as _np
+
+  _np._core.multiarray._set_madvise_hugepage(os.environ["NUMPY_MADVISE_HUGEPAGE"] != "0")
+except (ImportError, AttributeError):
+  pass
 try:
   _libc = ctypes.CDLL(ctypes.util.find_library("c"))
   _libc.mallopt(-4, int(os.environ["MALLOC_MMAP_MAX_"]))  # M_MMAP_MAX

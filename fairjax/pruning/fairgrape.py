@@ -193,8 +193,9 @@ def _stream_order(values: np.ndarray) -> np.ndarray:
   n = values.size
   index_bits = max(1, (n - 1).bit_length())
   low = (1 << index_bits) - 1
-  # In-place steps, no full-size temporaries: for 11M weights each fresh 88 MB array cost more
-  # than the arithmetic (first-touch page faults), and the sort was under half of the call.
+  # In-place steps, no full-size temporaries: each fresh 88 MB array (11M weights) costs page
+  # faults, most where numpy's huge pages make the kernel compact memory first (bench figures in
+  # design.md section 9).
   bits = (values + 0.0).view(np.int64)  # + 0.0 turns -0.0 into +0.0; the sign bit is 0
   key = bits >> index_bits
   np.subtract((1 << (63 - index_bits)) - 1, key, out=key)  # decreasing value
