@@ -72,7 +72,10 @@ def pytest_sessionfinish(session: Any) -> None:
 
 def summarise(out: str = OUT, top: int = 20) -> None:
   """Prints the totals and the ``top`` files by summed test time."""
-  rows = [r for path in glob.glob(os.path.join(out, "*.json")) for r in json.load(open(path))]
+  rows = []
+  for path in glob.glob(os.path.join(out, "*.json")):
+    with open(path) as f:
+      rows += json.load(f)
   if not rows:
     raise SystemExit(f"no profile in {out}: run pytest with -p bench.suite_compile_profile first")
   wall = sum(r["wall"] for r in rows)

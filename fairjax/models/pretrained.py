@@ -329,8 +329,8 @@ def _torch_to_flax(kind: str, array: np.ndarray) -> np.ndarray:
     channels = features // (_VGG_POOL * _VGG_POOL)
     rows = array.reshape(out, channels, _VGG_POOL * _VGG_POOL)
     flax = np.empty((_VGG_POOL * _VGG_POOL, channels, out), array.dtype)
-    # In blocks of output units: one strided copy of the whole 0.4 GB kernel ran ~10x slower
-    # (design.md section 9).
+    # In blocks of output units: one strided copy of the whole 0.4 GB kernel ran about twice as
+    # long (design.md section 9).
     for start in range(0, out, _TRANSPOSE_BLOCK):
       block = slice(start, start + _TRANSPOSE_BLOCK)
       flax[:, :, block] = rows[block].transpose(2, 1, 0)
